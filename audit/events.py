@@ -1,0 +1,78 @@
+"""Audit event vocabulary: actions as `scope:resource:action`, outcomes, actors.
+
+One enumeration names every action the product records, as Warehouse does for its events.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class AuditAction(enum.StrEnum):
+    # auth
+    LOGIN = "auth:session:login"
+    LOGOUT = "auth:session:logout"
+    REQUEST_DENIED = "auth:request:deny"
+    # admin
+    USER_CREATE = "admin:user:create"
+    USER_PASSWORD_SET = "admin:user:set_password"
+    TOKEN_CREATE = "admin:token:create"
+    TOKEN_REVOKE = "admin:token:revoke"
+    DATASET_REGISTER = "admin:dataset:register"
+    DATASET_GRANT = "admin:dataset:grant"
+    # sandboxes
+    SANDBOX_LAUNCH = "sandbox:sandbox:launch"
+    SANDBOX_START = "sandbox:sandbox:start"
+    SANDBOX_STOP = "sandbox:sandbox:stop"
+    SANDBOX_EXIT = "sandbox:sandbox:exit"
+    SANDBOX_OOM = "sandbox:sandbox:oom"
+    SANDBOX_TIMEOUT = "sandbox:sandbox:timeout"
+    SANDBOX_LOST = "sandbox:sandbox:lost"
+    SANDBOX_VIEW = "sandbox:sandbox:view"
+    CODE_UPLOAD = "sandbox:code:upload"
+    LOGS_VIEW = "sandbox:logs:view"
+    OUTBOX_VIEW = "sandbox:outbox:view"
+    # system
+    CONSOLE_START = "system:console:start"
+    ORPHAN_REMOVE = "system:container:remove_orphan"
+    IMAGE_REGISTER = "system:image:register"
+    AUDIT_VERIFY = "audit:chain:verify"
+
+
+class Outcome(enum.StrEnum):
+    OK = "ok"
+    DENIED = "denied"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did it: a user (with role, auth method and source address) or the system."""
+
+    name: str
+    role: str = ""
+    auth_method: str = ""
+    source: str = ""
+
+    @classmethod
+    def system(cls, component: str = "console") -> Actor:
+        return cls(name="system", role="system", auth_method=component)
+
+    @classmethod
+    def anonymous(cls, source: str = "") -> Actor:
+        return cls(name="anonymous", source=source)
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    """An event before it is chained: what the caller knows."""
+
+    actor: Actor
+    action: AuditAction
+    target: str = ""
+    outcome: Outcome = Outcome.OK
+    reason: str = ""
+    request_id: str = ""
+    details: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,163 @@
+"""The Flask app factory: wires settings, the database, the backend, auth and blueprints."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, g, jsonify, render_template, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from audit.events import AuditAction, Outcome
+from console.core import Sealroom
+from console.guards import SessionUser, api_error, caller, core
+from console.permissions import PUBLIC, declare
+from console.services import accounts
+from console.services import sandboxes as sandbox_service
+from console.settings import Settings
+
+log = logging.getLogger(__name__)
+
+csrf = CSRFProtect()
+login_manager = LoginManager()
+limiter = Limiter(key_func=get_remote_address, storage_uri="memory://", default_limits=[])
+
+
+def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = None,
+               supervise: bool = False) -> Flask:
+    settings = settings or (sealroom.settings if sealroom else Settings.from_env())
+    sealroom = sealroom or Sealroom(settings)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key(),
+        MAX_CONTENT_LENGTH=settings.max_request_mb * 1024 * 1024,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.https,
+        SESSION_COOKIE_NAME="sealroom_session",
+        REMEMBER_COOKIE_DURATION=timedelta(0),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
+        WTF_CSRF_TIME_LIMIT=None,
+        TESTING=settings.testing,
+    )
+    app.extensions["sealroom"] = sealroom
+
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.session_protection = "strong"
+    limiter.init_app(app)
+
+    @login_manager.user_loader
+    def _load(user_id: str) -> SessionUser | None:
+        user = accounts.get_user(sealroom, int(user_id))
+        return SessionUser(user) if user and user.active else None
+
+    from console.api import api
+    from console.web.auth import auth
+    from console.web.engineer import engineer
+    from console.web.home import home
+
+    app.register_blueprint(auth)
+    app.register_blueprint(home)
+    app.register_blueprint(engineer)
+    app.register_blueprint(api)
+    csrf.exempt(api)  # token auth only: the API never reads the session cookie
+    declare(app.view_functions["static"], PUBLIC)
+
+    _install_request_hooks(app)
+    _install_error_handlers(app)
+    if supervise:
+        _start_supervisor(sealroom)
+    return app
+
+
+def _install_request_hooks(app: Flask) -> None:
+    @app.before_request
+    def _request_id() -> None:
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+
+    @app.after_request
+    def _headers(response: Any) -> Any:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Any:
+        limit = app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
+        message = f"the request is larger than {limit} MB"
+        core().record(caller().actor, AuditAction.CODE_UPLOAD, target=request.path[:200],
+                      outcome=Outcome.DENIED, reason=message, request_id=g.request_id)
+        if _wants_json():
+            return api_error(413, "payload_too_large", message)
+        return render_template("error.html", status=413, message=message), 413
+
+    @app.errorhandler(CSRFError)
+    def _csrf(exc: CSRFError) -> Any:
+        core().record(caller().actor, AuditAction.REQUEST_DENIED, target=request.path[:200],
+                      outcome=Outcome.DENIED, reason=f"CSRF: {exc.description}",
+                      request_id=g.request_id)
+        return render_template("error.html", status=400,
+                               message="The form expired or was not sent from this console. "
+                                       "Reload the page and try again."), 400
+
+    @app.errorhandler(429)
+    def _rate_limited(exc: HTTPException) -> Any:
+        core().record(caller().actor, AuditAction.LOGIN, target=request.path[:200],
+                      outcome=Outcome.DENIED, reason="too many attempts (rate limited)",
+                      request_id=g.request_id)
+        message = "Too many attempts. Wait a minute and try again."
+        if _wants_json():
+            return api_error(429, "rate_limited", message)
+        return render_template("error.html", status=429, message=message), 429
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        if _wants_json():
+            return api_error(status, (exc.name or "error").lower().replace(" ", "_"),
+                             exc.description or "")
+        return render_template("error.html", status=status, message=exc.description), status
+
+    @app.route("/healthz")
+    def healthz() -> Any:
+        return jsonify({"status": "ok"})
+
+    declare(app.view_functions["healthz"], PUBLIC)
+
+
+def _start_supervisor(sealroom: Sealroom) -> threading.Thread:
+    """Watch running sandboxes: exits, OOM kills, time limits, lost containers."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(sealroom.settings.supervise_interval_s):
+            try:
+                sandbox_service.refresh_all(sealroom)
+            except Exception:  # keep watching; the error is logged, not lost
+                log.exception("supervisor pass failed")
+
+    thread = threading.Thread(target=loop, name="sealroom-supervisor", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,237 @@
+"""The `sealroom` command: serve the console, and the operator's tasks (users, tokens,
+datasets, images, demo data). Refusals print a message and exit non-zero."""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+import sys
+import tempfile
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from audit.events import Actor, AuditAction
+from console.core import Caller, Sealroom
+from console.services.errors import ServiceError
+from console.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_REFUSED = 1
+EXIT_UNAVAILABLE = 3
+
+DEMO_USERS = (
+    ("alice", "engineer"),
+    ("bob", "approver"),
+    ("carol", "approver"),
+    ("sam", "security_officer"),
+    ("audrey", "auditor"),
+    ("admin", "admin"),
+)
+
+
+def _caller() -> Caller:
+    return Caller(Actor(f"cli:{getpass.getuser()}", "operator", "cli", "local"))
+
+
+def _core(**kwargs: Any) -> Sealroom:
+    return Sealroom(Settings.from_env(), **kwargs)
+
+
+def _refusals(command: F) -> F:
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ServiceError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(EXIT_UNAVAILABLE if exc.status >= 500 else EXIT_REFUSED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+def main() -> None:
+    """Sealroom: sealed training sandboxes."""
+
+
+@main.command()
+def init() -> None:
+    """Create the data directory, migrate the database and make the installation keys."""
+    core = _core(backend=_NoBackend())
+    core.settings.secret_key()
+    click.echo(f"initialised {core.settings.home}")
+
+
+@main.command()
+@click.option("--host", default=None, help="address to bind (default SEALROOM_BIND or 127.0.0.1)")
+@click.option("--port", default=None, type=int, help="port (default SEALROOM_PORT or 8000)")
+@click.option("--threads", default=8, show_default=True)
+def up(host: str | None, port: int | None, threads: int) -> None:
+    """Reconcile with the engine and serve the console."""
+    import waitress
+
+    from console.app import create_app
+    from console.services import sandboxes as sandbox_service
+
+    settings = Settings.from_env()
+    core = Sealroom(settings)
+    core.record(Actor.system(), AuditAction.CONSOLE_START, target="console",
+                home=str(settings.home))
+    try:
+        sandbox_service.reconcile(core)
+    except Exception as exc:  # a dead engine must not keep the console down
+        click.echo(f"warning: could not reconcile with the container engine: {exc}", err=True)
+    app = create_app(sealroom=core, supervise=True)
+    bind_host, bind_port = host or settings.host, port or settings.port
+    click.echo(f"Sealroom console on http://{bind_host}:{bind_port}/  (Ctrl-C stops it)")
+    waitress.serve(app, host=bind_host, port=bind_port, threads=threads, ident="sealroom")
+
+
+@main.group()
+def user() -> None:
+    """Manage users."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", required=True,
+              type=click.Choice(["engineer", "approver", "security_officer", "auditor", "admin"]))
+@_refusals
+def user_add(name: str, role: str) -> None:
+    """Add a user; the password is read from standard input."""
+    from console.services import accounts
+
+    password = _read_password()
+    accounts.create_user(_core(backend=_NoBackend()), _caller(), name, role, password)
+    click.echo(f"user {name} ({role}) created")
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise click.ClickException("the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+@main.group()
+def token() -> None:
+    """Manage API tokens."""
+
+
+@token.command("create")
+@click.argument("user_name")
+@_refusals
+def token_create(user_name: str) -> None:
+    """Make an API token for USER_NAME and print it (it is shown only once)."""
+    from console.services import accounts
+
+    click.echo(accounts.create_token(_core(backend=_NoBackend()), _caller(), user_name))
+
+
+@main.group()
+def dataset() -> None:
+    """Manage datasets."""
+
+
+@dataset.command("add")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", required=True)
+@click.option("--allow", "allow", multiple=True, required=True,
+              help="a user name or a role (repeatable)")
+@_refusals
+def dataset_add(path: Path, name: str, allow: tuple[str, ...]) -> None:
+    """Register the file or directory PATH as dataset NAME."""
+    from console.services import datasets
+
+    record = datasets.register_dataset(_core(backend=_NoBackend()), _caller(), path, name,
+                                       list(allow))
+    click.echo(f"dataset {record.name} registered: {record.files} files, "
+               f"{record.size_bytes} bytes, {record.digest}")
+
+
+@main.group()
+def images() -> None:
+    """Build and register sandbox images."""
+
+
+@images.command("build")
+@click.option("--base-image", default=None,
+              help="a public base to build FROM (e.g. python:3.11-slim-bookworm) "
+                   "where a registry exists; default: a debootstrap base made here")
+@_refusals
+def images_build(base_image: str | None) -> None:
+    """Build the sandbox images (skipped when the inputs are unchanged) and register them."""
+    from console.services.images import register_image
+    from sandbox.errors import SandboxError
+    from sandbox.images import build_images
+
+    settings = Settings.from_env()
+    try:
+        built = build_images(cache_dir=settings.cache_dir,
+                             base_image=base_image or settings.base_image)
+    except SandboxError as exc:
+        click.echo(f"error: {exc.user_message}\n{exc.detail}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    core = _core(backend=_NoBackend())
+    for name, image in built.items():
+        register_image(core, _caller(), name, image.tag, image.digest)
+        click.echo(f"{name}: {image.tag} {image.digest}")
+
+
+@main.group()
+def demo() -> None:
+    """Demo data."""
+
+
+@demo.command("seed")
+@_refusals
+def demo_seed() -> None:
+    """Create one demo user per role and the demo dataset (once), and print the logins."""
+    from sqlmodel import select
+
+    from console.models import Dataset, User
+    from console.services import accounts, datasets
+    from sandbox.examples.demo_dataset import write_demo_dataset
+
+    core = _core(backend=_NoBackend())
+    logins = core.settings.home / "demo-logins.txt"
+    known = dict(line.split(" ", 2)[::2] for line in logins.read_text().splitlines()) \
+        if logins.exists() else {}
+    with core.transaction() as session:
+        existing = {u.name for u in session.exec(select(User)).all()}
+        has_dataset = session.exec(select(Dataset).where(Dataset.name == "demo")).first()
+    lines = []
+    for name, role in DEMO_USERS:
+        password = known.get(name)
+        if name not in existing:
+            password = secrets.token_urlsafe(9)
+            accounts.create_user(core, _caller(), name, role, password)
+        lines.append(f"{name} {role} {password or '(set before this demo file existed)'}")
+    logins.write_text("\n".join(lines) + "\n")
+    logins.chmod(0o600)
+    if not has_dataset:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_demo_dataset(Path(tmp))
+            datasets.register_dataset(core, _caller(), Path(tmp), "demo", ["role:engineer"])
+    click.echo("Demo logins (also in " + str(logins) + "):")
+    for line in lines:
+        name, role, password = line.split(" ", 2)
+        click.echo(f"  {name:<8} {role:<17} {password}")
+
+
+class _NoBackend:
+    """For commands that never touch sandboxes; any use is a bug, so it fails loudly."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"this command does not drive sandboxes (called {name})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Console state tables: users, API tokens, datasets and their grants, images, sandboxes."""
+
+from __future__ import annotations
+
+import enum
+
+from sqlmodel import Field, SQLModel
+
+from audit.models import AuditEvent  # noqa: F401  (one metadata for Alembic)
+
+
+class Role(enum.StrEnum):
+    ENGINEER = "engineer"
+    APPROVER = "approver"
+    SECURITY_OFFICER = "security_officer"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    role: str
+    password_hash: str
+    active: bool = True
+    created_at: str
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    prefix: str = Field(index=True)
+    token_hash: str = Field(unique=True)
+    created_at: str
+    revoked: bool = False
+
+
+class Dataset(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    path: str
+    digest: str
+    size_bytes: int
+    files: int
+    registered_by: str
+    created_at: str
+
+
+class DatasetGrant(SQLModel, table=True):
+    __tablename__ = "dataset_grant"
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: int = Field(foreign_key="dataset.id", index=True)
+    principal: str  # a user name, or role:<role>
+
+
+class SandboxStatus(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    OOM_KILLED = "oom_killed"
+    TIMED_OUT = "timed_out"
+    STOPPED = "stopped"
+    LOST = "lost"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (SandboxStatus.STARTING, SandboxStatus.RUNNING)
+
+
+class Sandbox(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    owner: str = Field(index=True)
+    status: str = Field(index=True)
+    image: str
+    image_digest: str
+    command: str
+    datasets: str  # JSON list of {name, digest}
+    code_digest: str
+    code_name: str
+    spec: str  # JSON of SandboxSpec.to_dict()
+    cpus: float
+    memory_mb: int
+    pids: int
+    timeout_s: int
+    handle: str = ""
+    exit_code: int | None = None
+    reason: str = ""
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class Image(SQLModel, table=True):
+    """A sandbox image this installation may run, pinned by digest (the engine's image ID)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    tag: str
+    digest: str = Field(unique=True)
+    registered_at: str

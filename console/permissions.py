@@ -1,0 +1,61 @@
+"""Permissions as `scope:resource:action` names, the roles that hold them, and view declarations.
+
+Every view declares its permission with `@requires(...)` or `@public`; a test walks
+`app.url_map` and fails on any endpoint that declares neither (safe by default).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from console.models import Role
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Marker for endpoints anyone may call (login page, static files, health).
+PUBLIC = "public"
+
+
+class Permission(enum.StrEnum):
+    SELF_READ = "account:self:read"
+    SANDBOX_LAUNCH = "sandbox:sandbox:launch"
+    SANDBOX_READ = "sandbox:sandbox:read"
+    SANDBOX_STOP = "sandbox:sandbox:stop"
+    LOGS_READ = "sandbox:logs:read"
+    OUTBOX_READ = "sandbox:outbox:read"
+    METRICS_READ = "system:metrics:read"
+
+
+_EVERYONE = frozenset({Permission.SELF_READ})
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ENGINEER: _EVERYONE | {
+        Permission.SANDBOX_LAUNCH,
+        Permission.SANDBOX_READ,
+        Permission.SANDBOX_STOP,
+        Permission.LOGS_READ,
+        Permission.OUTBOX_READ,
+    },
+    Role.APPROVER: _EVERYONE,
+    Role.SECURITY_OFFICER: _EVERYONE,
+    Role.AUDITOR: _EVERYONE,
+    Role.ADMIN: _EVERYONE | {Permission.METRICS_READ},
+}
+
+
+def role_has(role: str, permission: Permission) -> bool:
+    try:
+        return permission in ROLE_PERMISSIONS[Role(role)]
+    except ValueError:
+        return False
+
+
+def declared_permission(view: Callable[..., Any]) -> str | None:
+    return getattr(view, "sealroom_permission", None)
+
+
+def declare(view: F, permission: str) -> F:
+    view.sealroom_permission = permission  # type: ignore[attr-defined]
+    return view

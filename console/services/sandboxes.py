@@ -1,0 +1,458 @@
+"""Sandboxes: launch, watch, stop, and reconcile with the engine.
+
+Docker calls happen outside database transactions; every state change and its audit event
+are written together. Failures before the row exists leave no row and no container.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlmodel import Session, col, select
+
+from audit.chain import append, utc_now
+from audit.events import Actor, AuditAction, EventDraft, Outcome
+from console.core import Caller, Sealroom
+from console.models import Sandbox, SandboxStatus, User
+from console.services import datasets as dataset_service
+from console.services.errors import (
+    BadRequest,
+    EngineDown,
+    NotFound,
+    PayloadTooLarge,
+    PolicyDenied,
+    ServiceError,
+)
+from console.services.images import current_image
+from policies.evaluator import LaunchRequest
+from sandbox import spec as sandbox_spec
+from sandbox.backend import RunState
+from sandbox.errors import EngineUnavailable, InvalidSpec, InvalidUpload, SandboxError
+from sandbox.files import UploadLimits, chown_tree, list_outbox, tree_digest, unpack_code
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = Path(sandbox_spec.__file__).with_name("examples")
+DEFAULT_COMMAND = "python train.py"
+LOG_VIEW_MAX = 1 << 20
+
+
+@dataclass
+class LaunchOrder:
+    """What an engineer asked for, parsed by a view."""
+
+    datasets: list[str]
+    example: str | None = None
+    code_name: str = ""
+    code: bytes | None = None
+    command: str = DEFAULT_COMMAND
+    cpus: float = 1.0
+    memory_mb: int = 2048
+    pids: int = 256
+    timeout_s: int = 1800
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def examples() -> list[str]:
+    return sorted(p.name for p in EXAMPLES.iterdir() if (p / "train.py").is_file())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _parse(ts: str | None) -> datetime | None:
+    return datetime.fromisoformat(ts) if ts else None
+
+
+def _sandbox_dir(core: Sealroom, sandbox_id: str) -> Path:
+    return core.settings.sandboxes_dir / sandbox_id
+
+
+# --- launch -------------------------------------------------------------------------------
+
+
+def launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
+    """Launch a sandbox; every refusal is audited and leaves nothing behind."""
+    try:
+        return _launch(core, caller, order)
+    except ServiceError as exc:
+        outcome = Outcome.FAILED if exc.status >= 500 else Outcome.DENIED
+        core.record(caller.actor, AuditAction.SANDBOX_LAUNCH, target="sandbox:",
+                    outcome=outcome, reason=exc.message, request_id=caller.request_id,
+                    rule=exc.rule, policy_version=core.policy.version,
+                    datasets=order.datasets, detail=exc.detail)
+        raise
+
+
+def _launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
+    if not order.datasets:
+        raise BadRequest("choose a dataset")
+    try:
+        command = tuple(shlex.split(order.command))
+        limits = sandbox_spec.Limits(cpus=order.cpus, memory_mb=order.memory_mb,
+                                     pids=order.pids, timeout_s=order.timeout_s)
+    except (ValueError, InvalidSpec) as exc:
+        raise BadRequest(f"invalid launch request: {exc}") from exc
+    if not command:
+        raise BadRequest("the command must not be empty")
+    if order.example is None and order.code is None:
+        raise BadRequest("upload a script or a zip of code, or pick the bundled example")
+    if order.example is not None and order.example not in examples():
+        raise BadRequest(f"unknown example {order.example!r}")
+    uploads = core.policy.uploads
+    if order.code is not None and len(order.code) > uploads.max_code_mb * 1024 * 1024:
+        raise PayloadTooLarge(f"the upload is larger than {uploads.max_code_mb} MB",
+                              rule="uploads.max_code_mb")
+
+    with core.transaction() as session:
+        mounts = []
+        for name in dict.fromkeys(order.datasets):
+            dataset = dataset_service.find_dataset(session, name)
+            if dataset is None:
+                raise BadRequest(f"unknown dataset {name!r}")
+            mounts.append(sandbox_spec.DatasetMount(name, Path(dataset.path), dataset.digest))
+        running = len(session.exec(select(Sandbox.id).where(Sandbox.owner == caller.name).where(
+            col(Sandbox.status).in_([SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all())
+        decision = core.evaluator.may_launch(
+            LaunchRequest(caller.name, caller.role, tuple(m.name for m in mounts), order.cpus,
+                          order.memory_mb, order.pids, order.timeout_s, running),
+            dataset_service.grants(session))
+    if not decision:
+        raise PolicyDenied(decision.reason, rule=decision.rule)
+
+    image = current_image(core)
+    if image is None:
+        raise EngineDown("no sandbox image is installed; an operator must run "
+                         "'sealroom images build'")
+    try:
+        core.backend.ping()
+    except EngineUnavailable as exc:
+        raise EngineDown("the container engine is not available; try again later",
+                         detail=exc.detail) from exc
+
+    sandbox_id = "sb-" + secrets.token_hex(6)
+    root = _sandbox_dir(core, sandbox_id)
+    handle = ""
+    try:
+        workspace, outbox = root / "workspace", root / "outbox"
+        workspace.mkdir(parents=True)
+        outbox.mkdir()
+        if order.example is not None:
+            shutil.copytree(EXAMPLES / order.example, workspace, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            code_digest, code_name = tree_digest(workspace)[0], f"example:{order.example}"
+        else:
+            assert order.code is not None
+            code_digest = unpack_code(order.code_name, order.code, workspace, UploadLimits(
+                uploads.max_code_mb << 20, uploads.max_unpacked_mb << 20, uploads.max_files))
+            code_name = order.code_name
+        chown_tree(root, sandbox_spec.SANDBOX_UID, sandbox_spec.SANDBOX_GID)
+        spec = sandbox_spec.SandboxSpec(
+            sandbox_id=sandbox_id, owner=caller.name, image=image.digest, command=command,
+            workspace=workspace, outbox=outbox, datasets=tuple(mounts), limits=limits,
+            env=(("SEALROOM_SANDBOX", sandbox_id),
+                 ("SEALROOM_DATA", mounts[0].target),
+                 ("SEALROOM_OUTBOX", sandbox_spec.OUTBOX),
+                 *sorted(order.extra_env.items())))
+        handle = core.backend.create(spec)
+        with core.transaction() as session:
+            owner = session.exec(select(User).where(User.name == caller.name)).one()
+            assert owner.id is not None
+            record = Sandbox(
+                id=sandbox_id, owner_id=owner.id, owner=caller.name,
+                status=SandboxStatus.STARTING, image=image.tag, image_digest=image.digest,
+                command=shlex.join(command),
+                datasets=json.dumps([{"name": m.name, "digest": m.digest} for m in mounts]),
+                code_digest=code_digest, code_name=code_name, spec=json.dumps(spec.to_dict()),
+                cpus=limits.cpus, memory_mb=limits.memory_mb, pids=limits.pids,
+                timeout_s=limits.timeout_s, handle=handle, created_at=utc_now())
+            session.add(record)
+            append(session, EventDraft(
+                caller.actor, AuditAction.CODE_UPLOAD, f"sandbox:{sandbox_id}",
+                request_id=caller.request_id,
+                details={"code": code_name, "digest": code_digest}))
+            append(session, EventDraft(
+                caller.actor, AuditAction.SANDBOX_LAUNCH, f"sandbox:{sandbox_id}",
+                request_id=caller.request_id,
+                details={"spec": spec.to_dict(), "image_digest": image.digest,
+                         "code_digest": code_digest, "rule": decision.rule,
+                         "policy_version": decision.policy_version}))
+    except InvalidUpload as exc:
+        _discard(core, root, handle)
+        raise BadRequest(exc.user_message) from exc
+    except InvalidSpec as exc:
+        _discard(core, root, handle)
+        raise BadRequest(exc.user_message) from exc
+    except EngineUnavailable as exc:
+        _discard(core, root, handle)
+        raise EngineDown("the container engine is not available; try again later",
+                         detail=exc.detail) from exc
+    except SandboxError as exc:
+        _discard(core, root, handle)
+        raise EngineDown(f"the sandbox could not be created: {exc.user_message}",
+                         detail=exc.detail) from exc
+    except BaseException:
+        _discard(core, root, handle)
+        raise
+
+    try:
+        core.backend.start(handle)
+    except SandboxError as exc:
+        _finish(core, sandbox_id, SandboxStatus.FAILED, AuditAction.SANDBOX_START,
+                f"the sandbox could not start: {exc.user_message}", outcome=Outcome.FAILED)
+        raise EngineDown(f"the sandbox could not start: {exc.user_message}",
+                         detail=exc.detail) from exc
+    with core.transaction() as session:
+        record = session.get(Sandbox, sandbox_id)
+        assert record is not None
+        if record.status == SandboxStatus.STARTING:
+            record.status = SandboxStatus.RUNNING
+            record.started_at = utc_now()
+            session.add(record)
+            append(session, EventDraft(caller.actor, AuditAction.SANDBOX_START,
+                                       f"sandbox:{sandbox_id}", request_id=caller.request_id))
+    return record
+
+
+def _discard(core: Sealroom, root: Path, handle: str) -> None:
+    if handle:
+        try:
+            core.backend.remove(handle)
+        except SandboxError:
+            log.warning("could not remove container %s; the reconciler will", handle)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# --- watching -----------------------------------------------------------------------------
+
+
+def _save_logs(core: Sealroom, record: Sandbox) -> None:
+    try:
+        data = core.backend.logs(record.handle)
+    except SandboxError:
+        return
+    path = _sandbox_dir(core, record.id) / "log.txt"
+    path.write_bytes(data)
+
+
+def _finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: AuditAction,
+            reason: str, *, exit_code: int | None = None, outcome: Outcome = Outcome.OK,
+            caller: Caller | None = None, remove: bool = True) -> Sandbox | None:
+    """Move a sandbox to a terminal state once (compare-and-set), keep its log, free it."""
+    with core.transaction() as session:
+        record = session.get(Sandbox, sandbox_id)
+        if record is None or SandboxStatus(record.status).terminal:
+            return record
+        if remove and record.handle:
+            _save_logs(core, record)
+        record.status = status
+        record.exit_code = exit_code
+        record.reason = reason
+        record.finished_at = utc_now()
+        session.add(record)
+        actor = caller.actor if caller else _system()
+        append(session, EventDraft(
+            actor, action, f"sandbox:{sandbox_id}", outcome, reason,
+            caller.request_id if caller else "",
+            details={"status": str(status), "exit_code": exit_code}))
+    if remove and record.handle:
+        try:
+            core.backend.remove(record.handle)
+        except SandboxError:
+            log.warning("could not remove container of %s; the reconciler will", sandbox_id)
+    return record
+
+
+def _system() -> Actor:
+    return Actor.system("supervisor")
+
+
+def refresh(core: Sealroom, sandbox_id: str) -> Sandbox | None:
+    """Look at the engine and record what happened: exit, OOM kill, time limit, or lost."""
+    with core.transaction() as session:
+        record = session.get(Sandbox, sandbox_id)
+    if record is None or SandboxStatus(record.status).terminal or not record.handle:
+        return record
+    try:
+        status = core.backend.poll(record.handle)
+    except SandboxError:
+        return record  # engine unreachable: keep the last known state
+    if status.state == RunState.MISSING:
+        return _finish(core, record.id, SandboxStatus.LOST, AuditAction.SANDBOX_LOST,
+                       "the container vanished from the engine", outcome=Outcome.FAILED,
+                       remove=False)
+    if status.state == RunState.EXITED:
+        if status.oom_killed:
+            return _finish(core, record.id, SandboxStatus.OOM_KILLED, AuditAction.SANDBOX_OOM,
+                           f"killed: out of memory (limit {record.memory_mb} MB)",
+                           exit_code=status.exit_code, outcome=Outcome.FAILED)
+        ok = status.exit_code == 0
+        return _finish(core, record.id,
+                       SandboxStatus.SUCCEEDED if ok else SandboxStatus.FAILED,
+                       AuditAction.SANDBOX_EXIT, f"exited with code {status.exit_code}",
+                       exit_code=status.exit_code, outcome=Outcome.OK if ok else Outcome.FAILED)
+    started = _parse(record.started_at)
+    if status.state == RunState.RUNNING and started is not None and \
+            (_now() - started).total_seconds() > record.timeout_s:
+        try:
+            core.backend.stop(record.handle, timeout_s=5)
+        except SandboxError:
+            return record
+        return _finish(core, record.id, SandboxStatus.TIMED_OUT, AuditAction.SANDBOX_TIMEOUT,
+                       f"stopped: time limit of {record.timeout_s} s reached",
+                       outcome=Outcome.FAILED)
+    return record
+
+
+def refresh_all(core: Sealroom) -> None:
+    with core.transaction() as session:
+        ids = session.exec(select(Sandbox.id).where(col(Sandbox.status).in_(
+            [SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all()
+    for sandbox_id in ids:
+        refresh(core, sandbox_id)
+
+
+def reconcile(core: Sealroom) -> None:
+    """On console start: remove our containers the database does not know, mark the
+    sandboxes whose container vanished as lost, and settle the rest. All audited."""
+    owned = core.backend.list_owned()
+    with core.transaction() as session:
+        live = {r.id: r for r in session.exec(select(Sandbox).where(col(Sandbox.status).in_(
+            [SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all()}
+    handles = {o.handle for o in owned}
+    for item in owned:
+        record = live.get(item.sandbox_id)
+        if record is not None and record.handle == item.handle:
+            continue
+        core.backend.remove(item.handle)
+        core.record(_system(), AuditAction.ORPHAN_REMOVE,
+                    target=f"sandbox:{item.sandbox_id}",
+                    reason="container unknown to the database, or its sandbox has ended",
+                    container=item.handle[:12], owner=item.owner)
+    for record in live.values():
+        if record.handle not in handles:
+            _finish(core, record.id, SandboxStatus.LOST, AuditAction.SANDBOX_LOST,
+                    "the container vanished while the console was down",
+                    outcome=Outcome.FAILED, remove=False)
+            continue
+        status = core.backend.poll(record.handle)
+        if status.state == RunState.CREATED:
+            _finish(core, record.id, SandboxStatus.FAILED, AuditAction.SANDBOX_START,
+                    "the console stopped before the sandbox started", outcome=Outcome.FAILED)
+        else:
+            refresh(core, record.id)
+
+
+# --- reading and stopping -----------------------------------------------------------------
+
+
+def _owned(session: Session, caller: Caller, sandbox_id: str) -> Sandbox:
+    record = session.get(Sandbox, sandbox_id)
+    if record is None or record.owner != caller.name:
+        raise NotFound("no such sandbox")  # the same answer whether it exists or not
+    return record
+
+
+def get(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
+    with core.transaction() as session:
+        _owned(session, caller, sandbox_id)
+    record = refresh(core, sandbox_id)
+    assert record is not None
+    return record
+
+
+def list_for(core: Sealroom, caller: Caller) -> list[Sandbox]:
+    with core.transaction() as session:
+        ids = session.exec(select(Sandbox.id).where(Sandbox.owner == caller.name)).all()
+    for sandbox_id in ids:
+        refresh(core, sandbox_id)
+    with core.transaction() as session:
+        return list(session.exec(select(Sandbox).where(Sandbox.owner == caller.name)
+                                 .order_by(col(Sandbox.created_at).desc())).all())
+
+
+def stop(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
+    record = get(core, caller, sandbox_id)
+    if SandboxStatus(record.status).terminal:
+        return record  # stopping twice is fine
+    try:
+        core.backend.stop(record.handle, timeout_s=5)
+    except EngineUnavailable as exc:
+        raise EngineDown("the container engine is not available; try again later",
+                         detail=exc.detail) from exc
+    status = core.backend.poll(record.handle)
+    finished = _finish(core, sandbox_id, SandboxStatus.STOPPED, AuditAction.SANDBOX_STOP,
+                       f"stopped by {caller.name}", exit_code=status.exit_code, caller=caller)
+    assert finished is not None
+    return finished
+
+
+def logs(core: Sealroom, caller: Caller, sandbox_id: str, *, offset: int = 0,
+         limit: int = LOG_VIEW_MAX) -> tuple[bytes, int]:
+    """Log bytes from `offset` (at most `limit`), and the total length so far. Audited
+    whenever new bytes are shown."""
+    record = get(core, caller, sandbox_id)
+    saved = _sandbox_dir(core, sandbox_id) / "log.txt"
+    if SandboxStatus(record.status).terminal or not record.handle:
+        data = saved.read_bytes() if saved.exists() else b""
+    else:
+        try:
+            data = core.backend.logs(record.handle)
+        except SandboxError:
+            data = saved.read_bytes() if saved.exists() else b""
+    total = len(data)
+    if offset < 0:
+        offset = max(0, total + offset)
+    chunk = data[offset:offset + limit]
+    if chunk:
+        core.record(caller.actor, AuditAction.LOGS_VIEW, target=f"sandbox:{sandbox_id}",
+                    request_id=caller.request_id, offset=offset, bytes=len(chunk))
+    return chunk, total
+
+
+def outbox(core: Sealroom, caller: Caller, sandbox_id: str) -> list[dict[str, object]]:
+    get(core, caller, sandbox_id)
+    entries = [e.to_dict() for e in list_outbox(_sandbox_dir(core, sandbox_id) / "outbox")]
+    core.record(caller.actor, AuditAction.OUTBOX_VIEW, target=f"sandbox:{sandbox_id}",
+                request_id=caller.request_id, files=len(entries))
+    return entries
+
+
+def to_dict(record: Sandbox) -> dict[str, object]:
+    started, finished = _parse(record.started_at), _parse(record.finished_at)
+    duration = None
+    if started:
+        duration = round(((finished or _now()) - started).total_seconds(), 1)
+    return {
+        "id": record.id,
+        "owner": record.owner,
+        "status": record.status,
+        "exit_code": record.exit_code,
+        "reason": record.reason,
+        "image": record.image,
+        "image_digest": record.image_digest,
+        "command": record.command,
+        "datasets": json.loads(record.datasets),
+        "code": {"name": record.code_name, "digest": record.code_digest},
+        "limits": {"cpus": record.cpus, "memory_mb": record.memory_mb, "pids": record.pids,
+                   "timeout_s": record.timeout_s},
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "duration_s": duration,
+    }
+
+
+
+def audit_refused_launch(core: Sealroom, caller: Caller, reason: str) -> None:
+    """Record a launch refused before it could be parsed into an order."""
+    core.record(caller.actor, AuditAction.SANDBOX_LAUNCH, target="sandbox:",
+                outcome=Outcome.DENIED, reason=reason, request_id=caller.request_id)

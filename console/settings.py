@@ -1,0 +1,75 @@
+"""Configuration, read once from `SEALROOM_*` environment variables.
+
+Every path lives under the data directory (`SEALROOM_HOME`, default `./var`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"SEALROOM_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path(_env("HOME", "var")).resolve())
+    database_url: str = ""
+    docker_host: str | None = field(default_factory=lambda: os.environ.get("SEALROOM_DOCKER_HOST"))
+    sandbox_image: str = field(default_factory=lambda: _env("SANDBOX_IMAGE", ""))
+    base_image: str | None = field(default_factory=lambda: os.environ.get("SEALROOM_BASE_IMAGE"))
+    cache_dir: Path = field(default_factory=lambda: Path(
+        os.environ.get("SEALROOM_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sealroom"))
+    host: str = field(default_factory=lambda: _env("BIND", "127.0.0.1"))
+    port: int = field(default_factory=lambda: int(_env("PORT", "8000")))
+    max_request_mb: int = field(default_factory=lambda: int(_env("MAX_REQUEST_MB", "64")))
+    https: bool = field(default_factory=lambda: _env("HTTPS", "0") == "1")
+    supervise_interval_s: float = field(
+        default_factory=lambda: float(_env("SUPERVISE_INTERVAL", "1.0")))
+    login_rate: str = field(default_factory=lambda: _env("LOGIN_RATE", "10 per minute"))
+    testing: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'sealroom.db'}")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        settings = cls()
+        if "home" in overrides and "database_url" not in overrides:
+            overrides["database_url"] = f"sqlite:///{Path(overrides['home']) / 'sealroom.db'}"
+        return replace(settings, **overrides)
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.home / "sandboxes"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.sandboxes_dir, self.datasets_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o711)
+
+    def secret_key(self) -> str:
+        """Flask's session key: made once per installation, kept in the data directory."""
+        path = self.home / "secret_key"
+        if not path.exists():
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def installation_id(self) -> str:
+        """Labels this installation's containers; several installations may share an engine."""
+        path = self.home / "installation_id"
+        if not path.exists():
+            path.write_text(secrets.token_hex(8))
+        return path.read_text().strip()

@@ -1,0 +1,63 @@
+// Live view of one sandbox: appends new log bytes, updates status, refreshes the outbox.
+(function () {
+  "use strict";
+  const log = document.getElementById("log");
+  if (!log) return;
+  const url = log.dataset.live;
+  let offset = 0;
+  let done = false;
+
+  function text(id, value) {
+    const el = document.getElementById(id);
+    if (el) el.textContent = value;
+  }
+
+  function renderOutbox(files) {
+    const body = document.querySelector("#outbox tbody");
+    body.replaceChildren();
+    if (!files.length) {
+      const row = body.insertRow();
+      row.className = "empty";
+      const cell = row.insertCell();
+      cell.colSpan = 3;
+      cell.textContent = "Empty.";
+      return;
+    }
+    for (const f of files) {
+      const row = body.insertRow();
+      row.insertCell().textContent = f.name + (f.kind === "file" ? "" : " (ignored: not a regular file)");
+      row.insertCell().textContent = f.size.toLocaleString("en");
+      const code = document.createElement("code");
+      code.className = "hash";
+      code.textContent = f.sha256;
+      row.insertCell().appendChild(code);
+    }
+  }
+
+  async function tick() {
+    try {
+      const r = await fetch(url + "?offset=" + offset + (done ? "" : "&outbox=1"),
+                            {credentials: "same-origin"});
+      if (!r.ok) return;
+      const body = await r.json();
+      if (body.log) log.textContent += body.log;
+      offset = body.offset;
+      const s = body.sandbox;
+      const status = document.getElementById("status");
+      status.textContent = s.status.replace("_", " ");
+      status.className = "status " + s.status;
+      text("reason", s.reason || "—");
+      text("exit-code", s.exit_code === null ? "—" : String(s.exit_code));
+      text("duration", s.duration_s === null ? "—" : s.duration_s.toFixed(1) + " s");
+      if (body.outbox) renderOutbox(body.outbox);
+      if (s.status !== "starting" && s.status !== "running") {
+        done = true;
+        const stop = document.getElementById("stop-form");
+        if (stop) stop.remove();
+      }
+    } finally {
+      if (!done) setTimeout(tick, 1500);
+    }
+  }
+  tick();
+})();

@@ -1,0 +1,1 @@
+"""Console pages, one blueprint per audience."""

@@ -1,0 +1,59 @@
+"""Log in and log out. Failed logins are audited and rate-limited."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_user, logout_user
+
+from audit.events import AuditAction
+from console.app import limiter
+from console.guards import SessionUser, caller, core, public, requires
+from console.permissions import Permission
+from console.services import accounts
+from console.web.forms import LoginForm
+
+auth = Blueprint("auth", __name__)
+
+
+def _safe_next(target: str | None) -> str:
+    if target and urlparse(target).netloc == "" and target.startswith("/") \
+            and not target.startswith("//"):
+        return target
+    return url_for("home.index")
+
+
+@auth.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: core().settings.login_rate, methods=["POST"],
+               deduct_when=lambda response: response.status_code != 302)
+@public
+def login() -> Any:
+    form = LoginForm()
+    if form.validate_on_submit():
+        user = accounts.authenticate(core(), caller(), form.username.data.strip(),
+                                     form.password.data)
+        if user is not None:
+            session.clear()
+            login_user(SessionUser(user))
+            session.permanent = True
+            return redirect(_safe_next(request.args.get("next")))
+        flash("Wrong user name or password.", "error")
+        return render_template("login.html", form=form), 401
+    if request.method == "POST":
+        return render_template("login.html", form=form), 400
+    if current_user.is_authenticated:
+        return redirect(url_for("home.index"))
+    return render_template("login.html", form=form)
+
+
+@auth.route("/logout", methods=["POST"])
+@requires(Permission.SELF_READ)
+def logout() -> Any:
+    core().record(caller().actor, AuditAction.LOGOUT, target=f"user:{current_user.name}",
+                  request_id=caller().request_id)
+    logout_user()
+    session.clear()
+    flash("You are logged out.", "info")
+    return redirect(url_for("auth.login"))

@@ -1,0 +1,111 @@
+"""Engineer pages: my sandboxes, launch a sandbox, and a sandbox's live detail page.
+
+There is no download link anywhere: the outbox is listed by name, size and hash only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from console.guards import caller, core, requires
+from console.permissions import Permission
+from console.services import datasets as dataset_service
+from console.services import sandboxes as sandbox_service
+from console.services.errors import ServiceError
+from console.web.forms import LaunchForm
+
+engineer = Blueprint("engineer", __name__, url_prefix="/sandboxes")
+
+
+@engineer.route("")
+@requires(Permission.SANDBOX_READ)
+def sandboxes() -> Any:
+    rows = [sandbox_service.to_dict(r) for r in sandbox_service.list_for(core(), caller())]
+    return render_template("sandboxes.html", sandboxes=rows)
+
+
+def _launch_form() -> LaunchForm:
+    form = LaunchForm()
+    usable = dataset_service.usable_datasets(core(), current_user.name, current_user.role)
+    form.dataset.choices = [(d.name, f"{d.name} ({d.files} files, {d.size_bytes:,} bytes)")
+                            for d in usable]
+    return form
+
+
+@engineer.route("/new", methods=["GET", "POST"])
+@requires(Permission.SANDBOX_LAUNCH)
+def new() -> Any:
+    form = _launch_form()
+    maxima = core().policy.resources.for_role(current_user.role)
+    if request.method == "POST":
+        if not form.validate():
+            errors = "; ".join(f"{form[k].label.text}: {' '.join(v)}"
+                               for k, v in form.errors.items())
+            flash(f"Check the form: {errors}", "error")
+            return render_template("sandbox_new.html", form=form, maxima=maxima), 400
+        order = sandbox_service.LaunchOrder(
+            datasets=[form.dataset.data], command=form.command.data,
+            cpus=float(form.cpus.data), memory_mb=form.memory_mb.data,
+            pids=form.pids.data or 256, timeout_s=form.timeout_s.data)
+        if form.source.data == "upload":
+            upload = request.files.get("code")
+            if upload is None or not upload.filename:
+                flash("Choose a script or zip to upload.", "error")
+                return render_template("sandbox_new.html", form=form, maxima=maxima), 400
+            order.code_name, order.code = upload.filename, upload.read()
+        else:
+            order.example = "mlp"
+        try:
+            record = sandbox_service.launch(core(), caller(), order)
+        except ServiceError as exc:
+            flash(exc.message, "error")
+            return render_template("sandbox_new.html", form=form, maxima=maxima), exc.status
+        flash(f"Sandbox {record.id} launched.", "info")
+        return redirect(url_for("engineer.detail", sandbox_id=record.id))
+    return render_template("sandbox_new.html", form=form, maxima=maxima)
+
+
+@engineer.route("/<sandbox_id>")
+@requires(Permission.SANDBOX_READ)
+def detail(sandbox_id: str) -> Any:
+    try:
+        record = sandbox_service.get(core(), caller(), sandbox_id)
+        files = sandbox_service.outbox(core(), caller(), sandbox_id)
+    except ServiceError as exc:
+        return render_template("error.html", status=exc.status, message=exc.message), exc.status
+    return render_template("sandbox_detail.html", sandbox=sandbox_service.to_dict(record),
+                           files=files)
+
+
+@engineer.route("/<sandbox_id>/live")
+@requires(Permission.LOGS_READ)
+def live(sandbox_id: str) -> Any:
+    """What the detail page polls: status, new log bytes since `offset`, and the outbox."""
+    offset = request.args.get("offset", default=0, type=int)
+    try:
+        chunk, total = sandbox_service.logs(core(), caller(), sandbox_id, offset=offset,
+                                            limit=256 * 1024)
+        record = sandbox_service.get(core(), caller(), sandbox_id)
+        body: dict[str, Any] = {"sandbox": sandbox_service.to_dict(record),
+                                "log": chunk.decode("utf-8", "replace"),
+                                "offset": offset + len(chunk), "total": total}
+        if record.status not in ("starting", "running") and request.args.get("outbox"):
+            body["outbox"] = sandbox_service.outbox(core(), caller(), sandbox_id)
+    except ServiceError as exc:
+        return jsonify({"error": {"code": exc.code, "message": exc.message}}), exc.status
+    return jsonify(body)
+
+
+@engineer.route("/<sandbox_id>/stop", methods=["POST"])
+@requires(Permission.SANDBOX_STOP)
+def stop(sandbox_id: str) -> Any:
+    try:
+        sandbox_service.stop(core(), caller(), sandbox_id)
+    except ServiceError as exc:
+        flash(exc.message, "error")
+        return redirect(url_for("engineer.detail", sandbox_id=sandbox_id)), 303
+    flash("Sandbox stopped.", "info")
+    return redirect(url_for("engineer.detail", sandbox_id=sandbox_id))

@@ -1,0 +1,117 @@
+"""What a sandbox is, as pure data: image, command, datasets, limits.
+
+A `SandboxSpec` says nothing about Docker; backends turn it into containers. Builder methods
+return a new spec so tests can read like `SandboxSpec(...).with_dataset(...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sandbox.errors import InvalidSpec
+
+#: The only uid/gid processes inside a sandbox ever run as.
+SANDBOX_UID = 10001
+SANDBOX_GID = 10001
+
+#: Mount points inside every sandbox.
+DATA_ROOT = "/data"
+WORKSPACE = "/workspace"
+OUTBOX = "/outbox"
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one sandbox."""
+
+    cpus: float = 1.0
+    memory_mb: int = 2048
+    pids: int = 256
+    timeout_s: int = 3600
+    tmp_mb: int = 512
+
+    def __post_init__(self) -> None:
+        if not (0 < self.cpus <= 64):
+            raise InvalidSpec("cpus must be between 0 and 64")
+        if not (64 <= self.memory_mb <= 1024 * 1024):
+            raise InvalidSpec("memory_mb must be at least 64")
+        if not (16 <= self.pids <= 65536):
+            raise InvalidSpec("pids must be between 16 and 65536")
+        if not (1 <= self.timeout_s <= 7 * 24 * 3600):
+            raise InvalidSpec("timeout_s must be between 1 second and 7 days")
+        if not (1 <= self.tmp_mb <= 64 * 1024):
+            raise InvalidSpec("tmp_mb must be between 1 and 65536")
+
+
+@dataclass(frozen=True)
+class DatasetMount:
+    """A dataset mounted read-only at /data/<name>."""
+
+    name: str
+    host_path: Path
+    digest: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise InvalidSpec(f"invalid dataset name {self.name!r}")
+        if not self.host_path.is_absolute():
+            raise InvalidSpec("dataset host path must be absolute")
+
+    @property
+    def target(self) -> str:
+        return f"{DATA_ROOT}/{self.name}"
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything a backend needs to start one sealed sandbox."""
+
+    sandbox_id: str
+    owner: str
+    image: str
+    command: tuple[str, ...]
+    workspace: Path
+    outbox: Path
+    datasets: tuple[DatasetMount, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    env: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.sandbox_id):
+            raise InvalidSpec(f"invalid sandbox id {self.sandbox_id!r}")
+        if not self.command:
+            raise InvalidSpec("command must not be empty")
+        if not (self.workspace.is_absolute() and self.outbox.is_absolute()):
+            raise InvalidSpec("workspace and outbox must be absolute host paths")
+        names = [d.name for d in self.datasets]
+        if len(names) != len(set(names)):
+            raise InvalidSpec("a dataset may be mounted only once")
+        for key, _ in self.env:
+            if not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
+                raise InvalidSpec(f"invalid environment variable name {key!r}")
+
+    def with_dataset(self, mount: DatasetMount) -> SandboxSpec:
+        return dataclasses.replace(self, datasets=(*self.datasets, mount))
+
+    def with_limits(self, limits: Limits) -> SandboxSpec:
+        return dataclasses.replace(self, limits=limits)
+
+    def with_env(self, key: str, value: str) -> SandboxSpec:
+        return dataclasses.replace(self, env=(*self.env, (key, value)))
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-safe description, recorded with the sandbox and in provenance."""
+        return {
+            "sandbox_id": self.sandbox_id,
+            "owner": self.owner,
+            "image": self.image,
+            "command": list(self.command),
+            "datasets": [{"name": d.name, "digest": d.digest} for d in self.datasets],
+            "limits": dataclasses.asdict(self.limits),
+            "env": dict(self.env),
+        }

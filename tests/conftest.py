@@ -1,0 +1,80 @@
+"""Shared fixtures: a fresh installation (data directory, database) per test, the app,
+its clients, users with tokens, and a small dataset. Engine-backed fixtures live in
+tests/integration/conftest.py."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from console.app import create_app
+from console.core import Sealroom
+from console.services import accounts, datasets, images
+from console.settings import Settings
+from tests.helpers import OPERATOR, PASSWORD, write_dataset
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.from_env(home=tmp_path / "home", testing=True,
+                             login_rate="1000 per minute", supervise_interval_s=0.5)
+
+
+@pytest.fixture
+def fake_backend() -> Any:
+    from sandbox.fake import FakeBackend
+
+    return FakeBackend()
+
+
+@pytest.fixture
+def core(settings: Settings, fake_backend: Any) -> Iterator[Sealroom]:
+    sealroom = Sealroom(settings, backend=fake_backend)
+    images.register_image(sealroom, OPERATOR, "base", "sealroom/base:test",
+                          "sha256:" + "ab" * 32)
+    yield sealroom
+    sealroom.close()
+
+
+@pytest.fixture
+def app(core: Sealroom) -> Flask:
+    return create_app(sealroom=core)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def make_user(core: Sealroom) -> Callable[..., tuple[str, str]]:
+    """Create a user and return (name, API token)."""
+
+    def make(name: str, role: str = "engineer") -> tuple[str, str]:
+        accounts.create_user(core, OPERATOR, name, role, PASSWORD)
+        return name, accounts.create_token(core, OPERATOR, name)
+
+    return make
+
+
+@pytest.fixture
+def dataset(core: Sealroom, tmp_path: Path) -> str:
+    """A small demo-shaped dataset named `demo`, granted to every engineer."""
+    datasets.register_dataset(core, OPERATOR, write_dataset(tmp_path / "src"), "demo",
+                              ["role:engineer"])
+    return "demo"

@@ -1,0 +1,77 @@
+"""Fixtures against the real Docker engine: an installation whose backend is Docker, with
+the built sandbox image registered, and cleanup of every container it labelled."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
+from flask import Flask
+
+from console.app import create_app
+from console.core import Sealroom
+from console.services import images
+from console.settings import Settings
+from sandbox.backend import LABEL_INSTALLATION
+from tests.helpers import OPERATOR
+
+
+def _need(reason: str) -> None:
+    if os.environ.get("SEALROOM_REQUIRE_ENGINE") == "1":
+        pytest.fail(f"{reason} (make test requires it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001
+        _need(f"no Docker engine answers: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client: docker.DockerClient) -> Any:
+    from sandbox.images import find_image
+
+    image = find_image("base", client=docker_client)
+    if image is None:
+        _need("the sandbox image is not built; run 'sealroom images build'")
+    return image
+
+
+@pytest.fixture
+def docker_core(settings: Settings, docker_client: docker.DockerClient,
+                base_image: Any) -> Iterator[Sealroom]:
+    sealroom = Sealroom(settings)
+    images.register_image(sealroom, OPERATOR, "base", base_image.tag, base_image.digest)
+    yield sealroom
+    label = f"{LABEL_INSTALLATION}={settings.installation_id()}"
+    for container in docker_client.containers.list(all=True, filters={"label": label}):
+        container.remove(force=True)
+    sealroom.close()
+
+
+@pytest.fixture
+def docker_app(docker_core: Sealroom) -> Flask:
+    return create_app(sealroom=docker_core)
+
+
+@pytest.fixture
+def live_server(docker_core: Sealroom) -> Iterator[str]:
+    """The console served by waitress on a free loopback port, with its supervisor."""
+    from waitress.server import create_server
+
+    app = create_app(sealroom=docker_core, supervise=True)
+    server = create_server(app, host="127.0.0.1", port=0, threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.effective_port}"
+    server.close()
