@@ -1,0 +1,1 @@
+"""Bundled examples: the MLP training script and the demo dataset generator."""

@@ -1,0 +1,136 @@
+"""Bundled example: train a small MLP on a tabular CSV and put the model in the outbox.
+
+Reads ``train.csv`` (features ``f0..f15``, ``label`` 0/1) from ``$SEALROOM_DATA`` (default: the
+only directory under /data), writes ``model.safetensors`` and ``metrics.json`` to
+``$SEALROOM_OUTBOX`` (default /outbox). Runs on one CPU in a few seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+EPOCHS = int(os.environ.get("SEALROOM_EPOCHS", "5"))
+BATCH_SIZE = 64
+TEST_FRACTION = 0.2
+SEED = 0
+
+
+def data_dir() -> Path:
+    configured = os.environ.get("SEALROOM_DATA")
+    if configured:
+        return Path(configured)
+    candidates = sorted(p for p in Path("/data").iterdir() if p.is_dir())
+    if len(candidates) != 1:
+        sys.exit(f"set SEALROOM_DATA: expected one dataset under /data, found {len(candidates)}")
+    return candidates[0]
+
+
+def load_csv(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        if header[-1] != "label":
+            sys.exit(f"{path}: the last column must be 'label', not {header[-1]!r}")
+        rows = [[float(v) for v in row] for row in reader if row]
+    table = torch.tensor(rows, dtype=torch.float32)
+    return table[:, :-1], table[:, -1].long()
+
+
+class Standardise(nn.Module):
+    """Scales inputs with the training set's statistics, kept as buffers in the state_dict."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(dim=1) == y).float().mean().item()
+
+
+def main() -> None:
+    torch.set_num_threads(int(os.environ.get("SEALROOM_NUM_THREADS", "1")))
+    torch.manual_seed(SEED)
+    outbox = Path(os.environ.get("SEALROOM_OUTBOX", "/outbox"))
+    source = data_dir() / "train.csv"
+    started = time.monotonic()
+
+    x, y = load_csv(source)
+    order = torch.randperm(len(y))
+    n_test = int(len(y) * TEST_FRACTION)
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+    # Standardise with training statistics only; the model carries them.
+    mean = x_train.mean(dim=0)
+    std = x_train.std(dim=0).clamp_min(1e-6)
+    print(
+        f"data {source}: {len(y_train)} train, {len(y_test)} test, {x.shape[1]} features",
+        flush=True,
+    )
+
+    model = nn.Sequential(
+        Standardise(mean, std), nn.Linear(x.shape[1], 32), nn.ReLU(), nn.Linear(32, 2)
+    )
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = nn.CrossEntropyLoss()
+
+    loss_value = math.nan
+    for epoch in range(1, EPOCHS + 1):
+        model.train()
+        perm = torch.randperm(len(y_train))
+        total, seen = 0.0, 0
+        for start in range(0, len(perm), BATCH_SIZE):
+            batch = perm[start : start + BATCH_SIZE]
+            optimiser.zero_grad()
+            loss = loss_fn(model(x_train[batch]), y_train[batch])
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(batch)
+            seen += len(batch)
+        loss_value = total / seen
+        model.eval()
+        print(
+            f"epoch {epoch}/{EPOCHS} loss={loss_value:.4f} "
+            f"acc={accuracy(model, x_test, y_test):.4f}",
+            flush=True,
+        )
+
+    test_accuracy = accuracy(model, x_test, y_test)
+    if not (math.isfinite(loss_value) and math.isfinite(test_accuracy)):
+        sys.exit("training diverged: loss or accuracy is not finite")
+
+    outbox.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(outbox / "model.safetensors"), metadata={"format": "pt"})
+    metrics = {
+        "accuracy": round(test_accuracy, 6),
+        "loss": round(loss_value, 6),
+        "epochs": EPOCHS,
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    (outbox / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(
+        f"wrote {outbox / 'model.safetensors'} and metrics.json: accuracy={test_accuracy:.4f}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
