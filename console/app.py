@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     )
     app.extensions["sealroom"] = sealroom
 
+    _install_request_hooks(app)  # first: the request id exists before CSRF may refuse
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
         return SessionUser(user) if user and user.active else None
 
     from console.api import api
+    from console.metrics import metrics
     from console.web.auth import auth
     from console.web.engineer import engineer
     from console.web.home import home
@@ -69,10 +71,11 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     app.register_blueprint(home)
     app.register_blueprint(engineer)
     app.register_blueprint(api)
+    app.register_blueprint(metrics)
     csrf.exempt(api)  # token auth only: the API never reads the session cookie
+    csrf.exempt(metrics)
     declare(app.view_functions["static"], PUBLIC)
 
-    _install_request_hooks(app)
     _install_error_handlers(app)
     if supervise:
         _start_supervisor(sealroom)

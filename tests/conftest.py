@@ -19,6 +19,8 @@ from console.services import accounts, datasets, images
 from console.settings import Settings
 from tests.helpers import OPERATOR, PASSWORD, write_dataset
 
+pytest_plugins = ["tests.engine_fixtures"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -32,9 +34,10 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def fake_backend() -> Any:
-    from sandbox.fake import FakeBackend
+    from sandbox.fake import FakeBackend, ScriptedOutcome
 
-    return FakeBackend()
+    # Console tests watch sandboxes while they run; tests that need an exit script one.
+    return FakeBackend(default_outcome=ScriptedOutcome(stays_running=True, logs=b"epoch 1/1\n"))
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Fixtures against the real Docker engine: an installation whose backend is Docker, with
-the built sandbox image registered, and cleanup of every container it labelled."""
+"""Fixtures against the real Docker engine, loaded as a plugin by tests/conftest.py: an
+installation whose backend is Docker with the built sandbox image registered, the console
+served for real, and cleanup of every container the installation labelled."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
+from wtforms.fields.choices import SelectChoice
 
 from console.guards import caller, core, requires
 from console.permissions import Permission
@@ -30,8 +31,8 @@ def sandboxes() -> Any:
 def _launch_form() -> LaunchForm:
     form = LaunchForm()
     usable = dataset_service.usable_datasets(core(), current_user.name, current_user.role)
-    form.dataset.choices = [(d.name, f"{d.name} ({d.files} files, {d.size_bytes:,} bytes)")
-                            for d in usable]
+    form.dataset.choices = [SelectChoice(d.name, f"{d.name} ({d.files} files, "
+                                                 f"{d.size_bytes:,} bytes)") for d in usable]
     return form
 
 

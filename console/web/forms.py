@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
 from wtforms import DecimalField, IntegerField, PasswordField, RadioField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 
@@ -15,8 +16,8 @@ class LoginForm(FlaskForm):  # type: ignore[misc]
 
 class LaunchForm(FlaskForm):  # type: ignore[misc]
     dataset = SelectField("Dataset", validators=[DataRequired()])
-    source = RadioField("Code", choices=[("example", "Bundled example (MLP)"),
-                                         ("upload", "Upload a script (.py) or a zip")],
+    source = RadioField("Code", choices=[SelectChoice("example", "Bundled example (MLP)"),
+                                         SelectChoice("upload", "Upload a script (.py) or a zip")],
                         default="example")
     code = FileField("Script or zip")
     command = StringField("Command", default="python train.py",

@@ -78,7 +78,7 @@ def _refused(client: FlaskClient, core: Sealroom, fake_backend: Any, token: str,
     events = _events(core, "sandbox:sandbox:launch")
     assert len(events) == before + 1 and events[-1].outcome in ("denied", "failed")
     assert _sandboxes(core) == []
-    assert fake_backend.list_owned() == []
+    assert fake_backend.sandboxes == {}
     assert list(core.settings.sandboxes_dir.iterdir()) == []
     return body
 
@@ -90,7 +90,7 @@ def _refused(client: FlaskClient, core: Sealroom, fake_backend: Any, token: str,
     ({"dataset": "demo", "example": "nope"}, 400, "unknown example"),
     ({"dataset": "demo", "example": "mlp", "limits": {"cpus": 64}}, 403, "CPUs"),
     ({"dataset": "demo", "example": "mlp", "limits": {"memory_mb": 10**6}}, 403, "memory"),
-    ({"dataset": "demo", "example": "mlp", "limits": {"timeout_s": 10**6}}, 403, "run time"),
+    ({"dataset": "demo", "example": "mlp", "limits": {"timeout_s": 10**5}}, 403, "run time"),
     ({"dataset": "demo", "example": "mlp", "limits": {"cpus": "many"}}, 400, "number"),
     ({"dataset": "demo", "example": "mlp", "limits": {"memory_mb": 1}}, 400, "memory_mb"),
     ({"dataset": "demo", "example": "mlp", "command": "'unbalanced"}, 400, "invalid"),
@@ -179,3 +179,16 @@ def test_roles_without_the_permission_are_refused(client: FlaskClient, core: Sea
                            json={"dataset": "demo", "example": "mlp"})
     assert response.status_code == 403
     assert _events(core, "auth:request:deny")[-1].actor == "audrey"
+
+
+def test_metrics_need_an_admin_token(client: FlaskClient, alice: str,
+                                     make_user: Callable[..., tuple[str, str]]) -> None:
+    client.post("/api/v1/sandboxes", headers=bearer(alice),
+                json={"dataset": "demo", "example": "mlp"})
+    client.post("/api/v1/sandboxes", headers=bearer(alice), json={"dataset": "nope"})
+    assert client.get("/metrics", headers=bearer(alice)).status_code == 403
+    _, admin = make_user("root", "admin")
+    text = client.get("/metrics", headers=bearer(admin)).get_data(as_text=True)
+    assert 'sealroom_sandboxes{status="running"} 1.0' in text
+    assert 'sealroom_sandbox_launch_requests{outcome="denied"} 1.0' in text
+    assert "sealroom_audit_events " in text

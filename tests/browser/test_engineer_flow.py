@@ -1,0 +1,111 @@
+"""An engineer's first session in a real browser against a real engine: log in, launch the
+bundled example, watch it train to completion, see the outbox and no way to download it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import docker
+import pytest
+from playwright.sync_api import Page, expect
+
+from console.core import Sealroom
+from console.services import accounts, datasets
+from sandbox.backend import LABEL_INSTALLATION
+from tests.helpers import OPERATOR, PASSWORD, write_dataset
+
+pytestmark = [pytest.mark.browser, pytest.mark.docker]
+
+ENGINEER = "ada"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "sandbox.png"
+# A cold start of the example (torch import, 5 epochs on one CPU) takes well under a minute.
+TRAINING_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def engineer(docker_core: Sealroom, tmp_path: Path) -> str:
+    """The demo engineer, with the demo dataset granted to every engineer."""
+    accounts.create_user(docker_core, OPERATOR, ENGINEER, "engineer", PASSWORD)
+    # 10,000 rows: enough for the example to reach its accuracy.
+    datasets.register_dataset(docker_core, OPERATOR, write_dataset(tmp_path / "src", 10_000),
+                              "demo", ["role:engineer"])
+    return ENGINEER
+
+
+def log_in(page: Page, name: str, password: str = PASSWORD) -> None:
+    page.goto("/login")
+    page.get_by_label("User name").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def open_launch_form(page: Page) -> None:
+    page.get_by_role("navigation").get_by_role("link", name="New sandbox").click()
+    expect(page.get_by_role("heading", name="New sandbox")).to_be_visible()
+
+
+def test_engineer_trains_the_example_and_sees_the_outbox(page: Page, engineer: str,
+                                                         tmp_path: Path) -> None:
+    log_in(page, engineer)
+    expect(page.get_by_role("button", name="Log out")).to_be_visible()
+    open_launch_form(page)
+
+    expect(page.get_by_label("Bundled example (MLP)")).to_be_checked()
+    expect(page.get_by_label("Dataset")).to_have_value("demo")
+    page.get_by_role("button", name="Launch").click()
+
+    expect(page).to_have_url(re.compile(r"/sandboxes/sb-[0-9a-f]+$"))
+    expect(page.get_by_role("status").filter(has_text="launched")).to_be_visible()
+    status = page.locator("#status")
+    expect(status).to_have_text("succeeded", timeout=TRAINING_TIMEOUT_MS)
+    expect(page.locator("#log")).to_contain_text("epoch")
+    outbox = page.locator("#outbox")
+    expect(outbox).to_contain_text("model.safetensors")
+    expect(outbox).to_contain_text("metrics.json")
+    expect(page.locator("#exit-code")).to_have_text("0")
+    expect(page.locator("#stop-form")).to_have_count(0)
+
+    # The outbox is listed, never offered: no control anywhere on the page leads out.
+    controls = page.locator("a, button, input[type=submit], input[type=button], [role=button]")
+    for i in range(controls.count()):
+        control = controls.nth(i)
+        described = " ".join(filter(None, (
+            control.inner_text(), control.get_attribute("href"),
+            control.get_attribute("value"), control.get_attribute("aria-label"))))
+        assert "download" not in described.lower(), f"a download control: {described!r}"
+        assert control.get_attribute("download") is None, f"a download link: {described!r}"
+
+    target = SCREENSHOT if os.environ.get("SEALROOM_SCREENSHOTS") == "1" \
+        else tmp_path / "sandbox.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target), full_page=True)
+
+
+def test_wrong_password_shows_the_error(page: Page, engineer: str) -> None:
+    log_in(page, engineer, "not the password at all")
+
+    expect(page.get_by_role("alert")).to_have_text("Wrong user name or password.")
+    expect(page).to_have_url(re.compile(r"/login$"))
+    expect(page.get_by_role("button", name="Log out")).to_have_count(0)
+
+
+def test_launch_over_the_maximum_shows_the_policy_reason(
+        page: Page, engineer: str, docker_core: Sealroom,
+        docker_client: docker.DockerClient) -> None:
+    log_in(page, engineer)
+    open_launch_form(page)
+    page.get_by_label("CPUs").fill("32")
+    with page.expect_response(lambda r: r.request.method == "POST") as launched:
+        page.get_by_role("button", name="Launch").click()
+
+    assert launched.value.status == 403
+    expect(page.get_by_role("alert")).to_contain_text("32 CPUs asked, at most 2 allowed")
+    expect(page.get_by_label("CPUs")).to_have_value("32")  # the form keeps what was typed
+
+    page.get_by_role("navigation").get_by_role("link", name="My sandboxes").click()
+    expect(page.get_by_text("No sandboxes yet.")).to_be_visible()
+    label = f"{LABEL_INSTALLATION}={docker_core.settings.installation_id()}"
+    assert docker_client.containers.list(all=True, filters={"label": label}) == []
+    assert list(docker_core.settings.sandboxes_dir.iterdir()) == []
