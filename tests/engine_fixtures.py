@@ -21,7 +21,8 @@ from sandbox.backend import LABEL_INSTALLATION
 from tests.helpers import OPERATOR
 
 
-def _need(reason: str) -> None:
+def need_engine(reason: str) -> None:
+    """Skip when a real-engine prerequisite is missing; under `make test`, fail instead."""
     if os.environ.get("SEALROOM_REQUIRE_ENGINE") == "1":
         pytest.fail(f"{reason} (make test requires it)")
     pytest.skip(reason)
@@ -33,7 +34,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client = docker.from_env(timeout=30)
         client.ping()
     except Exception as exc:  # noqa: BLE001
-        _need(f"no Docker engine answers: {exc}")
+        need_engine(f"no Docker engine answers: {exc}")
     yield client
     client.close()
 
@@ -44,8 +45,14 @@ def base_image(docker_client: docker.DockerClient) -> Any:
 
     image = find_image("base", client=docker_client)
     if image is None:
-        _need("the sandbox image is not built; run 'sealroom images build'")
+        need_engine("the sandbox image is not built; run 'sealroom images build'")
     return image
+
+
+@pytest.fixture(scope="session")
+def python_image(base_image: Any) -> str:
+    """The image the red-team and backend tests run: $SEALROOM_TEST_IMAGE or the sandbox image."""
+    return os.environ.get("SEALROOM_TEST_IMAGE") or str(base_image.tag)
 
 
 @pytest.fixture

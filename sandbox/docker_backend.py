@@ -1,0 +1,274 @@
+"""The single-container Docker backend: one hardened container per sandbox.
+
+Talks to the engine through the Docker SDK, selects what it owns by the installation label,
+and turns every engine or connection failure into a `SandboxError` with a user-safe message.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from sandbox.backend import (
+    LABEL_INSTALLATION,
+    LABEL_OWNER,
+    LABEL_SANDBOX,
+    OwnedSandbox,
+    RunState,
+    SandboxStatus,
+)
+from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxError, SandboxNotFound
+from sandbox.hardening import assert_hardened, create_kwargs
+from sandbox.spec import SandboxSpec
+
+#: How long to wait for the engine to accept a connection or answer a ping.
+CONNECT_TIMEOUT_S = 3.0
+#: How long any other engine call may take (stop adds its own grace period on top).
+OPERATION_TIMEOUT_S = 60.0
+
+_HANDLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NEVER = "0001-01-01T00:00:00Z"
+_STATES = {
+    "created": RunState.CREATED,
+    "running": RunState.RUNNING,
+    "paused": RunState.RUNNING,
+    "restarting": RunState.RUNNING,
+    "removing": RunState.EXITED,
+    "exited": RunState.EXITED,
+    "dead": RunState.EXITED,
+}
+_ENGINE_DOWN = "The container engine is not available; try again in a minute."
+
+
+def _gone(exc: docker.errors.APIError) -> bool:
+    return bool(exc.status_code == 404)
+
+
+def _gone_or_not_running(exc: docker.errors.APIError) -> bool:
+    # 409 on stop: the container is being removed or cannot run; either way it is not running.
+    return bool(exc.status_code in (404, 409))
+
+
+def _gone_or_going(exc: docker.errors.APIError) -> bool:
+    explanation = str(exc.explanation or "")
+    return bool(exc.status_code == 404 or (exc.status_code == 409 and "in progress" in explanation))
+
+
+@contextmanager
+def _engine_errors(
+    action: str, *, done: Callable[[docker.errors.APIError], bool] | None = None
+) -> Iterator[None]:
+    """Re-raise SDK and connection errors as sandbox errors.
+
+    An engine error for which `done` is true is swallowed: the operation counts as done.
+    """
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        if done is not None and done(exc):
+            return
+        detail = f"{action}: {exc}"
+        if isinstance(exc, docker.errors.ImageNotFound):
+            # The operator's problem, not the user's: not an InvalidSpec.
+            raise SandboxError(
+                "The sandbox image is not present on the engine; an operator must rebuild it.",
+                detail=detail,
+            ) from exc
+        if isinstance(exc, docker.errors.NotFound):
+            raise SandboxNotFound("The sandbox no longer exists.", detail=detail) from exc
+        if exc.status_code == 400:
+            raise InvalidSpec(f"The engine refused to {action}.", detail=detail) from exc
+        raise SandboxError(f"The container engine failed to {action}.", detail=detail) from exc
+    except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as exc:
+        raise EngineUnavailable(_ENGINE_DOWN, detail=f"{action}: {exc!r}") from exc
+
+
+def _timestamp(value: object) -> str | None:
+    if not isinstance(value, str) or not value or value == _NEVER:
+        return None
+    return value
+
+
+def status_from_attrs(attrs: Mapping[str, Any]) -> SandboxStatus:
+    """A `SandboxStatus` from the `State` of a `docker inspect` result."""
+    state = attrs.get("State") or {}
+    status = str(state.get("Status", ""))
+    error = str(state.get("Error") or "")
+    run_state = _STATES.get(status, RunState.EXITED)
+    if run_state is RunState.CREATED and error:
+        # The engine failed to start it (bad command, missing init): it will never run.
+        run_state = RunState.EXITED
+    exit_code = state.get("ExitCode")
+    if run_state is not RunState.EXITED or exit_code is None:
+        exit_code = None
+    return SandboxStatus(
+        state=run_state,
+        exit_code=None if exit_code is None else int(exit_code),
+        oom_killed=bool(state.get("OOMKilled")),
+        started_at=_timestamp(state.get("StartedAt")),
+        finished_at=_timestamp(state.get("FinishedAt")),
+        error=error,
+    )
+
+
+class DockerBackend:
+    """Runs each sandbox as one hardened container on a Docker engine.
+
+    Every container carries the installation label; a container without this installation's
+    label is treated as missing, so one installation never touches another's sandboxes.
+    """
+
+    def __init__(
+        self,
+        *,
+        installation: str,
+        base_url: str | None = None,
+        init: bool | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        timeout_s: float = OPERATION_TIMEOUT_S,
+    ) -> None:
+        if not installation:
+            raise ValueError("installation must not be empty")
+        self.installation = installation
+        self.base_url = base_url
+        self._init = init
+        self._connect_timeout_s = connect_timeout_s
+        self._timeout_s = timeout_s
+        self._docker: Any = None
+        self._lock = threading.Lock()
+
+    # -- engine ----------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        """The SDK client, built on first use so a down engine fails calls, not construction."""
+        with self._lock:
+            if self._docker is None:
+                # Built with the short timeout: construction asks the engine for its API version.
+                with _engine_errors("connect to the engine"):
+                    if self.base_url is None:
+                        client = docker.from_env(timeout=self._connect_timeout_s)
+                    else:
+                        client = docker.DockerClient(
+                            base_url=self.base_url, timeout=self._connect_timeout_s
+                        )
+                client.api.timeout = self._timeout_s
+                self._docker = client
+            return self._docker
+
+    def ping(self) -> None:
+        client = self._client()
+        with _engine_errors("ping the engine"):
+            # A plain session call, because the SDK's ping has no per-call timeout.
+            response = client.api.get(
+                f"{client.api.base_url}/_ping", timeout=self._connect_timeout_s
+            )
+        if response.status_code != 200:
+            raise EngineUnavailable(
+                _ENGINE_DOWN, detail=f"ping answered {response.status_code}: {response.text!r}"
+            )
+
+    def supports_init(self) -> bool:
+        """Whether containers get `docker-init` as pid 1.
+
+        The engine reports its init binary's commit as "N/A" when it cannot run it (checked
+        on 20.10 with a missing --init-path); Debian's tini reports an empty commit and works.
+        """
+        if self._init is None:
+            with _engine_errors("read the engine info"):
+                info = self._client().info()
+            commit = (info.get("InitCommit") or {}).get("ID")
+            self._init = bool(info.get("InitBinary")) and commit != "N/A"
+        return self._init
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def create(self, spec: SandboxSpec) -> str:
+        kwargs = create_kwargs(spec, installation=self.installation, init=self.supports_init())
+        client = self._client()
+        with _engine_errors("create the sandbox"):
+            container = client.containers.create(**kwargs)
+        return str(container.id)
+
+    def _inspect(self, handle: str) -> dict[str, Any] | None:
+        """The container's attributes, or None when it is gone or not this installation's."""
+        if not _HANDLE.match(handle):
+            return None
+        attrs: dict[str, Any] | None = None
+        with _engine_errors("inspect the sandbox", done=_gone):
+            attrs = self._client().api.inspect_container(handle)
+        if attrs is None:
+            return None
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_INSTALLATION) != self.installation:
+            return None
+        return attrs
+
+    def _require(self, handle: str, action: str) -> dict[str, Any]:
+        attrs = self._inspect(handle)
+        if attrs is None:
+            raise SandboxNotFound("The sandbox no longer exists.", detail=f"{action} {handle}")
+        return attrs
+
+    def start(self, handle: str) -> None:
+        violations = assert_hardened(self._require(handle, "start"))
+        if violations:
+            raise SandboxError(
+                "The sandbox failed its hardening self-check and was not started.",
+                detail=f"start {handle}: " + "; ".join(violations),
+            )
+        with _engine_errors("start the sandbox"):
+            self._client().api.start(handle)
+
+    def poll(self, handle: str) -> SandboxStatus:
+        attrs = self._inspect(handle)
+        if attrs is None:
+            return SandboxStatus(state=RunState.MISSING)
+        return status_from_attrs(attrs)
+
+    def logs(self, handle: str, *, tail: int | None = None) -> bytes:
+        self._require(handle, "logs")
+        with _engine_errors("read the sandbox logs"):
+            output = self._client().api.logs(
+                handle,
+                stdout=True,
+                stderr=True,
+                stream=False,
+                timestamps=False,
+                tail="all" if tail is None else max(tail, 0),
+            )
+        return bytes(output)
+
+    def stop(self, handle: str, *, timeout_s: int = 10) -> None:
+        if self._inspect(handle) is None:
+            return
+        with _engine_errors("stop the sandbox", done=_gone_or_not_running):
+            self._client().api.stop(handle, timeout=timeout_s)
+
+    def remove(self, handle: str) -> None:
+        if self._inspect(handle) is None:
+            return
+        with _engine_errors("remove the sandbox", done=_gone_or_going):
+            # v=True: anonymous volumes an image declares go with the container.
+            self._client().api.remove_container(handle, force=True, v=True)
+
+    def list_owned(self) -> Sequence[OwnedSandbox]:
+        with _engine_errors("list sandboxes"):
+            containers = self._client().api.containers(
+                all=True,
+                filters={"label": [f"{LABEL_INSTALLATION}={self.installation}", LABEL_SANDBOX]},
+            )
+        return [
+            OwnedSandbox(
+                sandbox_id=str((c.get("Labels") or {}).get(LABEL_SANDBOX, "")),
+                owner=str((c.get("Labels") or {}).get(LABEL_OWNER, "")),
+                handle=str(c["Id"]),
+            )
+            for c in containers
+        ]

@@ -1,0 +1,534 @@
+"""DockerBackend against the real engine: lifecycle, exit codes, OOM kills, selection by
+installation label, and every hardening property read back from the real container.
+
+Each behaviour FakeBackend stands in for is exercised here for real.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from sandbox.backend import (
+    LABEL_INSTALLATION,
+    LABEL_OWNER,
+    LABEL_SANDBOX,
+    Backend,
+    RunState,
+    SandboxStatus,
+)
+from sandbox.docker_backend import DockerBackend
+from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxError, SandboxNotFound
+from sandbox.hardening import assert_hardened
+from sandbox.spec import SANDBOX_UID, DatasetMount, Limits, SandboxSpec
+
+pytestmark = pytest.mark.docker
+
+#: One installation id per test session, so parallel runs on one engine never collide.
+INSTALLATION = f"test-{uuid.uuid4().hex[:12]}"
+OTHER_INSTALLATION = f"{INSTALLATION}-other"
+
+
+
+
+
+
+def _remove_labelled(client: docker.DockerClient, installation: str) -> None:
+    label = f"{LABEL_INSTALLATION}={installation}"
+    for container in client.containers.list(all=True, filters={"label": label}):
+        container.remove(force=True)
+
+
+
+
+@pytest.fixture(autouse=True)
+def _remove_containers_after_each_test(docker_client: docker.DockerClient) -> Iterator[None]:
+    yield
+    for installation in (INSTALLATION, OTHER_INSTALLATION):
+        _remove_labelled(docker_client, installation)
+
+
+@pytest.fixture
+def backend() -> DockerBackend:
+    return DockerBackend(installation=INSTALLATION)
+
+
+@pytest.fixture
+def other_backend() -> DockerBackend:
+    return DockerBackend(installation=OTHER_INSTALLATION)
+
+
+@pytest.fixture
+def make_spec(python_image: str, tmp_path: Path) -> Callable[..., SandboxSpec]:
+    """A spec running `python3 -c <code>` with its own workspace and outbox."""
+    counter = iter(range(1000))
+
+    def make(code: str, *, limits: Limits | None = None, owner: str = "alice") -> SandboxSpec:
+        sandbox_id = f"sb-{next(counter)}-{uuid.uuid4().hex[:6]}"
+        root = tmp_path / sandbox_id
+        workspace, outbox = root / "workspace", root / "outbox"
+        for directory in (workspace, outbox):
+            directory.mkdir(parents=True)
+            os.chown(directory, SANDBOX_UID, SANDBOX_UID)
+        spec = SandboxSpec(
+            sandbox_id=sandbox_id,
+            owner=owner,
+            image=python_image,
+            command=("python3", "-c", code),
+            workspace=workspace,
+            outbox=outbox,
+        )
+        return spec.with_limits(limits) if limits else spec
+
+    return make
+
+
+def _wait(backend: Backend, handle: str, timeout_s: float = 60) -> SandboxStatus:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = backend.poll(handle)
+        if status.state in (RunState.EXITED, RunState.MISSING) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
+
+
+def _wait_running(backend: Backend, handle: str) -> None:
+    deadline = time.monotonic() + 30
+    while backend.poll(handle).state is not RunState.RUNNING:
+        assert time.monotonic() < deadline, "sandbox never ran"
+        time.sleep(0.05)
+
+
+# --- engine -------------------------------------------------------------------------------
+
+
+def test_ping(backend: DockerBackend) -> None:
+    backend.ping()
+    assert isinstance(backend, Backend)
+
+
+def test_engine_down_answers_fast_on_every_call(make_spec: Callable[..., SandboxSpec]) -> None:
+    down = DockerBackend(installation=INSTALLATION, base_url="unix:///nonexistent.sock")
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable) as caught:
+        down.ping()
+    assert time.monotonic() - started < 5
+    assert "engine is not available" in caught.value.user_message
+    assert "nonexistent" not in caught.value.user_message  # detail stays out of the message
+    assert caught.value.detail != caught.value.user_message
+    calls: list[Callable[[], object]] = [
+        lambda: down.create(make_spec("pass")),
+        lambda: down.start("abc"),
+        lambda: down.poll("abc"),
+        lambda: down.logs("abc"),
+        lambda: down.stop("abc"),
+        lambda: down.remove("abc"),
+        down.list_owned,
+    ]
+    for call in calls:
+        with pytest.raises(EngineUnavailable):
+            call()
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "tcp://127.0.0.1:9",  # nothing listens: refused at once
+        # TEST-NET-1 (RFC 5737), never assigned: no answer, bounded by the 3 s connect timeout.
+        "tcp://192.0.2.77:2375",
+        # Something answers HTTP that is not an engine (here: the proxy): still "down".
+        "tcp://10.255.255.1:2375",
+    ],
+)
+def test_unreachable_tcp_engine_answers_within_the_connect_timeout(base_url: str) -> None:
+    down = DockerBackend(installation=INSTALLATION, base_url=base_url)
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable):
+        down.ping()
+    assert time.monotonic() - started < 5
+
+
+def test_init_support_matches_the_engine(
+    backend: DockerBackend,
+    docker_client: docker.DockerClient,
+    make_spec: Callable[..., SandboxSpec],
+) -> None:
+    info = docker_client.info()
+    expected = bool(info.get("InitBinary")) and (info.get("InitCommit") or {}).get("ID") != "N/A"
+    assert backend.supports_init() is expected
+    handle = backend.create(
+        make_spec("import os; print(open('/proc/1/cmdline','rb').read().split(b'\\0')[0])")
+    )
+    assert docker_client.api.inspect_container(handle)["HostConfig"]["Init"] is expected
+    backend.start(handle)
+    assert _wait(backend, handle).exit_code == 0
+    pid1 = backend.logs(handle).decode()
+    if expected:
+        assert "docker-init" in pid1 or "tini" in pid1
+    else:
+        assert "python3" in pid1
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+def test_create_start_poll_logs_stop_remove(
+    backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
+) -> None:
+    code = "import sys; print('out-1'); print('err-1', file=sys.stderr); print('out-2')"
+    started = time.monotonic()
+    handle = backend.create(make_spec(code))
+    created = backend.poll(handle)
+    assert created.state is RunState.CREATED
+    assert created.exit_code is None and created.started_at is None
+    assert backend.logs(handle) == b""
+    backend.start(handle)
+    elapsed = time.monotonic() - started
+    status = _wait(backend, handle)
+    assert status.state is RunState.EXITED
+    assert status.exit_code == 0
+    assert not status.oom_killed
+    assert status.started_at and status.finished_at and status.error == ""
+    logs = backend.logs(handle)
+    assert b"out-1\n" in logs and b"err-1\n" in logs and b"out-2\n" in logs
+    assert backend.logs(handle, tail=1) in (b"out-2\n", b"err-1\n")
+    assert backend.logs(handle, tail=0) == b""
+    assert not logs.startswith(b"20")  # no timestamps
+    backend.stop(handle)
+    backend.stop(handle)
+    assert backend.poll(handle).exit_code == 0
+    backend.remove(handle)
+    backend.remove(handle)
+    assert backend.poll(handle).state is RunState.MISSING
+    with pytest.raises(SandboxNotFound):
+        backend.logs(handle)
+    with pytest.raises(SandboxNotFound):
+        backend.start(handle)
+    assert elapsed < 10, f"create+start took {elapsed:.2f}s"
+
+
+def test_exit_code_is_reported(
+    backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
+) -> None:
+    handle = backend.create(make_spec("raise SystemExit(3)"))
+    backend.start(handle)
+    status = _wait(backend, handle)
+    assert (status.state, status.exit_code, status.oom_killed) == (RunState.EXITED, 3, False)
+
+
+def test_oom_kill_is_detected(
+    backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
+) -> None:
+    code = "b = bytearray(512 * 1024 * 1024); print('survived')"
+    handle = backend.create(make_spec(code, limits=Limits(memory_mb=64)))
+    backend.start(handle)
+    status = _wait(backend, handle)
+    assert status.state is RunState.EXITED
+    assert status.oom_killed
+    assert status.exit_code == 137
+    assert b"survived" not in backend.logs(handle)
+
+
+def test_oom_kill_of_a_child_is_detected(
+    backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
+) -> None:
+    code = (
+        "import subprocess, sys\n"
+        "r = subprocess.run([sys.executable, '-c', 'b = bytearray(512 << 20)'])\n"
+        "print('child', r.returncode)\n"
+    )
+    handle = backend.create(make_spec(code, limits=Limits(memory_mb=64)))
+    backend.start(handle)
+    status = _wait(backend, handle)
+    assert status.oom_killed
+    assert status.exit_code == 0
+    assert b"child -9" in backend.logs(handle)
+
+
+def test_running_sandbox_stops_with_sigterm(
+    backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
+) -> None:
+    handle = backend.create(make_spec("import time; print('up', flush=True); time.sleep(300)"))
+    backend.start(handle)
+    _wait_running(backend, handle)
+    status = backend.poll(handle)
+    assert status.exit_code is None and status.started_at and status.finished_at is None
+    backend.start(handle)  # already running: a no-op
+    started = time.monotonic()
+    backend.stop(handle, timeout_s=5)
+    assert time.monotonic() - started < 5
+    status = backend.poll(handle)
+    assert (status.state, status.exit_code) == (RunState.EXITED, 143)
+    backend.stop(handle, timeout_s=5)
+    assert backend.poll(handle).exit_code == 143
+
+
+def test_stop_outlasts_the_connect_timeout(
+    backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
+) -> None:
+    # SIGTERM ignored: the engine kills after the grace period, longer than the 3 s connect
+    # timeout, so that timeout must not apply to the call itself.
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+    handle = backend.create(make_spec(code))
+    backend.start(handle)
+    _wait_running(backend, handle)
+    time.sleep(0.3)  # let python install the handler
+    started = time.monotonic()
+    backend.stop(handle, timeout_s=4)
+    assert time.monotonic() - started >= 3.5
+    assert backend.poll(handle).exit_code == 137
+
+
+def test_stop_a_created_sandbox_is_a_no_op(
+    backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
+) -> None:
+    handle = backend.create(make_spec("pass"))
+    backend.stop(handle)
+    assert backend.poll(handle).state is RunState.CREATED
+
+
+def test_vanished_container_is_missing(
+    backend: DockerBackend,
+    docker_client: docker.DockerClient,
+    make_spec: Callable[..., SandboxSpec],
+) -> None:
+    handle = backend.create(make_spec("import time; time.sleep(300)"))
+    backend.start(handle)
+    docker_client.api.remove_container(handle, force=True)
+    assert backend.poll(handle).state is RunState.MISSING
+    backend.stop(handle)
+    backend.remove(handle)
+    assert backend.list_owned() == []
+    with pytest.raises(SandboxNotFound):
+        backend.logs(handle)
+    with pytest.raises(SandboxNotFound):
+        backend.start(handle)
+
+
+@pytest.mark.parametrize("handle", ["", "../containers/json", "no such container"])
+def test_odd_handles_are_missing(backend: DockerBackend, handle: str) -> None:
+    assert backend.poll(handle).state is RunState.MISSING
+    backend.stop(handle)
+    backend.remove(handle)
+    with pytest.raises(SandboxNotFound):
+        backend.logs(handle)
+
+
+def test_missing_image_is_an_operator_error(
+    backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
+) -> None:
+    spec = dataclasses.replace(make_spec("pass"), image=f"sealroom-missing/{uuid.uuid4().hex}:x")
+    with pytest.raises(SandboxError) as caught:
+        backend.create(spec)
+    assert not isinstance(caught.value, InvalidSpec)
+    assert "image" in caught.value.user_message
+
+
+def test_missing_dataset_directory_is_an_invalid_spec(
+    backend: DockerBackend, make_spec: Callable[..., SandboxSpec], tmp_path: Path
+) -> None:
+    spec = make_spec("pass").with_dataset(DatasetMount("gone", tmp_path / "does-not-exist"))
+    with pytest.raises(InvalidSpec) as caught:
+        backend.create(spec)
+    assert "does-not-exist" not in caught.value.user_message
+    assert "does-not-exist" in caught.value.detail
+
+
+def test_command_that_cannot_run_ends_as_exited(
+    docker_client: docker.DockerClient, make_spec: Callable[..., SandboxSpec]
+) -> None:
+    spec = dataclasses.replace(make_spec("pass"), command=("/no/such/program",))
+    for init in (True, False):
+        backend = DockerBackend(installation=INSTALLATION, init=init)
+        handle = backend.create(spec)
+        try:
+            backend.start(handle)
+        except SandboxError as exc:  # without docker-init the engine refuses to start it
+            assert not init
+            assert "/no/such/program" in exc.detail
+        status = _wait(backend, handle)
+        assert status.state is RunState.EXITED
+        assert status.exit_code not in (None, 0)
+
+
+# --- ownership ----------------------------------------------------------------------------
+
+
+def test_list_owned_selects_by_installation_label_only(
+    backend: DockerBackend,
+    other_backend: DockerBackend,
+    docker_client: docker.DockerClient,
+    make_spec: Callable[..., SandboxSpec],
+    python_image: str,
+) -> None:
+    first = backend.create(make_spec("pass", owner="alice"))
+    second = backend.create(make_spec("import time; time.sleep(300)", owner="bob"))
+    backend.start(second)
+    foreign = other_backend.create(make_spec("pass", owner="carol"))
+    # Same sandbox label, no installation label: not ours either.
+    unlabelled = docker_client.api.create_container(
+        python_image, ["true"], labels={LABEL_SANDBOX: "sb-x", LABEL_OWNER: "mallory"}
+    )["Id"]
+    try:
+        owned = {o.handle: (o.sandbox_id, o.owner) for o in backend.list_owned()}
+        assert set(owned) == {first, second}
+        assert owned[second][1] == "bob"
+        assert {o.handle for o in other_backend.list_owned()} == {foreign}
+        # Another installation's sandbox does not exist for this backend, and is left alone.
+        assert backend.poll(foreign).state is RunState.MISSING
+        backend.stop(foreign)
+        backend.remove(foreign)
+        with pytest.raises(SandboxNotFound):
+            backend.start(foreign)
+        assert other_backend.poll(foreign).state is RunState.CREATED
+        backend.remove(unlabelled)
+        assert docker_client.api.inspect_container(unlabelled)["Id"] == unlabelled
+    finally:
+        docker_client.api.remove_container(unlabelled, force=True)
+
+
+# --- hardening ----------------------------------------------------------------------------
+
+
+def test_every_hardening_property_on_the_real_container(
+    backend: DockerBackend,
+    docker_client: docker.DockerClient,
+    make_spec: Callable[..., SandboxSpec],
+    tmp_path: Path,
+) -> None:
+    dataset = tmp_path / "mnist"
+    dataset.mkdir()
+    (dataset / "train.csv").write_text("x,y\n")
+    dataset.chmod(0o755)
+    spec = (
+        make_spec("pass")
+        .with_dataset(DatasetMount("mnist", dataset))
+        .with_limits(Limits(cpus=0.5, memory_mb=128, pids=32, tmp_mb=16))
+        .with_env("SEED", "7")
+    )
+    handle = backend.create(spec)
+    attrs = docker_client.api.inspect_container(handle)
+    host, config = attrs["HostConfig"], attrs["Config"]
+
+    assert host["NetworkMode"] == "none"
+    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=16m"}
+    assert config["User"] == "10001:10001"
+    assert host["Memory"] == host["MemorySwap"] == 128 * 1024 * 1024
+    assert host["NanoCpus"] == 500_000_000
+    assert host["PidsLimit"] == 32
+    assert host["IpcMode"] == "private"
+    assert host["Privileged"] is False
+    assert not host["Devices"] and not host["DeviceRequests"]
+    assert host["PidMode"] == "" and host["UTSMode"] == "" and host["UsernsMode"] == ""
+    assert not host.get("Binds") and not host.get("VolumesFrom")
+    assert host["CgroupnsMode"] == "private"
+    assert config["WorkingDir"] == "/workspace"
+    assert config["Hostname"] == "sandbox"
+    assert "HOME=/tmp" in config["Env"] and "SEED=7" in config["Env"]
+    ours = {LABEL_SANDBOX: spec.sandbox_id, LABEL_OWNER: "alice", LABEL_INSTALLATION: INSTALLATION}
+    assert {k: v for k, v in config["Labels"].items() if k in ours} == ours  # + image labels
+    mounts = {(m["Destination"], m["Source"], m["RW"], m["Type"]) for m in attrs["Mounts"]}
+    assert mounts == {
+        ("/data/mnist", str(dataset), False, "bind"),
+        ("/workspace", str(spec.workspace), True, "bind"),
+        ("/outbox", str(spec.outbox), True, "bind"),
+    }
+    assert not any("docker.sock" in str(m.get("Source")) for m in attrs["Mounts"])
+    assert assert_hardened(attrs) == []
+
+
+def test_hardening_seen_from_inside(
+    backend: DockerBackend, make_spec: Callable[..., SandboxSpec], tmp_path: Path
+) -> None:
+    dataset = tmp_path / "mnist"
+    dataset.mkdir()
+    dataset.chmod(0o755)
+    code = r"""
+import json, os, socket
+status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines() if ':' in l)
+mounts = {}
+for line in open('/proc/self/mountinfo'):
+    left, _, right = line.partition(' - ')
+    fields = left.split()
+    fs_type, _, fs_opts = right.split()[:3]
+    mounts[fields[4]] = (fields[5], fs_type, fs_opts)
+print(json.dumps({
+    'uid': os.getuid(), 'gid': os.getgid(), 'groups': os.getgroups(),
+    'cap_eff': status['CapEff'].strip(), 'cap_bnd': status['CapBnd'].strip(),
+    'cap_prm': status['CapPrm'].strip(), 'no_new_privs': status['NoNewPrivs'].strip(),
+    'seccomp': status['Seccomp'].strip(), 'hostname': socket.gethostname(),
+    'cwd': os.getcwd(), 'home': os.environ.get('HOME'),
+    'interfaces': [n for _, n in socket.if_nameindex()],
+    'mounts': mounts,
+}))
+"""
+    spec = make_spec(code).with_dataset(DatasetMount("mnist", dataset))
+    handle = backend.create(spec)
+    backend.start(handle)
+    assert _wait(backend, handle).exit_code == 0, backend.logs(handle)
+    seen = json.loads(backend.logs(handle))
+    assert (seen["uid"], seen["gid"]) == (SANDBOX_UID, SANDBOX_UID)
+    assert seen["groups"] in ([], [SANDBOX_UID])
+    assert seen["cap_eff"] == seen["cap_prm"] == seen["cap_bnd"] == "0" * 16
+    assert seen["no_new_privs"] == "1"
+    assert seen["seccomp"] == "2"  # filter mode: the default profile is on
+    assert (seen["hostname"], seen["cwd"], seen["home"]) == ("sandbox", "/workspace", "/tmp")
+    assert seen["interfaces"] == ["lo"]
+    mounts = seen["mounts"]
+    assert mounts["/"][0].startswith("ro")
+    assert mounts["/data/mnist"][0].startswith("ro")
+    assert mounts["/workspace"][0].startswith("rw")
+    assert mounts["/outbox"][0].startswith("rw")
+    tmp_opts = mounts["/tmp"][0].split(",")
+    assert mounts["/tmp"][1] == "tmpfs" and "nosuid" in tmp_opts and "nodev" in tmp_opts
+
+
+def test_assert_hardened_flags_an_unhardened_container(
+    backend: DockerBackend, docker_client: docker.DockerClient, python_image: str
+) -> None:
+    # Created, never started: a plain `docker create` with the engine socket mounted.
+    handle = docker_client.api.create_container(
+        python_image,
+        ["true"],
+        user="0:0",
+        labels={LABEL_SANDBOX: "sb-weak", LABEL_OWNER: "mallory", LABEL_INSTALLATION: INSTALLATION},
+        host_config=docker_client.api.create_host_config(
+            binds={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}},
+            cap_add=["SYS_ADMIN"],
+            security_opt=["seccomp=unconfined"],
+        ),
+    )["Id"]
+    found = assert_hardened(docker_client.api.inspect_container(handle))
+    for expected in (
+        "network mode",
+        "capabilities not all dropped",
+        "capabilities added",
+        "no-new-privileges",
+        "unsafe security option",
+        "root filesystem is writable",
+        "runs as user",
+        "no memory limit",
+        "no CPU limit",
+        "no pids limit",
+        "bind mount",
+        "engine socket",
+    ):
+        assert any(expected in v for v in found), (expected, found)
+    # The backend's own self-check refuses to start it.
+    with pytest.raises(SandboxError) as caught:
+        backend.start(handle)
+    assert "hardening" in caught.value.user_message
+    assert docker_client.api.inspect_container(handle)["State"]["Status"] == "created"

@@ -1,0 +1,195 @@
+"""The in-memory backend behaves like the Docker backend does on a real engine.
+
+Each behaviour here has a real-engine twin in tests/integration/test_docker_backend.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox.backend import Backend, OwnedSandbox, RunState
+from sandbox.errors import EngineUnavailable, SandboxNotFound
+from sandbox.fake import OOM_EXIT_CODE, STOPPED_EXIT_CODE, FakeBackend, ScriptedOutcome
+from sandbox.spec import SandboxSpec
+
+
+def _spec(sandbox_id: str = "sb-1", owner: str = "alice") -> SandboxSpec:
+    return SandboxSpec(
+        sandbox_id=sandbox_id,
+        owner=owner,
+        image="sealroom/base:test",
+        command=("python3", "train.py"),
+        workspace=Path("/srv") / sandbox_id / "workspace",
+        outbox=Path("/srv") / sandbox_id / "outbox",
+    )
+
+
+@pytest.fixture
+def fake() -> FakeBackend:
+    return FakeBackend()
+
+
+def test_is_a_backend(fake: FakeBackend) -> None:
+    assert isinstance(fake, Backend)
+
+
+def test_create_records_the_spec_and_does_not_start(fake: FakeBackend) -> None:
+    handle = fake.create(_spec())
+    assert fake.created_specs == [_spec()]
+    status = fake.poll(handle)
+    assert status.state is RunState.CREATED
+    assert status.exit_code is None and status.started_at is None
+    assert fake.logs(handle) == b""
+
+
+def test_default_run_exits_zero(fake: FakeBackend) -> None:
+    handle = fake.create(_spec())
+    fake.start(handle)
+    status = fake.poll(handle)
+    assert status.state is RunState.EXITED
+    assert status.exit_code == 0
+    assert not status.oom_killed
+    assert status.started_at and status.finished_at
+
+
+def test_scripted_exit_code_and_logs(fake: FakeBackend) -> None:
+    fake.script("sb-1", ScriptedOutcome(exit_code=3, logs=b"one\ntwo\nthree\n"))
+    handle = fake.create(_spec())
+    fake.start(handle)
+    assert fake.poll(handle).exit_code == 3
+    assert fake.logs(handle) == b"one\ntwo\nthree\n"
+    assert fake.logs(handle, tail=2) == b"two\nthree\n"
+    assert fake.logs(handle, tail=0) == b""
+    assert fake.logs(handle, tail=10) == b"one\ntwo\nthree\n"
+
+
+def test_oom_kill_of_the_main_process(fake: FakeBackend) -> None:
+    fake.script("sb-1", ScriptedOutcome(oom_killed=True))
+    handle = fake.create(_spec())
+    fake.start(handle)
+    status = fake.poll(handle)
+    assert status.state is RunState.EXITED
+    assert status.oom_killed
+    assert status.exit_code == OOM_EXIT_CODE == 137
+
+
+def test_oom_kill_of_a_child_keeps_the_main_exit_code(fake: FakeBackend) -> None:
+    fake.script("sb-1", ScriptedOutcome(oom_killed=True, exit_code=0))
+    handle = fake.create(_spec())
+    fake.start(handle)
+    status = fake.poll(handle)
+    assert status.oom_killed and status.exit_code == 0
+
+
+def test_stays_running_until_finished(fake: FakeBackend) -> None:
+    fake.script("sb-1", ScriptedOutcome(stays_running=True))
+    handle = fake.create(_spec())
+    fake.start(handle)
+    assert fake.poll(handle).state is RunState.RUNNING
+    assert fake.poll(handle).exit_code is None
+    fake.start(handle)  # starting a running sandbox is a no-op, as on the engine
+    fake.finish(handle, exit_code=5)
+    status = fake.poll(handle)
+    assert (status.state, status.exit_code) == (RunState.EXITED, 5)
+
+
+def test_script_handle_after_create(fake: FakeBackend) -> None:
+    handle = fake.create(_spec())
+    fake.script_handle(handle, ScriptedOutcome(exit_code=9))
+    fake.start(handle)
+    assert fake.poll(handle).exit_code == 9
+
+
+def test_stop_a_running_sandbox_exits_with_sigterm(fake: FakeBackend) -> None:
+    fake.default_outcome = ScriptedOutcome(stays_running=True)
+    handle = fake.create(_spec())
+    fake.start(handle)
+    fake.stop(handle, timeout_s=1)
+    assert fake.poll(handle).exit_code == STOPPED_EXIT_CODE == 143
+    fake.stop(handle)  # twice is fine
+    assert fake.poll(handle).exit_code == STOPPED_EXIT_CODE
+
+
+def test_stop_an_exited_or_created_sandbox_changes_nothing(fake: FakeBackend) -> None:
+    exited = fake.create(_spec("sb-1"))
+    fake.start(exited)
+    fake.stop(exited)
+    assert fake.poll(exited).exit_code == 0
+    created = fake.create(_spec("sb-2"))
+    fake.stop(created)
+    assert fake.poll(created).state is RunState.CREATED
+
+
+def test_remove_is_idempotent_and_leaves_it_missing(fake: FakeBackend) -> None:
+    handle = fake.create(_spec())
+    fake.remove(handle)
+    fake.remove(handle)
+    assert fake.poll(handle).state is RunState.MISSING
+    assert fake.list_owned() == []
+
+
+def test_vanished_sandbox_is_missing(fake: FakeBackend) -> None:
+    fake.default_outcome = ScriptedOutcome(stays_running=True)
+    handle = fake.create(_spec())
+    fake.start(handle)
+    fake.vanish(handle)
+    assert fake.poll(handle).state is RunState.MISSING
+    assert fake.list_owned() == []
+    fake.stop(handle)
+    fake.remove(handle)
+    with pytest.raises(SandboxNotFound):
+        fake.logs(handle)
+    with pytest.raises(SandboxNotFound):
+        fake.start(handle)
+
+
+def test_unknown_handle(fake: FakeBackend) -> None:
+    assert fake.poll("nope").state is RunState.MISSING
+    fake.stop("nope")
+    fake.remove("nope")
+    with pytest.raises(SandboxNotFound):
+        fake.start("nope")
+    with pytest.raises(SandboxNotFound):
+        fake.logs("nope")
+
+
+def test_list_owned_returns_every_sandbox_running_or_not(fake: FakeBackend) -> None:
+    fake.script("sb-2", ScriptedOutcome(stays_running=True))
+    first = fake.create(_spec("sb-1", "alice"))
+    second = fake.create(_spec("sb-2", "bob"))
+    fake.start(second)
+    assert sorted(fake.list_owned(), key=lambda o: o.sandbox_id) == [
+        OwnedSandbox("sb-1", "alice", first),
+        OwnedSandbox("sb-2", "bob", second),
+    ]
+    assert fake.handle_of("sb-2") == second
+
+
+def test_handles_are_unique(fake: FakeBackend) -> None:
+    handles = {fake.create(_spec(f"sb-{i}")) for i in range(20)}
+    assert len(handles) == 20
+
+
+def test_engine_down_fails_every_call(fake: FakeBackend) -> None:
+    handle = fake.create(_spec())
+    fake.engine_up = False
+    calls = [
+        fake.ping,
+        lambda: fake.create(_spec("sb-2")),
+        lambda: fake.start(handle),
+        lambda: fake.poll(handle),
+        lambda: fake.logs(handle),
+        lambda: fake.stop(handle),
+        lambda: fake.remove(handle),
+        fake.list_owned,
+    ]
+    for call in calls:
+        with pytest.raises(EngineUnavailable) as caught:
+            call()
+        assert "engine is not available" in caught.value.user_message
+        assert caught.value.status == 503
+    fake.engine_up = True
+    fake.ping()
+    assert fake.poll(handle).state is RunState.CREATED

@@ -1,0 +1,303 @@
+"""The create kwargs a spec turns into, and `assert_hardened` on inspect results.
+
+The inspect dict below has the shape Docker 20.10 returned for a container made from these
+kwargs; tests/integration/test_docker_backend.py checks the same properties on a real one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from docker.types import Mount
+
+from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
+from sandbox.hardening import assert_hardened, create_kwargs
+from sandbox.spec import DatasetMount, Limits, SandboxSpec
+
+INSTALLATION = "inst-1"
+
+
+@pytest.fixture
+def spec() -> SandboxSpec:
+    return (
+        SandboxSpec(
+            sandbox_id="sb-1",
+            owner="alice",
+            image="sealroom/base:abc",
+            command=("python3", "train.py", "--epochs", "2"),
+            workspace=Path("/srv/sb-1/workspace"),
+            outbox=Path("/srv/sb-1/outbox"),
+        )
+        .with_dataset(DatasetMount("mnist", Path("/srv/datasets/mnist")))
+        .with_dataset(DatasetMount("cifar", Path("/srv/datasets/cifar")))
+        .with_limits(Limits(cpus=1.5, memory_mb=256, pids=64, tmp_mb=32))
+        .with_env("SEED", "7")
+    )
+
+
+@pytest.fixture
+def kwargs(spec: SandboxSpec) -> dict[str, Any]:
+    return create_kwargs(spec, installation=INSTALLATION, init=True)
+
+
+def test_isolation_options(kwargs: dict[str, Any]) -> None:
+    assert kwargs["network_mode"] == "none"
+    assert kwargs["ipc_mode"] == "private"
+    assert kwargs["cap_drop"] == ["ALL"]
+    assert "cap_add" not in kwargs
+    assert kwargs["security_opt"] == ["no-new-privileges:true"]
+    assert kwargs["privileged"] is False
+    assert kwargs["read_only"] is True
+    assert kwargs["user"] == "10001:10001"
+    for absent in (
+        "devices",
+        "device_requests",
+        "pid_mode",
+        "uts_mode",
+        "userns_mode",
+        "volumes",
+        "volumes_from",
+        "sysctls",
+        "ports",
+        "cap_add",
+    ):
+        assert absent not in kwargs, absent
+    assert not any("unconfined" in o for o in kwargs["security_opt"])
+
+
+def test_resource_limits(kwargs: dict[str, Any]) -> None:
+    assert kwargs["mem_limit"] == 256 * 1024 * 1024
+    assert kwargs["memswap_limit"] == kwargs["mem_limit"]
+    assert kwargs["nano_cpus"] == 1_500_000_000
+    assert kwargs["pids_limit"] == 64
+    assert kwargs["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=32m"}
+
+
+def test_mounts_are_exactly_datasets_workspace_and_outbox(kwargs: dict[str, Any]) -> None:
+    mounts = kwargs["mounts"]
+    assert all(isinstance(m, Mount) for m in mounts)
+    table = {(m["Target"], m["Source"], m["Type"], bool(m.get("ReadOnly"))) for m in mounts}
+    assert table == {
+        ("/data/mnist", "/srv/datasets/mnist", "bind", True),
+        ("/data/cifar", "/srv/datasets/cifar", "bind", True),
+        ("/workspace", "/srv/sb-1/workspace", "bind", False),
+        ("/outbox", "/srv/sb-1/outbox", "bind", False),
+    }
+    assert not any("docker.sock" in m["Source"] for m in mounts)
+
+
+def test_identity_labels_and_environment(kwargs: dict[str, Any], spec: SandboxSpec) -> None:
+    assert kwargs["image"] == spec.image
+    assert kwargs["command"] == ["python3", "train.py", "--epochs", "2"]
+    assert kwargs["working_dir"] == "/workspace"
+    assert kwargs["hostname"] == "sandbox"
+    assert kwargs["labels"] == {
+        LABEL_SANDBOX: "sb-1",
+        LABEL_OWNER: "alice",
+        LABEL_INSTALLATION: INSTALLATION,
+    }
+    assert kwargs["environment"] == {"HOME": "/tmp", "SEED": "7"}
+
+
+def test_init_follows_the_engine(spec: SandboxSpec) -> None:
+    assert create_kwargs(spec, installation=INSTALLATION, init=True)["init"] is True
+    assert create_kwargs(spec, installation=INSTALLATION, init=False)["init"] is False
+
+
+def test_kwargs_are_accepted_by_the_sdk(kwargs: dict[str, Any]) -> None:
+    # The SDK splits kwargs into config and host config; unknown names raise TypeError.
+    from docker.models.containers import _create_container_args
+
+    args = _create_container_args(dict(kwargs, version="1.41"))
+    host = args["host_config"]
+    assert host["NetworkMode"] == "none"
+    assert host["ReadonlyRootfs"] is True
+    assert host["Memory"] == host["MemorySwap"] == 256 * 1024 * 1024
+
+
+# --- assert_hardened ------------------------------------------------------------------------
+
+
+def _sealed() -> dict[str, Any]:
+    return {
+        "Config": {
+            "User": "10001:10001",
+            "Hostname": "sandbox",
+            "WorkingDir": "/workspace",
+            "Labels": {LABEL_SANDBOX: "sb-1", LABEL_OWNER: "alice", LABEL_INSTALLATION: "i"},
+        },
+        "HostConfig": {
+            "NetworkMode": "none",
+            "Privileged": False,
+            "CapAdd": None,
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges:true"],
+            "ReadonlyRootfs": True,
+            "Memory": 268435456,
+            "MemorySwap": 268435456,
+            "NanoCpus": 1000000000,
+            "PidsLimit": 64,
+            "IpcMode": "private",
+            "PidMode": "",
+            "UTSMode": "",
+            "UsernsMode": "",
+            "CgroupnsMode": "private",
+            "Devices": [],
+            "DeviceRequests": None,
+            "Binds": None,
+            "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=32m"},
+            "MaskedPaths": ["/proc/kcore", "/sys/firmware"],
+            "Sysctls": None,
+        },
+        "Mounts": [
+            {
+                "Type": "bind",
+                "Source": "/srv/d",
+                "Destination": "/data/mnist",
+                "RW": False,
+                "Propagation": "rprivate",
+            },
+            {
+                "Type": "bind",
+                "Source": "/srv/w",
+                "Destination": "/workspace",
+                "RW": True,
+                "Propagation": "rprivate",
+            },
+            {
+                "Type": "bind",
+                "Source": "/srv/o",
+                "Destination": "/outbox",
+                "RW": True,
+                "Propagation": "rprivate",
+            },
+        ],
+    }
+
+
+def test_sealed_container_has_no_violations() -> None:
+    assert assert_hardened(_sealed()) == []
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(attrs: dict[str, Any]) -> None:
+        *parents, key = path.split(".")
+        node = attrs
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[key] = value
+
+    return change
+
+
+def _add_mount(mount: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    return lambda attrs: attrs["Mounts"].append(mount)
+
+
+BREAKS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "bridge network": (_set("HostConfig.NetworkMode", "bridge"), "network mode"),
+    "host network": (_set("HostConfig.NetworkMode", "host"), "network mode"),
+    "privileged": (_set("HostConfig.Privileged", True), "privileged"),
+    "caps kept": (_set("HostConfig.CapDrop", None), "capabilities not all dropped"),
+    "cap added": (_set("HostConfig.CapAdd", ["SYS_ADMIN"]), "capabilities added"),
+    "new privileges": (_set("HostConfig.SecurityOpt", None), "no-new-privileges"),
+    "seccomp off": (
+        _set("HostConfig.SecurityOpt", ["no-new-privileges:true", "seccomp=unconfined"]),
+        "unsafe security option",
+    ),
+    "apparmor off": (
+        _set("HostConfig.SecurityOpt", ["no-new-privileges:true", "apparmor=unconfined"]),
+        "unsafe security option",
+    ),
+    "writable root": (_set("HostConfig.ReadonlyRootfs", False), "root filesystem"),
+    "root user": (_set("Config.User", ""), "runs as user"),
+    "other user": (_set("Config.User", "0:0"), "runs as user"),
+    "no memory limit": (_set("HostConfig.Memory", 0), "no memory limit"),
+    "swap": (_set("HostConfig.MemorySwap", -1), "swap allowed"),
+    "oom killer off": (_set("HostConfig.OomKillDisable", True), "OOM killer disabled"),
+    "no cpu limit": (_set("HostConfig.NanoCpus", 0), "no CPU limit"),
+    "no pids limit": (_set("HostConfig.PidsLimit", None), "no pids limit"),
+    "unlimited pids": (_set("HostConfig.PidsLimit", -1), "no pids limit"),
+    "shareable ipc": (_set("HostConfig.IpcMode", "shareable"), "IPC mode"),
+    "host ipc": (_set("HostConfig.IpcMode", "host"), "IPC mode"),
+    "host pid": (_set("HostConfig.PidMode", "host"), "PidMode"),
+    "container pid": (_set("HostConfig.PidMode", "container:abc"), "PidMode"),
+    "host uts": (_set("HostConfig.UTSMode", "host"), "UTSMode"),
+    "host userns": (_set("HostConfig.UsernsMode", "host"), "UsernsMode"),
+    "host cgroupns": (_set("HostConfig.CgroupnsMode", "host"), "CgroupnsMode"),
+    "devices": (
+        _set("HostConfig.Devices", [{"PathOnHost": "/dev/fuse", "PathInContainer": "/dev/fuse"}]),
+        "host devices",
+    ),
+    "gpus": (_set("HostConfig.DeviceRequests", [{"Count": -1}]), "device requests"),
+    "device rules": (_set("HostConfig.DeviceCgroupRules", ["c 1:3 rwm"]), "device cgroup"),
+    "sysctls": (_set("HostConfig.Sysctls", {"net.ipv4.ip_forward": "1"}), "sysctls"),
+    "unmasked proc": (_set("HostConfig.MaskedPaths", []), "not masked"),
+    "ports": (_set("HostConfig.PortBindings", {"80/tcp": [{"HostPort": "80"}]}), "ports"),
+    "binds": (_set("HostConfig.Binds", ["/:/host"]), "bind mount"),
+    "volumes from": (_set("HostConfig.VolumesFrom", ["other"]), "volumes shared"),
+    "exec tmpfs": (_set("HostConfig.Tmpfs", {"/tmp": "rw,size=32m"}), "nosuid,nodev"),
+    "extra tmpfs": (
+        _set("HostConfig.Tmpfs", {"/tmp": "rw,nosuid,nodev", "/run": "rw,nosuid,nodev"}),
+        "unexpected tmpfs",
+    ),
+    "docker socket": (
+        _add_mount(
+            {
+                "Type": "bind",
+                "Source": "/var/run/docker.sock",
+                "Destination": "/var/run/docker.sock",
+                "RW": True,
+            }
+        ),
+        "engine socket",
+    ),
+    "containerd socket": (
+        _add_mount(
+            {
+                "Type": "bind",
+                "Source": "/run/containerd/containerd.sock",
+                "Destination": "/c.sock",
+                "RW": False,
+            }
+        ),
+        "engine socket",
+    ),
+    "writable dataset": (_set("Mounts.0.RW", True), "dataset mount /data/mnist is writable"),
+    "host root": (
+        _add_mount({"Type": "bind", "Source": "/", "Destination": "/host", "RW": False}),
+        "unexpected mount at /host",
+    ),
+    "anonymous volume": (
+        _add_mount(
+            {
+                "Type": "volume",
+                "Name": "abc",
+                "Source": "/var/lib/docker/volumes/abc",
+                "Destination": "/cache",
+                "RW": True,
+            }
+        ),
+        "volume mount at /cache",
+    ),
+    "shared propagation": (_set("Mounts.1.Propagation", "rshared"), "propagates"),
+    "no sandbox label": (_set("Config.Labels", {}), "label sealroom.sandbox missing"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BREAKS))
+def test_each_weakening_is_reported(name: str) -> None:
+    change, expected = BREAKS[name]
+    attrs = copy.deepcopy(_sealed())
+    change(attrs)
+    found = assert_hardened(attrs)
+    assert any(expected in v for v in found), (name, found)
+
+
+def test_empty_inspect_is_not_hardened() -> None:
+    found = assert_hardened({})
+    assert len(found) >= 8
