@@ -6,9 +6,11 @@ DockerBackend; the host side listens on TCP and UDP and checks that nothing arri
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -395,3 +397,56 @@ def test_the_probe_does_detect_a_way_out(
     breached = [r for r in records[:-1] if r["probe"] == "tcp4" and not r["ok"]]
     assert any(r["target"] == f"{gateway}:{config['tcp_port']}" for r in breached), records
     assert any(s.startswith("tcp from") for s in listeners.accepted())
+
+
+# --- the same probe through the console's own launch path --------------------------------
+
+
+def test_probe_launched_through_the_api_is_contained_and_audited(
+    docker_core: Any, listeners: HostListeners, tmp_path: Path
+) -> None:
+    """What an engineer would do: upload the probe as their code through the API. Every
+    attempt fails, the host sees nothing, and the audit log names who ran which code."""
+    from sqlmodel import select
+
+    from audit.models import AuditEvent
+    from console.app import create_app
+    from console.services import accounts, datasets
+    from tests.helpers import OPERATOR, PASSWORD, bearer, write_dataset
+
+    accounts.create_user(docker_core, OPERATOR, "mallory", "engineer", PASSWORD)
+    datasets.register_dataset(docker_core, OPERATOR, write_dataset(tmp_path / "d"), "demo",
+                              ["mallory"])
+    token = accounts.create_token(docker_core, OPERATOR, "mallory")
+    client = create_app(sealroom=docker_core).test_client()
+    config = _config(listeners)
+    with PROBE.open("rb") as probe:
+        created = client.post("/api/v1/sandboxes", headers=bearer(token), data={
+            "request": json.dumps({"dataset": "demo", "limits": {"memory_mb": 256},
+                                   "command": "python egress_probe.py "
+                                              + shlex.quote(json.dumps(config))}),
+            "code": (probe, "egress_probe.py")}, content_type="multipart/form-data")
+    assert created.status_code == 201, created.get_json()
+    sandbox_id = created.get_json()["id"]
+    deadline = time.monotonic() + 120
+    while (body := client.get(f"/api/v1/sandboxes/{sandbox_id}",
+                              headers=bearer(token)).get_json())["status"] == "running":
+        assert time.monotonic() < deadline, "the probe did not finish in time"
+        time.sleep(0.3)
+    log = client.get(f"/api/v1/sandboxes/{sandbox_id}/logs", headers=bearer(token)).data
+    records = _records(log)
+    assert records and records[-1]["probe"] == "summary", log[-2000:]
+    assert [r for r in records[:-1] if not r["ok"]] == []
+    assert len(records) > 100
+    assert body["status"] == "succeeded"
+    assert listeners.accepted() == []
+
+    with docker_core.transaction() as session:
+        events = session.exec(select(AuditEvent).where(
+            AuditEvent.target == f"sandbox:{sandbox_id}")).all()
+    by_action = {e.action: e for e in events}
+    upload = json.loads(by_action["sandbox:code:upload"].details)
+    assert upload["code"] == "egress_probe.py"
+    assert upload["digest"] == "sha256:" + hashlib.sha256(PROBE.read_bytes()).hexdigest()
+    assert by_action["sandbox:sandbox:launch"].actor == "mallory"
+    assert by_action["sandbox:sandbox:exit"].outcome == "ok"
