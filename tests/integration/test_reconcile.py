@@ -87,17 +87,22 @@ def test_orphans_are_removed_and_vanished_sandboxes_marked_lost(
         stranger.remove(force=True)
 
 
+def _installation(settings: Settings, base_image: Any, tmp_path: Path) -> tuple[Sealroom, str]:
+    """A separate installation with the image registered, an engineer and the demo data."""
+    core = Sealroom(settings)
+    images.register_image(core, OPERATOR, "base", base_image.tag, base_image.digest)
+    accounts.create_user(core, OPERATOR, "alice", "engineer", PASSWORD)
+    datasets.register_dataset(core, OPERATOR, write_dataset(tmp_path / "d"), "demo",
+                              ["role:engineer"])
+    return core, accounts.create_token(core, OPERATOR, "alice")
+
+
 def test_engine_down_gives_503_and_leaves_nothing(settings: Settings, base_image: Any,
                                                   tmp_path: Path) -> None:
     import dataclasses
 
     down = dataclasses.replace(settings, docker_host="unix:///nonexistent/docker.sock")
-    core = Sealroom(down)
-    images.register_image(core, OPERATOR, "base", base_image.tag, base_image.digest)
-    accounts.create_user(core, OPERATOR, "alice", "engineer", PASSWORD)
-    datasets.register_dataset(core, OPERATOR, write_dataset(tmp_path / "d"), "demo",
-                              ["role:engineer"])
-    token = accounts.create_token(core, OPERATOR, "alice")
+    core, token = _installation(down, base_image, tmp_path)
     client = create_app(sealroom=core).test_client()
     started = time.monotonic()
     response = client.post("/api/v1/sandboxes", headers=bearer(token),
@@ -136,12 +141,7 @@ def _serve(home: Path, port: int) -> subprocess.Popen[bytes]:
 def test_console_killed_mid_run_loses_nothing(settings: Settings, base_image: Any,
                                               tmp_path: Path,
                                               docker_client: docker.DockerClient) -> None:
-    core = Sealroom(settings)
-    images.register_image(core, OPERATOR, "base", base_image.tag, base_image.digest)
-    accounts.create_user(core, OPERATOR, "alice", "engineer", PASSWORD)
-    datasets.register_dataset(core, OPERATOR, write_dataset(tmp_path / "d"), "demo",
-                              ["role:engineer"])
-    token = accounts.create_token(core, OPERATOR, "alice")
+    core, token = _installation(settings, base_image, tmp_path)
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api/v1/sandboxes"
     process = _serve(settings.home, port)
