@@ -20,6 +20,8 @@ from types import ModuleType
 # Run in this order. Add a module here (with NAME and run()) to add a benchmark.
 BENCHMARKS = (
     "tests.benchmarks.bench_launch",
+    "tests.benchmarks.bench_leakscan",
+    "tests.benchmarks.bench_sealing",
 )
 RESULTS_DIR = Path(__file__).resolve().parents[2] / ".bench"
 

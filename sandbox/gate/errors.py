@@ -1,0 +1,42 @@
+"""Errors raised by the release gate; `GateError` is the root.
+
+Each refusal is its own type so a check can say precisely why a file may not leave; the
+message is shown to the engineer and the approvers, so it never quotes dataset content.
+"""
+
+from __future__ import annotations
+
+from sandbox.errors import SandboxError
+
+
+class GateError(SandboxError):
+    """Root of every error the release gate raises."""
+
+    status = 422
+
+
+class InvalidFormat(GateError):
+    """A file is not what its extension says, or is malformed or ambiguous as that type."""
+
+
+class UnsafePickle(GateError):
+    """A pickle imports or calls something outside the allowlist of torch reconstructors."""
+
+    def __init__(self, user_message: str, *, global_name: str | None = None,
+                 detail: str | None = None) -> None:
+        super().__init__(user_message, detail=detail)
+        self.global_name = global_name
+
+
+class MetricsRefused(GateError):
+    """A metrics file carries more than short names and finite numbers, or a small count."""
+
+
+class DatasetUnreadable(GateError):
+    """A mounted dataset cannot be read to build the leak-scan index."""
+
+    status = 500
+
+
+class DatasetLeak(GateError):
+    """A released file holds a record of a mounted dataset verbatim."""
