@@ -34,6 +34,16 @@ class AuditAction(enum.StrEnum):
     CODE_UPLOAD = "sandbox:code:upload"
     LOGS_VIEW = "sandbox:logs:view"
     OUTBOX_VIEW = "sandbox:outbox:view"
+    # releases
+    RELEASE_REQUEST = "release:request:create"
+    RELEASE_CHECKS = "release:request:check"
+    RELEASE_APPROVE = "release:request:approve"
+    RELEASE_REJECT = "release:request:reject"
+    RELEASE_WITHDRAW = "release:request:withdraw"
+    RELEASE_SEAL = "release:bundle:seal"
+    RELEASE_DOWNLOAD = "release:bundle:download"
+    RELEASE_VIEW = "release:request:view"
+    KEY_ROTATE = "admin:key:rotate"
     # system
     CONSOLE_START = "system:console:start"
     ORPHAN_REMOVE = "system:container:remove_orphan"

@@ -4,6 +4,7 @@ datasets, images, demo data). Refusals print a message and exit non-zero."""
 from __future__ import annotations
 
 import getpass
+import os
 import secrets
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from audit.events import Actor, AuditAction
+from console.cli_release import release
 from console.core import Caller, Sealroom
 from console.services.errors import ServiceError
 from console.settings import Settings
@@ -64,7 +66,8 @@ def init() -> None:
     """Create the data directory, migrate the database and make the installation keys."""
     core = _core(backend=_NoBackend())
     core.settings.secret_key()
-    click.echo(f"initialised {core.settings.home}")
+    key = core.gate_key().key
+    click.echo(f"initialised {core.settings.home} (release gate key {key.keyid[:16]})")
 
 
 @main.command()
@@ -76,6 +79,7 @@ def up(host: str | None, port: int | None, threads: int) -> None:
     import waitress
 
     from console.app import create_app
+    from console.services import releases as release_service
     from console.services import sandboxes as sandbox_service
 
     settings = Settings.from_env()
@@ -86,6 +90,8 @@ def up(host: str | None, port: int | None, threads: int) -> None:
         sandbox_service.reconcile(core)
     except Exception as exc:  # a dead engine must not keep the console down
         click.echo(f"warning: could not reconcile with the container engine: {exc}", err=True)
+    core.gate_key()  # made on first start; fails early if the passphrase is wrong
+    release_service.resume_sealing(core)
     app = create_app(sealroom=core, supervise=True)
     bind_host, bind_port = host or settings.host, port or settings.port
     click.echo(f"Sealroom console on http://{bind_host}:{bind_port}/  (Ctrl-C stops it)")
@@ -186,6 +192,25 @@ def images_build(base_image: str | None) -> None:
 
 
 @main.group()
+def key() -> None:
+    """The release gate's signing key."""
+
+
+@key.command("rotate")
+@_refusals
+def key_rotate() -> None:
+    """Make a new gate key; bundles signed before stay verifiable with the old public key."""
+    from sandbox.gate.keys import passphrase_from_env
+
+    core = _core(backend=_NoBackend())
+    old = core.gate_key().key.keyid
+    new = core.key_ring.rotate(passphrase_from_env(os.environ, core.settings.home))
+    core.record(_caller().actor, AuditAction.KEY_ROTATE, target="key:release",
+                retired=old, active=new.keyid)
+    click.echo(f"release gate key rotated: {old[:16]} retired, {new.keyid[:16]} active")
+
+
+@main.group()
 def demo() -> None:
     """Demo data."""
 
@@ -232,6 +257,8 @@ class _NoBackend:
     def __getattr__(self, name: str) -> Any:
         raise RuntimeError(f"this command does not drive sandboxes (called {name})")
 
+
+main.add_command(release)
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,6 +15,22 @@ from console.settings import Settings
 from policies.evaluator import PolicyEvaluator
 from policies.schema import Policy, load_default_policy
 from sandbox.backend import Backend
+from sandbox.gate.errors import GateError
+from sandbox.gate.keys import GateKey, GateKeyRing, PublicKeyInfo, passphrase_from_env
+
+
+class GateSigningKey:
+    """The gate's private key as stored (encrypted) and the passphrase that opens it."""
+
+    __slots__ = ("key", "passphrase")
+
+    def __init__(self, key: GateKey, passphrase: bytes) -> None:
+        self.key = key
+        self.passphrase = passphrase
+
+    @property
+    def private_pem(self) -> bytes:
+        return self.key.private_pem
 
 
 class Sealroom:
@@ -48,6 +65,28 @@ class Sealroom:
         with self.transaction() as session:
             append(session, EventDraft(actor, action, target, outcome, reason, request_id,
                                        dict(details)))
+
+    # --- the release gate's signing key ---------------------------------------------------
+
+    @property
+    def key_ring(self) -> GateKeyRing:
+        return GateKeyRing(self.settings.home / "keys" / "release")
+
+    def gate_key(self) -> GateSigningKey:
+        """The active gate key (made on first use), with the passphrase that unlocks it."""
+        passphrase = passphrase_from_env(os.environ, self.settings.home)
+        return GateSigningKey(self.key_ring.ensure(passphrase), passphrase)
+
+    def gate_public_pem(self) -> bytes:
+        try:
+            return self.key_ring.active_public_pem()
+        except GateError:
+            return self.gate_key().key.public_pem
+
+    def gate_public_keys(self) -> list[PublicKeyInfo]:
+        if not self.key_ring.public_keys():
+            self.gate_key()
+        return self.key_ring.public_keys()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from audit.models import AuditEvent  # noqa: F401  (one metadata for Alembic)
@@ -103,3 +104,60 @@ class Image(SQLModel, table=True):
     tag: str
     digest: str = Field(unique=True)
     registered_at: str
+
+
+class ReleaseStatus(enum.StrEnum):
+    SUBMITTED = "submitted"
+    CHECKS_FAILED = "checks_failed"
+    IN_REVIEW = "in_review"
+    APPROVED = "approved"  # enough approvals; sealing under way (resumed after a crash)
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+    RELEASED = "released"
+
+    @property
+    def open(self) -> bool:
+        return self in (ReleaseStatus.SUBMITTED, ReleaseStatus.IN_REVIEW)
+
+
+class ReleaseRequest(SQLModel, table=True):
+    __tablename__ = "release_request"
+
+    id: str = Field(primary_key=True)
+    sandbox_id: str = Field(foreign_key="sandbox.id", index=True)
+    requester: str = Field(index=True)
+    status: str = Field(index=True)
+    justification: str
+    approvals_needed: int
+    policy_version: int
+    checks: str = "{}"  # JSON CheckReport
+    reason: str = ""  # rejection or withdrawal reason
+    bundle_path: str = ""
+    bundle_keyid: str = ""
+    created_at: str
+    updated_at: str
+    released_at: str | None = None
+
+
+class ReleaseFile(SQLModel, table=True):
+    __tablename__ = "release_file"
+
+    id: int | None = Field(default=None, primary_key=True)
+    release_id: str = Field(foreign_key="release_request.id", index=True)
+    name: str
+    size: int
+    sha256: str
+
+
+class ReleaseDecision(SQLModel, table=True):
+    """One approver's approval or rejection; an approver approves a request at most once."""
+
+    __tablename__ = "release_decision"
+    __table_args__ = (UniqueConstraint("release_id", "approver", "decision"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    release_id: str = Field(foreign_key="release_request.id", index=True)
+    approver: str
+    decision: str  # "approve" or "reject"
+    reason: str = ""
+    created_at: str

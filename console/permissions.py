@@ -26,6 +26,11 @@ class Permission(enum.StrEnum):
     LOGS_READ = "sandbox:logs:read"
     OUTBOX_READ = "sandbox:outbox:read"
     METRICS_READ = "system:metrics:read"
+    RELEASE_REQUEST = "release:request:create"
+    RELEASE_READ = "release:request:read"
+    RELEASE_REVIEW = "release:request:review"
+    RELEASE_WITHDRAW = "release:request:withdraw"
+    BUNDLE_DOWNLOAD = "release:bundle:download"
 
 
 _EVERYONE = frozenset({Permission.SELF_READ})
@@ -37,8 +42,16 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.SANDBOX_STOP,
         Permission.LOGS_READ,
         Permission.OUTBOX_READ,
+        Permission.RELEASE_REQUEST,
+        Permission.RELEASE_READ,
+        Permission.RELEASE_WITHDRAW,
+        Permission.BUNDLE_DOWNLOAD,
     },
-    Role.APPROVER: _EVERYONE,
+    Role.APPROVER: _EVERYONE | {
+        Permission.RELEASE_READ,
+        Permission.RELEASE_REVIEW,
+        Permission.BUNDLE_DOWNLOAD,
+    },
     Role.SECURITY_OFFICER: _EVERYONE,
     Role.AUDITOR: _EVERYONE,
     Role.ADMIN: _EVERYONE | {Permission.METRICS_READ},

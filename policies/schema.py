@@ -40,11 +40,27 @@ class Launch(_Strict):
     roles: list[str] = []
 
 
+class Release(_Strict):
+    """What may leave through the release gate, and how many approvers must agree."""
+
+    weight_types: list[str] = [".safetensors", ".onnx"]
+    metrics_types: list[str] = [".json", ".csv"]
+    allow_pickle: bool = False
+    max_file_mb: int = Field(default=2048, ge=1)
+    max_total_mb: int = Field(default=4096, ge=1)
+    max_metric_values: int = Field(default=1000, ge=1)
+    small_count_k: int = Field(default=10, ge=1)
+    leak_scan: bool = True
+    leak_min_row_bytes: int = Field(default=16, ge=4)
+    approvals_needed: int = Field(default=2, ge=1)
+
+
 class Policy(_Strict):
     version: int = Field(ge=1)
     resources: Resources = Resources()
     uploads: Uploads = Uploads()
     launch: Launch = Launch()
+    release: Release = Release()
 
 
 def load_policy(text: str) -> Policy:

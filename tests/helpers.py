@@ -41,3 +41,53 @@ def csrf_from(client: FlaskClient, path: str) -> str:
     match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
     assert match, f"no CSRF token on {path}"
     return match.group(1)
+
+
+def safetensors_bytes(tensors: dict[str, list[float]], metadata: dict[str, str] | None = None,
+                      trailing: bytes = b"") -> bytes:
+    """A float32 safetensors file written by hand (the host has no torch)."""
+    import json
+    import struct
+
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    payload = b""
+    for name, values in tensors.items():
+        data = struct.pack(f"<{len(values)}f", *values)
+        header[name] = {"dtype": "F32", "shape": [len(values)],
+                        "data_offsets": [len(payload), len(payload) + len(data)]}
+        payload += data
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + payload + trailing
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_console(home: Path, port: int) -> Any:
+    """`sealroom up` as a real process on `port`; returns the Popen once /healthz answers."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    env = {**os.environ, "SEALROOM_HOME": str(home), "SEALROOM_PORT": str(port),
+           "SEALROOM_SUPERVISE_INTERVAL": "0.5"}
+    process = subprocess.Popen([sys.executable, "-m", "console.cli", "up"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return process
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError("the console did not come up")

@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, send_file
 
-from console.guards import api_error, api_requires, caller, core
+from audit.events import AuditAction, Outcome
+from console.guards import api_error, api_requires, caller, core, public
 from console.permissions import Permission
+from console.services import releases as release_service
 from console.services import sandboxes as sandbox_service
 from console.services.errors import ServiceError
 
@@ -20,6 +22,11 @@ api = Blueprint("api", __name__, url_prefix="/api/v1")
 
 @api.errorhandler(ServiceError)
 def _service_error(exc: ServiceError) -> Any:
+    if isinstance(exc, _Bad) and not exc.audited:
+        # refused while parsing, before any service saw it
+        core().record(caller().actor, AuditAction.REQUEST_DENIED,
+                      target=f"{request.method} {request.path}"[:200], outcome=Outcome.DENIED,
+                      reason=exc.message, request_id=caller().request_id)
     extra = {"rule": exc.rule} if exc.rule else {}
     return api_error(exc.status, exc.code, exc.message, **extra)
 
@@ -36,6 +43,7 @@ def _number(data: dict[str, Any], key: str, kind: type, default: Any) -> Any:
 
 class _Bad(ServiceError):
     status, code = 400, "bad_request"
+    audited = False
 
 
 def _launch_order() -> sandbox_service.LaunchOrder:
@@ -82,6 +90,7 @@ def create_sandbox() -> Any:
     except _Bad as exc:
         # refused before the service saw it: audit as the service would
         sandbox_service.audit_refused_launch(core(), caller(), exc.message)
+        exc.audited = True
         raise
     record = sandbox_service.launch(core(), caller(), order)
     response = jsonify(sandbox_service.to_dict(record))
@@ -127,3 +136,87 @@ def stop_sandbox(sandbox_id: str) -> Any:
 def sandbox_outbox(sandbox_id: str) -> Any:
     return jsonify({"sandbox": sandbox_id,
                     "files": sandbox_service.outbox(core(), caller(), sandbox_id)})
+
+
+# --- releases -----------------------------------------------------------------------------
+
+
+def _json_body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise _Bad("send a JSON object")
+    return data
+
+
+@api.route("/releases", methods=["POST"])
+@api_requires(Permission.RELEASE_REQUEST)
+def create_release() -> Any:
+    data = _json_body()
+    files = data.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise _Bad("files must be a list of outbox file names")
+    sandbox_id, justification = data.get("sandbox"), data.get("justification", "")
+    if not isinstance(sandbox_id, str) or not isinstance(justification, str):
+        raise _Bad("sandbox and justification must be strings")
+    record = release_service.create(core(), caller(), sandbox_id, files, justification)
+    response = jsonify(release_service.to_dict(core(), record))
+    response.status_code = 201
+    response.headers["Location"] = f"/api/v1/releases/{record.id}"
+    return response
+
+
+@api.route("/releases", methods=["GET"])
+@api_requires(Permission.RELEASE_READ)
+def list_releases() -> Any:
+    status = request.args.get("status") or None
+    return jsonify({"releases": [release_service.to_dict(core(), r) for r in
+                                 release_service.list_for(core(), caller(), status=status)]})
+
+
+@api.route("/releases/<release_id>", methods=["GET"])
+@api_requires(Permission.RELEASE_READ)
+def get_release(release_id: str) -> Any:
+    record = release_service.get(core(), caller(), release_id)
+    return jsonify(release_service.to_dict(core(), record))
+
+
+@api.route("/releases/<release_id>/approve", methods=["POST"])
+@api_requires(Permission.RELEASE_REVIEW)
+def approve_release(release_id: str) -> Any:
+    record = release_service.approve(core(), caller(), release_id)
+    return jsonify(release_service.to_dict(core(), record))
+
+
+@api.route("/releases/<release_id>/reject", methods=["POST"])
+@api_requires(Permission.RELEASE_REVIEW)
+def reject_release(release_id: str) -> Any:
+    reason = (request.get_json(silent=True) or {}).get("reason", "")
+    if not isinstance(reason, str):
+        raise _Bad("reason must be a string")
+    record = release_service.reject(core(), caller(), release_id, reason)
+    return jsonify(release_service.to_dict(core(), record))
+
+
+@api.route("/releases/<release_id>/withdraw", methods=["POST"])
+@api_requires(Permission.RELEASE_WITHDRAW)
+def withdraw_release(release_id: str) -> Any:
+    reason = (request.get_json(silent=True) or {}).get("reason", "")
+    if not isinstance(reason, str):
+        raise _Bad("reason must be a string")
+    record = release_service.withdraw(core(), caller(), release_id, reason)
+    return jsonify(release_service.to_dict(core(), record))
+
+
+@api.route("/releases/<release_id>/bundle", methods=["GET"])
+@api_requires(Permission.BUNDLE_DOWNLOAD)
+def release_bundle(release_id: str) -> Any:
+    archive = release_service.bundle_archive(core(), caller(), release_id)
+    return send_file(archive, mimetype="application/x-tar", as_attachment=True,
+                     download_name=f"{release_id}.tar")
+
+
+@api.route("/keys/release.pem", methods=["GET"])
+@public
+def release_key() -> Any:
+    """The gate's active public key: anyone may verify a bundle offline with it."""
+    return Response(core().gate_public_pem(), mimetype="application/x-pem-file")

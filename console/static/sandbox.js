@@ -52,6 +52,11 @@
       if (body.outbox) renderOutbox(body.outbox);
       if (s.status !== "starting" && s.status !== "running") {
         done = true;
+        // The page was rendered while running: render it again to offer the release form.
+        if (log.dataset.status === "starting" || log.dataset.status === "running") {
+          log.dataset.status = s.status;
+          setTimeout(function () { location.reload(); }, 300);
+        }
         const stop = document.getElementById("stop-form");
         if (stop) stop.remove();
       }

@@ -78,7 +78,8 @@ def detail(sandbox_id: str) -> Any:
     except ServiceError as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
     return render_template("sandbox_detail.html", sandbox=sandbox_service.to_dict(record),
-                           files=files)
+                           files=files,
+                           approvals_needed=core().policy.release.approvals_needed)
 
 
 @engineer.route("/<sandbox_id>/live")

@@ -60,6 +60,8 @@ def test_engineer_trains_the_example_and_sees_the_outbox(page: Page, engineer: s
     expect(page.get_by_role("status").filter(has_text="launched")).to_be_visible()
     status = page.locator("#status")
     expect(status).to_have_text("succeeded", timeout=TRAINING_TIMEOUT_MS)
+    # once finished, the page renders again and offers the release form
+    expect(page.locator("#release-form")).to_be_visible()
     expect(page.locator("#log")).to_contain_text("epoch")
     outbox = page.locator("#outbox")
     expect(outbox).to_contain_text("model.safetensors")
@@ -75,6 +77,7 @@ def test_engineer_trains_the_example_and_sees_the_outbox(page: Page, engineer: s
             control.inner_text(), control.get_attribute("href"),
             control.get_attribute("value"), control.get_attribute("aria-label"))))
         assert "download" not in described.lower(), f"a download control: {described!r}"
+        assert "/outbox" not in (control.get_attribute("href") or ""), described
         assert control.get_attribute("download") is None, f"a download link: {described!r}"
 
     target = SCREENSHOT if os.environ.get("SEALROOM_SCREENSHOTS") == "1" \

@@ -3,11 +3,7 @@ console killed with -9 in the middle of a run losing nothing."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +22,7 @@ from console.services import accounts, datasets, images
 from console.services import sandboxes as sandbox_service
 from console.settings import Settings
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
-from tests.helpers import OPERATOR, PASSWORD, bearer, write_dataset
+from tests.helpers import OPERATOR, PASSWORD, bearer, free_port, serve_console, write_dataset
 
 pytestmark = pytest.mark.docker
 
@@ -116,35 +112,13 @@ def test_engine_down_gives_503_and_leaves_nothing(settings: Settings, base_image
     assert list(down.sandboxes_dir.iterdir()) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(home: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SEALROOM_HOME": str(home), "SEALROOM_PORT": str(port),
-           "SEALROOM_SUPERVISE_INTERVAL": "0.5"}
-    process = subprocess.Popen([sys.executable, "-m", "console.cli", "up"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return process
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the console did not come up")
-
-
 def test_console_killed_mid_run_loses_nothing(settings: Settings, base_image: Any,
                                               tmp_path: Path,
                                               docker_client: docker.DockerClient) -> None:
     core, token = _installation(settings, base_image, tmp_path)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api/v1/sandboxes"
-    process = _serve(settings.home, port)
+    process = serve_console(settings.home, port)
     try:
         created = requests.post(url, headers=bearer(token), timeout=60, json={
             "dataset": "demo", "example": "mlp",
@@ -156,7 +130,7 @@ def test_console_killed_mid_run_loses_nothing(settings: Settings, base_image: An
         process.wait(10)
         time.sleep(6)  # the sandbox finishes while no console is running
 
-        process = _serve(settings.home, port)  # reconciles on start
+        process = serve_console(settings.home, port)  # reconciles on start
         body = requests.get(f"{url}/{sandbox_id}", headers=bearer(token), timeout=30).json()
         assert body["status"] == "succeeded", body
         log = requests.get(f"{url}/{sandbox_id}/logs", headers=bearer(token), timeout=30)

@@ -6,7 +6,7 @@ from flask import Flask
 
 from console.permissions import PUBLIC, Permission, declared_permission
 
-PUBLIC_ENDPOINTS = {"static", "auth.login", "healthz"}
+PUBLIC_ENDPOINTS = {"static", "auth.login", "healthz", "api.release_key", "releases.keys"}
 
 
 def test_every_endpoint_declares_a_permission(app: Flask) -> None:

@@ -1,0 +1,91 @@
+"""`sealroom release`: check a downloaded release bundle offline, without the server, and
+print what it vouches for. Exit 0 only when every step holds, 1 when one fails, 2 for usage.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sandbox.gate.keys import UnsupportedKey
+from sandbox.gate.verify import (
+    STEP_NAMES,
+    BundleVerification,
+    BundleVerificationError,
+    verify_bundle,
+)
+
+EXIT_FAILED = 1
+
+_STEP_LABELS = {
+    "model_signature": "model.sig is an OpenSSF model signature by this key",
+    "provenance_signature": "provenance.intoto.jsonl is signed by this key",
+    "provenance_statement": "the provenance is a Sealroom release's SLSA v1 provenance",
+    "provenance_subjects": "both statements name the same files and digests",
+    "file_hashes": "every file in the bundle has its signed SHA-256, none extra or missing",
+}
+
+
+@click.group()
+def release() -> None:
+    """Released bundles: verify them offline."""
+
+
+@release.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--key", "key_path", required=True, metavar="PEM",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The release gate's public key (release.pem).")
+@click.option("-v", "--verbose", is_flag=True, help="On failure, also print the raw detail.")
+def verify(bundle: Path, key_path: Path, verbose: bool) -> None:
+    """Verify BUNDLE's signatures and every file's hash with the gate's public key."""
+    try:
+        public_pem = key_path.read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(str(exc), param_hint="--key") from exc
+    click.echo(f"Verifying {bundle}")
+    try:
+        result = verify_bundle(bundle, public_pem, on_step=_passed)
+    except UnsupportedKey as exc:
+        raise click.BadParameter(exc.user_message, param_hint="--key") from exc
+    except BundleVerificationError as exc:
+        _failed(exc, verbose=verbose)
+        sys.exit(EXIT_FAILED)
+    _facts(result)
+
+
+def _passed(step: str) -> None:
+    click.echo(f"  ✓ {step:<21} {_STEP_LABELS.get(step, '')}")
+
+
+def _failed(error: BundleVerificationError, *, verbose: bool) -> None:
+    click.echo(f"  ✗ {error.step:<21} {error.user_message}")
+    if verbose and error.detail != error.user_message:
+        click.echo(f"    {'':<21} {error.detail}")
+    if error.step in STEP_NAMES:
+        for step in STEP_NAMES[STEP_NAMES.index(error.step) + 1:]:
+            click.echo(f"  - {step:<21} not checked")
+    click.echo("NOT VERIFIED: do not use this bundle.")
+
+
+def _facts(result: BundleVerification) -> None:
+    size = max(len(name) for name, _ in result.files)
+    lines = [
+        f"Release     {result.release_id}",
+        f"Signed by   gate key {result.keyid}",
+        f"Requester   {result.requester}",
+        f"Approvers   {', '.join(result.approvers) or '(none)'}",
+        f"Policy      version {result.policy_version}",
+        f"Image       {result.image_digest}",
+        f"Code        {result.code_digest}",
+        "Datasets    " + ("\n            ".join(f"{name}  {digest}"
+                                               for name, digest in result.datasets)
+                          or "(none)"),
+        f"Sealed      {result.finished_on} by {result.builder_id}",
+        f"Files       {len(result.files)}",
+    ]
+    lines += [f"  {name:<{size}}  sha256:{digest}" for name, digest in result.files]
+    click.echo("\n".join(lines))
+    click.echo("VERIFIED: both signatures and every file hash hold.")

@@ -1,0 +1,441 @@
+"""Release requests: the one door out. Request (files frozen by hash), automated checks,
+review by approvers other than the requester, sealing (signatures + provenance), download.
+
+States: submitted → checks_failed | in_review → approved | rejected | withdrawn → released.
+Sealing is atomic and idempotent, so a crash while `approved` is finished on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from audit.chain import append, utc_now
+from audit.events import Actor, AuditAction, EventDraft, Outcome
+from audit.models import AuditEvent
+from console.core import Caller, Sealroom
+from console.models import (
+    Dataset,
+    ReleaseDecision,
+    ReleaseFile,
+    ReleaseRequest,
+    ReleaseStatus,
+    Sandbox,
+    SandboxStatus,
+)
+from console.permissions import Permission, role_has
+from console.services.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError
+from sandbox.errors import InvalidUpload, SandboxError
+from sandbox.gate.checks import CandidateFile, run_checks
+from sandbox.gate.rules import CheckRules
+from sandbox.gate.store import BlobStore
+
+log = logging.getLogger(__name__)
+
+MAX_JUSTIFICATION = 4000
+_NAME = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,254}$")
+
+
+def _store(core: Sealroom) -> BlobStore:
+    return BlobStore(core.settings.home / "blobs")
+
+
+def _release_dir(core: Sealroom, release_id: str) -> Path:
+    return core.settings.home / "releases" / release_id
+
+
+def check_rules(core: Sealroom) -> CheckRules:
+    """The active policy's release section, as the gate's check rules."""
+    release = core.policy.release
+    return CheckRules(
+        weight_types=tuple(release.weight_types),
+        metrics_types=tuple(release.metrics_types),
+        allow_pickle=release.allow_pickle,
+        max_file_bytes=release.max_file_mb << 20,
+        max_total_bytes=release.max_total_mb << 20,
+        max_metric_values=release.max_metric_values,
+        small_count_k=release.small_count_k,
+        leak_scan=release.leak_scan,
+        leak_min_row_bytes=release.leak_min_row_bytes,
+    )
+
+
+def _refuse(core: Sealroom, caller: Caller, action: AuditAction, target: str,
+            exc: ServiceError) -> None:
+    core.record(caller.actor, action, target=target,
+                outcome=Outcome.FAILED if exc.status >= 500 else Outcome.DENIED,
+                reason=exc.message, request_id=caller.request_id)
+
+
+# --- request ------------------------------------------------------------------------------
+
+
+def create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
+           justification: str) -> ReleaseRequest:
+    try:
+        return _create(core, caller, sandbox_id, names, justification)
+    except ServiceError as exc:
+        _refuse(core, caller, AuditAction.RELEASE_REQUEST, f"sandbox:{sandbox_id[:64]}", exc)
+        raise
+
+
+def _outbox_file(outbox: Path, name: str) -> Path:
+    """Resolve a file name inside the outbox, refusing anything that leaves it."""
+    parts = PurePosixPath(name).parts
+    if not _NAME.match(name) or ".." in parts or name.startswith("/"):
+        raise BadRequest(f"invalid file name {name!r}")
+    path = outbox.joinpath(*parts)
+    if path.is_symlink() or not path.is_file():
+        raise BadRequest(f"{name} is not a regular file in the outbox")
+    if not path.resolve().is_relative_to(outbox.resolve()):
+        raise BadRequest(f"{name} is outside the outbox")
+    return path
+
+
+def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
+            justification: str) -> ReleaseRequest:
+    justification = justification.strip()
+    if not justification:
+        raise BadRequest("say why these files should leave (justification)")
+    if len(justification) > MAX_JUSTIFICATION:
+        raise BadRequest(f"the justification is longer than {MAX_JUSTIFICATION} characters")
+    names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    if not names:
+        raise BadRequest("choose at least one file from the outbox")
+    with core.transaction() as session:
+        sandbox = session.get(Sandbox, sandbox_id)
+        if sandbox is None or sandbox.owner != caller.name:
+            raise NotFound("no such sandbox")
+        if not SandboxStatus(sandbox.status).terminal:
+            raise Conflict("stop the sandbox (or let it finish) before requesting a release")
+        dataset_rows = {d["name"]: d for d in json.loads(sandbox.datasets)}
+        mounted = {row.name: Path(row.path) for row in session.exec(
+            select(Dataset).where(col(Dataset.name).in_(list(dataset_rows)))).all()}
+    outbox = core.settings.sandboxes_dir / sandbox_id / "outbox"
+    rules = check_rules(core)
+    store = _store(core)
+    candidates = []
+    try:
+        for name in names:
+            sha, size = store.put(_outbox_file(outbox, name), max_bytes=rules.max_file_bytes)
+            candidates.append(CandidateFile(name=name, path=store.path(sha), size=size,
+                                            sha256=sha))
+    except InvalidUpload as exc:
+        raise BadRequest(exc.user_message, rule="release.max_file_mb") from exc
+    report = run_checks(candidates, rules, mounted)
+    release_id = "rel-" + secrets.token_hex(6)
+    status = ReleaseStatus.IN_REVIEW if report.passed else ReleaseStatus.CHECKS_FAILED
+    now = utc_now()
+    with core.transaction() as session:
+        record = ReleaseRequest(
+            id=release_id, sandbox_id=sandbox_id, requester=caller.name, status=status,
+            justification=justification, approvals_needed=core.policy.release.approvals_needed,
+            policy_version=core.policy.version, checks=json.dumps(report.to_dict()),
+            created_at=now, updated_at=now)
+        session.add(record)
+        session.flush()  # the files reference the request row
+        for c in candidates:
+            session.add(ReleaseFile(release_id=release_id, name=c.name, size=c.size,
+                                    sha256=c.sha256))
+        target = f"release:{release_id}"
+        append(session, EventDraft(
+            caller.actor, AuditAction.RELEASE_REQUEST, target, request_id=caller.request_id,
+            details={"sandbox": sandbox_id, "justification": justification,
+                     "files": [{"name": c.name, "size": c.size, "sha256": c.sha256}
+                               for c in candidates]}))
+        failed = [r for r in report.results if not r.passed]
+        append(session, EventDraft(
+            Actor.system("release-gate"), AuditAction.RELEASE_CHECKS, target,
+            Outcome.OK if report.passed else Outcome.DENIED,
+            "; ".join(f"{r.check} {r.file}: {r.reason}".replace("  ", " ") for r in failed)[:2000],
+            caller.request_id,
+            details={"policy_version": core.policy.version,
+                     "results": [{"check": r.check, "file": r.file, "passed": r.passed}
+                                 for r in report.results]}))
+    return record
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def _may_review(caller: Caller) -> bool:
+    return role_has(caller.role, Permission.RELEASE_REVIEW)
+
+
+def _visible(session: Session, caller: Caller, release_id: str) -> ReleaseRequest:
+    record = session.get(ReleaseRequest, release_id)
+    if record is None or not (record.requester == caller.name or _may_review(caller)):
+        raise NotFound("no such release request")
+    return record
+
+
+def get(core: Sealroom, caller: Caller, release_id: str) -> ReleaseRequest:
+    with core.transaction() as session:
+        return _visible(session, caller, release_id)
+
+
+def list_for(core: Sealroom, caller: Caller, *, status: str | None = None) -> list[ReleaseRequest]:
+    with core.transaction() as session:
+        query = select(ReleaseRequest).order_by(col(ReleaseRequest.created_at).desc())
+        if not _may_review(caller):
+            query = query.where(ReleaseRequest.requester == caller.name)
+        if status:
+            query = query.where(ReleaseRequest.status == status)
+        return list(session.exec(query).all())
+
+
+def files_of(core: Sealroom, release_id: str) -> list[ReleaseFile]:
+    with core.transaction() as session:
+        return list(session.exec(select(ReleaseFile).where(
+            ReleaseFile.release_id == release_id).order_by(col(ReleaseFile.name))).all())
+
+
+def decisions_of(core: Sealroom, release_id: str) -> list[ReleaseDecision]:
+    with core.transaction() as session:
+        return list(session.exec(select(ReleaseDecision).where(
+            ReleaseDecision.release_id == release_id).order_by(col(ReleaseDecision.id))).all())
+
+
+def timeline(core: Sealroom, release_id: str) -> list[AuditEvent]:
+    with core.transaction() as session:
+        return list(session.exec(select(AuditEvent).where(
+            AuditEvent.target == f"release:{release_id}").order_by(col(AuditEvent.id))).all())
+
+
+def to_dict(core: Sealroom, record: ReleaseRequest) -> dict[str, Any]:
+    approvals = [d.approver for d in decisions_of(core, record.id) if d.decision == "approve"]
+    return {
+        "id": record.id,
+        "sandbox": record.sandbox_id,
+        "requester": record.requester,
+        "status": record.status,
+        "justification": record.justification,
+        "reason": record.reason,
+        "files": [{"name": f.name, "size": f.size, "sha256": f.sha256}
+                  for f in files_of(core, record.id)],
+        "checks": json.loads(record.checks),
+        "approvals": approvals,
+        "approvals_needed": record.approvals_needed,
+        "policy_version": record.policy_version,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "released_at": record.released_at,
+        "bundle": f"/api/v1/releases/{record.id}/bundle"
+        if record.status == ReleaseStatus.RELEASED else None,
+        "keyid": record.bundle_keyid or None,
+    }
+
+
+# --- review -------------------------------------------------------------------------------
+
+
+def _transition(session: Session, record: ReleaseRequest, status: ReleaseStatus,
+                reason: str = "") -> None:
+    record.status = status
+    record.reason = reason or record.reason
+    record.updated_at = utc_now()
+    session.add(record)
+
+
+def approve(core: Sealroom, caller: Caller, release_id: str) -> ReleaseRequest:
+    target = f"release:{release_id[:64]}"
+    try:
+        with core.transaction() as session:
+            record = _visible(session, caller, release_id)
+            if record.requester == caller.name:
+                raise Forbidden("you cannot approve your own release request")
+            if record.status != ReleaseStatus.IN_REVIEW:
+                raise Conflict(f"the request is {record.status.replace('_', ' ')}, "
+                               "not in review")
+            if session.exec(select(ReleaseDecision).where(
+                    ReleaseDecision.release_id == release_id,
+                    ReleaseDecision.approver == caller.name,
+                    ReleaseDecision.decision == "approve")).first():
+                raise Conflict("you have already approved this request")
+            session.add(ReleaseDecision(release_id=release_id, approver=caller.name,
+                                        decision="approve", created_at=utc_now()))
+            session.flush()
+            count = len(session.exec(select(ReleaseDecision).where(
+                ReleaseDecision.release_id == release_id,
+                ReleaseDecision.decision == "approve")).all())
+            complete = count >= record.approvals_needed
+            if complete:
+                _transition(session, record, ReleaseStatus.APPROVED)
+            append(session, EventDraft(
+                caller.actor, AuditAction.RELEASE_APPROVE, target, request_id=caller.request_id,
+                details={"approvals": count, "needed": record.approvals_needed}))
+    except IntegrityError:
+        exc = Conflict("you have already approved this request")
+        _refuse(core, caller, AuditAction.RELEASE_APPROVE, target, exc)
+        raise exc from None
+    except ServiceError as exc:
+        _refuse(core, caller, AuditAction.RELEASE_APPROVE, target, exc)
+        raise
+    if complete:
+        return seal(core, release_id)
+    return record
+
+
+def reject(core: Sealroom, caller: Caller, release_id: str, reason: str) -> ReleaseRequest:
+    target = f"release:{release_id[:64]}"
+    try:
+        reason = reason.strip()
+        if not reason:
+            raise BadRequest("say why the request is rejected")
+        with core.transaction() as session:
+            record = _visible(session, caller, release_id)
+            if record.requester == caller.name:
+                raise Forbidden("you cannot review your own release request; withdraw it")
+            if record.status != ReleaseStatus.IN_REVIEW:
+                raise Conflict(f"the request is {record.status.replace('_', ' ')}, "
+                               "not in review")
+            session.add(ReleaseDecision(release_id=release_id, approver=caller.name,
+                                        decision="reject", reason=reason[:2000],
+                                        created_at=utc_now()))
+            _transition(session, record, ReleaseStatus.REJECTED, reason[:2000])
+            append(session, EventDraft(caller.actor, AuditAction.RELEASE_REJECT, target,
+                                       reason=reason[:2000], request_id=caller.request_id))
+    except ServiceError as exc:
+        _refuse(core, caller, AuditAction.RELEASE_REJECT, target, exc)
+        raise
+    return record
+
+
+def withdraw(core: Sealroom, caller: Caller, release_id: str, reason: str = "") -> ReleaseRequest:
+    target = f"release:{release_id[:64]}"
+    try:
+        with core.transaction() as session:
+            record = _visible(session, caller, release_id)
+            if record.requester != caller.name:
+                raise Forbidden("only the requester can withdraw a release request")
+            if record.status not in (ReleaseStatus.SUBMITTED, ReleaseStatus.IN_REVIEW,
+                                     ReleaseStatus.CHECKS_FAILED):
+                raise Conflict(f"the request is {record.status.replace('_', ' ')}; "
+                               "it can no longer be withdrawn")
+            _transition(session, record, ReleaseStatus.WITHDRAWN,
+                        reason.strip()[:2000] or "withdrawn by the requester")
+            append(session, EventDraft(caller.actor, AuditAction.RELEASE_WITHDRAW, target,
+                                       reason=reason[:2000], request_id=caller.request_id))
+    except ServiceError as exc:
+        _refuse(core, caller, AuditAction.RELEASE_WITHDRAW, target, exc)
+        raise
+    return record
+
+
+# --- sealing ------------------------------------------------------------------------------
+
+
+def seal(core: Sealroom, release_id: str) -> ReleaseRequest:
+    """Sign the approved files and their provenance into a bundle; safe to repeat."""
+    from sandbox.gate.provenance import build_provenance
+    from sandbox.gate.sealing import seal_bundle
+
+    with core.transaction() as session:
+        record = session.get(ReleaseRequest, release_id)
+        if record is None:
+            raise NotFound("no such release request")
+        if record.status != ReleaseStatus.APPROVED:
+            return record
+        sandbox = session.get(Sandbox, record.sandbox_id)
+        assert sandbox is not None
+    files = files_of(core, release_id)
+    approvers = [d.approver for d in decisions_of(core, release_id) if d.decision == "approve"]
+    started = utc_now()
+    provenance = build_provenance(
+        [(f.name, f.sha256) for f in files], release_id=release_id,
+        sandbox_spec=json.loads(sandbox.spec), image_digest=sandbox.image_digest,
+        datasets=json.loads(sandbox.datasets), code_digest=sandbox.code_digest,
+        policy_version=record.policy_version, requester=record.requester,
+        approvers=approvers, checks=json.loads(record.checks), started_on=started,
+        finished_on=utc_now(), builder_id=f"https://sealroom.dev/gate/"
+                                          f"{core.settings.installation_id()}")
+    key = core.gate_key()
+    destination = _release_dir(core, release_id) / "bundle"
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    store = _store(core)
+    try:
+        sealed = seal_bundle(
+            files=[(f.name, store.path(f.sha256), f.sha256) for f in files],
+            destination=destination, private_key_pem=key.private_pem,
+            passphrase=key.passphrase, provenance=provenance,
+            previous_public_keys=[k.pem.encode() for k in core.key_ring.public_keys()
+                                  if not k.active])
+    except SandboxError as exc:
+        core.record(Actor.system("release-gate"), AuditAction.RELEASE_SEAL,
+                    target=f"release:{release_id}", outcome=Outcome.FAILED,
+                    reason=exc.user_message, detail=exc.detail)
+        raise ServiceError(f"sealing failed: {exc.user_message}") from exc
+    with core.transaction() as session:
+        record = session.get(ReleaseRequest, release_id)
+        assert record is not None
+        if record.status == ReleaseStatus.APPROVED:
+            record.bundle_path = str(sealed.path)
+            record.bundle_keyid = sealed.keyid
+            record.released_at = utc_now()
+            _transition(session, record, ReleaseStatus.RELEASED)
+            append(session, EventDraft(
+                Actor.system("release-gate"), AuditAction.RELEASE_SEAL,
+                f"release:{release_id}",
+                details={"keyid": sealed.keyid, "approvers": approvers,
+                         "files": [{"name": n, "sha256": s} for n, s in sealed.files]}))
+    return record
+
+
+def resume_sealing(core: Sealroom) -> None:
+    """After a crash: finish every release that was approved but not yet sealed."""
+    with core.transaction() as session:
+        pending = session.exec(select(ReleaseRequest.id).where(
+            ReleaseRequest.status == ReleaseStatus.APPROVED)).all()
+    for release_id in pending:
+        try:
+            seal(core, release_id)
+        except ServiceError:
+            log.exception("sealing %s failed; it stays approved and is retried", release_id)
+    root = core.settings.home / "releases"
+    for partial in root.glob("*/bundle.partial-*") if root.exists() else ():
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+# --- download -----------------------------------------------------------------------------
+
+
+def bundle_archive(core: Sealroom, caller: Caller, release_id: str) -> Path:
+    """The released bundle as a tar file, for the requester and the approvers only."""
+    target = f"release:{release_id[:64]}"
+    try:
+        with core.transaction() as session:
+            record = _visible(session, caller, release_id)
+            approvers = {d.approver for d in session.exec(select(ReleaseDecision).where(
+                ReleaseDecision.release_id == release_id,
+                ReleaseDecision.decision == "approve")).all()}
+        if caller.name != record.requester and caller.name not in approvers:
+            raise Forbidden("only the requester and the approvers may download this bundle")
+        if record.status != ReleaseStatus.RELEASED:
+            raise Conflict(f"the request is {record.status.replace('_', ' ')}; only released "
+                           "bundles can be downloaded")
+    except ServiceError as exc:
+        _refuse(core, caller, AuditAction.RELEASE_DOWNLOAD, target, exc)
+        raise
+    archive = _release_dir(core, release_id) / f"{release_id}.tar"
+    if not archive.exists():
+        bundle = Path(record.bundle_path)
+        fd, tmp = tempfile.mkstemp(dir=archive.parent, prefix=".tar-")
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+            for path in sorted(bundle.rglob("*")):
+                if path.is_file():
+                    tar.add(path, arcname=f"{release_id}/{path.relative_to(bundle)}")
+        os.replace(tmp, archive)
+    core.record(caller.actor, AuditAction.RELEASE_DOWNLOAD, target=f"release:{release_id}",
+                request_id=caller.request_id, bytes=archive.stat().st_size)
+    return archive

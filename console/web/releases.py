@@ -1,0 +1,129 @@
+"""Release pages: request a release from a sandbox, my releases, the approvers' queue, and
+a release's detail with its checks, provenance, decisions and audit timeline."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, flash, redirect, render_template, request, send_file, url_for
+from flask_login import current_user
+
+from audit.events import AuditAction
+from console.guards import caller, core, public, requires
+from console.models import Sandbox
+from console.permissions import Permission, role_has
+from console.services import releases as release_service
+from console.services.errors import ServiceError
+
+releases = Blueprint("releases", __name__)
+
+
+@releases.route("/sandboxes/<sandbox_id>/release", methods=["POST"])
+@requires(Permission.RELEASE_REQUEST)
+def request_release(sandbox_id: str) -> Any:
+    try:
+        record = release_service.create(core(), caller(), sandbox_id,
+                                        request.form.getlist("files"),
+                                        request.form.get("justification", ""))
+    except ServiceError as exc:
+        flash(exc.message, "error")
+        return redirect(url_for("engineer.detail", sandbox_id=sandbox_id)), 303
+    if record.status == "checks_failed":
+        flash("The automated checks refused this release; see the report below.", "error")
+    else:
+        flash("Release requested. It is now waiting for approvers.", "info")
+    return redirect(url_for("releases.detail", release_id=record.id))
+
+
+@releases.route("/releases")
+@requires(Permission.RELEASE_READ)
+def index() -> Any:
+    rows = [release_service.to_dict(core(), r)
+            for r in release_service.list_for(core(), caller())]
+    reviewer = role_has(current_user.role, Permission.RELEASE_REVIEW)
+    queue = [r for r in rows if reviewer and r["status"] == "in_review"
+             and r["requester"] != current_user.name
+             and current_user.name not in r["approvals"]]
+    return render_template("releases.html", releases=rows, queue=queue, reviewer=reviewer)
+
+
+@releases.route("/releases/<release_id>")
+@requires(Permission.RELEASE_READ)
+def detail(release_id: str) -> Any:
+    try:
+        record = release_service.get(core(), caller(), release_id)
+    except ServiceError as exc:
+        return render_template("error.html", status=exc.status, message=exc.message), exc.status
+    core().record(caller().actor, AuditAction.RELEASE_VIEW, target=f"release:{release_id}",
+                  request_id=caller().request_id)
+    with core().transaction() as session:
+        sandbox = session.get(Sandbox, record.sandbox_id)
+    body = release_service.to_dict(core(), record)
+    decisions = release_service.decisions_of(core(), release_id)
+    events = [{"time": e.time, "actor": e.actor, "action": e.action, "outcome": e.outcome,
+               "reason": e.reason} for e in release_service.timeline(core(), release_id)]
+    mine = record.requester == current_user.name
+    return render_template(
+        "release_detail.html", release=body, sandbox=sandbox,
+        datasets=json.loads(sandbox.datasets) if sandbox else [], decisions=decisions,
+        events=events, mine=mine,
+        can_review=role_has(current_user.role, Permission.RELEASE_REVIEW) and not mine
+        and record.status == "in_review"
+        and current_user.name not in body["approvals"],
+        can_download=record.status == "released"
+        and (mine or current_user.name in body["approvals"]))
+
+
+def _act(release_id: str, action: str) -> Any:
+    try:
+        if action == "approve":
+            record = release_service.approve(core(), caller(), release_id)
+            flash("Released and signed." if record.status == "released"
+                  else "Approved.", "info")
+        elif action == "reject":
+            release_service.reject(core(), caller(), release_id, request.form.get("reason", ""))
+            flash("Rejected.", "info")
+        else:
+            release_service.withdraw(core(), caller(), release_id,
+                                     request.form.get("reason", ""))
+            flash("Withdrawn.", "info")
+    except ServiceError as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("releases.detail", release_id=release_id), 303)
+
+
+@releases.route("/releases/<release_id>/approve", methods=["POST"])
+@requires(Permission.RELEASE_REVIEW)
+def approve(release_id: str) -> Any:
+    return _act(release_id, "approve")
+
+
+@releases.route("/releases/<release_id>/reject", methods=["POST"])
+@requires(Permission.RELEASE_REVIEW)
+def reject(release_id: str) -> Any:
+    return _act(release_id, "reject")
+
+
+@releases.route("/releases/<release_id>/withdraw", methods=["POST"])
+@requires(Permission.RELEASE_WITHDRAW)
+def withdraw(release_id: str) -> Any:
+    return _act(release_id, "withdraw")
+
+
+@releases.route("/releases/<release_id>/bundle")
+@requires(Permission.BUNDLE_DOWNLOAD)
+def bundle(release_id: str) -> Any:
+    try:
+        archive = release_service.bundle_archive(core(), caller(), release_id)
+    except ServiceError as exc:
+        return render_template("error.html", status=exc.status, message=exc.message), exc.status
+    return send_file(archive, mimetype="application/x-tar", as_attachment=True,
+                     download_name=f"{release_id}.tar")
+
+
+@releases.route("/keys")
+@public
+def keys() -> Any:
+    return render_template("keys.html", pem=core().gate_public_pem().decode(),
+                           keys=core().gate_public_keys())

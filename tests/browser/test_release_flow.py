@@ -1,0 +1,90 @@
+"""The release gate in a real browser: the engineer requests a release of the trained example,
+two approvers approve it from their queue, and the engineer downloads a bundle that verifies
+offline with both `sealroom release verify` and the independent `model_signing` tool."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from console.core import Sealroom
+from console.services import accounts, datasets
+from tests.browser.test_engineer_flow import TRAINING_TIMEOUT_MS, log_in, open_launch_form
+from tests.helpers import OPERATOR, PASSWORD, write_dataset
+
+pytestmark = [pytest.mark.browser, pytest.mark.docker]
+
+
+@pytest.fixture
+def team(docker_core: Sealroom, tmp_path: Path) -> None:
+    for name, role in [("ada", "engineer"), ("bob", "approver"), ("carol", "approver")]:
+        accounts.create_user(docker_core, OPERATOR, name, role, PASSWORD)
+    datasets.register_dataset(docker_core, OPERATOR, write_dataset(tmp_path / "src", 10_000),
+                              "demo", ["role:engineer"])
+
+
+def log_out(page: Page) -> None:
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+
+
+def approve_from_queue(page: Page, approver: str, release_id: str) -> None:
+    log_in(page, approver)
+    page.get_by_role("navigation").get_by_role("link", name="Review queue").click()
+    page.locator("#queue").get_by_role("link", name=release_id).click()
+    expect(page.locator("#checks")).to_contain_text("leak scan")
+    expect(page.locator("#checks")).not_to_contain_text("FAIL")
+    page.get_by_role("button", name="Approve").click()
+    log_out(page)
+
+
+def test_release_reviewed_signed_and_verified(page: Page, team: None, tmp_path: Path,
+                                              live_server: str) -> None:
+    log_in(page, "ada")
+    open_launch_form(page)
+    page.get_by_role("button", name="Launch").click()
+    expect(page.locator("#status")).to_have_text("succeeded", timeout=TRAINING_TIMEOUT_MS)
+    form = page.locator("#release-form")
+    expect(form).to_be_visible()
+    page.get_by_label("Justification").fill("Example model for the methods section.")
+    page.get_by_role("button", name="Request release").click()
+
+    expect(page).to_have_url(re.compile(r"/releases/rel-[0-9a-f]+$"))
+    release_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#release-status")).to_have_text("in review")
+    expect(page.locator("#release-files")).to_contain_text("model.safetensors")
+    expect(page.get_by_role("button", name="Approve")).to_have_count(0)  # not for the requester
+    log_out(page)
+
+    approve_from_queue(page, "bob", release_id)
+    approve_from_queue(page, "carol", release_id)
+
+    log_in(page, "ada")
+    page.goto(f"/releases/{release_id}")
+    expect(page.locator("#release-status")).to_have_text("released")
+    expect(page.locator("#approvals")).to_contain_text("bob, carol")
+    expect(page.locator("#timeline")).to_contain_text("seal")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download signed bundle").click()
+    archive = tmp_path / "bundle.tar"
+    download.value.save_as(archive)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "out", filter="data")
+    bundle = tmp_path / "out" / release_id
+
+    key = tmp_path / "release.pem"
+    page.goto("/keys")
+    key.write_text(page.locator("pre.pem").first.inner_text() + "\n")
+    ours = subprocess.run([sys.executable, "-m", "console.cli", "release", "verify",
+                           str(bundle), "--key", str(key)], capture_output=True, text=True)
+    assert ours.returncode == 0, ours.stdout + ours.stderr
+    theirs = subprocess.run([str(Path(sys.executable).with_name("model_signing")), "verify",
+                             "key", "--signature", str(bundle / "model.sig"), "--public_key",
+                             str(key), str(bundle)], capture_output=True, text=True)
+    assert theirs.returncode == 0, theirs.stdout + theirs.stderr
