@@ -49,6 +49,21 @@ class AuditAction(enum.StrEnum):
     ORPHAN_REMOVE = "system:container:remove_orphan"
     IMAGE_REGISTER = "system:image:register"
     AUDIT_VERIFY = "audit:chain:verify"
+    # audit review ("audit the auditors")
+    AUDIT_VIEW = "audit:event:view"
+    AUDIT_EXPORT = "audit:event:export"
+    AUDIT_CHECKPOINT = "audit:checkpoint:create"
+    KEY_VIEW = "admin:key:view"
+    # listings that matter
+    SANDBOX_LIST = "sandbox:sandbox:list"
+    RELEASE_LIST = "release:request:list"
+    # policies
+    POLICY_VIEW = "policy:policy:view"
+    POLICY_VALIDATE = "policy:policy:validate"
+    POLICY_DRY_RUN = "policy:policy:dry_run"
+    POLICY_ACTIVATE = "policy:policy:activate"
+    POLICY_RESTORE = "policy:policy:restore"
+    POLICY_DECIDE = "policy:decision:deny"
 
 
 class Outcome(enum.StrEnum):

@@ -63,15 +63,19 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
 
     from console.api import api
     from console.metrics import metrics
+    from console.web.audit import audit_pages
     from console.web.auth import auth
     from console.web.engineer import engineer
     from console.web.home import home
+    from console.web.policy import policy_pages
     from console.web.releases import releases
 
     app.register_blueprint(auth)
     app.register_blueprint(home)
     app.register_blueprint(engineer)
     app.register_blueprint(releases)
+    app.register_blueprint(audit_pages)
+    app.register_blueprint(policy_pages)
     app.register_blueprint(api)
     app.register_blueprint(metrics)
     csrf.exempt(api)  # token auth only: the API never reads the session cookie

@@ -31,6 +31,11 @@ class Permission(enum.StrEnum):
     RELEASE_REVIEW = "release:request:review"
     RELEASE_WITHDRAW = "release:request:withdraw"
     BUNDLE_DOWNLOAD = "release:bundle:download"
+    AUDIT_READ = "audit:event:read"
+    AUDIT_EXPORT = "audit:event:export"
+    POLICY_READ = "policy:policy:read"
+    POLICY_WRITE = "policy:policy:write"
+    SANDBOX_OVERSEE = "sandbox:any:stop"  # list every running sandbox, stop one policy forbids
 
 
 _EVERYONE = frozenset({Permission.SELF_READ})
@@ -52,9 +57,21 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.RELEASE_REVIEW,
         Permission.BUNDLE_DOWNLOAD,
     },
-    Role.SECURITY_OFFICER: _EVERYONE,
-    Role.AUDITOR: _EVERYONE,
-    Role.ADMIN: _EVERYONE | {Permission.METRICS_READ},
+    Role.SECURITY_OFFICER: _EVERYONE | {
+        Permission.POLICY_READ,
+        Permission.POLICY_WRITE,
+        Permission.SANDBOX_OVERSEE,
+    },
+    Role.AUDITOR: _EVERYONE | {
+        Permission.AUDIT_READ,
+        Permission.AUDIT_EXPORT,
+        Permission.POLICY_READ,
+    },
+    Role.ADMIN: _EVERYONE | {
+        Permission.METRICS_READ,
+        Permission.AUDIT_READ,
+        Permission.AUDIT_EXPORT,
+    },
 }
 
 

@@ -220,3 +220,8 @@ def release_bundle(release_id: str) -> Any:
 def release_key() -> Any:
     """The gate's active public key: anyone may verify a bundle offline with it."""
     return Response(core().gate_public_pem(), mimetype="application/x-pem-file")
+
+
+# Routes kept in their own modules register on the same blueprint.
+from console.api import audit as _audit_routes  # noqa: E402, F401
+from console.api import policy as _policy_routes  # noqa: E402, F401

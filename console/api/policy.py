@@ -1,0 +1,3 @@
+"""/api/v1/policy/*: the active policy, its versions, validation, dry run and activation."""
+
+from __future__ import annotations
