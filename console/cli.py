@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import click
 
 from audit.events import Actor, AuditAction
+from console.cli_audit import audit
+from console.cli_policy import policy
 from console.cli_release import release
 from console.core import Caller, Sealroom
 from console.services.errors import ServiceError
@@ -259,6 +261,8 @@ class _NoBackend:
 
 
 main.add_command(release)
+main.add_command(audit)
+main.add_command(policy)
 
 if __name__ == "__main__":
     main()
