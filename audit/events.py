@@ -54,6 +54,8 @@ class AuditAction(enum.StrEnum):
     AUDIT_EXPORT = "audit:event:export"
     AUDIT_CHECKPOINT = "audit:checkpoint:create"
     KEY_VIEW = "admin:key:view"
+    # any other served request (the console's completeness net)
+    REQUEST_SERVE = "console:request:serve"
     # listings that matter
     SANDBOX_LIST = "sandbox:sandbox:list"
     RELEASE_LIST = "release:request:list"

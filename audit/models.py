@@ -21,7 +21,7 @@ class AuditEvent(SQLModel, table=True):
     target: str = Field(default="", index=True)
     outcome: str = Field(index=True)
     reason: str = ""
-    request_id: str = ""
+    request_id: str = Field(default="", index=True)
     details: str = "{}"
     prev_hash: str
     hash: str = Field(unique=True)

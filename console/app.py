@@ -15,12 +15,14 @@ from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from audit.errors import AuditWriteFailed
 from audit.events import AuditAction, Outcome
 from console.core import Sealroom
 from console.guards import SessionUser, api_error, caller, core
-from console.permissions import PUBLIC, declare
+from console.permissions import PUBLIC, declare, declared_permission
 from console.services import accounts
 from console.services import sandboxes as sandbox_service
+from console.services.audit_log import record_unaudited_request
 from console.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,28 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
 def _install_request_hooks(app: Flask) -> None:
     @app.before_request
     def _request_id() -> None:
-        g.request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+        # Always ours: a caller-chosen id could point the audit check below at an old event.
+        g.request_id = secrets.token_hex(8)
+
+    @app.after_request
+    def _audited(response: Any) -> Any:
+        """Completeness: every call to a non-public endpoint leaves at least one audit event.
+        Services record what they did in detail; whatever a view did not record (a listing,
+        a refused or malformed request) gets a generic event here. If even that cannot be
+        written, the response is withheld: reads fail closed like writes."""
+        view = app.view_functions.get(request.endpoint or "")
+        if view is None or declared_permission(view) == PUBLIC:
+            return response
+        try:
+            record_unaudited_request(core(), caller(), request.method, request.path,
+                                     response.status_code, declared_permission(view) or "")
+        except AuditWriteFailed:
+            log.exception("audit write failed; withholding the response")
+            message = "the audit log cannot be written; nothing was done"
+            if _wants_json():
+                return api_error(503, "audit_unavailable", message)
+            return render_template("error.html", status=503, message=message), 503
+        return response
 
     @app.after_request
     def _headers(response: Any) -> Any:

@@ -1,3 +1,86 @@
-"""/api/v1/audit/*: events, export, checkpoints and the audit public key (auditor, admin)."""
+"""/api/v1/audit/*: events (filters, keyset paging), one event, the export, checkpoints, the
+chain status and the audit public key. Auditor and admin only; every call is audited."""
 
 from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Response, jsonify, request, stream_with_context
+
+from console.api import api
+from console.guards import api_requires, caller, core
+from console.permissions import Permission
+from console.services import audit_log
+from console.services.errors import BadRequest
+
+
+def _int_arg(name: str) -> int | None:
+    value = request.args.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number") from None
+
+
+def filters_from_args() -> audit_log.EventFilter:
+    args = request.args
+    return audit_log.EventFilter(
+        actor=args.get("actor", ""), action=args.get("action", ""),
+        target=args.get("target", ""), outcome=args.get("outcome", ""),
+        since=args.get("since", ""), until=args.get("until", ""))
+
+
+@api.route("/audit/events", methods=["GET"])
+@api_requires(Permission.AUDIT_READ)
+def audit_events() -> Any:
+    limit = _int_arg("limit")
+    limit = audit_log.PAGE_SIZE if limit is None else limit
+    page = audit_log.search(core(), caller(), filters_from_args(), before=_int_arg("before"),
+                            after=_int_arg("after"), limit=limit)
+
+    def link(**cursor: int) -> str:
+        return "/api/v1/audit/events?" + urlencode({**page.filters, "limit": limit, **cursor})
+
+    return jsonify({
+        "events": [audit_log.to_dict(e) for e in page.events],
+        "filters": page.filters,
+        "older": link(before=page.older) if page.older is not None else None,
+        "newer": link(after=page.newer) if page.newer is not None else None,
+    })
+
+
+@api.route("/audit/events/<int:event_id>", methods=["GET"])
+@api_requires(Permission.AUDIT_READ)
+def audit_event(event_id: int) -> Any:
+    return jsonify(audit_log.to_dict(audit_log.get_event(core(), caller(), event_id)))
+
+
+@api.route("/audit/chain", methods=["GET"])
+@api_requires(Permission.AUDIT_READ)
+def audit_chain() -> Any:
+    return jsonify(audit_log.verify_chain(core(), caller()))
+
+
+@api.route("/audit/checkpoints", methods=["GET"])
+@api_requires(Permission.AUDIT_READ)
+def audit_checkpoints() -> Any:
+    return jsonify({"checkpoints": audit_log.checkpoints(core(), caller())})
+
+
+@api.route("/audit/export", methods=["GET"])
+@api_requires(Permission.AUDIT_EXPORT)
+def audit_export() -> Any:
+    lines = audit_log.export_lines(core(), caller())
+    response = Response(stream_with_context(lines), mimetype="application/x-ndjson")
+    response.headers["Content-Disposition"] = "attachment; filename=audit-export.jsonl"
+    return response
+
+
+@api.route("/keys/audit.pem", methods=["GET"])
+@api_requires(Permission.AUDIT_READ)
+def audit_key() -> Any:
+    """The audit key's public half(s), to verify an export and its checkpoints offline."""
+    return Response(audit_log.public_pem(core(), caller()), mimetype="application/x-pem-file")

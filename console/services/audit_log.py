@@ -1,0 +1,294 @@
+"""The audit log as auditors review it: filtered, keyset-paged event lists, event detail,
+per-sandbox and per-release timelines, chain status and export. Every read is audited.
+
+Paging walks the primary key (`id < cursor ORDER BY id DESC`), so page N costs the same as
+page 1 at any size of log; filters are equalities or prefix ranges on indexed columns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from audit.chain import append, utc_now
+from audit.events import AuditAction, EventDraft, Outcome
+from audit.models import AuditEvent
+from console.core import Caller, Sealroom
+from console.models import ReleaseRequest, Sandbox
+from console.services.errors import BadRequest, NotFound
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+_TEXT_MAX = 200
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What an auditor asked for. `action` and `target` ending in `*` or `:` match a prefix."""
+
+    actor: str = ""
+    action: str = ""
+    target: str = ""
+    outcome: str = ""
+    since: str = ""  # ISO 8601; a bare date means its first instant
+    until: str = ""  # ISO 8601; a bare date means its last instant
+
+    def is_empty(self) -> bool:
+        return not any(asdict(self).values())
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v for k, v in asdict(self).items() if v}
+
+
+@dataclass
+class EventPage:
+    events: list[AuditEvent]
+    newer: int | None = None  # cursor for the page of newer events (`after`)
+    older: int | None = None  # cursor for the page of older events (`before`)
+    filters: dict[str, str] = field(default_factory=dict)
+
+
+def _timestamp(text: str, *, end: bool) -> str:
+    """Normalise a user's time to the stored form (UTC, microseconds, `Z`)."""
+    text = text.strip()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"not a date or time: {text[:40]!r} (use 2026-11-23 or "
+                         "2026-11-23T14:05)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if end and len(text) <= 10:  # a bare date: the whole day
+        moment += timedelta(days=1, microseconds=-1)
+    elif end and len(text) <= 16:  # to the minute: the whole minute
+        moment += timedelta(minutes=1, microseconds=-1)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _prefix_bounds(prefix: str) -> tuple[str, str]:
+    """[low, high) covering every string that starts with `prefix` (uses the column index)."""
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _match(query: Any, column: Any, value: str) -> Any:
+    if value.endswith(("*", ":")):
+        prefix = value.rstrip("*")
+        if not prefix:
+            return query
+        low, high = _prefix_bounds(prefix)
+        return query.where(column >= low).where(column < high)
+    return query.where(column == value)
+
+
+def _time_to_ids(session: Session, since: str, until: str) -> tuple[int | None, int | None]:
+    """Turn a time range into an id range through the time index. Events are appended under
+    the write lock with the current time, so time grows with id (a wall clock stepped back
+    could misplace the events of that step)."""
+    low = high = None
+    if since:
+        low = session.exec(select(AuditEvent.id).where(AuditEvent.time >= since)
+                           .order_by(col(AuditEvent.time)).limit(1)).first()
+        low = low if low is not None else -1  # nothing that late: an empty range
+    if until:
+        high = session.exec(select(AuditEvent.id).where(AuditEvent.time <= until)
+                            .order_by(col(AuditEvent.time).desc()).limit(1)).first()
+        high = high if high is not None else -1
+    return low, high
+
+
+def _parse_filter(filters: EventFilter) -> EventFilter:
+    if filters.outcome and filters.outcome not in {o.value for o in Outcome}:
+        raise BadRequest(f"outcome is one of: {', '.join(o.value for o in Outcome)}")
+    for name in ("actor", "action", "target"):
+        if len(getattr(filters, name)) > _TEXT_MAX:
+            raise BadRequest(f"the {name} filter is too long")
+    since = _timestamp(filters.since, end=False) if filters.since else ""
+    until = _timestamp(filters.until, end=True) if filters.until else ""
+    if since and until and since > until:
+        raise BadRequest("the time range ends before it starts")
+    return EventFilter(filters.actor.strip(), filters.action.strip(), filters.target.strip(),
+                       filters.outcome, since, until)
+
+
+def search(core: Sealroom, caller: Caller, filters: EventFilter, *, before: int | None = None,
+           after: int | None = None, limit: int = PAGE_SIZE, audit: bool = True) -> EventPage:
+    """One page of events, newest first, matching `filters`; audited with the filters used."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise BadRequest(f"limit is between 1 and {MAX_PAGE_SIZE}")
+    parsed = _parse_filter(filters)
+    with core.transaction() as session:
+        query = select(AuditEvent)
+        if parsed.actor:
+            query = _match(query, AuditEvent.actor, parsed.actor)
+        if parsed.action:
+            query = _match(query, AuditEvent.action, parsed.action)
+        if parsed.target:
+            query = _match(query, AuditEvent.target, parsed.target)
+        if parsed.outcome:
+            query = query.where(AuditEvent.outcome == parsed.outcome)
+        if parsed.since or parsed.until:
+            low, high = _time_to_ids(session, parsed.since, parsed.until)
+            if low is not None:
+                query = query.where(col(AuditEvent.id) >= low)
+            if high is not None:
+                query = query.where(col(AuditEvent.id) <= high)
+            if parsed.since:
+                query = query.where(AuditEvent.time >= parsed.since)
+            if parsed.until:
+                query = query.where(AuditEvent.time <= parsed.until)
+        if after is not None:
+            rows = list(session.exec(query.where(col(AuditEvent.id) > after)
+                                     .order_by(col(AuditEvent.id)).limit(limit + 1)).all())
+            more_newer, rows = len(rows) > limit, rows[:limit][::-1]
+            more_older = bool(rows)
+        else:
+            if before is not None:
+                query = query.where(col(AuditEvent.id) < before)
+            rows = list(session.exec(query.order_by(col(AuditEvent.id).desc())
+                                     .limit(limit + 1)).all())
+            more_older, rows = len(rows) > limit, rows[:limit]
+            more_newer = before is not None and bool(rows)
+    if audit:
+        core.record(caller.actor, AuditAction.AUDIT_VIEW, target="audit:events",
+                    request_id=caller.request_id, filters=parsed.to_dict(),
+                    before=before, after=after, shown=len(rows))
+    return EventPage(
+        events=rows,
+        newer=rows[0].id if rows and more_newer else None,
+        older=rows[-1].id if rows and more_older else None,
+        filters=parsed.to_dict())
+
+
+def get_event(core: Sealroom, caller: Caller, event_id: int) -> AuditEvent:
+    with core.transaction() as session:
+        event = session.get(AuditEvent, event_id)
+    if event is None:
+        raise NotFound(f"no audit event {event_id}")
+    core.record(caller.actor, AuditAction.AUDIT_VIEW, target=f"audit:event:{event_id}",
+                request_id=caller.request_id)
+    return event
+
+
+def timeline(core: Sealroom, caller: Caller, kind: str, object_id: str) -> list[AuditEvent]:
+    """Everything that happened to one sandbox (and its release requests) or one release."""
+    if kind not in ("sandbox", "release"):
+        raise NotFound("timelines are for a sandbox or a release")
+    with core.transaction() as session:
+        targets = [f"{kind}:{object_id}"]
+        if kind == "sandbox":
+            if session.get(Sandbox, object_id) is None:
+                raise NotFound(f"no sandbox {object_id!r}")
+            targets += [f"release:{r}" for r in session.exec(select(ReleaseRequest.id).where(
+                ReleaseRequest.sandbox_id == object_id)).all()]
+        else:
+            release = session.get(ReleaseRequest, object_id)
+            if release is None:
+                raise NotFound(f"no release request {object_id!r}")
+            targets.append(f"sandbox:{release.sandbox_id}")
+        events = list(session.exec(select(AuditEvent).where(col(AuditEvent.target).in_(targets))
+                                   .order_by(col(AuditEvent.id))).all())
+    core.record(caller.actor, AuditAction.AUDIT_VIEW, target=f"{kind}:{object_id}",
+                request_id=caller.request_id, timeline=True, shown=len(events))
+    return events
+
+
+def to_dict(event: AuditEvent) -> dict[str, Any]:
+    body = event.model_dump()
+    body["details"] = json.loads(event.details or "{}")
+    return body
+
+
+def export_lines(core: Sealroom, caller: Caller) -> Iterator[str]:
+    """The whole chain as JSON Lines for offline verification; the export is itself audited
+    first, so it is the last event of what it exports."""
+    core.record(caller.actor, AuditAction.AUDIT_EXPORT, target="audit:events",
+                request_id=caller.request_id)
+
+    def lines() -> Iterator[str]:  # provisional until signed checkpoints land
+        for event in _events_in_chunks(core):
+            yield json.dumps(event.model_dump(), sort_keys=True) + "\n"
+
+    return lines()
+
+
+def _events_in_chunks(core: Sealroom, chunk: int = 2000) -> Iterator[AuditEvent]:
+    """Every event up to the head as it is now, in short transactions: a long export must
+    not hold the write lock that every other operation needs to record itself. The chain
+    is append-only, so reading by id up to a fixed head is a consistent snapshot."""
+    with core.transaction() as session:
+        head = session.exec(select(AuditEvent.id).order_by(col(AuditEvent.id).desc())
+                            .limit(1)).first() or 0
+    last = 0
+    while last < head:
+        with core.transaction() as session:
+            rows = list(session.exec(select(AuditEvent).where(col(AuditEvent.id) > last)
+                                     .where(col(AuditEvent.id) <= head)
+                                     .order_by(col(AuditEvent.id)).limit(chunk)).all())
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].id or head
+
+
+def record_unaudited_request(core: Sealroom, caller: Caller, method: str, path: str,
+                             status: int, permission: str) -> None:
+    """Record a served request unless something it did was already recorded under its id."""
+    with core.transaction() as session:
+        if session.exec(select(AuditEvent.id).where(
+                AuditEvent.request_id == caller.request_id).limit(1)).first() is not None:
+            return
+        outcome = Outcome.OK if status < 400 else Outcome.FAILED if status >= 500 \
+            else Outcome.DENIED
+        append(session, EventDraft(caller.actor, AuditAction.REQUEST_SERVE,
+                                   f"{method} {path}"[:_TEXT_MAX], outcome,
+                                   "" if status < 400 else f"HTTP {status}", caller.request_id,
+                                   details={"status": status, "permission": permission}))
+
+
+# --- the chain's integrity -----------------------------------------------------------------
+
+
+def verify_chain(core: Sealroom, caller: Caller) -> dict[str, Any]:
+    """Walk the whole chain now; the result is itself recorded, so the last verification
+    can be shown at a glance without walking again."""
+    from audit.chain import verify
+
+    with core.transaction() as session:
+        report = verify(session)
+    status: dict[str, Any] = {
+        "ok": report.ok, "events": report.events, "verified_up_to": report.verified_up_to,
+        "head_hash": report.head_hash, "first_bad_event": report.first_break,
+        "problem": report.problem, "checked_at": utc_now(),
+    }
+    core.record(caller.actor, AuditAction.AUDIT_VERIFY, target="audit:chain",
+                outcome=Outcome.OK if report.ok else Outcome.FAILED, reason=report.problem,
+                request_id=caller.request_id, **status)
+    return status
+
+
+def last_verification(core: Sealroom) -> dict[str, Any] | None:
+    """The most recent recorded verification (by anyone, or by the supervisor)."""
+    with core.transaction() as session:
+        event = session.exec(select(AuditEvent).where(
+            AuditEvent.action == AuditAction.AUDIT_VERIFY.value)
+            .order_by(col(AuditEvent.id).desc()).limit(1)).first()
+    if event is None:
+        return None
+    details: dict[str, Any] = json.loads(event.details)
+    return {**details, "by": event.actor, "event": event.id}
+
+
+def checkpoints(core: Sealroom, caller: Caller) -> list[dict[str, Any]]:
+    return []
+
+
+def public_pem(core: Sealroom, caller: Caller) -> bytes:
+    raise NotFound("the audit key arrives with signed checkpoints")
+
+
+OUTCOMES = tuple(o.value for o in Outcome)
