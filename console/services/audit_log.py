@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import func, literal_column
 from sqlmodel import Session, col, select
 
 from audit.chain import append, utc_now
@@ -25,6 +26,8 @@ from console.services.errors import BadRequest, NotFound
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 _TEXT_MAX = 200
+_NO_ID = 1 << 62
+_LIKELY = literal_column("0.99")  # SQLite wants the likelihood as a literal
 
 
 @dataclass(frozen=True)
@@ -93,11 +96,11 @@ def _time_to_ids(session: Session, since: str, until: str) -> tuple[int | None, 
     if since:
         low = session.exec(select(AuditEvent.id).where(AuditEvent.time >= since)
                            .order_by(col(AuditEvent.time)).limit(1)).first()
-        low = low if low is not None else -1  # nothing that late: an empty range
+        low = low if low is not None else _NO_ID  # nothing that late: an empty range
     if until:
         high = session.exec(select(AuditEvent.id).where(AuditEvent.time <= until)
                             .order_by(col(AuditEvent.time).desc()).limit(1)).first()
-        high = high if high is not None else -1
+        high = high if high is not None else -1  # nothing that early
     return low, high
 
 
@@ -115,44 +118,63 @@ def _parse_filter(filters: EventFilter) -> EventFilter:
                        filters.outcome, since, until)
 
 
+def _queries(session: Session, parsed: EventFilter) -> list[Any]:
+    """The filter as queries that each walk an index in id order; their union is the answer.
+
+    An action prefix becomes one query per matching action name (from the one enumeration),
+    merged by id: a range over the action index would come out sorted by name and need a
+    sort of every match. Time bounds become an id range, found through the time index."""
+    query = select(AuditEvent)
+    if parsed.actor:
+        query = _match(query, AuditEvent.actor, parsed.actor)
+    if parsed.target:
+        query = _match(query, AuditEvent.target, parsed.target)
+    if parsed.outcome:
+        query = query.where(AuditEvent.outcome == parsed.outcome)
+    if parsed.since or parsed.until:
+        low, high = _time_to_ids(session, parsed.since, parsed.until)
+        if low is not None:
+            query = query.where(col(AuditEvent.id) >= low)
+        if high is not None:
+            query = query.where(col(AuditEvent.id) <= high)
+        # Still exact; hinted as unselective so the planner keeps to the id order.
+        if parsed.since:
+            query = query.where(func.likelihood(AuditEvent.time >= parsed.since, _LIKELY))
+        if parsed.until:
+            query = query.where(func.likelihood(AuditEvent.time <= parsed.until, _LIKELY))
+    if not parsed.action:
+        return [query]
+    prefix = parsed.action.rstrip("*")
+    if parsed.action.endswith(("*", ":")) and prefix:
+        names = [a.value for a in AuditAction if a.value.startswith(prefix)]
+        return [query.where(AuditEvent.action == name) for name in names]
+    return [_match(query, AuditEvent.action, parsed.action)]
+
+
 def search(core: Sealroom, caller: Caller, filters: EventFilter, *, before: int | None = None,
            after: int | None = None, limit: int = PAGE_SIZE, audit: bool = True) -> EventPage:
     """One page of events, newest first, matching `filters`; audited with the filters used."""
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise BadRequest(f"limit is between 1 and {MAX_PAGE_SIZE}")
     parsed = _parse_filter(filters)
+    newest_first = after is None
     with core.transaction() as session:
-        query = select(AuditEvent)
-        if parsed.actor:
-            query = _match(query, AuditEvent.actor, parsed.actor)
-        if parsed.action:
-            query = _match(query, AuditEvent.action, parsed.action)
-        if parsed.target:
-            query = _match(query, AuditEvent.target, parsed.target)
-        if parsed.outcome:
-            query = query.where(AuditEvent.outcome == parsed.outcome)
-        if parsed.since or parsed.until:
-            low, high = _time_to_ids(session, parsed.since, parsed.until)
-            if low is not None:
-                query = query.where(col(AuditEvent.id) >= low)
-            if high is not None:
-                query = query.where(col(AuditEvent.id) <= high)
-            if parsed.since:
-                query = query.where(AuditEvent.time >= parsed.since)
-            if parsed.until:
-                query = query.where(AuditEvent.time <= parsed.until)
-        if after is not None:
-            rows = list(session.exec(query.where(col(AuditEvent.id) > after)
-                                     .order_by(col(AuditEvent.id)).limit(limit + 1)).all())
-            more_newer, rows = len(rows) > limit, rows[:limit][::-1]
-            more_older = bool(rows)
-        else:
-            if before is not None:
-                query = query.where(col(AuditEvent.id) < before)
-            rows = list(session.exec(query.order_by(col(AuditEvent.id).desc())
-                                     .limit(limit + 1)).all())
-            more_older, rows = len(rows) > limit, rows[:limit]
-            more_newer = before is not None and bool(rows)
+        found: list[AuditEvent] = []
+        for query in _queries(session, parsed):
+            if newest_first:
+                if before is not None:
+                    query = query.where(col(AuditEvent.id) < before)
+                query = query.order_by(col(AuditEvent.id).desc())
+            else:
+                query = query.where(col(AuditEvent.id) > after).order_by(col(AuditEvent.id))
+            found += session.exec(query.limit(limit + 1)).all()
+    found.sort(key=lambda e: e.id or 0, reverse=newest_first)
+    more, rows = len(found) > limit, found[:limit]
+    if newest_first:
+        more_older, more_newer = more, before is not None and bool(rows)
+    else:
+        rows.reverse()
+        more_older, more_newer = bool(rows), more
     if audit:
         core.record(caller.actor, AuditAction.AUDIT_VIEW, target="audit:events",
                     request_id=caller.request_id, filters=parsed.to_dict(),
