@@ -27,7 +27,7 @@ def _service_error(exc: ServiceError) -> Any:
         core().record(caller().actor, AuditAction.REQUEST_DENIED,
                       target=f"{request.method} {request.path}"[:200], outcome=Outcome.DENIED,
                       reason=exc.message, request_id=caller().request_id)
-    extra = {"rule": exc.rule} if exc.rule else {}
+    extra = {"rule": exc.rule, "policy_version": exc.policy_version} if exc.rule else {}
     return api_error(exc.status, exc.code, exc.message, **extra)
 
 

@@ -109,7 +109,8 @@ def report_dict(report: CheckReport) -> dict[str, Any]:
 
 def _refuse(core: Sealroom, caller: Caller, action: AuditAction, target: str,
             exc: ServiceError) -> None:
-    decided = {"rule": exc.rule, "policy_version": core.policy.version} if exc.rule else {}
+    decided = {"rule": exc.rule, "policy_version": exc.policy_version or core.policy.version} \
+        if exc.rule else {}
     core.record(caller.actor, action, target=target,
                 outcome=Outcome.FAILED if exc.status >= 500 else Outcome.DENIED,
                 reason=exc.message, request_id=caller.request_id, **decided)
@@ -170,7 +171,8 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
             candidates.append(CandidateFile(name=name, path=store.path(sha), size=size,
                                             sha256=sha))
     except InvalidUpload as exc:
-        raise BadRequest(exc.user_message, rule="release.max_file_mb") from exc
+        raise BadRequest(exc.user_message, rule="release.max_file_mb",
+                         policy_version=policy.version) from exc
     report = run_checks(candidates, rules, mounted)
     release_id = "rel-" + secrets.token_hex(6)
     status = ReleaseStatus.IN_REVIEW if report.passed else ReleaseStatus.CHECKS_FAILED

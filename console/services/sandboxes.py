@@ -90,6 +90,8 @@ def launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
         return _launch(core, caller, order, policy)
     except ServiceError as exc:
         outcome = Outcome.FAILED if exc.status >= 500 else Outcome.DENIED
+        if exc.rule and exc.policy_version is None:
+            exc.policy_version = policy.version
         core.record(caller.actor, AuditAction.SANDBOX_LAUNCH, target="sandbox:",
                     outcome=outcome, reason=exc.message, request_id=caller.request_id,
                     rule=exc.rule, policy_version=policy.version,
@@ -139,7 +141,8 @@ def _launch(core: Sealroom, caller: Caller, order: LaunchOrder, policy: Policy) 
                       order.memory_mb, order.pids, order.timeout_s, running,
                       image_digest=image.digest, gpus=order.gpus), registered)
     if not decision:
-        raise PolicyDenied(decision.reason, rule=decision.rule)
+        raise PolicyDenied(decision.reason, rule=decision.rule,
+                           policy_version=decision.policy_version)
     if order.gpus:
         raise BadRequest("this installation cannot give sandboxes GPUs yet",
                          rule=decision.rule)
@@ -470,7 +473,8 @@ def logs(core: Sealroom, caller: Caller, sandbox_id: str, *, offset: int = 0,
                     outcome=Outcome.DENIED, reason=decision.reason,
                     request_id=caller.request_id, offset=offset, rule=decision.rule,
                     policy_version=decision.policy_version)
-        raise PolicyDenied(decision.reason, rule=decision.rule)
+        raise PolicyDenied(decision.reason, rule=decision.rule,
+                           policy_version=decision.policy_version)
     chunk = data[offset:offset + allowed]
     if chunk:
         core.record(caller.actor, AuditAction.LOGS_VIEW, target=f"sandbox:{sandbox_id}",
