@@ -16,6 +16,7 @@ from console.services import policy as policy_service
 from console.services import sandboxes as sandbox_service
 from console.services.errors import ServiceError
 from console.services.policy import InvalidPolicyDocument
+from policies.schema import policy_sha256
 
 policy_pages = Blueprint("policy_pages", __name__, url_prefix="/policy")
 
@@ -112,7 +113,7 @@ def activate() -> Any:
     text, reason = request.form.get("yaml", ""), request.form.get("reason", "")
     checked_sha = request.form.get("dry_run_sha256", "")
     try:
-        if checked_sha != policy_service.policy_sha256(text):
+        if checked_sha != policy_sha256(text):
             # the text changed after its dry run: show what this text would do first
             flash("The policy changed since its dry run; here is the dry run of this text.",
                   "error")
