@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Flask, g, jsonify, render_template, request
+from flask import Flask, flash, g, jsonify, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from flask_login import LoginManager
+from flask_login import LoginManager, current_user, logout_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -45,11 +47,11 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
         SESSION_COOKIE_SECURE=settings.https,
         SESSION_COOKIE_NAME="sealroom_session",
         REMEMBER_COOKIE_DURATION=timedelta(0),
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
         WTF_CSRF_TIME_LIMIT=None,
         TESTING=settings.testing,
     )
     app.extensions["sealroom"] = sealroom
+    app.session_interface = PolicySessionInterface()
 
     _install_request_hooks(app)  # first: the request id exists before CSRF may refuse
     csrf.init_app(app)
@@ -80,6 +82,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     app.register_blueprint(policy_pages)
     app.register_blueprint(api)
     app.register_blueprint(metrics)
+    _install_session_timeouts(app)
     csrf.exempt(api)  # token auth only: the API never reads the session cookie
     csrf.exempt(metrics)
     declare(app.view_functions["static"], PUBLIC)
@@ -128,6 +131,58 @@ def _install_request_hooks(app: Flask) -> None:
             "frame-ancestors 'none'; form-action 'self'")
         response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+
+class PolicySessionInterface(SecureCookieSessionInterface):
+    """Session cookies live as long as the active policy's absolute timeout."""
+
+    def get_expiration_time(self, app: Flask, session: SessionMixin) -> datetime | None:
+        if not session.permanent:
+            return None
+        lifetime = core().policy.sessions.absolute_timeout_s
+        return datetime.now().astimezone() + timedelta(seconds=lifetime)
+
+
+#: Views a page calls on its own (polling): they do not count as the user being active.
+BACKGROUND_ENDPOINTS = frozenset({"engineer.live"})
+
+
+def start_session_clock() -> None:
+    """Called at login: the times the policy's session timeouts count from."""
+    now = time.time()
+    session["login_at"] = now
+    session["seen_at"] = now
+
+
+def _install_session_timeouts(app: Flask) -> None:
+    """End console sessions the active policy says are over (sessions.*), audited."""
+
+    @app.before_request
+    def _session_timeouts() -> Any:
+        if request.endpoint in (None, "static") or request.path.startswith("/api/") \
+                or not current_user.is_authenticated:
+            return None
+        now = time.time()
+        login_at = float(session.get("login_at", now))
+        seen_at = float(session.get("seen_at", login_at))
+        decision = core().evaluator.session(login_at, seen_at, now)
+        if not decision:
+            core().record(caller().actor, AuditAction.LOGOUT, target=f"user:{current_user.name}",
+                          reason=f"session ended by policy: {decision.reason}",
+                          request_id=g.request_id, rule=decision.rule,
+                          policy_version=decision.policy_version)
+            logout_user()
+            session.clear()
+            message = f"Your session has ended: {decision.reason}. Log in again."
+            if request.accept_mimetypes.best == "application/json" \
+                    or request.endpoint in BACKGROUND_ENDPOINTS:
+                return api_error(401, "session_expired", message, rule=decision.rule)
+            flash(message, "info")
+            return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+        session.setdefault("login_at", login_at)
+        if request.endpoint not in BACKGROUND_ENDPOINTS:
+            session["seen_at"] = now
+        return None
 
 
 def _wants_json() -> bool:

@@ -1,10 +1,132 @@
-"""`sealroom policy`: validate, activate and show policy documents."""
+"""`sealroom policy`: validate, activate, restore and show policy documents. Exit 0 when
+done, 1 when refused (an invalid document names each problem as FILE:LINE: message)."""
 
 from __future__ import annotations
 
+import getpass
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
 import click
+
+from audit.events import Actor
+from console.core import Caller, Sealroom
+from console.services import policy as policy_service
+from console.services.errors import ServiceError
+from console.services.policy import Activation, InvalidPolicyDocument
+from console.settings import Settings
+from policies.errors import PolicyProblem
+
+EXIT_REFUSED = 1
+
+
+def _core() -> Sealroom:
+    from console.cli import _NoBackend
+
+    return Sealroom(Settings.from_env(), backend=_NoBackend())  # type: ignore[arg-type]
+
+
+def _caller() -> Caller:
+    return Caller(Actor(f"cli:{getpass.getuser()}", "operator", "cli", "local"))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="FILE") from exc
+
+
+def _refused(path: Path | None, exc: ServiceError) -> None:
+    if isinstance(exc, InvalidPolicyDocument):
+        for problem in exc.problems:
+            where = f"{path}:{problem.line}" if problem.line else str(path)
+            field = f"{problem.path}: " if problem.path else ""
+            click.echo(f"{where}: {field}{problem.message}", err=True)
+        click.echo("error: the policy is not valid; nothing was changed", err=True)
+    else:
+        click.echo(f"error: {exc.message}", err=True)
+    sys.exit(EXIT_REFUSED)
+
+
+def _warn(path: Path, warnings: Iterable[PolicyProblem]) -> None:
+    for warning in warnings:
+        where = f"{path}:{warning.line}" if warning.line else str(path)
+        click.echo(f"{where}: warning: {warning.path}: {warning.message}", err=True)
 
 
 @click.group()
 def policy() -> None:
     """Policies: what may be used and what may leave."""
+
+
+@policy.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def validate(file: Path) -> None:
+    """Check FILE against the schema and this installation (datasets, roles, users)."""
+    try:
+        checked = policy_service.validate(_core(), _caller(), _read(file))
+    except ServiceError as exc:
+        _refused(file, exc)
+        return
+    _warn(file, checked.warnings)
+    click.echo(f"{file}: valid (sha256 {checked.sha256[:16]})")
+
+
+@policy.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--reason", required=True, help="Why this policy is activated (recorded).")
+def activate(file: Path, reason: str) -> None:
+    """Make FILE the active policy, as a new version."""
+    try:
+        activation = policy_service.activate(_core(), _caller(), _read(file), reason)
+    except ServiceError as exc:
+        _refused(file, exc)
+        return
+    _report(activation)
+
+
+@policy.command()
+@click.argument("version", type=int)
+@click.option("--reason", required=True, help="Why the old version comes back (recorded).")
+def restore(version: int, reason: str) -> None:
+    """Activate an earlier VERSION's document again, as a new version."""
+    try:
+        activation = policy_service.restore(_core(), _caller(), version, reason)
+    except ServiceError as exc:
+        _refused(None, exc)
+        return
+    _report(activation)
+
+
+def _report(activation: Activation) -> None:
+    row, result = activation.version, activation.result
+    click.echo(f"policy version {row.version} is active (sha256 {row.sha256[:16]})")
+    for finding in result.sandboxes:
+        click.echo(f"  running sandbox {finding.id} of {finding.owner} is now forbidden: "
+                   f"{finding.rule}: {finding.reason}")
+    for finding in result.releases:
+        effect = "failed its checks" if finding.denied else "waits for more approvals"
+        click.echo(f"  release request {finding.id} {effect}: {finding.rule}: {finding.reason}")
+
+
+@policy.command()
+@click.option("--version", "number", type=int, default=None,
+              help="A version number (default: the active version).")
+def show(number: int | None) -> None:
+    """Print the active policy document (or version N), headed by who activated it and why."""
+    core = _core()
+    try:
+        row = policy_service.get_version(core, number) if number \
+            else policy_service.active_version(core)
+    except ServiceError as exc:
+        _refused(None, exc)
+        return
+    policy_service.record_view(core, _caller(), f"policy:{row.version}")
+    active = policy_service.active_version(core).version
+    state = "active" if row.version == active else f"not active (version {active} is)"
+    click.echo(f"# policy version {row.version}, {state}\n"
+               f"# activated {row.created_at} by {row.author}: {row.reason}\n"
+               f"# sha256 {row.sha256}")
+    click.echo(row.text, nl=not row.text.endswith("\n"))

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlmodel import Session
+from sqlalchemy import create_engine, text
+from sqlmodel import Session, col, select
 
-from audit.chain import append
+from audit.chain import append, utc_now
 from audit.events import Actor, AuditAction, EventDraft, Outcome
 from console.db import make_engine, transaction, upgrade
 from console.settings import Settings
 from policies.evaluator import PolicyEvaluator
-from policies.schema import Policy, load_default_policy
+from policies.schema import Policy, default_policy_text, load_policy, policy_sha256
 from sandbox.backend import Backend
 from sandbox.gate.errors import GateError
 from sandbox.gate.keys import GateKey, GateKeyRing, PublicKeyInfo, passphrase_from_env
@@ -35,7 +37,7 @@ class GateSigningKey:
 
 class Sealroom:
     def __init__(self, settings: Settings, *, backend: Backend | None = None,
-                 policy: Policy | None = None, migrate: bool = True) -> None:
+                 migrate: bool = True) -> None:
         self.settings = settings
         settings.ensure_dirs()
         if migrate:
@@ -47,7 +49,53 @@ class Sealroom:
             backend = DockerBackend(base_url=settings.docker_host,
                                     installation=settings.installation_id())
         self.backend = backend
-        self.policy = policy or load_default_policy()
+        # Reads of the active policy's number must not queue behind a writer's BEGIN
+        # IMMEDIATE (they happen inside other transactions): a plain autocommit connection
+        # reads the last committed version under WAL without taking any lock.
+        self._policy_reader = create_engine(settings.database_url,
+                                            connect_args={"check_same_thread": False,
+                                                          "timeout": 30})
+        self._policy_cache: Policy | None = None
+        self._policy_lock = threading.Lock()
+        self._ensure_policy()
+
+    # --- the active policy ----------------------------------------------------------------
+
+    def _ensure_policy(self) -> None:
+        """On a fresh database the shipped default becomes version 1, authored by `system`."""
+        from console.models import PolicyVersion
+
+        with self.transaction() as session:
+            if session.exec(select(PolicyVersion.version).limit(1)).first() is not None:
+                return
+            body = default_policy_text()
+            row = PolicyVersion(version=1, text=body, sha256=policy_sha256(body),
+                                author="system", reason="initial policy (policies/default.yaml)",
+                                created_at=utc_now())
+            session.add(row)
+            append(session, EventDraft(Actor.system(), AuditAction.POLICY_ACTIVATE,
+                                       "policy:1", reason=row.reason,
+                                       details={"version": 1, "sha256": row.sha256}))
+
+    @property
+    def policy(self) -> Policy:
+        """The active policy: the highest version in the database, read for every use (so
+        every process sees an activation at once) and parsed only when the number changes."""
+        with self._policy_reader.connect() as connection:
+            version = connection.execute(
+                text("SELECT max(version) FROM policy_version")).scalar_one()
+        cached = self._policy_cache
+        if cached is not None and cached.version == version:
+            return cached
+        with self._policy_lock:
+            from console.models import PolicyVersion
+
+            with Session(self._policy_reader) as session:
+                row = session.exec(select(PolicyVersion).order_by(
+                    col(PolicyVersion.version).desc()).limit(1)).one()
+            policy = load_policy(row.text, row.version)
+            self._policy_cache = policy
+            return policy
 
     @property
     def evaluator(self) -> PolicyEvaluator:
@@ -90,6 +138,7 @@ class Sealroom:
 
     def close(self) -> None:
         self.engine.dispose()
+        self._policy_reader.dispose()
 
 
 class Caller:

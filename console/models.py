@@ -1,4 +1,5 @@
-"""Console state tables: users, API tokens, datasets and their grants, images, sandboxes."""
+"""Console state tables: users, API tokens, datasets, images, sandboxes, release requests
+and the policy's versions. Who may use a dataset is policy, not a table here."""
 
 from __future__ import annotations
 
@@ -47,14 +48,6 @@ class Dataset(SQLModel, table=True):
     files: int
     registered_by: str
     created_at: str
-
-
-class DatasetGrant(SQLModel, table=True):
-    __tablename__ = "dataset_grant"
-
-    id: int | None = Field(default=None, primary_key=True)
-    dataset_id: int = Field(foreign_key="dataset.id", index=True)
-    principal: str  # a user name, or role:<role>
 
 
 class SandboxStatus(enum.StrEnum):
@@ -161,3 +154,18 @@ class ReleaseDecision(SQLModel, table=True):
     decision: str  # "approve" or "reject"
     reason: str = ""
     created_at: str
+
+
+class PolicyVersion(SQLModel, table=True):
+    """One activated policy document. Append-only: the highest version is the active one,
+    and restoring an old version activates its text again as a new version."""
+
+    __tablename__ = "policy_version"
+
+    version: int = Field(primary_key=True)
+    text: str
+    sha256: str = Field(index=True)
+    author: str
+    reason: str
+    created_at: str  # when it was activated
+    restored_from: int | None = None

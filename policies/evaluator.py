@@ -1,11 +1,13 @@
-"""Deny-by-default decisions over a `Policy`, each naming the rule that decided it."""
+"""Deny-by-default decisions over a `Policy`, each naming the rule that decided it and the
+policy version, so that every audited decision can be traced to the rule that made it."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Literal
 
-from policies.schema import Policy
+from policies.schema import EffectiveLimits, Policy
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,10 @@ class PolicyDecision:
     def __bool__(self) -> bool:
         return self.allowed
 
+    def to_dict(self) -> dict[str, object]:
+        return {"allowed": self.allowed, "rule": self.rule, "reason": self.reason,
+                "policy_version": self.policy_version}
+
 
 @dataclass(frozen=True)
 class LaunchRequest:
@@ -29,14 +35,9 @@ class LaunchRequest:
     pids: int
     timeout_s: int
     running_sandboxes: int
-
-
-@dataclass(frozen=True)
-class DatasetGrant:
-    """Who may mount a dataset: `principal` is a user name or `role:<role>`."""
-
-    dataset: str
-    principal: str
+    image_digest: str = ""
+    gpus: int = 0
+    mpi_nodes: int = 1
 
 
 class PolicyEvaluator:
@@ -46,38 +47,134 @@ class PolicyEvaluator:
     def _decide(self, allowed: bool, rule: str, reason: str) -> PolicyDecision:
         return PolicyDecision(allowed, rule, reason, self.policy.version)
 
-    def may_mount(self, user: str, role: str, dataset: str,
-                  grants: Collection[DatasetGrant]) -> PolicyDecision:
-        for grant in grants:
-            if grant.dataset == dataset and grant.principal in (user, f"role:{role}"):
-                return self._decide(True, f"datasets.{dataset}.allow",
-                                    f"granted to {grant.principal}")
-        return self._decide(False, f"datasets.{dataset}.allow",
-                            f"you are not allowed to use dataset {dataset!r}")
+    # --- datasets and images ------------------------------------------------------------
+
+    def principals(self, user: str, role: str) -> set[str]:
+        """Every name a rule may use for this user: the user, the role and the groups."""
+        return {user, f"role:{role}", *(f"group:{g}" for g in self.policy.groups_of(user))}
+
+    def may_mount(self, user: str, role: str, dataset: str) -> PolicyDecision:
+        rule = f"datasets.{dataset}.allow"
+        entry = self.policy.datasets.get(dataset)
+        if entry is not None:
+            granted = self.principals(user, role) & set(entry.allow)
+            if granted:
+                return self._decide(True, rule, f"granted to {sorted(granted)[0]}")
+        return self._decide(False, rule, f"you are not allowed to use dataset {dataset!r}")
+
+    def usable_datasets(self, user: str, role: str) -> list[str]:
+        return sorted(name for name in self.policy.datasets
+                      if self.may_mount(user, role, name))
+
+    def may_use_image(self, digest: str, registered: Collection[str]) -> PolicyDecision:
+        images = self.policy.images
+        if digest and digest in images.digests:
+            return self._decide(True, "images.digests", "the image is listed by digest")
+        if digest and images.allow_registered and digest in registered:
+            return self._decide(True, "images.allow_registered",
+                                "the image was registered by an operator")
+        rule = "images.digests" if not images.allow_registered or not digest \
+            else "images.allow_registered"
+        return self._decide(False, rule, f"image {digest[:19] or '(none)'}… is not allowed "
+                                         "by the policy")
+
+    # --- launching ----------------------------------------------------------------------
+
+    def limits_for(self, user: str, role: str) -> EffectiveLimits:
+        return self.policy.resources.effective(user, role)
 
     def may_launch(self, request: LaunchRequest,
-                   grants: Collection[DatasetGrant]) -> PolicyDecision:
+                   registered_images: Collection[str] = ()) -> PolicyDecision:
+        """Roles, then the image, resources, concurrency and every dataset: the first rule
+        that refuses decides."""
         if request.role not in self.policy.launch.roles:
             return self._decide(False, "launch.roles",
                                 f"role {request.role!r} may not launch sandboxes")
-        maxima = self.policy.resources.for_role(request.role)
-        rule = f"resources.roles.{request.role}" if request.role in self.policy.resources.roles \
-            else "resources.default"
+        if request.image_digest:
+            decision = self.may_use_image(request.image_digest, registered_images)
+            if not decision:
+                return decision
+        effective = self.limits_for(request.user, request.role)
+        maxima = effective.limits
         checks = (
             ("max_cpus", request.cpus, maxima.max_cpus, "CPUs"),
             ("max_memory_mb", request.memory_mb, maxima.max_memory_mb, "MB of memory"),
             ("max_pids", request.pids, maxima.max_pids, "processes"),
             ("max_timeout_s", request.timeout_s, maxima.max_timeout_s, "seconds of run time"),
+            ("max_gpus", request.gpus, maxima.max_gpus, "GPUs"),
+            ("max_mpi_nodes", request.mpi_nodes, maxima.max_mpi_nodes, "MPI nodes"),
         )
         for key, asked, limit, unit in checks:
             if asked > limit:
-                return self._decide(False, f"{rule}.{key}",
+                return self._decide(False, effective.rule(key),
                                     f"{asked:g} {unit} asked, at most {limit:g} allowed")
         if request.running_sandboxes >= maxima.max_concurrent:
-            return self._decide(False, f"{rule}.max_concurrent",
+            return self._decide(False, effective.rule("max_concurrent"),
                                 f"at most {maxima.max_concurrent} sandboxes may run at once")
         for dataset in request.datasets:
-            decision = self.may_mount(request.user, request.role, dataset, grants)
+            decision = self.may_mount(request.user, request.role, dataset)
             if not decision:
                 return decision
         return self._decide(True, "launch", "within policy")
+
+    def network_for(self, kind: Literal["single", "mpi"]) -> PolicyDecision:
+        """The network a sandbox gets: the schema admits exactly one value for each kind."""
+        mode = self.policy.network.single if kind == "single" else self.policy.network.mpi
+        return self._decide(True, f"network.{kind}", mode)
+
+    # --- logs, interactive access, sessions --------------------------------------------
+
+    def log_view(self, offset: int, length: int) -> tuple[PolicyDecision, int]:
+        """How many of `length` log bytes from `offset` may be shown: positions before
+        `logs.max_view_bytes` only, so no sandbox can say more than that through its log."""
+        budget = self.policy.logs.max_view_bytes
+        if length <= 0:
+            return self._decide(True, "logs.max_view_bytes", "nothing to show"), 0
+        if offset >= budget:
+            return self._decide(False, "logs.max_view_bytes",
+                                f"the log viewing budget of {budget:,} bytes for this sandbox "
+                                "is used up"), 0
+        return self._decide(True, "logs.max_view_bytes", "within the viewing budget"), \
+            min(length, budget - offset)
+
+    def may_open_ssh(self, user: str, role: str) -> PolicyDecision:
+        if not self.policy.interactive.ssh:
+            return self._decide(False, "interactive.ssh", "SSH access is turned off")
+        if role not in self.policy.launch.roles:
+            return self._decide(False, "launch.roles", f"role {role!r} has no sandboxes")
+        return self._decide(True, "interactive.ssh", "SSH access is allowed")
+
+    def terminal_output(self, sent_bytes: int) -> PolicyDecision:
+        budget = self.policy.interactive.output_budget_mb << 20
+        if sent_bytes > budget:
+            return self._decide(False, "interactive.output_budget_mb",
+                                f"the terminal output budget of "
+                                f"{self.policy.interactive.output_budget_mb} MB is used up")
+        return self._decide(True, "interactive.output_budget_mb", "within the output budget")
+
+    def terminal_idle(self, idle_s: float) -> PolicyDecision:
+        limit = self.policy.interactive.idle_timeout_s
+        if idle_s > limit:
+            return self._decide(False, "interactive.idle_timeout_s",
+                                f"the terminal was idle for more than {limit} s")
+        return self._decide(True, "interactive.idle_timeout_s", "active")
+
+    def session(self, logged_in_at: float, last_seen_at: float, now: float) -> PolicyDecision:
+        sessions = self.policy.sessions
+        if now - logged_in_at > sessions.absolute_timeout_s:
+            return self._decide(False, "sessions.absolute_timeout_s",
+                                f"sessions end {_duration(sessions.absolute_timeout_s)} "
+                                "after logging in")
+        if now - last_seen_at > sessions.idle_timeout_s:
+            return self._decide(False, "sessions.idle_timeout_s",
+                                f"sessions end after {_duration(sessions.idle_timeout_s)} "
+                                "without activity")
+        return self._decide(True, "sessions", "the session is current")
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"

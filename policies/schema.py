@@ -1,33 +1,143 @@
-"""The policy document, as validated types: a contradictory document cannot load."""
+"""The policy document, as validated types: a contradictory document cannot load.
+
+`check_policy` parses YAML text and reports every problem with the line it is on; the
+console passes a `PolicyContext` (registered datasets, roles, users) for the checks that
+need to know the installation.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
-from policies.errors import InvalidPolicy
+from policies.errors import InvalidPolicy, PolicyProblem
+
+#: A policy document larger than this is refused unread.
+MAX_DOCUMENT_BYTES = 256 * 1024
+
+_NAME = r"[a-z0-9][a-z0-9_-]{0,62}"
+_USER = r"[a-z][a-z0-9_.-]{1,31}"
+DatasetName = Annotated[str, Field(pattern=rf"^{_NAME}$")]
+GroupName = Annotated[str, Field(pattern=rf"^{_NAME}$")]
+UserName = Annotated[str, Field(pattern=rf"^{_USER}$")]
+RoleName = Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]
+#: Who a rule grants: a user name, `role:<role>` or `group:<group>`.
+Principal = Annotated[str, Field(pattern=rf"^(role:[a-z_]{{1,32}}|group:{_NAME}|{_USER})$")]
+Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+FileType = Annotated[str, Field(pattern=r"^\.[a-z0-9]{1,15}$")]
+
+
+def _contradiction(field_name: str, message: str) -> PydanticCustomError:
+    """A cross-field error that still points at the field (and so the line) at fault."""
+    return PydanticCustomError("contradiction", message, {"field": field_name})
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ResourceMaxima(_Strict):
-    max_cpus: float = Field(default=1.0, gt=0, le=64)
+# --- resources ------------------------------------------------------------------------------
+
+RESOURCE_FIELDS = ("max_cpus", "max_memory_mb", "max_pids", "max_timeout_s", "max_concurrent",
+                   "max_gpus", "max_mpi_nodes")
+
+
+class ResourceLimits(_Strict):
+    """Maxima a launch may ask for; `default` holds every field."""
+
+    max_cpus: float = Field(default=1.0, gt=0, le=256)
     max_memory_mb: int = Field(default=4096, ge=64)
     max_pids: int = Field(default=512, ge=16)
     max_timeout_s: int = Field(default=3600, ge=1)
     max_concurrent: int = Field(default=2, ge=0)
+    max_gpus: int = Field(default=0, ge=0, le=64)
+    max_mpi_nodes: int = Field(default=1, ge=1, le=256)
+
+
+class ResourceOverride(_Strict):
+    """Per role or per user: only the fields given replace the default's."""
+
+    max_cpus: float | None = Field(default=None, gt=0, le=256)
+    max_memory_mb: int | None = Field(default=None, ge=64)
+    max_pids: int | None = Field(default=None, ge=16)
+    max_timeout_s: int | None = Field(default=None, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=0)
+    max_gpus: int | None = Field(default=None, ge=0, le=64)
+    max_mpi_nodes: int | None = Field(default=None, ge=1, le=256)
+
+
+@dataclass(frozen=True)
+class EffectiveLimits:
+    """The maxima that apply to one user, and the rule each one comes from."""
+
+    limits: ResourceLimits
+    rules: dict[str, str]
+
+    def rule(self, name: str) -> str:
+        return self.rules[name]
 
 
 class Resources(_Strict):
-    default: ResourceMaxima = ResourceMaxima()
-    roles: dict[str, ResourceMaxima] = {}
+    default: ResourceLimits = ResourceLimits()
+    roles: dict[RoleName, ResourceOverride] = {}
+    users: dict[UserName, ResourceOverride] = {}
 
-    def for_role(self, role: str) -> ResourceMaxima:
-        return self.roles.get(role, self.default)
+    def effective(self, user: str, role: str) -> EffectiveLimits:
+        """A user's entry wins over their role's, which wins over the default."""
+        values = self.default.model_dump()
+        rules = {name: f"resources.default.{name}" for name in RESOURCE_FIELDS}
+        for section, key in (("roles", role), ("users", user)):
+            override = getattr(self, section).get(key)
+            if override is None:
+                continue
+            for name, value in override.model_dump().items():
+                if value is not None:
+                    values[name] = value
+                    rules[name] = f"resources.{section}.{key}.{name}"
+        return EffectiveLimits(ResourceLimits.model_validate(values), rules)
+
+    def for_role(self, role: str) -> ResourceLimits:
+        return self.effective("", role).limits
+
+
+# --- the other sections ---------------------------------------------------------------------
+
+
+class DatasetRule(_Strict):
+    #: Who may mount the dataset; an empty list grants nobody.
+    allow: list[Principal] = []
+
+
+class Images(_Strict):
+    #: Every image an operator registered with `sealroom images build` may be used.
+    allow_registered: bool = True
+    #: Images that may be used whether registered or not, by digest (the engine's image ID).
+    digests: list[Digest] = []
+
+
+class Network(_Strict):
+    """Not a choice: single sandboxes have no network, MPI clusters only their own."""
+
+    single: Literal["none"] = "none"
+    mpi: Literal["isolated"] = "isolated"
+
+
+class Interactive(_Strict):
+    ssh: bool = False
+    idle_timeout_s: int = Field(default=900, ge=60, le=86_400)
+    output_budget_mb: int = Field(default=64, ge=1, le=65_536)
+
+
+class Logs(_Strict):
+    #: Bytes of each sandbox's log an engineer may see: positions 0 to this, never beyond.
+    max_view_bytes: int = Field(default=1 << 20, ge=0)
 
 
 class Uploads(_Strict):
@@ -35,16 +145,24 @@ class Uploads(_Strict):
     max_unpacked_mb: int = Field(default=200, ge=1)
     max_files: int = Field(default=2000, ge=1)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Uploads:
+        if self.max_code_mb > self.max_unpacked_mb:
+            raise _contradiction("max_code_mb", f"max_code_mb ({self.max_code_mb}) is larger "
+                                 f"than max_unpacked_mb ({self.max_unpacked_mb})")
+        return self
+
 
 class Launch(_Strict):
-    roles: list[str] = []
+    #: Roles that may launch sandboxes at all.
+    roles: list[RoleName] = []
 
 
 class Release(_Strict):
     """What may leave through the release gate, and how many approvers must agree."""
 
-    weight_types: list[str] = [".safetensors", ".onnx"]
-    metrics_types: list[str] = [".json", ".csv"]
+    weight_types: list[FileType] = [".safetensors", ".onnx"]
+    metrics_types: list[FileType] = [".json", ".csv"]
     allow_pickle: bool = False
     max_file_mb: int = Field(default=2048, ge=1)
     max_total_mb: int = Field(default=4096, ge=1)
@@ -52,33 +170,296 @@ class Release(_Strict):
     small_count_k: int = Field(default=10, ge=1)
     leak_scan: bool = True
     leak_min_row_bytes: int = Field(default=16, ge=4)
-    approvals_needed: int = Field(default=2, ge=1)
+    approvals_needed: int = Field(default=2, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Release:
+        both = sorted(set(self.weight_types) & set(self.metrics_types))
+        if both:
+            raise _contradiction("metrics_types", f"{', '.join(both)} is listed both as "
+                                 "weights and as metrics")
+        if self.max_file_mb > self.max_total_mb:
+            raise _contradiction("max_file_mb", f"max_file_mb ({self.max_file_mb}) is larger "
+                                 f"than max_total_mb ({self.max_total_mb})")
+        return self
+
+
+class Sessions(_Strict):
+    idle_timeout_s: int = Field(default=1800, ge=60)
+    absolute_timeout_s: int = Field(default=28_800, ge=300, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Sessions:
+        if self.idle_timeout_s > self.absolute_timeout_s:
+            raise _contradiction("idle_timeout_s", f"idle_timeout_s ({self.idle_timeout_s}) "
+                                 f"is longer than absolute_timeout_s "
+                                 f"({self.absolute_timeout_s})")
+        return self
 
 
 class Policy(_Strict):
-    version: int = Field(ge=1)
+    #: Assigned by the console when the document is activated; never written in the document.
+    version: int = Field(default=0, ge=0)
+    groups: dict[GroupName, list[UserName]] = {}
+    datasets: dict[DatasetName, DatasetRule] = {}
+    images: Images = Images()
     resources: Resources = Resources()
+    network: Network = Network()
+    interactive: Interactive = Interactive()
+    logs: Logs = Logs()
     uploads: Uploads = Uploads()
     launch: Launch = Launch()
     release: Release = Release()
+    sessions: Sessions = Sessions()
+
+    @model_validator(mode="after")
+    def _groups_exist(self) -> Policy:
+        for name, rule in self.datasets.items():
+            for principal in rule.allow:
+                group = principal.removeprefix("group:")
+                if principal.startswith("group:") and group not in self.groups:
+                    raise PydanticCustomError(
+                        "contradiction", "dataset {dataset} allows group {group}, which the "
+                        "groups section does not define",
+                        {"field": "datasets", "dataset": name, "group": group})
+        return self
+
+    def groups_of(self, user: str) -> list[str]:
+        return sorted(name for name, members in self.groups.items() if user in members)
 
 
-def load_policy(text: str) -> Policy:
+# --- reading a document ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What the installation knows; `None` skips the checks that need it."""
+
+    datasets: frozenset[str] | None = None  # registered dataset names
+    roles: frozenset[str] | None = None
+    users: frozenset[str] | None = None  # naming an unknown user is a warning, not an error
+    approvers: int | None = None  # active approvers; fewer than approvals_needed warns
+
+
+@dataclass(frozen=True)
+class CheckedPolicy:
+    policy: Policy
+    text: str
+    sha256: str
+    warnings: tuple[PolicyProblem, ...] = field(default=())
+
+
+def policy_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_policy(text: str, context: PolicyContext | None = None) -> CheckedPolicy:
+    """Validate a policy document; raise `InvalidPolicy` naming every problem and its line."""
+    if len(text.encode()) > MAX_DOCUMENT_BYTES:
+        raise InvalidPolicy([PolicyProblem("", f"the document is larger than "
+                                               f"{MAX_DOCUMENT_BYTES // 1024} KiB", None)])
     try:
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        detail = " ".join(filter(None, (exc.context, exc.problem)))
+        raise InvalidPolicy([PolicyProblem("", f"not valid YAML: {detail}",
+                                           mark.line + 1 if mark else None)]) from None
     except yaml.YAMLError as exc:
-        raise InvalidPolicy(f"policy is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InvalidPolicy("policy must be a mapping")
+        raise InvalidPolicy([PolicyProblem("", f"not valid YAML: {exc}", None)]) from None
+    if root is None:
+        raise InvalidPolicy([PolicyProblem("", "the document is empty", 1)])
+    if not isinstance(root, yaml.MappingNode):
+        raise InvalidPolicy([PolicyProblem("", "a policy is a mapping of sections "
+                                               "(datasets:, resources:, release: ...)",
+                                           _line(root))])
+    problems = list(_structure_problems(root))
+    if problems:
+        raise InvalidPolicy(problems)
+    data = yaml.safe_load(text)
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
-        raise InvalidPolicy(f"policy does not validate: {exc}") from exc
+        raise InvalidPolicy([_problem(root, error) for error in exc.errors()]) from None
+    errors, warnings = _context_problems(policy, context or PolicyContext())
+    if errors:
+        raise InvalidPolicy([_locate(root, path, message) for path, message in errors])
+    return CheckedPolicy(policy, text, policy_sha256(text),
+                         tuple(_locate(root, path, message) for path, message in warnings))
+
+
+def load_policy(text: str, version: int = 0) -> Policy:
+    """A stored document (validated when it was activated), with its version number."""
+    return check_policy(text).policy.model_copy(update={"version": version})
 
 
 def default_policy_path() -> Path:
     return Path(__file__).with_name("default.yaml")
 
 
+def default_policy_text() -> str:
+    return default_policy_path().read_text()
+
+
 def load_default_policy() -> Policy:
-    return load_policy(default_policy_path().read_text())
+    return load_policy(default_policy_text(), version=1)
+
+
+# --- problems and the lines they are on -----------------------------------------------------
+
+Path_ = tuple[str | int, ...]
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _structure_problems(root: yaml.MappingNode) -> Iterator[PolicyProblem]:
+    """What pydantic cannot see after YAML has flattened it: repeated keys, aliases, and a
+    version written in the document."""
+    seen: set[int] = set()
+
+    def walk(node: yaml.Node, path: str, line: int) -> Iterator[PolicyProblem]:
+        if id(node) in seen:  # the composer hands back the anchored node for an alias
+            yield PolicyProblem(path, "anchors and aliases are not allowed in a policy", line)
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value)
+                here = f"{path}.{name}" if path else name
+                if name in lines:
+                    yield PolicyProblem(here, f"{name} is given twice (first on line "
+                                              f"{lines[name]})", _line(key))
+                lines.setdefault(name, _line(key))
+                yield from walk(value, here, _line(key))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                yield from walk(item, f"{path}[{index}]", _line(item))
+
+    for key, _value in root.value:
+        if key.value == "version":
+            yield PolicyProblem("version", "the version number is assigned when a policy is "
+                                           "activated; remove it from the document", _line(key))
+    yield from walk(root, "", 1)
+
+
+def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node, yaml.Node] | None:
+    """(key node, value node) of `part` under `node`; for a list item both are the item."""
+    if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+        for key, value in node.value:
+            if str(key.value) == part:
+                return key, value
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
+            and 0 <= part < len(node.value):
+        return node.value[part], node.value[part]
+    return None
+
+
+def _node_line(root: yaml.Node, path: Sequence[str | int], *, at_key: bool) -> int:
+    node: yaml.Node = root
+    key: yaml.Node = root
+    for part in path:
+        found = _child(node, part)
+        if found is None:
+            break
+        key, node = found
+    return _line(key if at_key else node)
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _locate(root: yaml.Node, path: Path_, message: str) -> PolicyProblem:
+    return PolicyProblem(_dotted(path), message, _node_line(root, path, at_key=True))
+
+
+def _problem(root: yaml.Node, error: Any) -> PolicyProblem:
+    loc: list[str | int] = [p for p in error["loc"] if p != "[key]"]
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "contradiction":
+        extra: list[str | int] = [ctx["field"]]
+        if "dataset" in ctx:
+            extra += [ctx["dataset"], "allow"]
+        loc += extra
+    if kind == "extra_forbidden":
+        message = f"unknown field {loc[-1]!r}"
+    elif kind == "literal_error":
+        message = f"must be {ctx.get('expected', 'one of the allowed values')}; " \
+                  "nothing else can be chosen"
+    elif kind == "string_pattern_mismatch":
+        message = f"{error['input']!r} is not a valid {_what(loc)}"
+    else:
+        message = str(error["msg"]).replace("Input should be", "must be")
+    at_key = kind in ("extra_forbidden", "contradiction") or "[key]" in error["loc"]
+    return PolicyProblem(_dotted(loc), message, _node_line(root, loc, at_key=at_key))
+
+
+def _what(loc: Sequence[str | int]) -> str:
+    if "allow" in loc:
+        return "principal (a user name, role:<role> or group:<group>)"
+    if "digests" in loc:
+        return "image digest (sha256: and 64 hex digits)"
+    if "weight_types" in loc or "metrics_types" in loc:
+        return "file type (a dot and up to 15 lower-case letters or digits)"
+    if (loc and loc[0] == "groups" and isinstance(loc[-1], int)) or "users" in loc:
+        return "user name"
+    if "roles" in loc:
+        return "role name"
+    return "name (lower-case letters, digits, - and _)"
+
+
+def _context_problems(policy: Policy, context: PolicyContext,
+                      ) -> tuple[list[tuple[Path_, str]], list[tuple[Path_, str]]]:
+    errors: list[tuple[Path_, str]] = []
+    warnings: list[tuple[Path_, str]] = []
+    if context.datasets is not None:
+        for name in policy.datasets:
+            if name not in context.datasets:
+                known = ", ".join(sorted(context.datasets)) or "none"
+                errors.append((("datasets", name), f"no dataset named {name!r} is registered "
+                                                    f"(registered: {known})"))
+    roles = context.roles
+    if roles is not None:
+        for name in policy.resources.roles:
+            if name not in roles:
+                errors.append((("resources", "roles", name), f"unknown role {name!r}"))
+        for index, name in enumerate(policy.launch.roles):
+            if name not in roles:
+                errors.append((("launch", "roles", index), f"unknown role {name!r}"))
+    for dataset, rule in policy.datasets.items():
+        for index, principal in enumerate(rule.allow):
+            path: Path_ = ("datasets", dataset, "allow", index)
+            if principal.startswith("role:"):
+                if roles is not None and principal[5:] not in roles:
+                    errors.append((path, f"unknown role {principal[5:]!r}"))
+            elif not principal.startswith("group:") and context.users is not None \
+                    and principal not in context.users:
+                warnings.append((path, f"no user named {principal!r} exists (yet)"))
+    if context.users is not None:
+        for group, members in policy.groups.items():
+            for index, member in enumerate(members):
+                if member not in context.users:
+                    warnings.append((("groups", group, index),
+                                     f"no user named {member!r} exists (yet)"))
+        for name in policy.resources.users:
+            if name not in context.users:
+                warnings.append((("resources", "users", name),
+                                 f"no user named {name!r} exists (yet)"))
+    needed = policy.release.approvals_needed
+    if context.approvers is not None and needed > context.approvers:
+        warnings.append((("release", "approvals_needed"),
+                         f"{needed} approvals are needed but only {context.approvers} "
+                         "approver(s) exist: releases will wait until more are added"))
+    if not policy.images.allow_registered and not policy.images.digests:
+        warnings.append((("images",), "no image is allowed: every launch will be refused"))
+    if not policy.launch.roles:
+        warnings.append((("launch", "roles"), "no role may launch sandboxes"))
+    return errors, warnings
+

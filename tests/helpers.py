@@ -15,6 +15,28 @@ PASSWORD = "correct horse battery"
 OPERATOR = Caller(Actor("cli:test", "operator", "cli", "local"))
 
 
+def change_policy(core: Any, changes: dict[str, Any], reason: str = "test") -> int:
+    """Activate the active policy with `changes` merged into it (section by section, key by
+    key) as the operator; returns the new version number."""
+    import yaml
+
+    from console.services import policy as policy_service
+
+    data = yaml.safe_load(policy_service.active_version(core).text)
+
+    def merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(data, changes)
+    activation = policy_service.activate(core, OPERATOR, yaml.safe_dump(data, sort_keys=False),
+                                         reason)
+    return int(activation.version.version)
+
+
 def write_dataset(directory: Path, rows: int = 200) -> Path:
     from sandbox.examples.demo_dataset import write_demo_dataset
 

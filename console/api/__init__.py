@@ -27,7 +27,7 @@ def _service_error(exc: ServiceError) -> Any:
         core().record(caller().actor, AuditAction.REQUEST_DENIED,
                       target=f"{request.method} {request.path}"[:200], outcome=Outcome.DENIED,
                       reason=exc.message, request_id=caller().request_id)
-    extra = {"rule": exc.rule} if exc.rule else {}
+    extra = {"rule": exc.rule, "policy_version": exc.policy_version} if exc.rule else {}
     return api_error(exc.status, exc.code, exc.message, **extra)
 
 
@@ -76,7 +76,8 @@ def _launch_order() -> sandbox_service.LaunchOrder:
         cpus=_number(limits, "cpus", float, 1.0),
         memory_mb=_number(limits, "memory_mb", int, 2048),
         pids=_number(limits, "pids", int, 256),
-        timeout_s=_number(limits, "timeout_s", int, 1800))
+        timeout_s=_number(limits, "timeout_s", int, 1800),
+        gpus=_number(limits, "gpus", int, 0))
     if upload is not None and upload.filename:
         order.code_name, order.code = upload.filename, upload.read()
     return order

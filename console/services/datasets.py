@@ -1,5 +1,6 @@
 """Datasets: registered from a host path into the data directory with a content hash,
-granted to users or roles, mounted read-only into sandboxes, never downloadable."""
+mounted read-only into sandboxes, never downloadable. Who may mount one is policy: the
+access list given at registration is activated as a new policy version."""
 
 from __future__ import annotations
 
@@ -13,17 +14,22 @@ from sqlmodel import Session, select
 from audit.chain import append, utc_now
 from audit.events import AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
-from console.models import Dataset, DatasetGrant, Role, User
+from console.models import Dataset, Role, User
+from console.services import policy as policy_service
 from console.services.errors import BadRequest, Conflict
-from policies.evaluator import DatasetGrant as PolicyGrant
 from sandbox.errors import InvalidUpload
 from sandbox.files import tree_digest
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
-def _principal(session: Session, text: str) -> str:
-    """A grant names a user or a role; `role:engineer` and `engineer` (a role) both work."""
+def _principal(core: Sealroom, session: Session, text: str) -> str:
+    """A grant names a user, a role or a policy group; `role:engineer` and `engineer` (a
+    role) both work."""
+    if text.startswith("group:"):
+        if text[6:] not in core.policy.groups:
+            raise BadRequest(f"the active policy defines no group {text[6:]!r}")
+        return text
     value = text.removeprefix("role:")
     if value in {r.value for r in Role}:
         return f"role:{value}"
@@ -54,7 +60,7 @@ def _register(core: Sealroom, caller: Caller, source: Path, name: str,
     with core.transaction() as session:
         if session.exec(select(Dataset).where(Dataset.name == name)).first():
             raise Conflict(f"dataset {name!r} already exists")
-        principals = [_principal(session, a) for a in allow]
+        principals = list(dict.fromkeys(_principal(core, session, a) for a in allow))
     # Copy first (outside the transaction), then record; a failure leaves no row and no copy.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=core.settings.datasets_dir))
     try:
@@ -77,14 +83,13 @@ def _register(core: Sealroom, caller: Caller, source: Path, name: str,
                               files=files, registered_by=caller.name, created_at=utc_now())
             session.add(dataset)
             session.flush()
-            assert dataset.id is not None
-            for principal in principals:
-                session.add(DatasetGrant(dataset_id=dataset.id, principal=principal))
             append(session, EventDraft(
                 caller.actor, AuditAction.DATASET_REGISTER, f"dataset:{name}",
                 request_id=caller.request_id,
                 details={"digest": digest, "bytes": size, "files": files,
                          "source": str(source), "allow": principals}))
+            if principals:
+                policy_service.grant_dataset(core, session, caller, name, principals)
         return dataset
     except BaseException:
         if "final" in locals() and final.exists():
@@ -99,16 +104,10 @@ def _make_read_only(root: Path) -> None:
         path.chmod(0o555 if path.is_dir() else 0o444)
 
 
-def grants(session: Session) -> list[PolicyGrant]:
-    rows = session.exec(select(Dataset.name, DatasetGrant.principal)
-                        .join(DatasetGrant, DatasetGrant.dataset_id == Dataset.id)).all()
-    return [PolicyGrant(dataset=name, principal=principal) for name, principal in rows]
-
-
 def usable_datasets(core: Sealroom, user: str, role: str) -> list[Dataset]:
-    """The datasets `user` may mount, for the launch form."""
+    """The datasets the active policy lets `user` mount, for the launch form."""
+    allowed = set(core.evaluator.usable_datasets(user, role))
     with core.transaction() as session:
-        allowed = {g.dataset for g in grants(session) if g.principal in (user, f"role:{role}")}
         rows = session.exec(select(Dataset).order_by(Dataset.name)).all()
         return [d for d in rows if d.name in allowed]
 

@@ -7,11 +7,13 @@ class ServiceError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, detail: str | None = None, rule: str = "") -> None:
+    def __init__(self, message: str, *, detail: str | None = None, rule: str = "",
+                 policy_version: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail or message
-        self.rule = rule
+        self.rule = rule  # the policy rule that decided, when a policy did
+        self.policy_version = policy_version
 
 
 class BadRequest(ServiceError):

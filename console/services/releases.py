@@ -36,8 +36,9 @@ from console.models import (
 )
 from console.permissions import Permission, role_has
 from console.services.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError
+from policies.schema import Policy
 from sandbox.errors import InvalidUpload, SandboxError
-from sandbox.gate.checks import CandidateFile, run_checks
+from sandbox.gate.checks import CandidateFile, Check, CheckReport, CheckResult, run_checks
 from sandbox.gate.rules import CheckRules
 from sandbox.gate.store import BlobStore
 
@@ -47,7 +48,7 @@ MAX_JUSTIFICATION = 4000
 _NAME = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,254}$")
 
 
-def _store(core: Sealroom) -> BlobStore:
+def blob_store(core: Sealroom) -> BlobStore:
     return BlobStore(core.settings.home / "blobs")
 
 
@@ -55,9 +56,9 @@ def _release_dir(core: Sealroom, release_id: str) -> Path:
     return core.settings.home / "releases" / release_id
 
 
-def check_rules(core: Sealroom) -> CheckRules:
-    """The active policy's release section, as the gate's check rules."""
-    release = core.policy.release
+def check_rules(policy: Policy) -> CheckRules:
+    """A policy's release section, as the gate's check rules."""
+    release = policy.release
     return CheckRules(
         weight_types=tuple(release.weight_types),
         metrics_types=tuple(release.metrics_types),
@@ -71,11 +72,48 @@ def check_rules(core: Sealroom) -> CheckRules:
     )
 
 
+#: The policy rule behind each of the gate's checks (the gate itself knows no policy).
+_CHECK_RULES = {
+    Check.FILES: "release",
+    Check.FILE_TYPE: "release.file_types",
+    Check.FILE_FORMAT: "release.file_types",
+    Check.FILE_SIZE: "release.max_file_mb",
+    Check.TOTAL_SIZE: "release.max_total_mb",
+    Check.METRICS: "release.metrics_types",
+    Check.PICKLE_SCAN: "release.allow_pickle",
+    Check.LEAK_SCAN: "release.leak_scan",
+}
+
+
+def rule_for(result: CheckResult) -> str:
+    """The policy rule a failed check result comes from, as recorded and shown."""
+    if result.check == Check.FILE_TYPE and "pickle" in result.reason:
+        return "release.allow_pickle"
+    if result.check == Check.METRICS:
+        if "a count below" in result.reason:
+            return "release.small_count_k"
+        if "values" in result.reason and "more than" in result.reason:
+            return "release.max_metric_values"
+    return next((rule for check, rule in _CHECK_RULES.items() if check == result.check),
+                "release")
+
+
+def report_dict(report: CheckReport) -> dict[str, Any]:
+    """The check report as stored and shown, each failed result naming its policy rule."""
+    body = report.to_dict()
+    for item, result in zip(body["results"], report.results, strict=True):
+        if not result.passed:
+            item["rule"] = rule_for(result)
+    return body
+
+
 def _refuse(core: Sealroom, caller: Caller, action: AuditAction, target: str,
             exc: ServiceError) -> None:
+    decided = {"rule": exc.rule, "policy_version": exc.policy_version or core.policy.version} \
+        if exc.rule else {}
     core.record(caller.actor, action, target=target,
                 outcome=Outcome.FAILED if exc.status >= 500 else Outcome.DENIED,
-                reason=exc.message, request_id=caller.request_id)
+                reason=exc.message, request_id=caller.request_id, **decided)
 
 
 # --- request ------------------------------------------------------------------------------
@@ -123,8 +161,9 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
         mounted = {row.name: Path(row.path) for row in session.exec(
             select(Dataset).where(col(Dataset.name).in_(list(dataset_rows)))).all()}
     outbox = core.settings.sandboxes_dir / sandbox_id / "outbox"
-    rules = check_rules(core)
-    store = _store(core)
+    policy = core.policy  # one version decides the whole request
+    rules = check_rules(policy)
+    store = blob_store(core)
     candidates = []
     try:
         for name in names:
@@ -132,7 +171,8 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
             candidates.append(CandidateFile(name=name, path=store.path(sha), size=size,
                                             sha256=sha))
     except InvalidUpload as exc:
-        raise BadRequest(exc.user_message, rule="release.max_file_mb") from exc
+        raise BadRequest(exc.user_message, rule="release.max_file_mb",
+                         policy_version=policy.version) from exc
     report = run_checks(candidates, rules, mounted)
     release_id = "rel-" + secrets.token_hex(6)
     status = ReleaseStatus.IN_REVIEW if report.passed else ReleaseStatus.CHECKS_FAILED
@@ -140,8 +180,8 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
     with core.transaction() as session:
         record = ReleaseRequest(
             id=release_id, sandbox_id=sandbox_id, requester=caller.name, status=status,
-            justification=justification, approvals_needed=core.policy.release.approvals_needed,
-            policy_version=core.policy.version, checks=json.dumps(report.to_dict()),
+            justification=justification, approvals_needed=policy.release.approvals_needed,
+            policy_version=policy.version, checks=json.dumps(report_dict(report)),
             created_at=now, updated_at=now)
         session.add(record)
         session.flush()  # the files reference the request row
@@ -155,12 +195,14 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
                      "files": [{"name": c.name, "size": c.size, "sha256": c.sha256}
                                for c in candidates]}))
         failed = [r for r in report.results if not r.passed]
+        rules_failed = list(dict.fromkeys(rule_for(r) for r in failed))
         append(session, EventDraft(
             Actor.system("release-gate"), AuditAction.RELEASE_CHECKS, target,
             Outcome.OK if report.passed else Outcome.DENIED,
             "; ".join(f"{r.check} {r.file}: {r.reason}".replace("  ", " ") for r in failed)[:2000],
             caller.request_id,
-            details={"policy_version": core.policy.version,
+            details={"policy_version": policy.version,
+                     **({"rule": rules_failed[0], "rules": rules_failed} if failed else {}),
                      "results": [{"check": r.check, "file": r.file, "passed": r.passed}
                                  for r in report.results]}))
     return record
@@ -269,12 +311,19 @@ def approve(core: Sealroom, caller: Caller, release_id: str) -> ReleaseRequest:
             count = len(session.exec(select(ReleaseDecision).where(
                 ReleaseDecision.release_id == release_id,
                 ReleaseDecision.decision == "approve")).all())
+            # The active policy may have raised the number since the request was made.
+            policy = core.policy
+            if policy.release.approvals_needed > record.approvals_needed:
+                record.approvals_needed = policy.release.approvals_needed
+                session.add(record)
             complete = count >= record.approvals_needed
             if complete:
                 _transition(session, record, ReleaseStatus.APPROVED)
             append(session, EventDraft(
                 caller.actor, AuditAction.RELEASE_APPROVE, target, request_id=caller.request_id,
-                details={"approvals": count, "needed": record.approvals_needed}))
+                details={"approvals": count, "needed": record.approvals_needed,
+                         "rule": "release.approvals_needed",
+                         "policy_version": policy.version}))
     except IntegrityError:
         exc = Conflict("you have already approved this request")
         _refuse(core, caller, AuditAction.RELEASE_APPROVE, target, exc)
@@ -363,7 +412,7 @@ def seal(core: Sealroom, release_id: str) -> ReleaseRequest:
     key = core.gate_key()
     destination = _release_dir(core, release_id) / "bundle"
     destination.parent.mkdir(parents=True, exist_ok=True)
-    store = _store(core)
+    store = blob_store(core)
     try:
         sealed = seal_bundle(
             files=[(f.name, store.path(f.sha256), f.sha256) for f in files],

@@ -20,10 +20,12 @@ from sqlmodel import Session, col, select
 from audit.chain import append, utc_now
 from audit.events import Actor, AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
-from console.models import Sandbox, SandboxStatus, User
+from console.models import Image, Sandbox, SandboxStatus, User
 from console.services import datasets as dataset_service
+from console.services import policy as policy_service
 from console.services.errors import (
     BadRequest,
+    Conflict,
     EngineDown,
     NotFound,
     PayloadTooLarge,
@@ -31,7 +33,8 @@ from console.services.errors import (
     ServiceError,
 )
 from console.services.images import current_image
-from policies.evaluator import LaunchRequest
+from policies.evaluator import LaunchRequest, PolicyEvaluator
+from policies.schema import Policy
 from sandbox import spec as sandbox_spec
 from sandbox.backend import RunState
 from sandbox.errors import EngineUnavailable, InvalidSpec, InvalidUpload, SandboxError
@@ -57,6 +60,7 @@ class LaunchOrder:
     memory_mb: int = 2048
     pids: int = 256
     timeout_s: int = 1800
+    gpus: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -81,18 +85,21 @@ def _sandbox_dir(core: Sealroom, sandbox_id: str) -> Path:
 
 def launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
     """Launch a sandbox; every refusal is audited and leaves nothing behind."""
+    policy = core.policy  # one version decides the whole launch, and is recorded
     try:
-        return _launch(core, caller, order)
+        return _launch(core, caller, order, policy)
     except ServiceError as exc:
         outcome = Outcome.FAILED if exc.status >= 500 else Outcome.DENIED
+        if exc.rule and exc.policy_version is None:
+            exc.policy_version = policy.version
         core.record(caller.actor, AuditAction.SANDBOX_LAUNCH, target="sandbox:",
                     outcome=outcome, reason=exc.message, request_id=caller.request_id,
-                    rule=exc.rule, policy_version=core.policy.version,
+                    rule=exc.rule, policy_version=policy.version,
                     datasets=order.datasets, detail=exc.detail)
         raise
 
 
-def _launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
+def _launch(core: Sealroom, caller: Caller, order: LaunchOrder, policy: Policy) -> Sandbox:
     if not order.datasets:
         raise BadRequest("choose a dataset")
     try:
@@ -107,11 +114,18 @@ def _launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
         raise BadRequest("upload a script or a zip of code, or pick the bundled example")
     if order.example is not None and order.example not in examples():
         raise BadRequest(f"unknown example {order.example!r}")
-    uploads = core.policy.uploads
+    if order.gpus < 0:
+        raise BadRequest("limits.gpus must not be negative")
+    evaluator = PolicyEvaluator(policy)
+    uploads = policy.uploads
     if order.code is not None and len(order.code) > uploads.max_code_mb * 1024 * 1024:
         raise PayloadTooLarge(f"the upload is larger than {uploads.max_code_mb} MB",
                               rule="uploads.max_code_mb")
 
+    image = current_image(core)
+    if image is None:
+        raise EngineDown("no sandbox image is installed; an operator must run "
+                         "'sealroom images build'")
     with core.transaction() as session:
         mounts = []
         for name in dict.fromkeys(order.datasets):
@@ -121,17 +135,20 @@ def _launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
             mounts.append(sandbox_spec.DatasetMount(name, Path(dataset.path), dataset.digest))
         running = len(session.exec(select(Sandbox.id).where(Sandbox.owner == caller.name).where(
             col(Sandbox.status).in_([SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all())
-        decision = core.evaluator.may_launch(
-            LaunchRequest(caller.name, caller.role, tuple(m.name for m in mounts), order.cpus,
-                          order.memory_mb, order.pids, order.timeout_s, running),
-            dataset_service.grants(session))
+        registered = set(session.exec(select(Image.digest)).all())
+    decision = evaluator.may_launch(
+        LaunchRequest(caller.name, caller.role, tuple(m.name for m in mounts), order.cpus,
+                      order.memory_mb, order.pids, order.timeout_s, running,
+                      image_digest=image.digest, gpus=order.gpus), registered)
     if not decision:
-        raise PolicyDenied(decision.reason, rule=decision.rule)
-
-    image = current_image(core)
-    if image is None:
-        raise EngineDown("no sandbox image is installed; an operator must run "
-                         "'sealroom images build'")
+        raise PolicyDenied(decision.reason, rule=decision.rule,
+                           policy_version=decision.policy_version)
+    if order.gpus:
+        raise BadRequest("this installation cannot give sandboxes GPUs yet",
+                         rule=decision.rule)
+    # The hardened single-container backend always runs with network mode "none"; the
+    # schema admits no other value, and the decision is recorded with the launch.
+    network = evaluator.network_for("single")
     try:
         core.backend.ping()
     except EngineUnavailable as exc:
@@ -184,7 +201,8 @@ def _launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
                 request_id=caller.request_id,
                 details={"spec": spec.to_dict(), "image_digest": image.digest,
                          "code_digest": code_digest, "rule": decision.rule,
-                         "policy_version": decision.policy_version}))
+                         "policy_version": decision.policy_version,
+                         "network": network.reason}))
     except InvalidUpload as exc:
         _discard(core, root, handle)
         raise BadRequest(exc.user_message) from exc
@@ -245,7 +263,8 @@ def _save_logs(core: Sealroom, record: Sandbox) -> None:
 
 def _finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: AuditAction,
             reason: str, *, exit_code: int | None = None, outcome: Outcome = Outcome.OK,
-            caller: Caller | None = None, remove: bool = True) -> Sandbox | None:
+            caller: Caller | None = None, remove: bool = True,
+            details: dict[str, object] | None = None) -> Sandbox | None:
     """Move a sandbox to a terminal state once (compare-and-set), keep its log, free it."""
     with core.transaction() as session:
         record = session.get(Sandbox, sandbox_id)
@@ -262,7 +281,7 @@ def _finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audi
         append(session, EventDraft(
             actor, action, f"sandbox:{sandbox_id}", outcome, reason,
             caller.request_id if caller else "",
-            details={"status": str(status), "exit_code": exit_code}))
+            details={"status": str(status), "exit_code": exit_code, **(details or {})}))
     if remove and record.handle:
         try:
             core.backend.remove(record.handle)
@@ -395,10 +414,46 @@ def stop(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
     return finished
 
 
+def stop_forbidden(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
+    """A security officer stops someone's running sandbox that the active policy forbids."""
+    target = f"sandbox:{sandbox_id[:64]}"
+    try:
+        with core.transaction() as session:
+            record = session.get(Sandbox, sandbox_id)
+        if record is None:
+            raise NotFound("no such sandbox")
+        if SandboxStatus(record.status).terminal:
+            return record  # stopping twice is fine
+        decision = policy_service.forbidding_decision(core, sandbox_id)
+        if decision is None:
+            raise Conflict("the active policy allows this sandbox; only its owner may stop it")
+        try:
+            core.backend.stop(record.handle, timeout_s=5)
+        except EngineUnavailable as exc:
+            raise EngineDown("the container engine is not available; try again later",
+                             detail=exc.detail) from exc
+    except ServiceError as exc:
+        core.record(caller.actor, AuditAction.SANDBOX_STOP, target=target,
+                    outcome=Outcome.FAILED if exc.status >= 500 else Outcome.DENIED,
+                    reason=exc.message, request_id=caller.request_id)
+        raise
+    status = core.backend.poll(record.handle)
+    finished = _finish(core, sandbox_id, SandboxStatus.STOPPED, AuditAction.SANDBOX_STOP,
+                       f"stopped by {caller.name}: policy version {decision.policy_version} "
+                       f"forbids it ({decision.rule}: {decision.reason})",
+                       exit_code=status.exit_code, caller=caller,
+                       details={"rule": decision.rule,
+                                "policy_version": decision.policy_version,
+                                "owner": record.owner})
+    assert finished is not None
+    return finished
+
+
 def logs(core: Sealroom, caller: Caller, sandbox_id: str, *, offset: int = 0,
          limit: int = LOG_VIEW_MAX) -> tuple[bytes, int]:
     """Log bytes from `offset` (at most `limit`), and the total length so far. Audited
-    whenever new bytes are shown."""
+    whenever new bytes are shown; bytes past the policy's viewing budget are refused."""
+    policy = core.policy
     record = get(core, caller, sandbox_id)
     saved = _sandbox_dir(core, sandbox_id) / "log.txt"
     if SandboxStatus(record.status).terminal or not record.handle:
@@ -411,10 +466,20 @@ def logs(core: Sealroom, caller: Caller, sandbox_id: str, *, offset: int = 0,
     total = len(data)
     if offset < 0:
         offset = max(0, total + offset)
-    chunk = data[offset:offset + limit]
+    available = len(data[offset:offset + limit])
+    decision, allowed = PolicyEvaluator(policy).log_view(offset, available)
+    if not decision:
+        core.record(caller.actor, AuditAction.LOGS_VIEW, target=f"sandbox:{sandbox_id}",
+                    outcome=Outcome.DENIED, reason=decision.reason,
+                    request_id=caller.request_id, offset=offset, rule=decision.rule,
+                    policy_version=decision.policy_version)
+        raise PolicyDenied(decision.reason, rule=decision.rule,
+                           policy_version=decision.policy_version)
+    chunk = data[offset:offset + allowed]
     if chunk:
         core.record(caller.actor, AuditAction.LOGS_VIEW, target=f"sandbox:{sandbox_id}",
-                    request_id=caller.request_id, offset=offset, bytes=len(chunk))
+                    request_id=caller.request_id, offset=offset, bytes=len(chunk),
+                    rule=decision.rule, policy_version=decision.policy_version)
     return chunk, total
 
 

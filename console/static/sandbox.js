@@ -6,6 +6,7 @@
   const url = log.dataset.live;
   let offset = 0;
   let done = false;
+  let logRefused = false;
 
   function text(id, value) {
     const el = document.getElementById(id);
@@ -36,11 +37,19 @@
 
   async function tick() {
     try {
-      const r = await fetch(url + "?offset=" + offset + (done ? "" : "&outbox=1"),
-                            {credentials: "same-origin"});
+      const r = await fetch(url + "?offset=" + offset + (done ? "" : "&outbox=1") +
+                            (logRefused ? "&log=0" : ""), {credentials: "same-origin"});
       if (!r.ok) return;
       const body = await r.json();
       if (body.log) log.textContent += body.log;
+      if (body.log_refused && !logRefused) {
+        logRefused = true;
+        const note = document.createElement("span");
+        note.className = "log-refused";
+        note.id = "log-refused";
+        note.textContent = "\n[Sealroom] " + body.log_refused + " (policy rule " + body.rule + ")";
+        log.appendChild(note);
+      }
       offset = body.offset;
       const s = body.sandbox;
       const status = document.getElementById("status");

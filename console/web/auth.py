@@ -9,7 +9,7 @@ from flask import Blueprint, flash, redirect, render_template, request, session,
 from flask_login import current_user, login_user, logout_user
 
 from audit.events import AuditAction
-from console.app import limiter
+from console.app import limiter, start_session_clock
 from console.guards import SessionUser, caller, core, public, requires
 from console.permissions import Permission
 from console.services import accounts
@@ -38,6 +38,7 @@ def login() -> Any:
             session.clear()
             login_user(SessionUser(user))
             session.permanent = True
+            start_session_clock()
             return redirect(_safe_next(request.args.get("next")))
         flash("Wrong user name or password.", "error")
         return render_template("login.html", form=form), 401

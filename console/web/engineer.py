@@ -15,7 +15,7 @@ from console.guards import caller, core, requires
 from console.permissions import Permission
 from console.services import datasets as dataset_service
 from console.services import sandboxes as sandbox_service
-from console.services.errors import ServiceError
+from console.services.errors import PolicyDenied, ServiceError
 from console.web.forms import LaunchForm
 
 engineer = Blueprint("engineer", __name__, url_prefix="/sandboxes")
@@ -40,7 +40,7 @@ def _launch_form() -> LaunchForm:
 @requires(Permission.SANDBOX_LAUNCH)
 def new() -> Any:
     form = _launch_form()
-    maxima = core().policy.resources.for_role(current_user.role)
+    maxima = core().evaluator.limits_for(current_user.name, current_user.role).limits
     if request.method == "POST":
         if not form.validate():
             errors = "; ".join(f"{form[k].label.text}: {' '.join(v)}"
@@ -62,7 +62,9 @@ def new() -> Any:
         try:
             record = sandbox_service.launch(core(), caller(), order)
         except ServiceError as exc:
-            flash(exc.message, "error")
+            rule = f" (policy version {exc.policy_version}, rule {exc.rule})" \
+                if exc.rule and exc.policy_version else ""
+            flash(exc.message + rule, "error")
             return render_template("sandbox_new.html", form=form, maxima=maxima), exc.status
         flash(f"Sandbox {record.id} launched.", "info")
         return redirect(url_for("engineer.detail", sandbox_id=record.id))
@@ -88,12 +90,17 @@ def live(sandbox_id: str) -> Any:
     """What the detail page polls: status, new log bytes since `offset`, and the outbox."""
     offset = request.args.get("offset", default=0, type=int)
     try:
-        chunk, total = sandbox_service.logs(core(), caller(), sandbox_id, offset=offset,
-                                            limit=256 * 1024)
+        body: dict[str, Any] = {"log": "", "offset": offset}
+        if request.args.get("log", "1") != "0":
+            try:
+                chunk, total = sandbox_service.logs(core(), caller(), sandbox_id,
+                                                    offset=offset, limit=256 * 1024)
+                body.update(log=chunk.decode("utf-8", "replace"), offset=offset + len(chunk),
+                            total=total)
+            except PolicyDenied as exc:  # the viewing budget is used up: say so, once
+                body.update(log_refused=exc.message, rule=exc.rule)
         record = sandbox_service.get(core(), caller(), sandbox_id)
-        body: dict[str, Any] = {"sandbox": sandbox_service.to_dict(record),
-                                "log": chunk.decode("utf-8", "replace"),
-                                "offset": offset + len(chunk), "total": total}
+        body["sandbox"] = sandbox_service.to_dict(record)
         if record.status not in ("starting", "running") and request.args.get("outbox"):
             body["outbox"] = sandbox_service.outbox(core(), caller(), sandbox_id)
     except ServiceError as exc:

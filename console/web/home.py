@@ -18,4 +18,6 @@ home = Blueprint("home", __name__)
 def index() -> Any:
     if role_has(current_user.role, Permission.SANDBOX_LAUNCH):
         return redirect(url_for("engineer.sandboxes"))
+    if role_has(current_user.role, Permission.POLICY_WRITE):
+        return redirect(url_for("policy_pages.index"))
     return render_template("home.html")

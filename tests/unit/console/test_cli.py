@@ -93,3 +93,55 @@ def test_demo_seed_is_idempotent(cli: CliRunner, tmp_path: Path) -> None:
         (dataset,) = session.exec(select(Dataset)).all()
         assert dataset.name == "demo"
     assert oct((tmp_path / "home" / "demo-logins.txt").stat().st_mode)[-3:] == "600"
+
+
+def test_dataset_add_activates_a_policy_version_with_its_access_list(cli: CliRunner,
+                                                                      tmp_path: Path) -> None:
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "train.csv").write_text("f0,label\n1,0\n")
+    assert cli.invoke(main, ["dataset", "add", str(source), "--name", "tiny",
+                             "--allow", "engineer"]).exit_code == 0
+    core = _core(tmp_path)
+    assert core.policy.version == 2
+    assert core.policy.datasets["tiny"].allow == ["role:engineer"]
+    shown = cli.invoke(main, ["policy", "show"])
+    assert shown.exit_code == 0
+    assert "# policy version 2, active" in shown.output
+    assert "dataset tiny registered" in shown.output and "# Sealroom default policy" in shown.output
+
+
+def test_policy_validate_activate_show(cli: CliRunner, tmp_path: Path) -> None:
+    shown = cli.invoke(main, ["policy", "show"])
+    assert shown.exit_code == 0 and "# policy version 1, active" in shown.output
+    document = tmp_path / "policy.yaml"
+    text = shown.output.replace("max_cpus: 2.0", "max_cpus: 1.5")
+    document.write_text(text)  # the header lines are comments: show's output validates
+    valid = cli.invoke(main, ["policy", "validate", str(document)])
+    assert valid.exit_code == 0, valid.output
+    assert f"{document}: valid" in valid.output
+    assert "approvals are needed but only 0 approver(s)" in valid.output  # a warning
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace("  leak_scan: true", "  leak_scan: true\n  leek: 1"))
+    line = next(n for n, row in enumerate(broken.read_text().splitlines(), 1) if "leek" in row)
+    refused = cli.invoke(main, ["policy", "validate", str(broken)])
+    assert refused.exit_code == 1
+    assert f"{broken}:{line}: release.leek: unknown field 'leek'" in refused.output
+    not_activated = cli.invoke(main, ["policy", "activate", str(broken), "--reason", "x"])
+    assert not_activated.exit_code == 1 and _core(tmp_path).policy.version == 1
+    assert cli.invoke(main, ["policy", "activate", str(document)]).exit_code == 2  # no reason
+
+    activated = cli.invoke(main, ["policy", "activate", str(document), "--reason", "smaller"])
+    assert activated.exit_code == 0, activated.output
+    assert "policy version 2 is active" in activated.output
+    assert _core(tmp_path).policy.resources.for_role("engineer").max_cpus == 1.5
+    old = cli.invoke(main, ["policy", "show", "--version", "1"])
+    assert "# policy version 1, not active (version 2 is)" in old.output
+    assert cli.invoke(main, ["policy", "show", "--version", "7"]).exit_code == 1
+    restored = cli.invoke(main, ["policy", "restore", "1", "--reason", "undo"])
+    assert restored.exit_code == 0 and "policy version 3 is active" in restored.output
+    with _core(tmp_path).transaction() as session:
+        event = session.exec(select(AuditEvent).where(
+            AuditEvent.action == "policy:policy:restore")).one()
+        assert event.actor.startswith("cli:") and event.reason == "undo"

@@ -22,7 +22,7 @@ from audit.models import AuditEvent
 from console.core import Caller, Sealroom
 from console.services import releases as release_service
 from console.services.errors import Forbidden
-from tests.helpers import bearer, safetensors_bytes
+from tests.helpers import bearer, change_policy, safetensors_bytes
 
 
 def _events(core: Sealroom, action: str) -> list[AuditEvent]:
@@ -227,8 +227,7 @@ def test_output_embedding_dataset_rows_is_refused(
 
 def test_file_over_the_size_cap(client: FlaskClient, people: dict[str, str], core: Sealroom,
                                 finished: Callable[..., str]) -> None:
-    core.policy = core.policy.model_copy(update={"release": core.policy.release.model_copy(
-        update={"max_file_mb": 1})})
+    change_policy(core, {"release": {"max_file_mb": 1}})
     big = safetensors_bytes({"w": [0.0] * (300 * 1024)})
     sandbox_id = finished({"model.safetensors": big})
     response = _request(client, people["alice"], sandbox_id, ["model.safetensors"])
