@@ -166,6 +166,10 @@ def _start_supervisor(sealroom: Sealroom) -> threading.Thread:
                 sandbox_service.refresh_all(sealroom)
             except Exception:  # keep watching; the error is logged, not lost
                 log.exception("supervisor pass failed")
+            try:
+                sealroom.checkpoint_if_due()
+            except Exception:  # the next pass tries again; events are kept meanwhile
+                log.exception("audit checkpoint failed")
 
     thread = threading.Thread(target=loop, name="sealroom-supervisor", daemon=True)
     thread.start()
