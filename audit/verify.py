@@ -72,7 +72,7 @@ class VerificationReport:
     kind: str | None = None
     step: str | None = None
     message: str = ""
-    bad_checkpoint: int | None = None
+    checkpoint: int | None = None  # tree size of the checkpoint involved
     from_id: int = 1
     to_id: int | None = None
     complete: bool = True
@@ -133,7 +133,7 @@ def verify_records(records: Iterable[Record], checkpoints: Iterable[Checkpoint],
             head_hash=walk.head, checkpoints=walk.checkpoints,
             checkpointed_up_to=min(walk.signed_up_to, (first_bad or 1 << 62) - 1),
             first_bad=first_bad, kind=str(failure.kind), step=failure.step,
-            message=failure.message, bad_checkpoint=failure.checkpoint, from_id=start_id,
+            message=failure.message, checkpoint=failure.checkpoint, from_id=start_id,
             to_id=to_id, complete=complete, keyids=report_keys, notes=notes)
     return VerificationReport(
         ok=True, events=walk.events, verified_up_to=walk.next_id - 1, head_hash=walk.head,
@@ -198,12 +198,8 @@ def _walk_chain(records: Iterator[Record], heads: dict[int, str], walk: _Walk) -
             if holds and stated_id == expected and stated_prev == prev:
                 if expected in heads:
                     if heads[expected] != stated_hash:
-                        raise LogTruncated(
-                            f"the checkpoint at tree size {expected} signed a different head "
-                            f"than the log has: history after event {signed} was rewritten, "
-                            "or truncated and appended to again",
-                            event_id=signed + 1 if signed >= walk.start_id else walk.start_id,
-                            checkpoint=expected)
+                        raise _head_mismatch(expected, heads[expected], records,
+                                             signed=signed, start_id=walk.start_id)
                     signed = expected
                 last_prev, prev = prev, stated_hash
                 expected += 1
@@ -214,6 +210,24 @@ def _walk_chain(records: Iterator[Record], heads: dict[int, str], walk: _Walk) -
                             start_id=walk.start_id)
     finally:
         walk.next_id, walk.head, walk.events, walk.signed_up_to = expected, prev, count, signed
+
+
+def _head_mismatch(size: int, signed_head: str, rest: Iterator[Record], *, signed: int,
+                   start_id: int) -> VerificationFailed:
+    """The chain holds but differs from what a checkpoint signed at `size`."""
+    try:
+        for later_id, _, later_hash, _ in rest:
+            if later_hash == signed_head:
+                return EventInserted(
+                    f"event {size} is not the one the checkpoint at {size} signed; that one "
+                    f"comes later (as {later_id}): an event was inserted at {size}",
+                    event_id=size)
+    except ExportMalformed:
+        pass
+    return LogTruncated(
+        f"the checkpoint at tree size {size} signed a different head than the log has: "
+        f"history after event {signed} was rewritten, or truncated and appended to again",
+        event_id=signed + 1 if signed >= start_id else start_id, checkpoint=size)
 
 
 def _classify(record: Record, rest: Iterator[Record], *, expected: int, prev: str,
@@ -364,7 +378,7 @@ def _failed_before_walk(failure: VerificationFailed, keys: PublicKeys) -> Verifi
     return VerificationReport(ok=False, events=0, verified_up_to=0, head_hash="",
                               checkpoints=0, checkpointed_up_to=0, first_bad=failure.event_id,
                               kind=str(failure.kind), step=failure.step,
-                              message=failure.message, bad_checkpoint=failure.checkpoint,
+                              message=failure.message, checkpoint=failure.checkpoint,
                               keyids=keys.keyids)
 
 

@@ -18,11 +18,13 @@ from pathlib import Path
 from sqlmodel import Session, col, select
 
 from audit.chain import append, utc_now
+from audit.errors import AuditWriteFailed
 from audit.events import Actor, AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
 from console.models import Sandbox, SandboxStatus, User
 from console.services import datasets as dataset_service
 from console.services.errors import (
+    AuditUnavailable,
     BadRequest,
     EngineDown,
     NotFound,
@@ -85,10 +87,17 @@ def launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
         return _launch(core, caller, order)
     except ServiceError as exc:
         outcome = Outcome.FAILED if exc.status >= 500 else Outcome.DENIED
-        core.record(caller.actor, AuditAction.SANDBOX_LAUNCH, target="sandbox:",
-                    outcome=outcome, reason=exc.message, request_id=caller.request_id,
-                    rule=exc.rule, policy_version=core.policy.version,
-                    datasets=order.datasets, detail=exc.detail)
+        try:
+            core.record(caller.actor, AuditAction.SANDBOX_LAUNCH, target="sandbox:",
+                        outcome=outcome, reason=exc.message, request_id=caller.request_id,
+                        rule=exc.rule, policy_version=core.policy.version,
+                        datasets=order.datasets, detail=exc.detail)
+        except AuditWriteFailed as audit_exc:
+            # Nothing was launched; the refusal stands even though it could not be recorded.
+            log.error("could not audit a refused launch (%s): %s", exc.message, audit_exc)
+            if not isinstance(exc, AuditUnavailable):
+                raise AuditUnavailable("the audit log cannot be written; nothing was launched",
+                                       detail=str(audit_exc)) from exc
         raise
 
 
@@ -199,6 +208,11 @@ def _launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
         _discard(core, root, handle)
         raise EngineDown(f"the sandbox could not be created: {exc.user_message}",
                          detail=exc.detail) from exc
+    except AuditWriteFailed as exc:
+        # Fail closed: the container was created but never started; it goes with the row.
+        _discard(core, root, handle)
+        raise AuditUnavailable("the audit log cannot be written; the sandbox was not launched",
+                               detail=str(exc)) from exc
     except BaseException:
         _discard(core, root, handle)
         raise
