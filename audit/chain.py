@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import rfc8785
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from audit.errors import AuditWriteFailed
 from audit.events import EventDraft
@@ -94,10 +94,31 @@ def utc_now() -> str:
 class CheckpointSigner(Protocol):
     """What `append` needs from the checkpoint machinery (see `audit.checkpoints`)."""
 
-    def after_append(self, session: Session, tree_size: int, head_hash: str) -> None: ...
+    def after_append(self, session: Session, tree_size: int, head_hash: str,
+                     last_checkpoint: int) -> None: ...
 
 
-def append(session: Session, draft: EventDraft) -> AuditEvent:
+@dataclass(frozen=True)
+class ChainedEvent:
+    """What `append` wrote: the event's id, time and place in the chain."""
+
+    id: int
+    time: str
+    prev_hash: str
+    hash: str
+
+
+# Plain SQL, not the ORM: an append is on the path of every audited operation, and the ORM's
+# object bookkeeping cost several times the hashing and the insert together.
+_HEAD_SQL = "SELECT id, hash FROM audit_event ORDER BY id DESC LIMIT 1"
+_HEAD_AND_CHECKPOINT_SQL = ("SELECT (SELECT id FROM audit_event ORDER BY id DESC LIMIT 1), "
+                            "(SELECT hash FROM audit_event ORDER BY id DESC LIMIT 1), "
+                            "(SELECT max(tree_size) FROM audit_checkpoint)")
+_INSERT_SQL = (f"INSERT INTO audit_event ({', '.join(HASHED_FIELDS)}, hash) "  # noqa: S608
+               f"VALUES ({', '.join('?' * (len(HASHED_FIELDS) + 1))})")
+
+
+def append(session: Session, draft: EventDraft) -> ChainedEvent:
     """Add `draft` to the chain inside the caller's transaction.
 
     The caller's transaction must hold the database write lock (the console opens every
@@ -105,37 +126,41 @@ def append(session: Session, draft: EventDraft) -> AuditEvent:
     the session carries a checkpoint signer, a signed checkpoint is made in the same
     transaction every N events.
     """
+    signer: CheckpointSigner | None = session.info.get(SIGNER_KEY)
     try:
-        head = session.exec(select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(1)).first()
-        next_id = (head.id or 0) + 1 if head else 1
-        event = AuditEvent(
-            id=next_id,
-            schema_version=SCHEMA_VERSION,
-            time=utc_now(),
-            actor=draft.actor.name,
-            actor_role=draft.actor.role,
-            auth_method=draft.actor.auth_method,
-            source=draft.actor.source,
-            action=str(draft.action),
-            target=draft.target,
-            outcome=str(draft.outcome),
-            reason=draft.reason,
-            request_id=draft.request_id,
-            details=encode_details(draft.details),
-            prev_hash=head.hash if head else GENESIS,
-            hash="",
-        )
-        event.hash = event_hash(event.model_dump())
-        session.add(event)
-        session.flush()
-        signer: CheckpointSigner | None = session.info.get(SIGNER_KEY)
+        session.flush()  # the caller's pending changes first, as one unit with the event
+        conn = session.connection()
         if signer is not None:
-            signer.after_append(session, next_id, event.hash)
+            head_id, head_hash, last_checkpoint = conn.exec_driver_sql(
+                _HEAD_AND_CHECKPOINT_SQL).one()
+        else:
+            row = conn.exec_driver_sql(_HEAD_SQL).first()
+            head_id, head_hash = row if row is not None else (None, None)
+        fields: dict[str, Any] = {
+            "id": (head_id or 0) + 1,
+            "schema_version": SCHEMA_VERSION,
+            "time": utc_now(),
+            "actor": draft.actor.name,
+            "actor_role": draft.actor.role,
+            "auth_method": draft.actor.auth_method,
+            "source": draft.actor.source,
+            "action": str(draft.action),
+            "target": draft.target,
+            "outcome": str(draft.outcome),
+            "reason": draft.reason,
+            "request_id": draft.request_id,
+            "details": encode_details(draft.details),
+            "prev_hash": head_hash or GENESIS,
+        }
+        digest = event_hash(fields)
+        conn.exec_driver_sql(_INSERT_SQL, (*(fields[name] for name in HASHED_FIELDS), digest))
+        if signer is not None:
+            signer.after_append(session, fields["id"], digest, last_checkpoint or 0)
     except SQLAlchemyError as exc:
         raise AuditWriteFailed(f"audit write failed: {exc}") from exc
     except (TypeError, ValueError, rfc8785.CanonicalizationError) as exc:
         raise AuditWriteFailed(f"audit event cannot be encoded: {exc}") from exc
-    return event
+    return ChainedEvent(fields["id"], fields["time"], fields["prev_hash"], digest)
 
 
 @dataclass(frozen=True)

@@ -225,9 +225,9 @@ class CheckpointWriter:
 
     # --- in the appending transaction -----------------------------------------------------
 
-    def after_append(self, session: Session, tree_size: int, head_hash: str) -> None:
-        last = _last_checkpoint_size(session)
-        if tree_size - last >= self.every_events:
+    def after_append(self, session: Session, tree_size: int, head_hash: str,
+                     last_checkpoint: int) -> None:
+        if tree_size - last_checkpoint >= self.every_events:
             self.make(session, tree_size, head_hash)
 
     def make(self, session: Session, tree_size: int, head_hash: str) -> Checkpoint | None:
@@ -298,8 +298,3 @@ class CheckpointWriter:
         """Drop the cached key (after a rotation, the next checkpoint opens the new one)."""
         self._key = None
 
-
-def _last_checkpoint_size(session: Session) -> int:
-    row = session.connection().execute(text(
-        "SELECT max(tree_size) FROM audit_checkpoint")).first()
-    return int(row[0]) if row is not None and row[0] is not None else 0

@@ -15,10 +15,11 @@ hashed, so offline verification never re-encodes JSON.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -108,6 +109,14 @@ def verify_records(records: Iterable[Record], checkpoints: Iterable[Checkpoint],
     `complete` says the stream runs to the log's head (a full export, the database): every
     checkpoint then applies. For a range, only checkpoints inside it do.
     """
+    return _verify(lambda heads, walk: _walk_chain(iter(records), heads, walk), checkpoints,
+                   keys=keys, start_id=start_id, start_prev=start_prev, to_id=to_id,
+                   complete=complete)
+
+
+def _verify(walker: Callable[[dict[int, str], _Walk], None], checkpoints: Iterable[Checkpoint],
+            *, keys: PublicKeys | None, start_id: int, start_prev: str, to_id: int | None,
+            complete: bool) -> VerificationReport:
     walk = _Walk(start_id, start_prev)
     notes: list[str] = []
     report_keys = keys.keyids if keys is not None else []
@@ -122,7 +131,7 @@ def verify_records(records: Iterable[Record], checkpoints: Iterable[Checkpoint],
                     f"the export starts after event {start_id - 1}, but that event's hash is "
                     f"not the one the checkpoint at {start_id - 1} signed",
                     event_id=start_id, checkpoint=start_id - 1)
-        _walk_chain(iter(records), heads, walk)
+        walker(heads, walk)
         _check_coverage(heads, walk, to_id=to_id, complete=complete)
     except VerificationFailed as failure:
         first_bad = failure.event_id
@@ -369,9 +378,9 @@ def verify_export(export: IO[bytes] | Path, keys: PublicKeys, *,
     except VerificationFailed as failure:
         return _failed_before_walk(failure, keys)
     events = itertools.chain([line] if line else [], export)
-    return verify_records(_export_records(events, number), checkpoints, keys=keys,
-                          start_id=header.from_id, start_prev=header.prev_hash,
-                          to_id=header.to_id, complete=header.complete)
+    return _verify(lambda heads, walk: _walk_export(events, number, heads, walk), checkpoints,
+                   keys=keys, start_id=header.from_id, start_prev=header.prev_hash,
+                   to_id=header.to_id, complete=header.complete)
 
 
 def _failed_before_walk(failure: VerificationFailed, keys: PublicKeys) -> VerificationReport:
@@ -382,35 +391,97 @@ def _failed_before_walk(failure: VerificationFailed, keys: PublicKeys) -> Verifi
                               keyids=keys.keyids)
 
 
+_EVENT_START = event_prefix()
+_HASH_KEY = b',"hash":"'
+_PREV_KEY = b',"prev_hash":"'
+_ID_KEY = b',"id":'
+
+
+def _walk_export(lines: Iterator[bytes], first_line: int, heads: dict[int, str],
+                 walk: _Walk) -> None:
+    """`_walk_chain` over event lines, with a fast path for a line that holds.
+
+    Event lines are `{"event":BODY,"hash":"HEX"}`: BODY is the exact canonical bytes the hash
+    covers, a flat object of strings and integers in sorted key order, so `,"id":` and
+    `,"prev_hash":"` occur in it only as its own keys (a quote inside a string is escaped).
+    A line that holds is accepted with byte comparisons and one SHA-256; any other line goes
+    through the same record logic as the database's events.
+    """
+    sha256, unhex = hashlib.sha256, binascii.a2b_hex
+    expected, count, signed = walk.next_id, 0, walk.signed_up_to
+    # `prev` is the previous hash in hex and its closing quote, as the next line must quote it
+    prev = walk.head.encode("ascii", "replace") + b'"'
+    last_prev: bytes | None = None
+    number = first_line - 1
+    try:
+        for line in lines:
+            number += 1
+            body = line[9:-76]
+            i = body.find(_PREV_KEY)
+            j = body.rfind(_ID_KEY, 0, i)  # `id` sorts just before `outcome`, `prev_hash`
+            try:
+                fast = (i > 0 and j > 0 and body[i + 14:i + 79] == prev
+                        and line[-76:-67] == _HASH_KEY and line[-3:] == b'"}\n'
+                        and line.startswith(_EVENT_START)
+                        and body.startswith(b"%d," % expected, j + 6)
+                        and sha256(body).digest() == unhex(line[-67:-3]))
+            except binascii.Error:
+                fast = False
+            if fast:
+                stated = line[-67:-2]
+            else:
+                record = _parse_event_line(line, number)
+                if record is None:
+                    continue
+                stated_id, stated_prev, stated_hash, holds = record
+                if not (holds and stated_id == expected and stated_prev + '"' == prev.decode()):
+                    raise _classify(
+                        record, _export_records(lines, number + 1), expected=expected,
+                        prev=prev[:-1].decode(), signed=signed, start_id=walk.start_id,
+                        last_prev=last_prev[:-1].decode() if last_prev is not None else None)
+                stated = stated_hash.encode() + b'"'
+            if expected in heads:
+                if heads[expected] != stated[:-1].decode():
+                    raise _head_mismatch(expected, heads[expected],
+                                         _export_records(lines, number + 1), signed=signed,
+                                         start_id=walk.start_id)
+                signed = expected
+            last_prev, prev = prev, stated
+            expected += 1
+            count += 1
+    finally:
+        walk.next_id, walk.head = expected, prev[:-1].decode("ascii", "replace")
+        walk.events, walk.signed_up_to = count, signed
+
+
+def _parse_event_line(line: bytes, number: int) -> Record | None:
+    if line[-1:] != b"\n":
+        line += b"\n"
+    if not line.strip():
+        return None
+    if not line.startswith(_EVENT_START) or line[-76:-67] != _HASH_KEY or \
+            line[-3:] != b'"}\n':
+        raise ExportMalformed(f"line {number} is not an event line (checkpoints must come "
+                              "before the events)")
+    body = line[9:-76]
+    stated = line[-67:-3].decode("ascii", "replace")
+    holds = hashlib.sha256(body).hexdigest() == stated
+    i = body.find(_PREV_KEY)
+    j = body.find(b',"id":')
+    k = body.find(b",", j + 6)
+    try:
+        stated_id = int(body[j + 6:k]) if j >= 0 and k > j else -1
+    except ValueError:
+        stated_id, holds = -1, False
+    prev = body[i + 14:i + 78].decode("ascii", "replace") if i >= 0 else ""
+    return stated_id, prev, stated, holds
+
+
 def _export_records(lines: Iterable[bytes], first_line: int) -> Iterator[Record]:
-    """Event lines are `{"event":BODY,"hash":"HEX"}`: BODY is the exact canonical bytes the
-    hash covers. BODY is a flat object of strings and integers in sorted key order, so
-    `,"id":` and `,"prev_hash":"` occur in it only as its own keys (a quote inside a
-    string is escaped)."""
-    sha256 = hashlib.sha256
-    prefix = event_prefix()
-    suffix_start = b',"hash":"'
     for number, line in enumerate(lines, first_line):
-        if line[-1:] != b"\n":
-            line += b"\n"
-        if not line.strip():
-            continue
-        if not line.startswith(prefix) or line[-76:-67] != suffix_start or \
-                line[-3:] != b'"}\n':
-            raise ExportMalformed(f"line {number} is not an event line (checkpoints must come "
-                                  "before the events)")
-        body = line[9:-76]
-        stated = line[-67:-3].decode("ascii", "replace")
-        holds = sha256(body).hexdigest() == stated
-        i = body.find(b',"prev_hash":"')
-        j = body.find(b',"id":')
-        k = body.find(b",", j + 6)
-        try:
-            stated_id = int(body[j + 6:k]) if j >= 0 and k > j else -1
-        except ValueError:
-            stated_id, holds = -1, False
-        prev = body[i + 14:i + 78].decode("ascii", "replace") if i >= 0 else ""
-        yield stated_id, prev, stated, holds
+        record = _parse_event_line(line, number)
+        if record is not None:
+            yield record
 
 
 # --- live: the database -------------------------------------------------------------------

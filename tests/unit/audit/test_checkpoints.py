@@ -136,3 +136,10 @@ def test_a_time_filter_picks_a_contiguous_range(audit_core: Sealroom) -> None:
     lines = list(audit_core.audit_export_lines(since=t3))
     assert json.loads(lines[0])["header"]["from_id"] == 3
     assert verify_export(io.BytesIO(b"".join(lines)), audit_core.audit_verifier_keys()).ok
+
+
+def test_an_export_without_a_final_newline_verifies(audit_core: Sealroom) -> None:
+    append_events(audit_core, 3)
+    export = b"".join(audit_core.audit_export_lines()).rstrip(b"\n")
+    report = verify_export(io.BytesIO(export), audit_core.audit_verifier_keys())
+    assert report.ok and report.verified_up_to == head(audit_core)
