@@ -1,10 +1,12 @@
-"""The audit table. Rows are only ever inserted; `hash` chains each row to the previous one."""
+"""The audit tables. Rows are only ever inserted: `hash` chains each event to the previous
+one, and each checkpoint signs the chain's head at a tree size."""
 
 from __future__ import annotations
 
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+#: Version of new events: 2 encodes `details` per RFC 8785 (1: sorted `json.dumps`).
+SCHEMA_VERSION = 2
 
 
 class AuditEvent(SQLModel, table=True):
@@ -25,3 +27,16 @@ class AuditEvent(SQLModel, table=True):
     details: str = "{}"
     prev_hash: str
     hash: str = Field(unique=True)
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    """A signed statement: the chain had `tree_size` events and its head was `head_hash`."""
+
+    __tablename__ = "audit_checkpoint"
+
+    id: int | None = Field(default=None, primary_key=True)
+    tree_size: int = Field(unique=True, index=True)
+    head_hash: str
+    time: str
+    keyid: str
+    signature: str

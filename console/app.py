@@ -111,12 +111,8 @@ def _install_request_hooks(app: Flask) -> None:
         try:
             record_unaudited_request(core(), caller(), request.method, request.path,
                                      response.status_code, declared_permission(view) or "")
-        except AuditWriteFailed:
-            log.exception("audit write failed; withholding the response")
-            message = "the audit log cannot be written; nothing was done"
-            if _wants_json():
-                return api_error(503, "audit_unavailable", message)
-            return render_template("error.html", status=503, message=message), 503
+        except AuditWriteFailed as exc:
+            return app.make_response(app.handle_user_exception(exc))
         return response
 
     @app.after_request
@@ -219,6 +215,15 @@ def _install_error_handlers(app: Flask) -> None:
             return api_error(429, "rate_limited", message)
         return render_template("error.html", status=429, message=message), 429
 
+    @app.errorhandler(AuditWriteFailed)
+    def _audit_down(exc: AuditWriteFailed) -> Any:
+        # Fail closed: the operation's transaction rolled back with its audit event.
+        log.error("audit write failed, operation refused: %s", exc)
+        message = "the audit log cannot be written; nothing was done"
+        if _wants_json():
+            return api_error(503, "audit_unavailable", message)
+        return render_template("error.html", status=503, message=message), 503
+
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
         status = exc.code or 500
@@ -244,6 +249,10 @@ def _start_supervisor(sealroom: Sealroom) -> threading.Thread:
                 sandbox_service.refresh_all(sealroom)
             except Exception:  # keep watching; the error is logged, not lost
                 log.exception("supervisor pass failed")
+            try:
+                sealroom.checkpoint_if_due()
+            except Exception:  # the next pass tries again; events are kept meanwhile
+                log.exception("audit checkpoint failed")
 
     thread = threading.Thread(target=loop, name="sealroom-supervisor", daemon=True)
     thread.start()

@@ -69,7 +69,10 @@ def init() -> None:
     core = _core(backend=_NoBackend())
     core.settings.secret_key()
     key = core.gate_key().key
-    click.echo(f"initialised {core.settings.home} (release gate key {key.keyid[:16]})")
+    audit_key = core.audit_key()
+    core.settings.audit_checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
+    click.echo(f"initialised {core.settings.home} (release gate key {key.keyid[:16]}, "
+               f"audit key {audit_key.keyid[:16]})")
 
 
 @main.command()

@@ -6,12 +6,15 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, text
 from sqlmodel import Session, col, select
 
-from audit.chain import append, utc_now
+from audit.chain import SIGNER_KEY, append, utc_now
+from audit.checkpoints import PENDING_KEY, Checkpoint, CheckpointFile, CheckpointWriter
 from audit.events import Actor, AuditAction, EventDraft, Outcome
+from audit.keys import AuditKey, AuditKeyRing, PublicKeys
 from console.db import make_engine, transaction, upgrade
 from console.settings import Settings
 from policies.evaluator import PolicyEvaluator
@@ -19,6 +22,9 @@ from policies.schema import Policy, default_policy_text, load_policy, policy_sha
 from sandbox.backend import Backend
 from sandbox.gate.errors import GateError
 from sandbox.gate.keys import GateKey, GateKeyRing, PublicKeyInfo, passphrase_from_env
+
+if TYPE_CHECKING:
+    from audit.verify import VerificationReport
 
 
 class GateSigningKey:
@@ -49,6 +55,10 @@ class Sealroom:
             backend = DockerBackend(base_url=settings.docker_host,
                                     installation=settings.installation_id())
         self.backend = backend
+        self.audit_checkpoints = CheckpointWriter(
+            self._audit_signing_key, every_events=settings.audit_checkpoint_every,
+            every_seconds=settings.audit_checkpoint_seconds,
+            file=CheckpointFile(settings.audit_checkpoint_file))
         # Reads of the active policy's number must not queue behind a writer's BEGIN
         # IMMEDIATE (they happen inside other transactions): a plain autocommit connection
         # reads the last committed version under WAL without taking any lock.
@@ -104,7 +114,11 @@ class Sealroom:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         with transaction(self.engine) as session:
+            session.info[SIGNER_KEY] = self.audit_checkpoints
             yield session
+        # Only after the commit: a rolled-back transaction leaves no checkpoint in the file.
+        if pending := session.info.pop(PENDING_KEY, None):
+            self.audit_checkpoints.ship(pending)
 
     def record(self, actor: Actor, action: AuditAction, *, target: str = "",
                outcome: Outcome = Outcome.OK, reason: str = "", request_id: str = "",
@@ -135,6 +149,73 @@ class Sealroom:
         if not self.key_ring.public_keys():
             self.gate_key()
         return self.key_ring.public_keys()
+
+    # --- the audit log's signing key and checkpoints ----------------------------------------
+
+    @property
+    def audit_key_ring(self) -> AuditKeyRing:
+        return AuditKeyRing(self.settings.home / "keys" / "audit")
+
+    def audit_key(self) -> AuditKey:
+        """The active audit key (made on first use); checks the passphrase opens it."""
+        return self.audit_key_ring.ensure(passphrase_from_env(os.environ, self.settings.home))
+
+    def _audit_signing_key(self) -> tuple[str, Any]:
+        return self.audit_key_ring.private_key(
+            passphrase_from_env(os.environ, self.settings.home))
+
+    def audit_public_pem(self) -> bytes:
+        """The active audit public key (`GET /api/v1/keys/audit.pem`)."""
+        if not self.audit_key_ring.public_keys():
+            self.audit_key()
+        return self.audit_key_ring.active_public_pem()
+
+    def audit_public_keys(self) -> list[PublicKeyInfo]:
+        """Every audit public key, active first, then retired ones (old checkpoints)."""
+        if not self.audit_key_ring.public_keys():
+            self.audit_key()
+        return self.audit_key_ring.public_keys()
+
+    def audit_verifier_keys(self) -> PublicKeys:
+        return PublicKeys(k.pem for k in self.audit_public_keys())
+
+    def rotate_audit_key(self) -> AuditKey:
+        key = self.audit_key_ring.rotate(passphrase_from_env(os.environ, self.settings.home))
+        self.audit_checkpoints.forget_key()
+        return key
+
+    def checkpoint_if_due(self, *, force: bool = False) -> Checkpoint | None:
+        """Sign the head if it has unsigned events and the last checkpoint is old enough
+        (`force`: now); also copy to the checkpoint file any checkpoint it lacks. The
+        console's supervisor calls this every pass."""
+        with self.transaction() as session:
+            checkpoint = self.audit_checkpoints.checkpoint_if_due(session, force=force)
+        with self.engine.connect() as conn:
+            self.audit_checkpoints.ship_missing(conn)
+        return checkpoint
+
+    def audit_checkpoint_list(self, *, above: int = 0, limit: int | None = None
+                              ) -> list[Checkpoint]:
+        """Checkpoints in the database, oldest first (`GET /api/v1/audit/checkpoints`)."""
+        from audit.checkpoints import database_checkpoints
+
+        with self.engine.connect() as conn:
+            found = database_checkpoints(conn, above=above)
+        return found[:limit] if limit is not None else found
+
+    def audit_export_lines(self, **filters: Any) -> Iterator[bytes]:
+        """The export's JSON lines (`audit.export`); filters: from_id, to_id, since, until."""
+        from audit.export import iter_export
+
+        keyids = [k.keyid for k in self.audit_public_keys()]
+        return iter_export(self.engine, keyids=keyids, **filters)
+
+    def verify_audit(self) -> VerificationReport:
+        """The chain status: the database against its checkpoints and the checkpoint file."""
+        from audit.verify import verify_database
+
+        return verify_database(self.engine, self.audit_verifier_keys(),
+                               checkpoint_file=self.settings.audit_checkpoint_file)
 
     def close(self) -> None:
         self.engine.dispose()

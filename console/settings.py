@@ -33,17 +33,37 @@ class Settings:
     supervise_interval_s: float = field(
         default_factory=lambda: float(_env("SUPERVISE_INTERVAL", "1.0")))
     login_rate: str = field(default_factory=lambda: _env("LOGIN_RATE", "10 per minute"))
+    # Audit checkpoints: every N events, every T seconds when new events exist, and a copy
+    # in a directory meant for another volume (default: under the data directory).
+    audit_checkpoint_every: int = field(
+        default_factory=lambda: int(_env("AUDIT_CHECKPOINT_EVERY", "256")))
+    audit_checkpoint_seconds: float = field(
+        default_factory=lambda: float(_env("AUDIT_CHECKPOINT_SECONDS", "60")))
+    audit_checkpoint_dir: Path | None = field(
+        default_factory=lambda: Path(v).resolve()
+        if (v := os.environ.get("SEALROOM_AUDIT_CHECKPOINT_DIR")) else None)
     testing: bool = False
 
     def __post_init__(self) -> None:
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'sealroom.db'}")
+        if self.audit_checkpoint_dir is None:
+            object.__setattr__(self, "audit_checkpoint_dir", self.home / "audit-checkpoints")
+
+    @property
+    def audit_checkpoint_file(self) -> Path:
+        """The append-only checkpoint file (`checkpoints.jsonl` in the checkpoint directory)."""
+        assert self.audit_checkpoint_dir is not None
+        return self.audit_checkpoint_dir / "checkpoints.jsonl"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         settings = cls()
         if "home" in overrides and "database_url" not in overrides:
             overrides["database_url"] = f"sqlite:///{Path(overrides['home']) / 'sealroom.db'}"
+        if "home" in overrides and "audit_checkpoint_dir" not in overrides and \
+                not os.environ.get("SEALROOM_AUDIT_CHECKPOINT_DIR"):
+            overrides["audit_checkpoint_dir"] = Path(overrides["home"]) / "audit-checkpoints"
         return replace(settings, **overrides)
 
     @property

@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 from flask import Response, jsonify, request, stream_with_context
 
+from audit.export import MEDIA_TYPE
 from console.api import api
 from console.guards import api_requires, caller, core
 from console.permissions import Permission
@@ -70,13 +71,18 @@ def audit_checkpoints() -> Any:
     return jsonify({"checkpoints": audit_log.checkpoints(core(), caller())})
 
 
+def export_response() -> Response:
+    """The export, streamed as a download (the pages offer the same file)."""
+    lines = audit_log.export_lines(core(), caller())
+    response = Response(stream_with_context(lines), mimetype=MEDIA_TYPE)
+    response.headers["Content-Disposition"] = "attachment; filename=audit-export.jsonl"
+    return response
+
+
 @api.route("/audit/export", methods=["GET"])
 @api_requires(Permission.AUDIT_EXPORT)
 def audit_export() -> Any:
-    lines = audit_log.export_lines(core(), caller())
-    response = Response(stream_with_context(lines), mimetype="application/x-ndjson")
-    response.headers["Content-Disposition"] = "attachment; filename=audit-export.jsonl"
-    return response
+    return export_response()
 
 
 @api.route("/keys/audit.pem", methods=["GET"])

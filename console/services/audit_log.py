@@ -225,36 +225,14 @@ def to_dict(event: AuditEvent) -> dict[str, Any]:
     return body
 
 
-def export_lines(core: Sealroom, caller: Caller) -> Iterator[str]:
-    """The whole chain as JSON Lines for offline verification; the export is itself audited
-    first, so it is the last event of what it exports."""
+def export_lines(core: Sealroom, caller: Caller) -> Iterator[bytes]:
+    """The whole chain as JSON Lines for offline verification (`audit.export`). The export is
+    recorded first and a checkpoint signed over it, so the export ends at a signature that
+    covers its own record."""
     core.record(caller.actor, AuditAction.AUDIT_EXPORT, target="audit:events",
                 request_id=caller.request_id)
-
-    def lines() -> Iterator[str]:  # provisional until signed checkpoints land
-        for event in _events_in_chunks(core):
-            yield json.dumps(event.model_dump(), sort_keys=True) + "\n"
-
-    return lines()
-
-
-def _events_in_chunks(core: Sealroom, chunk: int = 2000) -> Iterator[AuditEvent]:
-    """Every event up to the head as it is now, in short transactions: a long export must
-    not hold the write lock that every other operation needs to record itself. The chain
-    is append-only, so reading by id up to a fixed head is a consistent snapshot."""
-    with core.transaction() as session:
-        head = session.exec(select(AuditEvent.id).order_by(col(AuditEvent.id).desc())
-                            .limit(1)).first() or 0
-    last = 0
-    while last < head:
-        with core.transaction() as session:
-            rows = list(session.exec(select(AuditEvent).where(col(AuditEvent.id) > last)
-                                     .where(col(AuditEvent.id) <= head)
-                                     .order_by(col(AuditEvent.id)).limit(chunk)).all())
-        if not rows:
-            return
-        yield from rows
-        last = rows[-1].id or head
+    checkpoint = core.checkpoint_if_due(force=True)
+    return core.audit_export_lines(to_id=checkpoint.tree_size if checkpoint else None)
 
 
 def record_unaudited_request(core: Sealroom, caller: Caller, method: str, path: str,
@@ -276,19 +254,22 @@ def record_unaudited_request(core: Sealroom, caller: Caller, method: str, path: 
 
 
 def verify_chain(core: Sealroom, caller: Caller) -> dict[str, Any]:
-    """Walk the whole chain now; the result is itself recorded, so the last verification
-    can be shown at a glance without walking again."""
-    from audit.chain import verify
-
-    with core.transaction() as session:
-        report = verify(session)
+    """Walk the whole chain now, against the signed checkpoints in the database and in the
+    checkpoint file; the result is itself recorded, so the last verification can be shown at
+    a glance without walking again."""
+    report = core.verify_audit()
+    found = core.audit_checkpoint_list()
     status: dict[str, Any] = {
         "ok": report.ok, "events": report.events, "verified_up_to": report.verified_up_to,
-        "head_hash": report.head_hash, "first_bad_event": report.first_break,
-        "problem": report.problem, "checked_at": utc_now(),
+        "head_hash": report.head_hash, "first_bad_event": report.first_bad,
+        "kind": report.kind, "step": report.step, "problem": report.message,
+        "checkpoints": report.checkpoints, "checkpointed_up_to": report.checkpointed_up_to,
+        "unsigned_events": report.unsigned_events,
+        "last_checkpoint": found[-1].to_json()["checkpoint"] if found else None,
+        "checked_at": utc_now(),
     }
     core.record(caller.actor, AuditAction.AUDIT_VERIFY, target="audit:chain",
-                outcome=Outcome.OK if report.ok else Outcome.FAILED, reason=report.problem,
+                outcome=Outcome.OK if report.ok else Outcome.FAILED, reason=report.message,
                 request_id=caller.request_id, **status)
     return status
 
@@ -306,11 +287,12 @@ def last_verification(core: Sealroom) -> dict[str, Any] | None:
 
 
 def checkpoints(core: Sealroom, caller: Caller) -> list[dict[str, Any]]:
-    return []
+    return [{**c.to_json()["checkpoint"], "signature": c.signature}
+            for c in core.audit_checkpoint_list()]
 
 
 def public_pem(core: Sealroom, caller: Caller) -> bytes:
-    raise NotFound("the audit key arrives with signed checkpoints")
+    return core.audit_public_pem()
 
 
 OUTCOMES = tuple(o.value for o in Outcome)

@@ -46,3 +46,9 @@ class PayloadTooLarge(ServiceError):
 
 class EngineDown(ServiceError):
     status, code = 503, "engine_unavailable"
+
+
+class AuditUnavailable(ServiceError):
+    """The audit log cannot be written, so the operation was not done (fail closed)."""
+
+    status, code = 503, "audit_unavailable"

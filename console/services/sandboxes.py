@@ -18,12 +18,14 @@ from pathlib import Path
 from sqlmodel import Session, col, select
 
 from audit.chain import append, utc_now
+from audit.errors import AuditWriteFailed
 from audit.events import Actor, AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
 from console.models import Image, Sandbox, SandboxStatus, User
 from console.services import datasets as dataset_service
 from console.services import policy as policy_service
 from console.services.errors import (
+    AuditUnavailable,
     BadRequest,
     Conflict,
     EngineDown,
@@ -92,10 +94,17 @@ def launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
         outcome = Outcome.FAILED if exc.status >= 500 else Outcome.DENIED
         if exc.rule and exc.policy_version is None:
             exc.policy_version = policy.version
-        core.record(caller.actor, AuditAction.SANDBOX_LAUNCH, target="sandbox:",
-                    outcome=outcome, reason=exc.message, request_id=caller.request_id,
-                    rule=exc.rule, policy_version=policy.version,
-                    datasets=order.datasets, detail=exc.detail)
+        try:
+            core.record(caller.actor, AuditAction.SANDBOX_LAUNCH, target="sandbox:",
+                        outcome=outcome, reason=exc.message, request_id=caller.request_id,
+                        rule=exc.rule, policy_version=policy.version,
+                        datasets=order.datasets, detail=exc.detail)
+        except AuditWriteFailed as audit_exc:
+            # Nothing was launched; the refusal stands even though it could not be recorded.
+            log.error("could not audit a refused launch (%s): %s", exc.message, audit_exc)
+            if not isinstance(exc, AuditUnavailable):
+                raise AuditUnavailable("the audit log cannot be written; nothing was launched",
+                                       detail=str(audit_exc)) from exc
         raise
 
 
@@ -217,6 +226,11 @@ def _launch(core: Sealroom, caller: Caller, order: LaunchOrder, policy: Policy) 
         _discard(core, root, handle)
         raise EngineDown(f"the sandbox could not be created: {exc.user_message}",
                          detail=exc.detail) from exc
+    except AuditWriteFailed as exc:
+        # Fail closed: the container was created but never started; it goes with the row.
+        _discard(core, root, handle)
+        raise AuditUnavailable("the audit log cannot be written; the sandbox was not launched",
+                               detail=str(exc)) from exc
     except BaseException:
         _discard(core, root, handle)
         raise

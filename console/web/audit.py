@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, render_template, request, stream_with_context
+from flask import Blueprint, render_template, request
 
-from console.api.audit import filters_from_args
+from console.api.audit import export_response, filters_from_args
 from console.guards import caller, core, requires
 from console.permissions import Permission
 from console.services import audit_log
@@ -78,7 +78,4 @@ def chain() -> Any:
 @audit_pages.route("/export")
 @requires(Permission.AUDIT_EXPORT)
 def export() -> Any:
-    lines = audit_log.export_lines(core(), caller())
-    response = Response(stream_with_context(lines), mimetype="application/x-ndjson")
-    response.headers["Content-Disposition"] = "attachment; filename=audit-export.jsonl"
-    return response
+    return export_response()

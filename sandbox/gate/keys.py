@@ -1,6 +1,9 @@
 """The release gate's signing keys: one active ECDSA P-256 key, encrypted at rest, and the
 public key of every key the gate ever had, so bundles sealed before a rotation stay
 verifiable. Also where the passphrase that encrypts the active key comes from.
+
+`GateKeyRing` takes a `label`, so the audit log's checkpoint key (`audit.keys`) is the same
+machinery in its own directory rather than a copy.
 """
 
 from __future__ import annotations
@@ -158,7 +161,8 @@ def _default_passphrase(path: Path) -> bytes:
 
 
 class GateKeyRing:
-    """The keys in one directory (`$SEALROOM_HOME/keys/release/`).
+    """The keys in one directory (`$SEALROOM_HOME/keys/release/`, or `keys/audit/` for the
+    audit log's key: `label` names whose keys they are in messages).
 
     Layout: `keyring.json` (which keys exist, which is active, when each was made and
     retired), `<keyid>.pub.pem` for every key, `<keyid>.key.pem` (encrypted) for the active
@@ -167,8 +171,9 @@ class GateKeyRing:
     a key or its passphrase is suspect, so keeping it would keep that risk.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, label: str = "release gate") -> None:
         self.directory = directory
+        self.label = label
 
     # --- reading ------------------------------------------------------------------------
 
@@ -188,13 +193,13 @@ class GateKeyRing:
     def active_public_pem(self) -> bytes:
         index = self._read_index()
         if not index["active"]:
-            raise KeyRingError("the release gate has no signing key yet")
+            raise KeyRingError(f"the {self.label} has no signing key yet")
         return self._read_public(index["active"])
 
     def public_pem(self, keyid: str) -> bytes:
         """The public key with this keyid, active or retired."""
         if keyid not in {entry["keyid"] for entry in self._read_index()["keys"]}:
-            raise KeyRingError(f"the release gate never had a key {keyid[:16]}…")
+            raise KeyRingError(f"the {self.label} never had a key {keyid[:16]}…")
         return self._read_public(keyid)
 
     # --- changing -----------------------------------------------------------------------
@@ -218,7 +223,7 @@ class GateKeyRing:
 
     def _add_key(self, index: dict[str, Any], passphrase: bytes) -> GateKey:
         if not passphrase:
-            raise KeyPassphraseError("the gate's private key needs a non-empty passphrase")
+            raise KeyPassphraseError(f"the {self.label} key needs a non-empty passphrase")
         private = ec.generate_private_key(ec.SECP256R1())
         public_pem = private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -249,12 +254,12 @@ class GateKeyRing:
         try:
             private_pem = (self.directory / f"{keyid}.key.pem").read_bytes()
         except OSError as exc:
-            raise KeyRingCorrupt("the active gate key has no private key file",
+            raise KeyRingCorrupt(f"the active {self.label} key has no private key file",
                                  detail=f"{self.directory}: {exc}") from exc
         public_pem = self._read_public(keyid)
         private = load_private_key(private_pem, passphrase)
         if keyid_of(private.public_key()) != keyid:
-            raise KeyRingCorrupt("the gate's private key file does not match its keyid",
+            raise KeyRingCorrupt(f"the {self.label} private key file does not match its keyid",
                                  detail=f"{self.directory}/{keyid}.key.pem")
         return GateKey(keyid=keyid, private_pem=private_pem, public_pem=public_pem,
                        created_at=_parse_time(entry["created_at"]))
@@ -269,10 +274,10 @@ class GateKeyRing:
         try:
             pem = (self.directory / f"{keyid}.pub.pem").read_bytes()
         except OSError as exc:
-            raise KeyRingCorrupt("a gate public key file is missing",
+            raise KeyRingCorrupt(f"a {self.label} public key file is missing",
                                  detail=f"{self.directory}/{keyid}.pub.pem: {exc}") from exc
         if keyid_of(pem) != keyid:
-            raise KeyRingCorrupt("a gate public key file does not match its keyid",
+            raise KeyRingCorrupt(f"a {self.label} public key file does not match its keyid",
                                  detail=f"{self.directory}/{keyid}.pub.pem")
         return pem
 
@@ -287,10 +292,10 @@ class GateKeyRing:
             valid = index.get("version") == _INDEX_VERSION and (
                 index["active"] is None or index["active"] in keyids)
         except (ValueError, KeyError, TypeError) as exc:
-            raise KeyRingCorrupt("the gate's key ring index cannot be read",
+            raise KeyRingCorrupt(f"the {self.label} key ring index cannot be read",
                                  detail=f"{self.directory / _INDEX}: {exc}") from exc
         if not valid:
-            raise KeyRingCorrupt("the gate's key ring index is inconsistent",
+            raise KeyRingCorrupt(f"the {self.label} key ring index is inconsistent",
                                  detail=str(self.directory / _INDEX))
         return index
 

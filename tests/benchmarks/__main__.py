@@ -22,6 +22,7 @@ BENCHMARKS = (
     "tests.benchmarks.bench_launch",
     "tests.benchmarks.bench_leakscan",
     "tests.benchmarks.bench_sealing",
+    "tests.benchmarks.bench_audit",
     "tests.benchmarks.bench_audit_paging",
 )
 RESULTS_DIR = Path(__file__).resolve().parents[2] / ".bench"

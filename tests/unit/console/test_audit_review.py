@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from audit.events import Actor, AuditAction, Outcome
+from console.cli import main
 from console.core import Sealroom
 from tests.helpers import bearer, login
 
@@ -93,16 +96,29 @@ def test_keyset_paging_walks_every_event_once(client: FlaskClient, core: Sealroo
 
 
 def test_reading_and_exporting_are_themselves_audited(client: FlaskClient, core: Sealroom,
-                                                      auditor: str) -> None:
+                                                      auditor: str, tmp_path: Path) -> None:
     _events(client, auditor, actor="nobody")
     response = client.get("/api/v1/audit/export", headers=bearer(auditor))
+    assert response.mimetype == "application/x-ndjson"
     lines = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
-    actions = [line.get("action") for line in lines]
+    header, events = lines[0]["header"], [line["event"] for line in lines if "event" in line]
+    checkpoints = [line["checkpoint"] for line in lines if "checkpoint" in line]
+    assert header["complete"] and header["to_id"] == events[-1]["id"]
+    actions = [e["action"] for e in events]
     assert "audit:event:view" in actions
     assert actions[-1] == "audit:event:export"  # the export records itself, then exports
-    viewed = [line for line in lines if line.get("action") == "audit:event:view"][-1]
+    # ...and ends at a checkpoint signed over its own record
+    assert checkpoints[-1]["tree_size"] == events[-1]["id"]
+    viewed = [e for e in events if e["action"] == "audit:event:view"][-1]
     assert viewed["actor"] == "audrey"
     assert json.loads(viewed["details"])["filters"] == {"actor": "nobody"}
+
+    # what the console serves verifies offline, with the key it serves
+    export, key = tmp_path / "export.jsonl", tmp_path / "audit.pem"
+    export.write_bytes(response.get_data())
+    key.write_bytes(client.get("/api/v1/keys/audit.pem", headers=bearer(auditor)).get_data())
+    result = CliRunner().invoke(main, ["audit", "verify", str(export), "--key", str(key)])
+    assert result.exit_code == 0, result.output
 
 
 def test_event_detail_and_timelines(client: FlaskClient, core: Sealroom, auditor: str) -> None:
