@@ -18,7 +18,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from audit.errors import AuditWriteFailed
-from audit.events import AuditAction, Outcome
+from audit.events import Actor, AuditAction, Outcome
 from console.core import Sealroom
 from console.guards import SessionUser, api_error, caller, core
 from console.permissions import PUBLIC, declare, declared_permission
@@ -256,4 +256,27 @@ def _start_supervisor(sealroom: Sealroom) -> threading.Thread:
 
     thread = threading.Thread(target=loop, name="sealroom-supervisor", daemon=True)
     thread.start()
+    if sealroom.settings.audit_verify_interval_s > 0:
+        threading.Thread(target=_watch_chain, args=(sealroom, stop), name="sealroom-chain",
+                         daemon=True).start()
     return thread
+
+
+def _watch_chain(sealroom: Sealroom, stop: threading.Event) -> None:
+    """Verify the whole chain now and then, in its own thread: a long walk over millions of
+    events must not hold up sandbox supervision. Each result is an audit event, which is
+    what the auditor's pages show at a glance."""
+    from console.core import Caller
+    from console.services import audit_log
+
+    watcher = Caller(Actor.system("chain-watch"))
+    while True:
+        try:
+            status = audit_log.verify_chain(sealroom, watcher)
+            if not status["ok"]:
+                log.error("audit chain broken at event %s: %s", status["first_bad_event"],
+                          status["problem"])
+        except Exception:  # try again at the next interval
+            log.exception("audit chain verification failed")
+        if stop.wait(sealroom.settings.audit_verify_interval_s):
+            return

@@ -39,6 +39,10 @@ class Settings:
         default_factory=lambda: int(_env("AUDIT_CHECKPOINT_EVERY", "256")))
     audit_checkpoint_seconds: float = field(
         default_factory=lambda: float(_env("AUDIT_CHECKPOINT_SECONDS", "60")))
+    # The console walks the whole chain itself this often (0: never), so a break is found
+    # and recorded even when no auditor asks.
+    audit_verify_interval_s: float = field(
+        default_factory=lambda: float(_env("AUDIT_VERIFY_INTERVAL", "600")))
     audit_checkpoint_dir: Path | None = field(
         default_factory=lambda: Path(v).resolve()
         if (v := os.environ.get("SEALROOM_AUDIT_CHECKPOINT_DIR")) else None)

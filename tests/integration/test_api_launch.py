@@ -143,3 +143,29 @@ def test_failing_script_shows_its_exit_code(docker_app: Flask, engineer: str) ->
     final = wait_for(client, response.get_json()["id"], engineer,
                      lambda b: b["status"] != "running", 60)
     assert final["status"] == "failed" and final["exit_code"] == 3
+
+
+def test_launch_fails_closed_on_the_real_engine_when_audit_cannot_be_written(
+        docker_app: Flask, engineer: str, docker_client: docker.DockerClient,
+        docker_core: Sealroom) -> None:
+    """With the audit store unwritable, the refused launch leaves no container on the engine
+    (the container made before the audited transaction is removed unstarted), no row, no
+    directory."""
+    from sandbox.backend import LABEL_INSTALLATION
+
+    with docker_core.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_event "
+            "BEGIN SELECT RAISE(ABORT, 'audit store unwritable'); END")
+    response = docker_app.test_client().post(
+        "/api/v1/sandboxes", headers=bearer(engineer),
+        json={"dataset": "demo", "example": "mlp", "limits": {"cpus": 1, "memory_mb": 2048}})
+    assert response.status_code == 503, response.get_json()
+    assert response.get_json()["error"]["code"] == "audit_unavailable"
+    label = f"{LABEL_INSTALLATION}={docker_core.settings.installation_id()}"
+    assert docker_client.containers.list(all=True, filters={"label": label}) == []
+    from console.models import Sandbox
+
+    with docker_core.transaction() as session:
+        assert session.exec(select(Sandbox)).all() == []
+    assert list(docker_core.settings.sandboxes_dir.iterdir()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from audit.events import Actor, AuditAction, Outcome
+from console.app import create_app
 from console.cli import main
 from console.core import Sealroom
+from console.services import audit_log
 from tests.helpers import bearer, login
 
 Users = Callable[..., tuple[str, str]]
@@ -166,3 +169,20 @@ def test_auditor_pages_filter_and_page(client: FlaskClient, core: Sealroom, audi
     assert export.headers["Content-Disposition"].endswith("audit-export.jsonl")
     export.get_data()
     export.close()
+
+
+def test_the_console_finds_a_break_by_itself(core: Sealroom) -> None:
+    """No auditor has to ask: the console walks the chain when it starts and then every
+    SEALROOM_AUDIT_VERIFY_INTERVAL seconds, and records what it found."""
+    _seed(core, 6)
+    database = core.settings.home / "sealroom.db"
+    with sqlite3.connect(database) as raw:
+        raw.execute("DROP TRIGGER audit_event_no_delete")
+        raw.execute("DELETE FROM audit_event WHERE id = 4")
+    create_app(sealroom=core, supervise=True)
+    deadline = time.monotonic() + 20
+    while (found := audit_log.last_verification(core)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert found is not None, "the console did not verify the chain on start"
+    assert (found["by"], found["ok"], found["first_bad_event"], found["kind"]) == (
+        "system", False, 4, "deleted")
