@@ -31,6 +31,7 @@ from audit.chain import canonical_json, utc_now
 from audit.errors import AuditKeyError, BadCheckpoint, ExportMalformed
 from audit.keys import PublicKeys
 from audit.models import AuditCheckpoint
+from sandbox.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class CheckpointFile:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         return sum(1 for c in wanted if c.tree_size > last)
 
 
@@ -197,13 +198,6 @@ def _last_tree_size(fd: int) -> int:
     except (ValueError, BadCheckpoint):
         return 0  # an unreadable tail is verification's business; keep appending
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointWriter:

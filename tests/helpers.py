@@ -37,6 +37,22 @@ def change_policy(core: Any, changes: dict[str, Any], reason: str = "test") -> i
     return int(activation.version.version)
 
 
+def recorded(core: Any, action: str | None = None, *,
+             request_id: str | None = None) -> list[Any]:
+    """The audit events with this action and/or request id, oldest first."""
+    from sqlmodel import col, select
+
+    from audit.models import AuditEvent
+
+    query = select(AuditEvent).order_by(col(AuditEvent.id))
+    if action is not None:
+        query = query.where(AuditEvent.action == action)
+    if request_id is not None:
+        query = query.where(AuditEvent.request_id == request_id)
+    with core.transaction() as session:
+        return list(session.exec(query).all())
+
+
 def write_dataset(directory: Path, rows: int = 200) -> Path:
     from sandbox.examples.demo_dataset import write_demo_dataset
 

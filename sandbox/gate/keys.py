@@ -25,6 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sandbox.files import fsync_dir
 from sandbox.gate.errors import GateError
 
 PASSPHRASE_ENV = "SEALROOM_KEY_PASSPHRASE"
@@ -148,7 +149,7 @@ def _default_passphrase(path: Path) -> bytes:
                 os.link(tmp, path)
         finally:
             os.unlink(tmp)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     mode = path.stat().st_mode
     if stat.S_IMODE(mode) & 0o077:
         raise KeyPassphraseError("the gate's passphrase file is readable by other users",
@@ -328,12 +329,5 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

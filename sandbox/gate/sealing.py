@@ -24,6 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from model_signing import signing as ms_signing
 
+from sandbox.files import fsync_dir
 from sandbox.gate.errors import GateError
 from sandbox.gate.keys import keyid_of, load_private_key
 from sandbox.gate.provenance import (
@@ -234,7 +235,7 @@ def _sign_model(staging: Path, scratch: Path, private_key_pem: bytes,
 def _publish(staging: Path, destination: Path) -> None:
     """The one atomic step: the complete bundle appears under its name, or nothing does."""
     os.rename(staging, destination)  # refuses (ENOTEMPTY/EEXIST) rather than replace
-    _fsync_dir(destination.parent)
+    fsync_dir(destination.parent)
 
 
 def _existing(destination: Path, expected: dict[str, str],
@@ -295,12 +296,5 @@ def _fsync_tree(root: Path) -> None:
     with (root / MODEL_SIGNATURE_FILE).open("rb") as stream:
         os.fsync(stream.fileno())
     for directory, _dirs, _files in os.walk(root, topdown=False):
-        _fsync_dir(Path(directory))
+        fsync_dir(Path(directory))
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -22,14 +22,17 @@ from console.services import accounts, datasets, images
 from console.services import sandboxes as sandbox_service
 from console.settings import Settings
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
-from tests.helpers import OPERATOR, PASSWORD, bearer, free_port, serve_console, write_dataset
+from tests.helpers import (
+    OPERATOR,
+    PASSWORD,
+    bearer,
+    free_port,
+    recorded,
+    serve_console,
+    write_dataset,
+)
 
 pytestmark = pytest.mark.docker
-
-
-def _events(core: Sealroom, action: str) -> list[AuditEvent]:
-    with core.transaction() as session:
-        return list(session.exec(select(AuditEvent).where(AuditEvent.action == action)).all())
 
 
 @pytest.fixture
@@ -75,9 +78,9 @@ def test_orphans_are_removed_and_vanished_sandboxes_marked_lost(
         with docker_core.transaction() as session:
             assert session.get(Sandbox, vanished).status == "lost"  # type: ignore[union-attr]
             assert session.get(Sandbox, kept).status == "running"  # type: ignore[union-attr]
-        assert [e.target for e in _events(docker_core, "system:container:remove_orphan")] == \
+        assert [e.target for e in recorded(docker_core, "system:container:remove_orphan")] == \
             ["sandbox:sb-orphan00000"]
-        lost = _events(docker_core, "sandbox:sandbox:lost")
+        lost = recorded(docker_core, "sandbox:sandbox:lost")
         assert [(e.target, e.actor) for e in lost] == [(f"sandbox:{vanished}", "system")]
     finally:
         stranger.remove(force=True)
@@ -106,7 +109,7 @@ def test_engine_down_gives_503_and_leaves_nothing(settings: Settings, base_image
     assert time.monotonic() - started < 15
     assert response.status_code == 503
     assert "engine is not available" in response.get_json()["error"]["message"]
-    assert _events(core, "sandbox:sandbox:launch")[-1].outcome == "failed"
+    assert recorded(core, "sandbox:sandbox:launch")[-1].outcome == "failed"
     with core.transaction() as session:
         assert session.exec(select(Sandbox)).all() == []
     assert list(down.sandboxes_dir.iterdir()) == []

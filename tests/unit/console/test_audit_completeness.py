@@ -12,13 +12,11 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlmodel import select
 
-from audit.models import AuditEvent
 from console.core import Sealroom
 from console.models import Role
 from console.permissions import PUBLIC, declared_permission, role_has
-from tests.helpers import bearer, csrf_from, login
+from tests.helpers import bearer, csrf_from, login, recorded
 
 #: Public endpoints: no permission, nobody to refuse. Login is audited by its own service;
 #: static files, the health probe and the public release key would only flood the log.
@@ -76,12 +74,6 @@ def _open(app: Flask, user: tuple[str, str] | None, method: str, url: str) -> An
     return client.open(url, method=method, data=data)
 
 
-def _events_for(core: Sealroom, request_id: str) -> list[AuditEvent]:
-    with core.transaction() as session:
-        return list(session.exec(select(AuditEvent).where(
-            AuditEvent.request_id == request_id)).all())
-
-
 def test_every_call_to_every_endpoint_is_audited(app: Flask, core: Sealroom,
                                                  users: dict[Role, tuple[str, str]],
                                                  dataset: str) -> None:
@@ -93,7 +85,7 @@ def test_every_call_to_every_endpoint_is_audited(app: Flask, core: Sealroom,
         for role, who in _callers(permission):
             response = _call(app, users[role] if role else None, method, url)
             request_id = response.headers["X-Request-Id"]
-            events = _events_for(core, request_id)
+            events = recorded(core, request_id=request_id)
             checked += 1
             if not events:
                 missing.append(f"{method} {url} as {who} {role or 'anonymous'} "
@@ -120,7 +112,7 @@ def test_a_listing_is_recorded_with_its_outcome(client: FlaskClient, core: Sealr
     _, token = make_user("eve", "engineer")
     response = client.get("/api/v1/sandboxes/sb-nope", headers=bearer(token))
     assert response.status_code == 404
-    [event] = _events_for(core, response.headers["X-Request-Id"])
+    [event] = recorded(core, request_id=response.headers["X-Request-Id"])
     assert (event.actor, event.outcome, event.target) == ("eve", "denied",
                                                           "GET /api/v1/sandboxes/sb-nope")
 

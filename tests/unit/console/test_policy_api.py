@@ -12,20 +12,14 @@ from typing import Any
 import pytest
 import yaml
 from flask.testing import FlaskClient
-from sqlmodel import select
 
 from audit.models import AuditEvent
 from console.core import Sealroom
 from console.models import ReleaseRequest
 from console.services import policy as policy_service
-from tests.helpers import bearer, change_policy, safetensors_bytes
+from tests.helpers import bearer, change_policy, recorded, safetensors_bytes
 
 OTHER_DIGEST = "sha256:" + "cd" * 32
-
-
-def _events(core: Sealroom, action: str) -> list[AuditEvent]:
-    with core.transaction() as session:
-        return list(session.exec(select(AuditEvent).where(AuditEvent.action == action)).all())
 
 
 def _details(event: AuditEvent) -> dict[str, Any]:
@@ -82,9 +76,9 @@ def test_fresh_installation_has_the_default_as_version_1(client: FlaskClient, co
     assert "# Sealroom default policy" in active["yaml"]  # the officer's comments are kept
     assert client.get("/api/v1/policy/versions/9", headers=bearer(people["sam"])
                       ).status_code == 404
-    assert [e.target for e in _events(core, "policy:policy:view")][-2:] == \
+    assert [e.target for e in recorded(core, "policy:policy:view")][-2:] == \
         ["policy:1", "policy:2"]
-    activations = _events(core, "policy:policy:activate")
+    activations = recorded(core, "policy:policy:activate")
     assert [(e.actor, _details(e).get("version")) for e in activations] == \
         [("system", 1), ("cli:test", 2)]
 
@@ -133,7 +127,7 @@ def test_invalid_documents_are_refused_with_the_line_and_change_nothing(
     assert core.policy.version == 2
     assert len(policy_service.versions(core)) == 2
     for action in ("policy:policy:validate", "policy:policy:dry_run", "policy:policy:activate"):
-        assert _events(core, action)[-1].outcome == "denied"
+        assert recorded(core, action)[-1].outcome == "denied"
 
 
 def test_validate_returns_warnings_and_accepts_raw_yaml(client: FlaskClient,
@@ -165,7 +159,7 @@ def test_activation_needs_a_reason_and_a_change(client: FlaskClient, core: Sealr
                        json={"yaml": changed, "reason": "smaller logs", "base_version": 2})
     assert done.status_code == 201, done.get_json()
     assert done.get_json()["version"] == 3 and done.headers["Location"].endswith("/versions/3")
-    event = _events(core, "policy:policy:activate")[-1]
+    event = recorded(core, "policy:policy:activate")[-1]
     assert (event.actor, event.reason, event.target) == ("sam", "smaller logs", "policy:3")
     assert _details(event)["sha256"] == done.get_json()["sha256"]
     assert core.policy.logs.max_view_bytes == 4096
@@ -207,7 +201,7 @@ def test_each_launch_rule_denies_through_the_launch_path(
     error = response.get_json()["error"]
     assert (error["code"], error["rule"], error["policy_version"]) == \
         ("policy_denied", rule, version)
-    event = _events(core, "sandbox:sandbox:launch")[-1]
+    event = recorded(core, "sandbox:sandbox:launch")[-1]
     assert event.outcome == "denied" and event.reason == error["message"]
     assert (_details(event)["rule"], _details(event)["policy_version"]) == (rule, version)
 
@@ -215,7 +209,7 @@ def test_each_launch_rule_denies_through_the_launch_path(
 def test_allowed_launch_records_the_deciding_version(client: FlaskClient, core: Sealroom,
                                                      people: dict[str, str]) -> None:
     assert _launch(client, people["alice"], cpus=2).status_code == 201
-    details = _details(_events(core, "sandbox:sandbox:launch")[-1])
+    details = _details(recorded(core, "sandbox:sandbox:launch")[-1])
     assert (details["rule"], details["policy_version"], details["network"]) == \
         ("launch", 2, "none")
     # a policy may allow GPUs, but this installation has none to give: a clear refusal
@@ -237,7 +231,7 @@ def test_log_viewing_budget(client: FlaskClient, core: Sealroom,
     error = refused.get_json()["error"]
     assert error["rule"] == "logs.max_view_bytes" and "5 bytes" in error["message"]
     assert client.get(url + "?offset=-3", headers=bearer(people["alice"])).status_code == 403
-    event = _events(core, "sandbox:logs:view")[-1]
+    event = recorded(core, "sandbox:logs:view")[-1]
     assert event.outcome == "denied"
     assert (_details(event)["rule"], _details(event)["policy_version"]) == \
         ("logs.max_view_bytes", core.policy.version)
@@ -291,7 +285,7 @@ def test_each_release_rule_denies_through_the_release_path(
     assert release["policy_version"] == core.policy.version
     failed = [r for r in release["checks"]["results"] if not r["passed"]]
     assert failed and failed[0]["rule"] == rule, failed
-    event = _events(core, "release:request:check")[-1]
+    event = recorded(core, "release:request:check")[-1]
     assert event.outcome == "denied"
     assert (_details(event)["rule"], _details(event)["policy_version"]) == \
         (rule, core.policy.version)
@@ -308,7 +302,7 @@ def test_approvals_needed_comes_from_the_policy(client: FlaskClient, core: Sealr
         approved = client.post(f"/api/v1/releases/{release['id']}/approve",
                                headers=bearer(people[name])).get_json()
         assert approved["status"] == "in_review"
-    details = _details(_events(core, "release:request:approve")[-1])
+    details = _details(recorded(core, "release:request:approve")[-1])
     assert (details["rule"], details["needed"]) == ("release.approvals_needed", 3)
     last = client.post(f"/api/v1/releases/{release['id']}/approve",
                        headers=bearer(people["dave"])).get_json()
@@ -347,12 +341,12 @@ def test_dry_run_lists_exactly_what_activation_then_does(
         (with_metrics["id"], "release.file_types", True),
         (model_only["id"], "release.approvals_needed", False)]
     assert core.policy.version == 2  # a dry run changes nothing
-    assert _events(core, "policy:policy:dry_run")[-1].outcome == "ok"
+    assert recorded(core, "policy:policy:dry_run")[-1].outcome == "ok"
 
     activated = _activate(client, people["sam"], text, "metrics as CSV only")
     assert activated.status_code == 201
     assert activated.get_json()["dry_run"] == result
-    decided = {(e.target, _details(e)["rule"]) for e in _events(core, "policy:decision:deny")
+    decided = {(e.target, _details(e)["rule"]) for e in recorded(core, "policy:decision:deny")
                if _details(e)["policy_version"] == 3}
     assert decided == {(f"{f['kind']}:{f['id']}", f["rule"])
                        for f in result["sandboxes"] + result["releases"]}
@@ -380,7 +374,7 @@ def test_restore_a_previous_version(client: FlaskClient, core: Sealroom,
     assert (body["version"], body["restored_from"]) == (4, 2)
     assert client.get("/api/v1/policy", headers=bearer(people["sam"])).get_json()["yaml"] == v2
     assert _launch(client, people["alice"], cpus=1).status_code == 201
-    event = _events(core, "policy:policy:restore")[-1]
+    event = recorded(core, "policy:policy:restore")[-1]
     assert (event.target, event.reason, _details(event)["restored_from"]) == \
         ("policy:4", "too strict for the course", 2)
     again = client.post("/api/v1/policy/versions/4/restore", headers=bearer(people["sam"]),

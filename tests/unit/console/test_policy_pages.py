@@ -13,17 +13,10 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlmodel import select
 
-from audit.models import AuditEvent
 from console.core import Sealroom
 from console.services import policy as policy_service
-from tests.helpers import bearer, change_policy, csrf_from, login
-
-
-def _events(core: Sealroom, action: str) -> list[AuditEvent]:
-    with core.transaction() as session:
-        return list(session.exec(select(AuditEvent).where(AuditEvent.action == action)).all())
+from tests.helpers import bearer, change_policy, csrf_from, login, recorded
 
 
 @pytest.fixture
@@ -44,7 +37,7 @@ def test_officer_lands_on_the_policy_page(client: FlaskClient, core: Sealroom,
     assert page.request.path == "/policy"
     assert "version 2" in html and "dataset demo registered" in html
     assert "Edit policy" in html and "Restore 1" in html
-    assert _events(core, "policy:policy:view")[-1].actor == "sam"
+    assert recorded(core, "policy:policy:view")[-1].actor == "sam"
 
 
 def test_auditor_reads_but_cannot_edit(client: FlaskClient, people: dict[str, str]) -> None:
@@ -131,7 +124,7 @@ def test_edit_dry_run_activate(client: FlaskClient, core: Sealroom,
     html = _html(done)
     assert "Policy version 3 is active" in html
     assert core.policy.version == 3 and core.policy.resources.for_role("engineer").max_cpus == 1.5
-    assert _events(core, "policy:policy:activate")[-1].reason == "fewer CPUs"
+    assert recorded(core, "policy:policy:activate")[-1].reason == "fewer CPUs"
 
     # the running sandbox the new version forbids is listed, and the officer stops it
     listed = re.search(r'<table class="list" id="forbidden">(.*?)</table>', html, re.S)
@@ -141,7 +134,7 @@ def test_edit_dry_run_activate(client: FlaskClient, core: Sealroom,
                           follow_redirects=True)
     assert f"Sandbox {sandbox_id} stopped." in _html(stopped)
     assert "None: every running sandbox is within the active policy." in _html(stopped)
-    event = _events(core, "sandbox:sandbox:stop")[-1]
+    event = recorded(core, "sandbox:sandbox:stop")[-1]
     details = json.loads(event.details)
     assert event.actor == "sam" and (details["rule"], details["policy_version"]) == \
         ("resources.roles.engineer.max_cpus", 3)
@@ -158,7 +151,7 @@ def test_the_officer_cannot_stop_an_allowed_sandbox(client: FlaskClient, core: S
                            data={"csrf_token": csrf_from(client, "/policy")},
                            follow_redirects=True)
     assert "the active policy allows this sandbox" in _html(response)
-    assert _events(core, "sandbox:sandbox:stop")[-1].outcome == "denied"
+    assert recorded(core, "sandbox:sandbox:stop")[-1].outcome == "denied"
     assert client.get(f"/api/v1/sandboxes/{sandbox_id}", headers=bearer(people["alice"])
                       ).get_json()["status"] == "running"
 
@@ -171,7 +164,7 @@ def test_restore_from_the_history(client: FlaskClient, core: Sealroom,
         "csrf_token": csrf_from(client, "/policy"), "reason": "undo"}, follow_redirects=True)
     assert "Policy version 4 is active" in _html(response)
     assert policy_service.active_version(core).text == policy_service.get_version(core, 2).text
-    assert _events(core, "policy:policy:restore")[-1].actor == "sam"
+    assert recorded(core, "policy:policy:restore")[-1].actor == "sam"
 
 
 # --- sessions and logs, as the policy says -------------------------------------------------
@@ -190,7 +183,7 @@ def test_sessions_end_as_the_policy_says(client: FlaskClient, core: Sealroom,
     assert response.status_code == 302 and "/login" in response.headers["Location"]
     assert "Your session has ended" in _html(client.get("/login"))
     assert client.get("/sandboxes").status_code == 302  # logged out for good
-    event = _events(core, "auth:session:logout")[-1]
+    event = recorded(core, "auth:session:logout")[-1]
     assert event.actor == "alice" and json.loads(event.details)["rule"] == rule
 
 

@@ -18,16 +18,10 @@ from flask.testing import FlaskClient
 from sqlmodel import select
 
 from audit.events import Actor
-from audit.models import AuditEvent
 from console.core import Caller, Sealroom
 from console.services import releases as release_service
 from console.services.errors import Forbidden
-from tests.helpers import bearer, change_policy, safetensors_bytes
-
-
-def _events(core: Sealroom, action: str) -> list[AuditEvent]:
-    with core.transaction() as session:
-        return list(session.exec(select(AuditEvent).where(AuditEvent.action == action)).all())
+from tests.helpers import bearer, change_policy, recorded, safetensors_bytes
 
 
 @pytest.fixture
@@ -107,10 +101,10 @@ def test_release_end_to_end(client: FlaskClient, people: dict[str, str], core: S
                               capture_output=True, text=True)
     assert tampered.returncode == 1
 
-    downloads = [(e.actor, e.outcome) for e in _events(core, "release:bundle:download")]
+    downloads = [(e.actor, e.outcome) for e in recorded(core, "release:bundle:download")]
     assert downloads[0][1] != "ok"  # the early attempt, refused and audited
     assert sorted(downloads[1:]) == [("alice", "ok"), ("bob", "ok"), ("carol", "ok")]
-    assert [e.outcome for e in _events(core, "release:bundle:seal")] == ["ok"]
+    assert [e.outcome for e in recorded(core, "release:bundle:seal")] == ["ok"]
 
 
 def test_review_refusals(client: FlaskClient, people: dict[str, str], core: Sealroom,
@@ -132,7 +126,7 @@ def test_review_refusals(client: FlaskClient, people: dict[str, str], core: Seal
     assert hidden.status_code == 404
     state = client.get(f"/api/v1/releases/{rid}", headers=bearer(people["alice"])).get_json()
     assert state["status"] == "in_review" and state["approvals"] == ["bob"]
-    denied = [e for e in _events(core, "release:request:approve") if e.outcome == "denied"]
+    denied = [e for e in recorded(core, "release:request:approve") if e.outcome == "denied"]
     assert {e.actor for e in denied} == {"alice", "bob"}
 
 
@@ -146,7 +140,7 @@ def test_download_is_for_the_requester_and_approvers_only(
                       headers=bearer(people["dave"])).status_code == 403
     assert client.get(f"/api/v1/releases/{rid}/bundle",
                       headers=bearer(people["mallory"])).status_code == 404
-    denied = [e for e in _events(core, "release:bundle:download") if e.outcome == "denied"]
+    denied = [e for e in recorded(core, "release:bundle:download") if e.outcome == "denied"]
     assert {e.actor for e in denied} == {"dave", "mallory"}
 
 
@@ -198,7 +192,7 @@ def test_checks_refuse_bad_outputs(client: FlaskClient, people: dict[str, str], 
     assert all(r["reason"] for r in failed)
     assert client.post(f"/api/v1/releases/{release['id']}/approve",
                        headers=bearer(people["bob"])).status_code == 409
-    event = _events(core, "release:request:check")[-1]
+    event = recorded(core, "release:request:check")[-1]
     assert event.outcome == "denied" and event.target == f"release:{release['id']}"
 
 
@@ -235,7 +229,7 @@ def test_file_over_the_size_cap(client: FlaskClient, people: dict[str, str], cor
     body = response.get_json()
     assert "larger than" in body["error"]["message"]
     assert body["error"]["rule"] == "release.max_file_mb"
-    assert _events(core, "release:request:create")[-1].outcome == "denied"
+    assert recorded(core, "release:request:create")[-1].outcome == "denied"
 
 
 @pytest.mark.parametrize("payload, status, fragment", [
@@ -274,5 +268,5 @@ def test_request_refusals_leave_nothing(client: FlaskClient, people: dict[str, s
         from console.models import ReleaseRequest
 
         assert session.exec(select(ReleaseRequest)).all() == []
-    assert len([e for e in _events(core, "release:request:create")
+    assert len([e for e in recorded(core, "release:request:create")
                 if e.outcome == "denied"]) == 6
