@@ -87,13 +87,8 @@ _CHECK_RULES = {
 
 def rule_for(result: CheckResult) -> str:
     """The policy rule a failed check result comes from, as recorded and shown."""
-    if result.check == Check.FILE_TYPE and "pickle" in result.reason:
-        return "release.allow_pickle"
-    if result.check == Check.METRICS:
-        if "a count below" in result.reason:
-            return "release.small_count_k"
-        if "values" in result.reason and "more than" in result.reason:
-            return "release.max_metric_values"
+    if result.limit:
+        return f"release.{result.limit}"
     return next((rule for check, rule in _CHECK_RULES.items() if check == result.check),
                 "release")
 

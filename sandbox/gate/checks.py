@@ -70,6 +70,9 @@ class CheckResult:
     file: str  # "" for checks of the whole request
     passed: bool
     reason: str
+    #: Which `CheckRules` field refused it, where one did (e.g. `small_count_k`), so the
+    #: console can name the policy rule without reading the reason.
+    limit: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,8 @@ def _run(check: Check, name: str, run: Callable[[], str]) -> CheckResult:
     try:
         return CheckResult(check.value, name, True, run())
     except GateError as exc:
-        return CheckResult(check.value, name, False, exc.user_message)
+        return CheckResult(check.value, name, False, exc.user_message,
+                           getattr(exc, "limit", ""))
     except Exception:  # fail closed on a bug or an I/O error, and say so
         log.exception("release gate: check %s crashed on %s", check.value, name)
         return CheckResult(check.value, name, False,
@@ -168,7 +172,8 @@ def _type_result(candidate: CandidateFile, kind: FileKind, rules: CheckRules) ->
     if kind is FileKind.PICKLE and not rules.allow_pickle:
         return CheckResult(Check.FILE_TYPE.value, candidate.name, False,
                            f"is pickle-based ({shown}): loading it can run any code, and this "
-                           "policy refuses pickles; save the weights as .safetensors")
+                           "policy refuses pickles; save the weights as .safetensors",
+                           "allow_pickle")
     if kind is FileKind.PICKLE:
         return CheckResult(Check.FILE_TYPE.value, candidate.name, True,
                            f"is pickle-based ({shown}), allowed by this policy only with a "

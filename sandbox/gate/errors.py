@@ -29,7 +29,13 @@ class UnsafePickle(GateError):
 
 
 class MetricsRefused(GateError):
-    """A metrics file carries more than short names and finite numbers, or a small count."""
+    """A metrics file carries more than short names and finite numbers, or a small count.
+
+    `limit` names the `CheckRules` field that refused it, where one did."""
+
+    def __init__(self, user_message: str, *, limit: str = "", detail: str | None = None) -> None:
+        super().__init__(user_message, detail=detail)
+        self.limit = limit
 
 
 class DatasetUnreadable(GateError):

@@ -74,13 +74,15 @@ class _Walk:
     def value(self, value: float, path: str, key: str) -> None:
         self.values += 1
         if self.values > self.rules.max_metric_values:
-            raise MetricsRefused(f"has more than {self.rules.max_metric_values:,} values")
+            raise MetricsRefused(f"has more than {self.rules.max_metric_values:,} values",
+                                 limit="max_metric_values")
         if is_count_key(key):
             self.counts += 1
             if value < self.rules.small_count_k:
                 raise MetricsRefused(
                     f"reports {path} = {_show(value)}, a count below "
-                    f"{self.rules.small_count_k}; small counts can identify individuals")
+                    f"{self.rules.small_count_k}; small counts can identify individuals",
+                    limit="small_count_k")
 
     def walk(self, node: Any, path: str, key: str) -> None:
         if isinstance(node, dict):
