@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,7 +21,7 @@ from sqlmodel import Session
 
 from audit.errors import AuditWriteFailed
 from audit.events import EventDraft
-from audit.models import SCHEMA_VERSION, AuditEvent
+from audit.models import SCHEMA_VERSION
 
 GENESIS = "0" * 64
 SCHEMA_VERSIONS = (1, 2)
@@ -180,22 +180,6 @@ class ChainReport:
     @property
     def ok(self) -> bool:
         return self.first_break is None
-
-
-def verify_events(events: Iterable[AuditEvent]) -> ChainReport:
-    """Check ids are consecutive, every link points at the previous hash, every hash holds."""
-    from audit.verify import verify_records
-
-    report = verify_records(
-        ((e.id or 0, e.prev_hash, e.hash, _holds(e)) for e in events), checkpoints=())
-    return _chain_report(report)
-
-
-def _holds(event: AuditEvent) -> bool:
-    try:
-        return event_hash(event.model_dump()) == event.hash
-    except ValueError:
-        return False
 
 
 def verify(session: Session) -> ChainReport:
