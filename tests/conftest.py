@@ -12,18 +12,39 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import settings as hypothesis_settings
 
 from console.app import create_app
 from console.core import Sealroom
 from console.services import accounts, datasets, images
 from console.settings import Settings
-from tests.helpers import OPERATOR, PASSWORD, write_dataset
+from tests.helpers import OPERATOR, PASSWORD, UNTIMED_HEALTH_CHECKS, write_dataset
 
 pytest_plugins = ["tests.engine_fixtures"]
+
+# Properties are checked for what they state, never for how fast: no deadline, no speed
+# health checks. In CI the examples are derandomized so a run is the same on every machine.
+hypothesis_settings.register_profile(
+    "sealroom", deadline=None, suppress_health_check=UNTIMED_HEALTH_CHECKS,
+    derandomize=bool(os.environ.get("CI")), print_blob=True)
+hypothesis_settings.load_profile("sealroom")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse any property test whose own settings bring back a deadline or a speed check."""
+    for item in items:
+        own = getattr(getattr(item, "obj", None), "_hypothesis_internal_use_settings", None)
+        if own is None:
+            continue
+        timed = set(UNTIMED_HEALTH_CHECKS) - set(own.suppress_health_check)
+        if own.deadline is not None or timed:
+            raise pytest.UsageError(
+                f"{item.nodeid}: Hypothesis settings must have deadline=None and suppress "
+                f"{sorted(c.name for c in timed)} (use tests.helpers.UNTIMED_HEALTH_CHECKS)")
 
 
 @pytest.fixture

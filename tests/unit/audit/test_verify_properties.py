@@ -32,6 +32,7 @@ from audit.checkpoints import Checkpoint, sign_checkpoint
 from audit.export import ExportRange, event_line, header_line
 from audit.keys import PublicKeys, keyid_of
 from audit.verify import VerificationReport, verify_export
+from tests.helpers import UNTIMED_HEALTH_CHECKS
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 KEYID = keyid_of(KEY.public_key())
@@ -109,7 +110,8 @@ def run(log: Log, tmp: Path, **render: Any) -> VerificationReport:
 
 
 SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+                    suppress_health_check=[*UNTIMED_HEALTH_CHECKS,
+                                          HealthCheck.function_scoped_fixture])
 
 
 def test_the_fast_flat_encoding_is_rfc8785() -> None:

@@ -13,12 +13,13 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sandbox.gate import leakscan
 from sandbox.gate.errors import DatasetUnreadable
 from sandbox.gate.leakscan import LeakHit, LeakScanner
+from tests.helpers import UNTIMED_HEALTH_CHECKS
 
 
 def adult_rows(count: int, seed: int = 7) -> list[str]:
@@ -201,7 +202,7 @@ def test_hits_are_capped(tmp_path: Path, scanner: LeakScanner) -> None:
     assert len(scanner.scan_file(out, max_hits=10_000)) == len(ROWS)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=UNTIMED_HEALTH_CHECKS)
 @given(st.lists(st.tuples(st.integers(0, len(ROWS) - 1), st.integers(0, 9000)),
                 min_size=1, max_size=8),
        st.sampled_from([64, 256, 1024, 4096]), st.integers(1, 3), st.integers(0, 2**32))

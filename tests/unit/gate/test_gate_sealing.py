@@ -35,6 +35,7 @@ from sandbox.gate.sealing import (
 )
 from sandbox.gate.store import BlobStore
 from sandbox.gate.verify import verify_bundle
+from tests.helpers import UNTIMED_HEALTH_CHECKS
 
 PASS = b"sealing-test-passphrase"
 MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
@@ -280,7 +281,7 @@ def _no_file_dir_clash(files: dict[str, bytes]) -> bool:
 
 
 @settings(max_examples=25, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[*UNTIMED_HEALTH_CHECKS, HealthCheck.function_scoped_fixture])
 @given(st.dictionaries(_names, st.binary(max_size=2048), min_size=1, max_size=6)
        .filter(_no_file_dir_clash))
 def test_random_file_sets_seal_and_verify(tmp_path_factory: pytest.TempPathFactory,
