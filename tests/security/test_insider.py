@@ -447,7 +447,7 @@ def test_console_composed_answers_carry_no_row(attack: Attack,
     assert not found.ids, "an outbox listing carries rows outside the names"
     verbatim = find_rows([v for s in attack.seen("outbox", "page-sandbox", "page")
                           for v in s.views()], installation.rows)
-    assert not {i for i, forms in verbatim.ids.items() if forms & {"verbatim", "utf-16"}}, \
+    assert not {i for i, forms in verbatim.ids.items() if forms & {"verbatim", "utf-16", "url"}}, \
         "a row-named file's name is shown"
 
 
@@ -510,24 +510,30 @@ def test_the_log_budget_holds_across_rotation(attack: Attack) -> None:
           f"{shown} bytes shown")
     assert shown <= PER_SANDBOX_BYTES + len(logs), shown
     # Reading the same bytes again did not spend.
-    once, twice = attack.spent_after_reread
-    assert spent_on(once, attack.sandbox_id) == spent_on(twice, attack.sandbox_id), (once, twice)
+    once, twice = (spent_on(body, attack.sandbox_id) for body in attack.spent_after_reread)
+    assert once is not None and once == twice, attack.spent_after_reread
 
 
 def test_listing_never_follows_links_nor_hangs(attack: Attack,
                                                installation: Installation) -> None:
     listings = attack.seen("outbox")
-    while_running = [s for s in listings if s.body and s.status == 403]
-    assert while_running and while_running[0].body["error"]["rule"] == LIST_RULE, \
-        listings[0].text
+    hung = [s.path for s in attack.seen("outbox", "live", "page-sandbox", "release")
+            if s.status == 0]
+    assert not hung, f"no answer within the request timeout: {hung}"
+    first = listings[0]  # asked while the probe ran, under the default policy
+    assert first.status == 403 and first.body["error"]["rule"] == LIST_RULE, first.text
     ok = [s for s in listings if s.status == 200]
     assert ok, "the outbox was never listed"
     assert attack.listing is not None and attack.listing["state"] in ("ready", "over_cap")
     for seen in ok + attack.seen("live", "page-sandbox"):
         body = seen.body or {}
         files = body.get("files") or body.get("outbox") or []
-        for entry in files:
-            assert (entry.get("name") or "").rsplit("/", 1)[-1] != "passwd", entry
+        for entry in files.get("files", []) if isinstance(files, dict) else files:
+            name = entry.get("name") or ""
+            assert name.rsplit("/", 1)[-1] != "passwd", entry
+            # nothing from behind the links, whenever the walk met them
+            assert not name.startswith("etc/"), entry
+            assert not name.startswith("swap/") or name == "swap/model.safetensors", entry
             assert entry.get("sha256") != installation.passwd_sha256, entry
         assert installation.passwd_sha256 not in seen.text
         assert "root:x:0:0" not in seen.text
@@ -536,23 +542,26 @@ def test_listing_never_follows_links_nor_hangs(attack: Attack,
           f"{attack.report.get('race_swaps')}, probe errors {attack.report.get('errors')}")
     files = {f.get("name") or f["label"]: f for f in attack.listing["files"]}
     for trap in ("fifo.safetensors", "sparse.safetensors", "link.safetensors"):
-        if trap in files:
-            assert files[trap]["sha256"] is None or trap == "sparse.safetensors" and \
-                attack.listing["state"] == "over_cap", files[trap]
+        # never opened (FIFO, link) or never read to its 10 TiB end (sparse)
+        assert trap not in files or files[trap]["sha256"] is None, files[trap]
+    # at the end /outbox/swap is a link to /etc, as /outbox/etc always was
+    assert not [n for n in files if n.startswith(("etc/", "swap/"))], sorted(files)
 
 
 def test_outbox_names_outside_the_pattern_are_withheld(attack: Attack) -> None:
     assert attack.listing is not None
     entries = attack.listing["files"]
     withheld = [f for f in entries if f["withheld"]]
-    assert withheld, "no name was withheld"
+    row_named = sum(1 for k in attack.report["files"].values() if k == "row-name")
+    assert len(withheld) >= row_named, f"{len(withheld)} withheld of {row_named} row names"
     pattern = re.compile(r"[A-Za-z0-9._-]{1,64}")
     for entry in entries:
         if entry["withheld"]:
             assert entry["name"] is None and "withheld" in entry["label"], entry
+            assert re.fullmatch(r"file \d+ \(name withheld\)", entry["label"]), entry
         else:
-            parts = entry["name"].split("/")
-            assert len(parts) <= 3 and all(pattern.fullmatch(p) for p in parts), entry
+            assert all(pattern.fullmatch(p) for p in entry["name"].split("/")), entry
+            assert entry["name"] != "deep/a/b/c/d/deep.json", "deeper than max_depth, shown"
     assert attack.listing["entries"] <= 200
 
 
