@@ -230,7 +230,9 @@ class Attack:
     releases: dict[str, Seen]
     disclosure: list[Seen]
     bystander: Bystander
-    spent_after_reread: tuple[Any, Any] = (None, None)
+    spent_after_reread: tuple[Any, Any]
+    sparse_listing: Seen
+    sparse_release: Seen
 
     def seen(self, *channels: str) -> list[Seen]:
         everything = self.engineer.seen + self.browser.seen
@@ -254,8 +256,9 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _launch(engineer: Client) -> str:
-    config = json.dumps({"dataset": "patients", "log_mib": LOG_MIB, "wait_s": 300})
+def _launch(engineer: Client, mode: str) -> str:
+    config = json.dumps({"mode": mode, "dataset": "patients", "log_mib": LOG_MIB,
+                         "wait_s": 300})
     request = {"dataset": "patients", "command": f"python insider_probe.py '{config}'",
                "limits": {"cpus": 1, "memory_mb": 1024, "timeout_s": 900}}
     seen = engineer.call("POST", "/api/v1/sandboxes", "sandbox", data={
@@ -273,7 +276,9 @@ def attack(installation: Installation, docker_client: docker.DockerClient) -> It
     watcher = threading.Thread(target=bystander.watch, args=(base, installation.tokens["bob"]),
                                daemon=True)
     watcher.start()
-    sandbox_id = _launch(engineer)
+    sandbox_id = _launch(engineer, "insider")
+    # A second, short sandbox leaves a 10 TiB sparse file (and the FIFO, the links) at its end.
+    sparse_id = _launch(engineer, "sparse")
     workspace = core.settings.sandboxes_dir / sandbox_id / "workspace"
 
     def running_and(name: str) -> Any:
@@ -307,16 +312,24 @@ def attack(installation: Installation, docker_client: docker.DockerClient) -> It
         filters={"label": f"{LABEL_SANDBOX}={sandbox_id}"})
     log_path = Path(container.attrs["LogPath"])
     offsets = [4096, 1 << 20, 30 << 20, -4096]
-    reads, rotated, deadline = 0, False, time.monotonic() + 300
-    while time.monotonic() < deadline:
+    reads, rotated, deadline, written = 0, False, time.monotonic() + 300, -1
+
+    def advanced() -> Any:
         progress = _read_json(workspace / "progress") or {}
+        moved = progress.get("done") or progress.get("bytes", 0) >= written + (12 << 20)
+        return progress if moved else None
+
+    while time.monotonic() < deadline:
+        # read again each time the probe has written another 12 MiB (or finished)
+        progress = _poll(advanced, 120, "the probe's log to grow")
+        written = progress["bytes"]
         engineer.get(f"/api/v1/sandboxes/{sandbox_id}/logs?offset=0", "logs", timeout=60)
         engineer.get(f"/api/v1/sandboxes/{sandbox_id}/logs?offset={offsets[reads % 4]}",
                      "logs", timeout=60)
         reads += 1
         rotated = rotated or Path(f"{log_path}.1").exists()
-        if progress.get("done") and rotated:
-            # once more after the last byte, then in JSON form
+        if progress.get("done"):
+            # once more after the last byte, in JSON form
             engineer.get(f"/api/v1/sandboxes/{sandbox_id}/logs?offset=0&format=json", "logs",
                          timeout=60)
             break
@@ -329,14 +342,20 @@ def attack(installation: Installation, docker_client: docker.DockerClient) -> It
     for offset in (0, -4096, 4096):
         engineer.get(f"/api/v1/sandboxes/{sandbox_id}/logs?offset={offset}", "logs")
 
-    def listed() -> Any:
-        seen = engineer.get(f"/api/v1/sandboxes/{sandbox_id}/outbox", "outbox", timeout=10)
+    def listed(sandbox: str) -> Any:
+        seen = engineer.get(f"/api/v1/sandboxes/{sandbox}/outbox", "outbox", timeout=10)
         if seen.status != 200:
             return seen
         return seen if seen.body.get("state") != "hashing" else None
 
-    last = _poll(listed, 120, "the outbox to be hashed")
+    last = _poll(lambda: listed(sandbox_id), 120, "the outbox to be hashed")
     listing = last.body if last.status == 200 else None
+    _poll(lambda: engineer.get(f"/api/v1/sandboxes/{sparse_id}", "sandbox").body["status"]
+          not in ("starting", "running"), 120, "the sparse file's sandbox to end")
+    sparse_listing = _poll(lambda: listed(sparse_id), 120, "the sparse outbox to be listed")
+    sparse_release = engineer.call(
+        "POST", "/api/v1/releases", "release", timeout=60,
+        json={"sandbox": sparse_id, "files": ["ok.json"], "justification": "for the paper"})
 
     # 5. Release requests: every file the probe made to carry rows, the traps, the control.
     releases: dict[str, Seen] = {}
@@ -374,7 +393,8 @@ def attack(installation: Installation, docker_client: docker.DockerClient) -> It
     bystander.stop.set()
     watcher.join(timeout=10)
     yield Attack(sandbox_id, engineer, browser, officer, report, final, rotated, listing,
-                 releases, disclosure, bystander, (spent_once.body, spent_twice.body))
+                 releases, disclosure, bystander, (spent_once.body, spent_twice.body),
+                 sparse_listing, sparse_release)
 
 
 # --- reading the ledger's answer ------------------------------------------------------------
@@ -524,7 +544,12 @@ def test_listing_never_follows_links_nor_hangs(attack: Attack,
     assert first.status == 403 and first.body["error"]["rule"] == LIST_RULE, first.text
     ok = [s for s in listings if s.status == 200]
     assert ok, "the outbox was never listed"
-    assert attack.listing is not None and attack.listing["state"] in ("ready", "over_cap")
+    assert attack.listing is not None and attack.listing["state"] == "ready", attack.listing
+    # 10 TiB is over the hashing cap: reported at once, nothing read, nothing releasable
+    assert attack.sparse_listing.status == 200, attack.sparse_listing.text
+    assert attack.sparse_listing.body["state"] == "over_cap", attack.sparse_listing.text
+    assert all(f["sha256"] is None for f in attack.sparse_listing.body["files"])
+    assert attack.sparse_release.status == 400, attack.sparse_release.text
     for seen in ok + attack.seen("live", "page-sandbox"):
         body = seen.body or {}
         files = body.get("files") or body.get("outbox") or []
@@ -541,9 +566,9 @@ def test_listing_never_follows_links_nor_hangs(attack: Attack,
     print(f"\noutbox: {len(listings)} listings, slowest {slowest:.2f} s; race swaps "
           f"{attack.report.get('race_swaps')}, probe errors {attack.report.get('errors')}")
     files = {f.get("name") or f["label"]: f for f in attack.listing["files"]}
-    for trap in ("fifo.safetensors", "sparse.safetensors", "link.safetensors"):
-        # never opened (FIFO, link) or never read to its 10 TiB end (sparse)
-        assert trap not in files or files[trap]["sha256"] is None, files[trap]
+    for trap in ("fifo.safetensors", "link.safetensors", "etc", "swap"):
+        # never opened, never followed
+        assert trap not in files or files[trap]["kind"] == "ignored", files[trap]
     # at the end /outbox/swap is a link to /etc, as /outbox/etc always was
     assert not [n for n in files if n.startswith(("etc/", "swap/"))], sorted(files)
 

@@ -6,7 +6,9 @@ encodings and compressed streams, in 160 MiB of rotating log, and races the outb
 
 Phases, paced by marker files the test drops in /workspace (the sandbox has no network):
   1. a short log, the outbox files, then /workspace/ready.json (what was made, for the test);
-  2. swap /outbox/swap between a directory and a symlink to /etc until `race-done` appears;
+  2. swap /outbox/swap between a directory and a symlink to /etc until `race-done` appears,
+     then remove the sparse file (a 10 TiB outbox is over the hashing cap as a whole, which
+     would keep every other file from the gate: `{"mode": "sparse"}` leaves one in place);
   3. write the log flood, reporting bytes written in /workspace/progress, then wait for
      `log-done` and exit, leaving /outbox/swap a symlink to /etc.
 """
@@ -32,7 +34,8 @@ from typing import Any
 
 OUTBOX = "/outbox"
 WORKSPACE = "/workspace"
-DEFAULTS: dict[str, Any] = {"dataset": "patients", "log_mib": 160, "wait_s": 300}
+DEFAULTS: dict[str, Any] = {"mode": "insider", "dataset": "patients", "log_mib": 160,
+                            "wait_s": 300}
 TiB = 1 << 40
 
 _report: dict[str, Any] = {"files": {}, "errors": [], "race_swaps": 0}
@@ -193,7 +196,7 @@ def make_check_files(rows: list[str]) -> None:
 
 
 def make_traps() -> None:
-    """Things a listing must not follow, open or read to the end."""
+    """Things a listing must not follow, open, block on or read to the end."""
     os.symlink("/etc/passwd", os.path.join(OUTBOX, "link.safetensors"))
     os.symlink("/etc", os.path.join(OUTBOX, "etc"))
     _report["files"]["link.safetensors"] = "trap"
@@ -278,6 +281,11 @@ def main(argv: list[str]) -> int:
     config = dict(DEFAULTS)
     if len(argv) > 1:
         config.update(json.loads(argv[1]))
+    if config.get("mode") == "sparse":
+        make_traps()
+        put("ok.json", b'{"accuracy": 0.5}', "clean")
+        write_json("report.json", _report)
+        return 0
     rows = read_rows(config["dataset"])
     _report["rows"] = len(rows)
     for i, row in enumerate(rows[:20]):
@@ -293,6 +301,9 @@ def main(argv: list[str]) -> int:
     _report["race_done_seen"] = wait_for_marker("race-done", config["wait_s"])
     stop.set()
     racer.join()
+    if os.path.exists(os.path.join(OUTBOX, "sparse.safetensors")):
+        os.unlink(os.path.join(OUTBOX, "sparse.safetensors"))
+        _report["files"].pop("sparse.safetensors")
 
     _report["records"], _report["log_bytes"] = flood(rows, int(config["log_mib"]))
     _report["log_done_seen"] = wait_for_marker("log-done", config["wait_s"])
