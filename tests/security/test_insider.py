@@ -10,11 +10,13 @@ side of the rule each must be on:
   label `file 17 (name withheld)` is composed text; a shown name spends the ledger);
 - check reasons (release answers, release JSON and pages): console-composed text only;
 - sandbox JSON and status, error answers: console-composed text only;
-- logs, during and after Docker's log rotation: budgeted bytes;
+- logs, during and after Docker's log rotation (json-file, 2 files of 50 MB, see
+  sandbox/hardening.py: 160 MiB rotates it): budgeted bytes;
 - the listing races (symlink swapped to /etc, FIFO, 10 TiB sparse file): no bytes at all from
   outside the outbox, and no request hangs.
-Residual by design, not asserted: numbers (file sizes and counts, exit code, durations) and
-information packed densely (compressed) inside the budgeted bytes.
+The sandbox runs once for the module (about a minute); each test asserts one property of what
+was collected. Residual by design, not asserted: numbers (file sizes and counts, exit code,
+durations) and information packed densely (compressed) inside the budgeted bytes.
 """
 
 from __future__ import annotations
@@ -611,6 +613,10 @@ def test_every_refusal_is_audited(attack: Attack, installation: Installation) ->
         assert matching, f"refusal of {seen.path} ({seen.request_id}) is not audited"
         details = json.loads(matching[-1].details)
         assert details.get("rule") == seen.body["error"]["rule"], details
+    for seen in attack.seen("release"):
+        if seen.status in (400, 403, 404, 409):  # a trap refused at the gate's door
+            assert [e for e in by_request.get(seen.request_id, []) if e.outcome == "denied"], \
+                f"refused release request {seen.request_id} is not audited"
     for seen in attack.seen("outbox"):
         if seen.status != 200:
             continue
