@@ -433,6 +433,8 @@ def _without_names(seen: Seen) -> str:
     """An outbox listing with the names (budgeted) taken out: what is left is composed text."""
     body = json.loads(json.dumps(seen.body))
     for entry in body.get("files", []) if isinstance(body, dict) else []:
+        if entry.get("name") is not None:  # a shown name is its own label
+            entry.pop("label", None)
         entry.pop("name", None)
     return json.dumps(body, ensure_ascii=False)
 
