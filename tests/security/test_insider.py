@@ -270,14 +270,25 @@ def _launch(engineer: Client, mode: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def attack(installation: Installation, docker_client: docker.DockerClient) -> Iterator[Attack]:
+def attack(installation: Installation, docker_client: docker.DockerClient) -> Attack:
+    bystander = Bystander()
+    watcher = threading.Thread(target=bystander.watch,
+                               args=(installation.base, installation.tokens["bob"]),
+                               daemon=True)
+    watcher.start()
+    try:
+        return _attack(installation, docker_client, bystander)
+    finally:
+        bystander.stop.set()
+        watcher.join(timeout=10)
+
+
+def _attack(installation: Installation, docker_client: docker.DockerClient,
+            bystander: Bystander) -> Attack:
+    """The engineer's side of the attack, in order; every answer is kept."""
     base, core = installation.base, installation.core
     engineer = Client(base, installation.tokens["alice"])
     officer = Client(base, installation.tokens["sofia"])
-    bystander = Bystander()
-    watcher = threading.Thread(target=bystander.watch, args=(base, installation.tokens["bob"]),
-                               daemon=True)
-    watcher.start()
     sandbox_id = _launch(engineer, "insider")
     # A second, short sandbox leaves a 10 TiB sparse file (and the FIFO, the links) at its end.
     sparse_id = _launch(engineer, "sparse")
@@ -392,9 +403,7 @@ def attack(installation: Installation, docker_client: docker.DockerClient) -> It
 
     disclosure = [spent_once, spent_twice, officer.get("/api/v1/disclosure?user=alice",
                                                        "officer")]
-    bystander.stop.set()
-    watcher.join(timeout=10)
-    yield Attack(sandbox_id, engineer, browser, officer, report, final, rotated, listing,
+    return Attack(sandbox_id, engineer, browser, officer, report, final, rotated, listing,
                  releases, disclosure, bystander, (spent_once.body, spent_twice.body),
                  sparse_listing, sparse_release)
 
