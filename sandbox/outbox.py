@@ -158,6 +158,8 @@ def hash_outbox(outbox: Path, rules: OutboxRules) -> OutboxManifest:
         return OutboxManifest(listing, "over_cap", cap="max_hash_files")
     if sum(item.size for item in files) > rules.max_hash_bytes:
         return OutboxManifest(listing, "over_cap", cap="max_hash_bytes")
+    if not files:
+        return OutboxManifest(listing, "ready")
     hashed: dict[int, str] = {}
     spent = 0
     try:
