@@ -149,7 +149,8 @@ def hash_outbox(outbox: Path, rules: OutboxRules) -> OutboxManifest:
 
     Sizes are charged against `max_hash_bytes` before any byte is read, so an outbox over a
     cap (a sparse 10 TB file, say) is reported at once and nothing is read. Safe to run in
-    a background thread: it holds no lock and opens nothing that can block."""
+    a background thread: it holds no lock and opens nothing that can block. Raises
+    OutboxError if the outbox root is not a real directory or a read fails."""
     listing = list_outbox(outbox, rules)
     files = listing.files
     if listing.truncated:
@@ -350,3 +351,7 @@ def _hash_item(root: int, item: OutboxItem, budget: int) -> str | None:
             return digest.hexdigest()
     except OutboxError:
         return None
+    except OSError as exc:  # an I/O error, not a change: the caller logs it
+        raise OutboxError("The outbox could not be read.",
+                          detail=f"reading outbox file {item.position}: "
+                                 f"{errno.errorcode.get(exc.errno or 0)}") from exc
