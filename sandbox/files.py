@@ -1,5 +1,6 @@
-"""Files that cross into a sandbox on the host side: unpacking uploaded code safely,
-hashing directory trees, and listing the outbox (names, sizes, hashes; never contents)."""
+"""Files that cross into a sandbox on the host side: unpacking uploaded code safely and
+hashing directory trees. The outbox is read by `sandbox.outbox`; `list_outbox` here is a
+deprecated wrapper over it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sandbox.errors import InvalidUpload
+from sandbox.outbox import OutboxRules, hash_outbox
 
 _CHUNK = 1 << 20
 
@@ -108,6 +110,8 @@ def unpack_code(filename: str, data: bytes, workspace: Path, limits: UploadLimit
 
 @dataclass(frozen=True)
 class OutboxEntry:
+    """Deprecated: the console moves to `sandbox.outbox` (positions, withheld names)."""
+
     name: str
     size: int
     sha256: str
@@ -118,22 +122,12 @@ class OutboxEntry:
 
 
 def list_outbox(outbox: Path) -> list[OutboxEntry]:
-    """Names, sizes and hashes of what a sandbox left in its outbox; links are not followed."""
-    entries: list[OutboxEntry] = []
-    if not outbox.is_dir():
-        return entries
-    for dirpath, dirnames, filenames in os.walk(outbox, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames) + sorted(d for d in dirnames
-                                               if Path(dirpath, d).is_symlink()):
-            path = Path(dirpath, name)
-            rel = path.relative_to(outbox).as_posix()
-            mode = path.lstat().st_mode
-            if stat.S_ISREG(mode):
-                entries.append(OutboxEntry(rel, path.lstat().st_size, file_sha256(path)))
-            else:
-                entries.append(OutboxEntry(rel, 0, "", "ignored"))
-    return entries
+    """Deprecated wrapper over `sandbox.outbox.hash_outbox` with the default rules, kept until
+    the console is rewired: links are not followed, special files are not opened, and
+    hashing stops at the caps (an over-cap or changing outbox lists with empty hashes)."""
+    manifest = hash_outbox(outbox, OutboxRules())
+    return [OutboxEntry(item.path, item.size, item.sha256 or "", item.kind)
+            for item in manifest.listing.items]
 
 
 def chown_tree(root: Path, uid: int, gid: int) -> None:
