@@ -34,6 +34,8 @@ class AuditAction(enum.StrEnum):
     CODE_UPLOAD = "sandbox:code:upload"
     LOGS_VIEW = "sandbox:logs:view"
     OUTBOX_VIEW = "sandbox:outbox:view"
+    OUTBOX_HASH = "sandbox:outbox:hash"
+    DISCLOSURE_VIEW = "policy:disclosure:view"
     # releases
     RELEASE_REQUEST = "release:request:create"
     RELEASE_CHECKS = "release:request:check"
