@@ -178,7 +178,7 @@ def test_safetensors_error_never_quotes_a_long_tensor_name(tmp_path: Path) -> No
     with pytest.raises(InvalidFormat) as caught:
         check_safetensors(write(tmp_path, "m.safetensors", data))
     assert secret not in caught.value.user_message
-    assert "tensor #1" in caught.value.user_message
+    assert "tensor 1" in caught.value.user_message
 
 
 _DTYPES = sorted(d for d, bits in SAFETENSORS_DTYPE_BITS.items() if bits % 8 == 0)
