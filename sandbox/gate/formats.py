@@ -216,8 +216,8 @@ def check_safetensors(path: Path, rules: CheckRules | None = None) -> Safetensor
         raise InvalidFormat("has __metadata__ that is not a map of strings to strings")
     _check_safetensors_text(metadata or {}, list(header), rules)
     spans: list[tuple[int, int, str]] = []
-    for index, (name, entry) in enumerate(header.items()):
-        tensor = f"tensor {index + 1}"
+    for index, entry in enumerate(header.values(), start=1):
+        tensor = f"tensor {index}"
         spans.append((*_tensor_span(entry, tensor), tensor))
     payload = size - 8 - header_bytes
     covered = 0
