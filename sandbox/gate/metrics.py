@@ -85,8 +85,8 @@ class _Walk:
         self.keys += 1
         self.item()
         if len(key) > self.rules.max_key_length:
-            raise MetricsRefused(f"has a {where} of {len(key):,} characters (at most "
-                                 f"{self.rules.max_key_length})", limit="max_key_length",
+            raise MetricsRefused(f"has a {where} that is {len(key):,} characters long (at "
+                                 f"most {self.rules.max_key_length})", limit="max_key_length",
                                  detail=f"key {_detail(key)}")
         if not KEY_PATTERN.match(key):
             raise MetricsRefused(f"has a {where} that is not a plain name (letters, digits, "

@@ -166,3 +166,77 @@ def test_csv_value_cap_counts_every_cell() -> None:
 def test_unknown_metrics_type_fails_closed() -> None:
     with pytest.raises(MetricsRefused, match="no metrics reader"):
         check_metrics(b"a: 1\n", ".yaml", RULES)
+
+
+# --- what can carry data is counted: keys, header columns, depth, key bytes ---------------------
+
+
+def test_keys_count_toward_the_item_cap() -> None:
+    rules = CheckRules(max_metric_values=4)
+    assert check_metrics(as_json({"a": 1, "b": 2}), ".json", rules).keys == 2
+    with pytest.raises(MetricsRefused, match="more than 4 keys and values") as caught:
+        check_metrics(as_json({"a": 1, "b": 2, "c": 3}), ".json", rules)
+    assert caught.value.limit == "max_metric_values"
+    # Keys alone, with nothing under them, count too.
+    with pytest.raises(MetricsRefused) as caught:
+        check_metrics(as_json({f"k{i}": {} for i in range(5)}), ".json", rules)
+    assert caught.value.limit == "max_metric_values"
+
+
+def test_a_header_only_csv_counts_its_columns() -> None:
+    rules = CheckRules(max_metric_values=3)
+    summary = check_metrics(b"a,b,c\n", ".csv", rules)
+    assert (summary.keys, summary.values) == (3, 0)
+    with pytest.raises(MetricsRefused, match="more than 3 keys and values") as caught:
+        check_metrics(b"a,b,c,d\n", ".csv", rules)
+    assert caught.value.limit == "max_metric_values"
+
+
+@pytest.mark.parametrize("suffix, document", [
+    (".json", lambda key: as_json({"ok": 1, key: 1})),
+    (".csv", lambda key: f"ok,{key}\n1,2\n".encode()),
+])
+def test_key_length_limit(suffix: str, document: Any) -> None:
+    rules = CheckRules(max_key_length=20)
+    check_metrics(document("k" * 20), suffix, rules)
+    with pytest.raises(MetricsRefused, match=r"(index|column name) 2 (of the header )?that is "
+                                             r"21 characters long") as caught:
+        check_metrics(document("k" * 21), suffix, rules)
+    assert caught.value.limit == "max_key_length" and "k" * 21 not in caught.value.user_message
+
+
+@pytest.mark.parametrize("inner", [{"d": 1}, [1]])
+def test_key_depth_limit(inner: Any) -> None:
+    rules = CheckRules(max_key_depth=3)
+    check_metrics(as_json({"a": {"b": inner}}), ".json", rules)  # three levels
+    with pytest.raises(MetricsRefused, match="4 deep") as caught:
+        check_metrics(as_json({"a": {"b": {"c": inner}}}), ".json", rules)
+    assert caught.value.limit == "max_key_depth"
+    with pytest.raises(MetricsRefused, match="4 deep"):
+        check_metrics(as_json({"a": [[inner]]}), ".json", rules)
+
+
+def test_default_depth_is_four() -> None:
+    check_metrics(as_json({"a": {"b": {"c": {"d": 1}}}}), ".json", RULES)
+    with pytest.raises(MetricsRefused) as caught:
+        check_metrics(as_json({"a": {"b": {"c": {"d": {"e": 1}}}}}), ".json", RULES)
+    assert caught.value.limit == "max_key_depth"
+
+
+@pytest.mark.parametrize("suffix, document", [
+    (".json", lambda keys: as_json(dict.fromkeys(keys, 1))),
+    (".csv", lambda keys: (",".join(keys) + "\n").encode()),
+])
+def test_total_key_bytes_limit(suffix: str, document: Any) -> None:
+    rules = CheckRules(max_metric_key_bytes=100)
+    keys = [f"k{i:09d}" for i in range(10)]  # 10 bytes each: 100 in all
+    assert check_metrics(document(keys), suffix, rules).keys == 10
+    with pytest.raises(MetricsRefused, match="more than 100 bytes of key names") as caught:
+        check_metrics(document([*keys, "x"]), suffix, rules)
+    assert caught.value.limit == "max_metric_key_bytes"
+
+
+def test_key_charset_applies_to_csv_headers_without_echoing_them() -> None:
+    with pytest.raises(MetricsRefused, match="column name 2 of the header") as caught:
+        check_metrics(b"epoch,secret name\n1,2\n", ".csv", RULES)
+    assert "secret" not in caught.value.user_message and "secret" in caught.value.detail
