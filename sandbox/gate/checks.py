@@ -217,7 +217,9 @@ def _format(path: Path, kind: FileKind, suffix: str, rules: CheckRules) -> str:
                 f"{layout.metadata_entries} metadata key(s)")
     if suffix == ".onnx":
         summary = check_onnx(path, rules)
-        return (f"is a valid ONNX model (IR {summary.ir_version}, {summary.opset}): "
+        # The checker bounds the IR version; bound it here too, it is a number from the file.
+        ir = summary.ir_version if 0 <= summary.ir_version <= 100 else "above 100"
+        return (f"is a valid ONNX model (IR {ir}, {summary.opset}): "
                 f"{summary.nodes} node(s), {summary.initializers} initializer(s)")
     if suffix in (".json", ".csv"):
         if path.stat().st_size > rules.max_metrics_bytes:

@@ -403,6 +403,18 @@ def test_onnx_all_strings_limit_counts_string_attributes(tmp_path: Path) -> None
     assert refused is not None and refused.limit == "max_model_strings_bytes"
 
 
+def test_onnx_opsets_in_a_reason_are_bounded() -> None:
+    from onnx import helper
+
+    from sandbox.gate.formats import _opsets
+
+    imports = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 123456789),
+               helper.make_opsetid("", 99), *(helper.make_opsetid(f"d{i}", i * 7919)
+                                              for i in range(50))]
+    assert _opsets(imports) == ("ai.onnx 17, ai.onnx.ml (a version above 100), "
+                                "51 other opset import(s)")
+
+
 def test_onnx_checker_message_is_never_echoed(tmp_path: Path) -> None:
     model = _onnx_model()
     model.graph.node[0].op_type = "SecretRowAsOp"
