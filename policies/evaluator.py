@@ -130,20 +130,25 @@ class PolicyEvaluator:
         what this sandbox and this user (today) have already been shown. The tighter of the
         two budgets decides, and names its rule; nothing new fits is a denial."""
         budget = self.policy.disclosure
-        rooms = (("disclosure.per_sandbox_bytes", budget.per_sandbox_bytes - sandbox_spent,
-                  f"the disclosure budget of {budget.per_sandbox_bytes:,} bytes for this "
-                  "sandbox is spent"),
+        rooms = (("disclosure.per_sandbox_bytes", budget.per_sandbox_bytes - sandbox_spent),
                  ("disclosure.per_user_daily_bytes",
-                  budget.per_user_daily_bytes - user_day_spent,
-                  f"your disclosure budget of {budget.per_user_daily_bytes:,} bytes for today "
-                  "is spent"))
-        rule, room, spent = min(rooms, key=lambda r: r[1])
+                  budget.per_user_daily_bytes - user_day_spent))
+        rule, room = min(rooms, key=lambda r: r[1])
         if wanted <= 0:
             return self._decide(True, rule, "nothing new to show"), 0
         if room <= 0:
-            return self._decide(False, rule, spent), 0
-        allowed = min(wanted, room)
-        return self._decide(True, rule, "within the disclosure budget"), allowed
+            return self.disclosure_spent(rule), 0
+        return self._decide(True, rule, "within the disclosure budget"), min(wanted, room)
+
+    def disclosure_spent(self, rule: str) -> PolicyDecision:
+        """The denial for a disclosure budget that cannot pay for what is asked."""
+        budget = self.policy.disclosure
+        if rule == "disclosure.per_user_daily_bytes":
+            return self._decide(False, rule, f"your disclosure budget of "
+                                f"{budget.per_user_daily_bytes:,} bytes for today is spent")
+        return self._decide(False, "disclosure.per_sandbox_bytes",
+                            f"the disclosure budget of {budget.per_sandbox_bytes:,} bytes for "
+                            "this sandbox is spent")
 
     def may_open_ssh(self, user: str, role: str) -> PolicyDecision:
         if not self.policy.interactive.ssh:

@@ -200,7 +200,16 @@ class Release(_Strict):
     allow_pickle: bool = False
     max_file_mb: int = Field(default=2048, ge=1)
     max_total_mb: int = Field(default=4096, ge=1)
-    max_metric_values: int = Field(default=1000, ge=1)
+    max_metric_values: int = Field(default=1000, ge=1)  # numbers and keys (and CSV columns)
+    max_key_length: int = Field(default=64, ge=1, le=1024)
+    max_key_depth: int = Field(default=4, ge=1, le=64)
+    max_metric_key_bytes: int = Field(default=4096, ge=1)
+    #: safetensors `__metadata__`, ONNX doc strings and metadata_props, in all (bytes).
+    max_metadata_bytes: int = Field(default=4096, ge=0)
+    #: Each tensor, node or value name in a model.
+    max_name_length: int = Field(default=128, ge=1, le=4096)
+    #: Every string in a model together (names, doc strings, string attributes).
+    max_model_strings_bytes: int = Field(default=65536, ge=0)
     small_count_k: int = Field(default=10, ge=1)
     leak_scan: bool = True
     leak_min_row_bytes: int = Field(default=16, ge=4)

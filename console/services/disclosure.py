@@ -74,6 +74,7 @@ def spend(session: Session, evaluator: PolicyEvaluator, *, sandbox_id: str, user
     for key, size in items:
         if key not in known:
             if spent + size > room:
+                decision = evaluator.disclosure_spent(decision.rule)
                 break
             session.add(DisclosureItem(sandbox_id=sandbox_id, user=user, day=day,
                                        channel=channel.value, item=key, bytes=size,
