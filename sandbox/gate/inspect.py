@@ -192,6 +192,9 @@ class NodeView:
     name: str
     inputs: list[str]
     outputs: list[str]
+    #: `name=value` for each attribute; numbers in full up to a few, strings and tensors by
+    #: reference to their own tables (numbers in attributes can carry data too).
+    attributes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -461,7 +464,8 @@ def _onnx(path: Path, size: int, budget: _Budget) -> FileView:
             if len(nodes) < MAX_ROWS:
                 nodes.append(NodeView(where, index, op, visible(node.name),
                                       [visible(i) for i in node.input],
-                                      [visible(o) for o in node.output]))
+                                      [visible(o) for o in node.output],
+                                      [_attribute(a) for a in node.attribute]))
     initializers: list[TensorView] = []
     tensors = list(_onnx_tensors(model))
     for index, (where, tensor) in enumerate(tensors[:MAX_ROWS], start=1):
@@ -505,6 +509,34 @@ def _onnx_node_lists(model: Any) -> Iterator[tuple[str, Any]]:
                 pending += [(f"{base}.graphs[{g}]", sub) for g, sub in enumerate(attribute.graphs)]
 
 
+#: Numbers of one list attribute shown; the rest are counted.
+SHOWN_ATTRIBUTE_VALUES = 16
+
+
+def _attribute(attribute: Any) -> str:
+    name = visible(attribute.name)
+    if attribute.HasField("f"):
+        return f"{name}={float(attribute.f):.9g}"
+    if attribute.HasField("i"):
+        return f"{name}={int(attribute.i)}"
+    for kind in ("floats", "ints"):
+        values = list(getattr(attribute, kind))
+        if values:
+            shown = ", ".join(f"{v:.9g}" if kind == "floats" else str(v)
+                              for v in values[:SHOWN_ATTRIBUTE_VALUES])
+            more = f", … {len(values) - SHOWN_ATTRIBUTE_VALUES:,} more" \
+                if len(values) > SHOWN_ATTRIBUTE_VALUES else ""
+            return f"{name}=[{shown}{more}]"
+    if attribute.HasField("s") or len(attribute.strings):
+        return f"{name}=(text: see the strings)"
+    if attribute.HasField("t") or len(attribute.tensors) or attribute.HasField("sparse_tensor") \
+            or len(attribute.sparse_tensors):
+        return f"{name}=(tensor: see the tensors)"
+    if attribute.HasField("g") or len(attribute.graphs):
+        return f"{name}=(subgraph: see the nodes)"
+    return f"{name}=(empty)"
+
+
 def _onnx_tensors(model: Any) -> Iterator[tuple[str, Any]]:
     """(where, TensorProto) for every initializer and every tensor-valued node attribute."""
     pending: list[tuple[str, Any]] = [("graph", model.graph)]
@@ -523,6 +555,13 @@ def _onnx_tensors(model: Any) -> Iterator[tuple[str, Any]]:
                     yield f"{base}.t", attribute.t
                 for t, tensor in enumerate(attribute.tensors):
                     yield f"{base}.tensors[{t}]", tensor
+                sparse_tensors = [(f"{base}.sparse_tensor", attribute.sparse_tensor)] \
+                    if attribute.HasField("sparse_tensor") else []
+                sparse_tensors += [(f"{base}.sparse_tensors[{t}]", sparse)
+                                   for t, sparse in enumerate(attribute.sparse_tensors)]
+                for at, sparse in sparse_tensors:
+                    yield f"{at}.values", sparse.values
+                    yield f"{at}.indices", sparse.indices
                 if attribute.HasField("g"):
                     pending.append((f"{base}.g", attribute.g))
                 pending += [(f"{base}.graphs[{g}]", sub) for g, sub in enumerate(attribute.graphs)]

@@ -163,7 +163,8 @@ def _onnx_model() -> bytes:
     nodes = [
         helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
         helper.make_node("Relu", ["h"], ["r"], name="relu", doc_string="act\x1b[31m"),
-        helper.make_node("Relu", ["r"], ["y"], name="relu2", note="a string attribute"),
+        helper.make_node("Relu", ["r"], ["y"], name="relu2", note="a string attribute",
+                         codes=list(range(20)), alpha=0.25),
     ]
     graph = helper.make_graph(
         nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
@@ -188,6 +189,9 @@ def test_onnx_graph_operators_io_initializers_and_every_string(tmp_path: Path) -
     assert [(v.name, v.elem_type, v.shape) for v in model.inputs] == [
         ("x", "FLOAT", ["batch", 2])]
     assert [(v.name, v.shape) for v in model.outputs] == [("y", ["batch", 2])]
+    assert model.nodes[2].attributes == [
+        "alpha=0.25", "codes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, … 4 more]",
+        "note=(text: see the strings)"]
     [weight] = model.initializers
     assert (weight.name, weight.dtype, weight.shape) == ("W", "FLOAT", [2, 2])
     assert weight.stats is not None
@@ -197,7 +201,7 @@ def test_onnx_graph_operators_io_initializers_and_every_string(tmp_path: Path) -
     assert strings["producer_name"] == "trainer<script>"
     assert strings["metadata_props[1].value"] == "row\\x00data"
     assert strings["graph.node[1].doc_string"] == "act\\x1b[31m"
-    assert strings["graph.node[2].attribute[0].s"] == "a string attribute"
+    assert strings["graph.node[2].attribute[2].s"] == "a string attribute"
     assert strings["graph.doc_string"] == "graph doc"
     assert strings["graph.initializer[0].name"] == "W"
     assert model.strings_total == len(model.strings)
@@ -284,3 +288,32 @@ def test_visible_text_always_prints(text: str) -> None:
     shown = visible(text)
     assert shown.isprintable()
     assert math.isfinite(len(shown))
+
+
+def test_onnx_subgraphs_and_constants_are_in_the_view(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(value: float) -> Any:
+        constant = helper.make_node("Constant", [], ["out"], value=numpy_helper.from_array(
+            np.array([value], dtype=np.float32), name=f"c{value:g}"))
+        return helper.make_graph([constant], f"branch{value:g}", [],
+                                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])])
+
+    choose = helper.make_node("If", ["cond"], ["y"], then_branch=branch(1.0),
+                              else_branch=branch(-1.0))
+    graph = helper.make_graph([choose], "g",
+                              [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    view = render_file(_write(tmp_path, "if.onnx", helper.make_model(graph).SerializeToString()),
+                       ".onnx")
+
+    assert view.onnx is not None
+    assert dict(view.onnx.operators) == {"If": 1, "Constant": 2}
+    assert {n.graph for n in view.onnx.nodes} == {
+        "graph", "graph.node[0].attribute[0].g", "graph.node[0].attribute[1].g"}
+    constants = {t.name: t for t in view.onnx.initializers}
+    assert set(constants) == {"c1", "c-1"}
+    assert constants["c-1"].stats is not None and constants["c-1"].stats.min == -1.0
+    assert constants["c1"].where.endswith(".node[0].attribute[0].t")
+    assert view.onnx.inputs[0].shape == [] and view.onnx.inputs[0].elem_type == "BOOL"
