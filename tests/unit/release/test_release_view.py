@@ -104,6 +104,8 @@ def test_the_review_page_links_each_file_view_for_approvers(
     for text in ("encoder.weight", "encoder.bias", "epochs", "F32", "[3]", "-1.25"):
         assert text in html, text
     assert [(e.actor, e.outcome) for e in recorded(core, "release:file:view")] == [("bob", "ok")]
+    timeline = client.get(f"/releases/{rid}").get_data(as_text=True)
+    assert "<strong>bob</strong> file view" in timeline
 
 
 def test_the_requester_gets_403_before_release_audited_as_denied(
@@ -174,3 +176,34 @@ def test_an_unparsable_file_and_a_pickle_get_views_in_the_consoles_words(
     login(client, "bob")
     html = client.get(f"/releases/{rid}/files/2").get_data(as_text=True)
     assert "no rendered view for this type" in html and pickle_view["sha256"] in html
+
+
+def _onnx_bytes() -> bytes:
+    pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.array([[1.0, -2.0]], dtype=np.float32), name="W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="project", doc_string=SCRIPT)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])], [weight])
+    model = helper.make_model(graph, producer_name="trainer")
+    helper.set_model_props(model, {"card": "line one\nline two"})
+    return bytes(model.SerializeToString())
+
+
+def test_onnx_and_csv_pages_render_in_full(client: FlaskClient, people: dict[str, str],
+                                           release: Callable[[dict[str, bytes]], str]) -> None:
+    rid = release({"model.onnx": _onnx_bytes(),
+                   "metrics.csv": b"epoch,loss\n1,0.5\n2,0.25\n"})
+    login(client, "bob")
+
+    csv_page = client.get(f"/releases/{rid}/files/1").get_data(as_text=True)
+    onnx_page = client.get(f"/releases/{rid}/files/2").get_data(as_text=True)
+
+    assert "2 data rows, 2 columns" in csv_page and "loss" in csv_page
+    for text in ("MatMul", "project", "Every string in the model", "graph.node[0].doc_string",
+                 "metadata_props[0].value", "line one\\x0aline two", "FLOAT", "[n, 2]"):
+        assert text in onnx_page, text
+    assert SCRIPT not in onnx_page
