@@ -45,6 +45,7 @@ class AuditAction(enum.StrEnum):
     RELEASE_SEAL = "release:bundle:seal"
     RELEASE_DOWNLOAD = "release:bundle:download"
     RELEASE_VIEW = "release:request:view"
+    RELEASE_FILE_VIEW = "release:file:view"  # a rendered view of a file under review
     KEY_ROTATE = "admin:key:rotate"
     # system
     CONSOLE_START = "system:console:start"

@@ -181,6 +181,12 @@ def get_release(release_id: str) -> Any:
     return jsonify(release_service.to_dict(core(), record))
 
 
+@api.route("/releases/<release_id>/files/<int:position>/view", methods=["GET"])
+@api_requires(Permission.RELEASE_READ)
+def release_file_view(release_id: str, position: int) -> Any:
+    return jsonify(release_service.file_view(core(), caller(), release_id, position))
+
+
 @api.route("/releases/<release_id>/approve", methods=["POST"])
 @api_requires(Permission.RELEASE_REVIEW)
 def approve_release(release_id: str) -> Any:

@@ -40,7 +40,15 @@ from console.services import outbox as outbox_service
 from console.services.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError
 from policies.schema import Policy
 from sandbox.errors import InvalidUpload, SandboxError
-from sandbox.gate.checks import CandidateFile, Check, CheckReport, CheckResult, run_checks
+from sandbox.gate.checks import (
+    CandidateFile,
+    Check,
+    CheckReport,
+    CheckResult,
+    run_checks,
+    suffix_of,
+)
+from sandbox.gate.inspect import render_file, visible
 from sandbox.gate.rules import CheckRules
 from sandbox.gate.store import BlobStore
 
@@ -283,6 +291,45 @@ def to_dict(core: Sealroom, record: ReleaseRequest) -> dict[str, Any]:
         if record.status == ReleaseStatus.RELEASED else None,
         "keyid": record.bundle_keyid or None,
     }
+
+
+#: Elements of each tensor a file view reads for its statistics.
+VIEW_MAX_ELEMENTS = 1_000_000
+
+
+def may_view_files(caller: Caller, record: ReleaseRequest) -> bool:
+    """Rendered views are sandbox bytes: for approvers, and for the requester only once the
+    files are out anyway (released); never for the requester while the request is open."""
+    if record.requester == caller.name:
+        return record.status == ReleaseStatus.RELEASED
+    return _may_review(caller)
+
+
+def file_view(core: Sealroom, caller: Caller, release_id: str, position: int) -> dict[str, Any]:
+    """The rendered view of the release's file at `position` (1-based, in the order the
+    files are listed), audited per view with the file's position and hash."""
+    target = f"release:{release_id[:64]}"
+    try:
+        with core.transaction() as session:
+            record = _visible(session, caller, release_id)
+            if not may_view_files(caller, record):
+                raise Forbidden("the files' contents are shown to approvers; the requester "
+                                "sees them once the release is released")
+        files = files_of(core, release_id)
+        if not 1 <= position <= len(files):
+            raise NotFound(f"this release has no file {position}")
+    except ServiceError as exc:
+        _refuse(core, caller, AuditAction.RELEASE_FILE_VIEW, target, exc)
+        raise
+    chosen = files[position - 1]
+    view = render_file(blob_store(core).path(chosen.sha256), suffix_of(chosen.name),
+                       max_elements=VIEW_MAX_ELEMENTS)
+    core.record(caller.actor, AuditAction.RELEASE_FILE_VIEW, target=f"release:{release_id}",
+                request_id=caller.request_id, position=position, sha256=chosen.sha256,
+                view=str(view.kind))
+    return {"release": release_id, "position": position, "files": len(files),
+            "name": visible(chosen.name), "size": chosen.size, "sha256": chosen.sha256,
+            "view": view.to_dict()}
 
 
 # --- review -------------------------------------------------------------------------------
