@@ -34,6 +34,8 @@ class AuditAction(enum.StrEnum):
     CODE_UPLOAD = "sandbox:code:upload"
     LOGS_VIEW = "sandbox:logs:view"
     OUTBOX_VIEW = "sandbox:outbox:view"
+    OUTBOX_HASH = "sandbox:outbox:hash"
+    DISCLOSURE_VIEW = "policy:disclosure:view"
     # releases
     RELEASE_REQUEST = "release:request:create"
     RELEASE_CHECKS = "release:request:check"
@@ -43,6 +45,7 @@ class AuditAction(enum.StrEnum):
     RELEASE_SEAL = "release:bundle:seal"
     RELEASE_DOWNLOAD = "release:bundle:download"
     RELEASE_VIEW = "release:request:view"
+    RELEASE_FILE_VIEW = "release:file:view"  # a rendered view of a file under review
     KEY_ROTATE = "admin:key:rotate"
     # system
     CONSOLE_START = "system:console:start"

@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     from console.metrics import metrics
     from console.web.audit import audit_pages
     from console.web.auth import auth
+    from console.web.disclosure import disclosure_pages
     from console.web.engineer import engineer
     from console.web.home import home
     from console.web.policy import policy_pages
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     app.register_blueprint(releases)
     app.register_blueprint(audit_pages)
     app.register_blueprint(policy_pages)
+    app.register_blueprint(disclosure_pages)
     app.register_blueprint(api)
     app.register_blueprint(metrics)
     _install_session_timeouts(app)

@@ -130,3 +130,31 @@ def show(number: int | None) -> None:
                f"# activated {row.created_at} by {row.author}: {row.reason}\n"
                f"# sha256 {row.sha256}")
     click.echo(row.text, nl=not row.text.endswith("\n"))
+
+
+@policy.command()
+@click.argument("user", required=False)
+def disclosure(user: str | None) -> None:
+    """How much sandbox-written content USER has been shown (today and per sandbox), or every
+    user's total today."""
+    from audit.events import AuditAction
+    from console.services import disclosure as disclosure_service
+
+    core = _core()
+    core.record(_caller().actor, AuditAction.DISCLOSURE_VIEW,
+                target=f"user:{user}" if user else "disclosure:today")
+    if not user:
+        rows = disclosure_service.users_today(core)
+        click.echo(f"# {disclosure_service.today()}: bytes of sandbox content shown")
+        for row in rows:
+            click.echo(f"{row['user']}\t{row['spent']}\tof {row['limit']}")
+        if not rows:
+            click.echo("nobody has been shown sandbox content today")
+        return
+    usage = disclosure_service.usage(core, user)
+    click.echo(f"{user}: {usage['spent_today']:,} of {usage['limit_per_day']:,} bytes "
+               f"today ({usage['day']})")
+    for entry in usage["sandboxes"]:  # type: ignore[attr-defined]
+        channels = ", ".join(f"{k} {v:,}" for k, v in sorted(entry["channels"].items()))
+        click.echo(f"  {entry['sandbox']}: {entry['spent']:,} of {entry['limit']:,} bytes "
+                   f"({channels})")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +68,25 @@ class Sealroom:
                                                           "timeout": 30})
         self._policy_cache: Policy | None = None
         self._policy_lock = threading.Lock()
+        self._background: ThreadPoolExecutor | None = None
+        self._background_keys: dict[str, Future[None]] = {}
+        self._background_lock = threading.Lock()
         self._ensure_policy()
+
+    # --- slow work off the request threads ------------------------------------------------
+
+    def run_in_background(self, key: str, work: Callable[[], None]) -> Future[None]:
+        """Run `work` on the console's one background worker, unless work under the same key
+        is already queued or running (then that one's future is returned)."""
+        with self._background_lock:
+            pending = self._background_keys.get(key)
+            if pending is not None and not pending.done():
+                return pending
+            if self._background is None:
+                self._background = ThreadPoolExecutor(1, thread_name_prefix="sealroom-bg")
+            future = self._background.submit(work)
+            self._background_keys[key] = future
+            return future
 
     # --- the active policy ----------------------------------------------------------------
 
@@ -218,6 +237,10 @@ class Sealroom:
                                checkpoint_file=self.settings.audit_checkpoint_file)
 
     def close(self) -> None:
+        with self._background_lock:
+            if self._background is not None:
+                self._background.shutdown(wait=True, cancel_futures=True)
+                self._background = None
         self.engine.dispose()
         self._policy_reader.dispose()
 

@@ -1,5 +1,6 @@
-"""Console state tables: users, API tokens, datasets, images, sandboxes, release requests
-and the policy's versions. Who may use a dataset is policy, not a table here."""
+"""Console state tables: users, API tokens, datasets, images, sandboxes (with the console's
+copy of their logs, their outbox manifests and the disclosure ledger), release requests and
+the policy's versions. Who may use a dataset is policy, not a table here."""
 
 from __future__ import annotations
 
@@ -137,7 +138,10 @@ class ReleaseFile(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     release_id: str = Field(foreign_key="release_request.id", index=True)
-    name: str
+    name: str  # the path in the outbox: the file's name in the signed bundle
+    #: What people see before the release: the name if the policy lets it be shown, else
+    #: "file 17 (name withheld)".
+    label: str = ""
     size: int
     sha256: str
 
@@ -169,3 +173,47 @@ class PolicyVersion(SQLModel, table=True):
     reason: str
     created_at: str  # when it was activated
     restored_from: int | None = None
+
+
+class SandboxLog(SQLModel, table=True):
+    """The console's own copy of a sandbox's log (`sandboxes/<id>/log.txt`). Positions never
+    move: the engine rotating its log cannot make old positions show new bytes."""
+
+    __tablename__ = "sandbox_log"
+
+    sandbox_id: str = Field(primary_key=True, foreign_key="sandbox.id")
+    cursor: str = ""  # the backend's position after the last byte copied
+    base: int = 0  # position of the first byte still kept (older bytes were dropped)
+    size: int = 0  # position after the last byte copied
+    complete: bool = False  # the sandbox has ended and its log was copied to the end
+
+
+class OutboxManifest(SQLModel, table=True):
+    """What a sandbox left in its outbox, listed and hashed once after it ended."""
+
+    __tablename__ = "outbox_manifest"
+
+    sandbox_id: str = Field(primary_key=True, foreign_key="sandbox.id")
+    state: str  # "ready" or "over_cap"
+    items: str  # JSON list of OutboxItem fields (real paths: never shown unfiltered)
+    truncated: bool = False
+    entries: int = 0
+    detail: str = ""  # which cap, in the console's words
+    created_at: str
+
+
+class DisclosureItem(SQLModel, table=True):
+    """One piece of sandbox-written content shown to a person, counted once: a block of the
+    log, or one outbox name. Re-showing it spends nothing; the sums are the budgets' use."""
+
+    __tablename__ = "disclosure_item"
+    __table_args__ = (UniqueConstraint("sandbox_id", "channel", "item"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    sandbox_id: str = Field(index=True)
+    user: str = Field(index=True)
+    day: str = Field(index=True)  # UTC date of the first showing
+    channel: str  # "log" or "outbox_name"
+    item: str  # the block number, or a hash of the name
+    bytes: int
+    created_at: str

@@ -36,6 +36,7 @@ class Permission(enum.StrEnum):
     POLICY_READ = "policy:policy:read"
     POLICY_WRITE = "policy:policy:write"
     SANDBOX_OVERSEE = "sandbox:any:stop"  # list every running sandbox, stop one policy forbids
+    DISCLOSURE_READ = "policy:disclosure:read"  # what each user has been shown of sandboxes
 
 
 _EVERYONE = frozenset({Permission.SELF_READ})
@@ -61,11 +62,13 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.POLICY_READ,
         Permission.POLICY_WRITE,
         Permission.SANDBOX_OVERSEE,
+        Permission.DISCLOSURE_READ,
     },
     Role.AUDITOR: _EVERYONE | {
         Permission.AUDIT_READ,
         Permission.AUDIT_EXPORT,
         Permission.POLICY_READ,
+        Permission.DISCLOSURE_READ,
     },
     Role.ADMIN: _EVERYONE | {
         Permission.METRICS_READ,

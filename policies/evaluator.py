@@ -122,20 +122,33 @@ class PolicyEvaluator:
         mode = self.policy.network.single if kind == "single" else self.policy.network.mpi
         return self._decide(True, f"network.{kind}", mode)
 
-    # --- logs, interactive access, sessions --------------------------------------------
+    # --- disclosure, interactive access, sessions --------------------------------------------
 
-    def log_view(self, offset: int, length: int) -> tuple[PolicyDecision, int]:
-        """How many of `length` log bytes from `offset` may be shown: positions before
-        `logs.max_view_bytes` only, so no sandbox can say more than that through its log."""
-        budget = self.policy.logs.max_view_bytes
-        if length <= 0:
-            return self._decide(True, "logs.max_view_bytes", "nothing to show"), 0
-        if offset >= budget:
-            return self._decide(False, "logs.max_view_bytes",
-                                f"the log viewing budget of {budget:,} bytes for this sandbox "
-                                "is used up"), 0
-        return self._decide(True, "logs.max_view_bytes", "within the viewing budget"), \
-            min(length, budget - offset)
+    def disclosure(self, *, sandbox_spent: int, user_day_spent: int,
+                   wanted: int) -> tuple[PolicyDecision, int]:
+        """How many of `wanted` new bytes a sandbox wrote may be shown to a person, given
+        what this sandbox and this user (today) have already been shown. The tighter of the
+        two budgets decides, and names its rule; nothing new fits is a denial."""
+        budget = self.policy.disclosure
+        rooms = (("disclosure.per_sandbox_bytes", budget.per_sandbox_bytes - sandbox_spent),
+                 ("disclosure.per_user_daily_bytes",
+                  budget.per_user_daily_bytes - user_day_spent))
+        rule, room = min(rooms, key=lambda r: r[1])
+        if wanted <= 0:
+            return self._decide(True, rule, "nothing new to show"), 0
+        if room <= 0:
+            return self.disclosure_spent(rule), 0
+        return self._decide(True, rule, "within the disclosure budget"), min(wanted, room)
+
+    def disclosure_spent(self, rule: str) -> PolicyDecision:
+        """The denial for a disclosure budget that cannot pay for what is asked."""
+        budget = self.policy.disclosure
+        if rule == "disclosure.per_user_daily_bytes":
+            return self._decide(False, rule, f"your disclosure budget of "
+                                f"{budget.per_user_daily_bytes:,} bytes for today is spent")
+        return self._decide(False, "disclosure.per_sandbox_bytes",
+                            f"the disclosure budget of {budget.per_sandbox_bytes:,} bytes for "
+                            "this sandbox is spent")
 
     def may_open_ssh(self, user: str, role: str) -> PolicyDecision:
         if not self.policy.interactive.ssh:

@@ -135,9 +135,43 @@ class Interactive(_Strict):
     output_budget_mb: int = Field(default=64, ge=1, le=65_536)
 
 
-class Logs(_Strict):
-    #: Bytes of each sandbox's log an engineer may see: positions 0 to this, never beyond.
-    max_view_bytes: int = Field(default=1 << 20, ge=0)
+class OutboxDisclosure(_Strict):
+    """What the outbox listing may show of what a sandbox wrote there."""
+
+    #: List the outbox (names, sizes) while the sandbox still runs; hashes come only at the end.
+    list_while_running: bool = False
+    #: A name is shown only if every part of its path matches this whole; else
+    #: "file 17 (name withheld)". Shown names spend the disclosure budget.
+    name_pattern: str = Field(default=r"[A-Za-z0-9._-]{1,64}", min_length=1, max_length=200)
+    max_depth: int = Field(default=3, ge=1, le=16)
+    max_entries: int = Field(default=200, ge=1, le=100_000)
+    #: Hashing stops, and the outbox is reported over its cap, past these.
+    max_hash_mb: int = Field(default=8192, ge=1)
+    max_hash_files: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _pattern_compiles(self) -> OutboxDisclosure:
+        import re
+
+        try:
+            compiled = re.compile(self.name_pattern)
+        except re.error as exc:
+            raise _contradiction("name_pattern", f"name_pattern is not a regular expression "
+                                 f"({exc})") from None
+        if compiled.fullmatch("") is not None:
+            raise _contradiction("name_pattern", "name_pattern must not match an empty name")
+        return self
+
+
+class Disclosure(_Strict):
+    """The disclosure budget: sandbox-written bytes a person may see before a release is
+    approved (log text, outbox names, later metrics and terminal output)."""
+
+    #: Per sandbox, over its whole life, every channel together.
+    per_sandbox_bytes: int = Field(default=1 << 20, ge=0)
+    #: Per user and UTC day, over all their sandboxes.
+    per_user_daily_bytes: int = Field(default=4 << 20, ge=0)
+    outbox: OutboxDisclosure = OutboxDisclosure()
 
 
 class Uploads(_Strict):
@@ -166,7 +200,16 @@ class Release(_Strict):
     allow_pickle: bool = False
     max_file_mb: int = Field(default=2048, ge=1)
     max_total_mb: int = Field(default=4096, ge=1)
-    max_metric_values: int = Field(default=1000, ge=1)
+    max_metric_values: int = Field(default=1000, ge=1)  # numbers and keys (and CSV columns)
+    max_key_length: int = Field(default=64, ge=1, le=1024)
+    max_key_depth: int = Field(default=4, ge=1, le=64)
+    max_metric_key_bytes: int = Field(default=4096, ge=1)
+    #: safetensors `__metadata__`, ONNX doc strings and metadata_props, in all (bytes).
+    max_metadata_bytes: int = Field(default=4096, ge=0)
+    #: Each tensor, node or value name in a model.
+    max_name_length: int = Field(default=128, ge=1, le=4096)
+    #: Every string in a model together (names, doc strings, string attributes).
+    max_model_strings_bytes: int = Field(default=65536, ge=0)
     small_count_k: int = Field(default=10, ge=1)
     leak_scan: bool = True
     leak_min_row_bytes: int = Field(default=16, ge=4)
@@ -206,11 +249,32 @@ class Policy(_Strict):
     resources: Resources = Resources()
     network: Network = Network()
     interactive: Interactive = Interactive()
-    logs: Logs = Logs()
+    disclosure: Disclosure = Disclosure()
     uploads: Uploads = Uploads()
     launch: Launch = Launch()
     release: Release = Release()
     sessions: Sessions = Sessions()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _logs_moved(cls, data: Any) -> Any:
+        """Versions before the disclosure budget had `logs.max_view_bytes`: it becomes
+        `disclosure.per_sandbox_bytes` (see `moved_fields`), so old versions still load."""
+        if not isinstance(data, dict) or "logs" not in data:
+            return data
+        data = dict(data)
+        logs = data.pop("logs")
+        if isinstance(logs, dict) and set(logs) <= {"max_view_bytes"}:
+            if "disclosure" in data:
+                raise PydanticCustomError(
+                    "contradiction", "logs.max_view_bytes was replaced by "
+                    "disclosure.per_sandbox_bytes; give only the disclosure section",
+                    {"field": "disclosure"})
+            if "max_view_bytes" in logs:
+                data["disclosure"] = {"per_sandbox_bytes": logs["max_view_bytes"]}
+            return data
+        data["logs"] = logs  # anything else there is an unknown field, reported as such
+        return data
 
     @model_validator(mode="after")
     def _groups_exist(self) -> Policy:
@@ -282,6 +346,10 @@ def check_policy(text: str, context: PolicyContext | None = None) -> CheckedPoli
     except ValidationError as exc:
         raise InvalidPolicy([_problem(root, error) for error in exc.errors()]) from None
     errors, warnings = _context_problems(policy, context or PolicyContext())
+    if isinstance(data, dict) and "logs" in data:
+        warnings.append((("logs",), "logs.max_view_bytes is now disclosure.per_sandbox_bytes "
+                                    "(it covers every channel, not only the log); this "
+                                    "document is read that way"))
     if errors:
         raise InvalidPolicy([_locate(root, path, message) for path, message in errors])
     return CheckedPolicy(policy, text, policy_sha256(text),

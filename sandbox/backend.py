@@ -40,6 +40,15 @@ class SandboxStatus:
 
 
 @dataclass(frozen=True)
+class LogChunk:
+    """Log output written after a cursor, and the cursor after it. The cursor is the
+    backend's own (opaque) position: it survives the engine rotating its log files."""
+
+    data: bytes
+    cursor: str
+
+
+@dataclass(frozen=True)
 class OwnedSandbox:
     """A sandbox the engine holds for this installation, found by label."""
 
@@ -63,6 +72,10 @@ class Backend(Protocol):
     def poll(self, handle: str) -> SandboxStatus: ...
 
     def logs(self, handle: str, *, tail: int | None = None) -> bytes: ...
+
+    def logs_since(self, handle: str, cursor: str = "", *,
+                   max_bytes: int = 16 << 20) -> LogChunk:
+        """Output written after `cursor` ("" for the start), at most about `max_bytes`."""
 
     def stop(self, handle: str, *, timeout_s: int = 10) -> None:
         """Stop; a missing or already stopped sandbox counts as done."""

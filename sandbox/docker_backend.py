@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import docker
@@ -20,6 +21,7 @@ from sandbox.backend import (
     LABEL_INSTALLATION,
     LABEL_OWNER,
     LABEL_SANDBOX,
+    LogChunk,
     OwnedSandbox,
     RunState,
     SandboxStatus,
@@ -59,6 +61,25 @@ def _gone_or_not_running(exc: docker.errors.APIError) -> bool:
 def _gone_or_going(exc: docker.errors.APIError) -> bool:
     explanation = str(exc.explanation or "")
     return bool(exc.status_code == 404 or (exc.status_code == 409 and "in progress" in explanation))
+
+
+#: Docker's RFC3339NanoFixed in UTC: "2026-12-02T07:35:02.179076912Z".
+_STAMP_LENGTH = 30
+
+
+def _parse_log_cursor(cursor: str) -> tuple[str, int]:
+    stamp, _, count = cursor.partition(" ")
+    if len(stamp) != _STAMP_LENGTH or not count.isdigit():
+        return "", 0
+    return stamp, int(count)
+
+
+def _whole_second(stamp: str) -> int:
+    """The engine's `since` filter, a whole second at or before `stamp` (0: from the start)."""
+    if not stamp:
+        return 0
+    return int(datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(
+        tzinfo=UTC).timestamp())
 
 
 @contextmanager
@@ -244,6 +265,47 @@ class DockerBackend:
                 tail="all" if tail is None else max(tail, 0),
             )
         return bytes(output)
+
+    def logs_since(self, handle: str, cursor: str = "", *,
+                   max_bytes: int = 16 << 20) -> LogChunk:
+        """Messages after `cursor`, by the engine's nanosecond timestamps (fixed width, so
+        they compare as text); the cursor is "<timestamp> <messages at it already taken>".
+        Timestamps, unlike byte positions, survive the json-file driver's rotation."""
+        self._require(handle, "logs")
+        after, taken_at = _parse_log_cursor(cursor)
+        since = _whole_second(after)
+        out: list[bytes] = []
+        size, last, same = 0, after, taken_at
+        with _engine_errors("read the sandbox logs"):
+            frames = self._client().api.logs(
+                handle, stdout=True, stderr=True, stream=True, follow=False,
+                timestamps=True, **({"since": since} if since else {}))
+            try:
+                seen_at_after = 0
+                for frame in frames:
+                    stamp, _, message = bytes(frame).partition(b" ")
+                    if len(stamp) != _STAMP_LENGTH:
+                        continue  # not a timestamped message: nothing we can place
+                    text = stamp.decode("ascii", "replace")
+                    if text < after:
+                        continue
+                    if text == after:
+                        seen_at_after += 1
+                        if seen_at_after <= taken_at:
+                            continue
+                    if text == last:
+                        same += 1
+                    else:
+                        last, same = text, 1
+                    out.append(message)
+                    size += len(message)
+                    if size >= max_bytes:
+                        break
+            finally:
+                close = getattr(frames, "close", None)
+                if close is not None:
+                    close()
+        return LogChunk(b"".join(out), f"{last} {same}" if last else "")
 
     def stop(self, handle: str, *, timeout_s: int = 10) -> None:
         if self._inspect(handle) is None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sandbox.backend import OwnedSandbox, RunState, SandboxStatus
+from sandbox.backend import LogChunk, OwnedSandbox, RunState, SandboxStatus
 from sandbox.errors import EngineUnavailable, SandboxNotFound
 from sandbox.spec import SandboxSpec
 
@@ -53,6 +53,15 @@ class FakeSandbox:
     started_at: str | None = None
     finished_at: str | None = None
     starts: int = 0
+    #: Output written after the scripted log, one entry per write, and how many of the
+    #: earliest entries the "engine" has rotated away.
+    written: list[bytes] = field(default_factory=list)
+    rotated: int = 0
+
+    def frames(self) -> list[bytes]:
+        if self.starts == 0:
+            return []
+        return [f for f in [self.outcome.logs, *self.written] if f]
 
     def status(self) -> SandboxStatus:
         return SandboxStatus(
@@ -99,6 +108,15 @@ class FakeBackend:
         """Drop a sandbox without telling anyone, like `docker rm -f` by an operator."""
         self.sandboxes.pop(handle, None)
 
+    def emit(self, handle: str, data: bytes) -> None:
+        """The sandbox writes more output."""
+        self._get(handle).written.append(data)
+
+    def rotate(self, handle: str) -> None:
+        """The engine rotates the log: everything written so far is gone from `logs`."""
+        box = self._get(handle)
+        box.rotated = len(box.frames())
+
     def handle_of(self, sandbox_id: str) -> str:
         for box in self.sandboxes.values():
             if box.spec.sandbox_id == sandbox_id:
@@ -142,13 +160,26 @@ class FakeBackend:
     def logs(self, handle: str, *, tail: int | None = None) -> bytes:
         self._engine()
         box = self._get(handle)
-        if box.starts == 0:
-            return b""
-        output = box.outcome.logs
+        output = b"".join(box.frames()[box.rotated:])
         if tail is None:
             return output
         lines = output.splitlines(keepends=True)
         return b"".join(lines[-tail:]) if tail > 0 else b""
+
+    def logs_since(self, handle: str, cursor: str = "", *,
+                   max_bytes: int = 16 << 20) -> LogChunk:
+        """The cursor counts writes, as the real engine's timestamps order them."""
+        self._engine()
+        box = self._get(handle)
+        frames = box.frames()
+        done = max(int(cursor or 0), box.rotated)
+        taken: list[bytes] = []
+        size = 0
+        while done < len(frames) and size < max_bytes:
+            taken.append(frames[done])
+            size += len(frames[done])
+            done += 1
+        return LogChunk(b"".join(taken), str(done))
 
     def stop(self, handle: str, *, timeout_s: int = 10) -> None:
         self._engine()

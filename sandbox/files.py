@@ -1,6 +1,5 @@
 """Files that cross into a sandbox on the host side: unpacking uploaded code safely and
-hashing directory trees. The outbox is read by `sandbox.outbox`; `list_outbox` here is a
-deprecated wrapper over it."""
+hashing directory trees. The outbox is read by `sandbox.outbox`."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sandbox.errors import InvalidUpload
-from sandbox.outbox import OutboxRules, hash_outbox
 
 _CHUNK = 1 << 20
 
@@ -106,28 +104,6 @@ def unpack_code(filename: str, data: bytes, workspace: Path, limits: UploadLimit
                     raise InvalidUpload("archive unpacks to more than allowed")
                 dst.write(chunk)
     return code_digest
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    """Deprecated: the console moves to `sandbox.outbox` (positions, withheld names)."""
-
-    name: str
-    size: int
-    sha256: str
-    kind: str = "file"  # "file", or "ignored" for links and special files
-
-    def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "size": self.size, "sha256": self.sha256, "kind": self.kind}
-
-
-def list_outbox(outbox: Path) -> list[OutboxEntry]:
-    """Deprecated wrapper over `sandbox.outbox.hash_outbox` with the default rules, kept until
-    the console is rewired: links are not followed, special files are not opened, and
-    hashing stops at the caps (an over-cap or changing outbox lists with empty hashes)."""
-    manifest = hash_outbox(outbox, OutboxRules())
-    return [OutboxEntry(item.path, item.size, item.sha256 or "", item.kind)
-            for item in manifest.listing.items]
 
 
 def chown_tree(root: Path, uid: int, gid: int) -> None:

@@ -135,3 +135,19 @@ def serve_console(home: Path, port: int) -> Any:
             time.sleep(0.2)
     process.kill()
     raise AssertionError("the console did not come up")
+
+
+def wait_for_outbox(client: FlaskClient, token: str, sandbox_id: str,
+                    attempts: int = 600) -> dict[str, Any]:
+    """The outbox listing once the console has hashed it in the background (it answers
+    "hashing" until then); polls a bounded number of times, each a real request."""
+    import time
+
+    for _ in range(attempts):
+        response = client.get(f"/api/v1/sandboxes/{sandbox_id}/outbox",
+                              headers={"Authorization": f"Bearer {token}"})
+        body: dict[str, Any] = response.get_json()
+        if response.status_code != 200 or body.get("state") != "hashing":
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"the outbox of {sandbox_id} was never hashed")

@@ -117,11 +117,12 @@ def get_sandbox(sandbox_id: str) -> Any:
 @api_requires(Permission.LOGS_READ)
 def sandbox_logs(sandbox_id: str) -> Any:
     offset = request.args.get("offset", default=0, type=int)
-    chunk, total = sandbox_service.logs(core(), caller(), sandbox_id, offset=offset)
+    chunk, start, total = sandbox_service.logs(core(), caller(), sandbox_id, offset=offset)
     if request.args.get("format") == "json":
-        return jsonify({"log": chunk.decode("utf-8", "replace"), "offset": offset + len(chunk),
-                        "total": total})
+        return jsonify({"log": chunk.decode("utf-8", "replace"), "start": start,
+                        "offset": start + len(chunk), "total": total})
     response = Response(chunk, mimetype="text/plain; charset=utf-8")
+    response.headers["X-Log-Start"] = str(start)
     response.headers["X-Log-Total"] = str(total)
     return response
 
@@ -135,8 +136,7 @@ def stop_sandbox(sandbox_id: str) -> Any:
 @api.route("/sandboxes/<sandbox_id>/outbox", methods=["GET"])
 @api_requires(Permission.OUTBOX_READ)
 def sandbox_outbox(sandbox_id: str) -> Any:
-    return jsonify({"sandbox": sandbox_id,
-                    "files": sandbox_service.outbox(core(), caller(), sandbox_id)})
+    return jsonify(sandbox_service.outbox(core(), caller(), sandbox_id))
 
 
 # --- releases -----------------------------------------------------------------------------
@@ -179,6 +179,12 @@ def list_releases() -> Any:
 def get_release(release_id: str) -> Any:
     record = release_service.get(core(), caller(), release_id)
     return jsonify(release_service.to_dict(core(), record))
+
+
+@api.route("/releases/<release_id>/files/<int:position>/view", methods=["GET"])
+@api_requires(Permission.RELEASE_READ)
+def release_file_view(release_id: str, position: int) -> Any:
+    return jsonify(release_service.file_view(core(), caller(), release_id, position))
 
 
 @api.route("/releases/<release_id>/approve", methods=["POST"])

@@ -11,9 +11,11 @@ from typing import Any
 
 from flask import jsonify, request
 
+from audit.events import AuditAction
 from console.api import _Bad, api
 from console.guards import api_error, api_requires, caller, core
 from console.permissions import Permission
+from console.services import disclosure as disclosure_service
 from console.services import policy as policy_service
 from console.services.policy import InvalidPolicyDocument
 
@@ -108,3 +110,19 @@ def _activated(activation: policy_service.Activation) -> Any:
     response.status_code = 201
     response.headers["Location"] = f"/api/v1/policy/versions/{activation.version.version}"
     return response
+
+
+@api.route("/disclosure", methods=["GET"])
+@api_requires(Permission.DISCLOSURE_READ)
+def get_disclosure() -> Any:
+    """A user's disclosure spending (`?user=`), or every user's today."""
+    user = (request.args.get("user") or "").strip()
+    if len(user) > 64:
+        raise _Bad("user is at most 64 characters")
+    core().record(caller().actor, AuditAction.DISCLOSURE_VIEW,
+                  target=f"user:{user}" if user else "disclosure:today",
+                  request_id=caller().request_id)
+    if user:
+        return jsonify(disclosure_service.usage(core(), user))
+    return jsonify({"day": disclosure_service.today(),
+                    "users": disclosure_service.users_today(core())})

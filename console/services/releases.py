@@ -15,7 +15,8 @@ import secrets
 import shutil
 import tarfile
 import tempfile
-from pathlib import Path, PurePosixPath
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -35,10 +36,19 @@ from console.models import (
     SandboxStatus,
 )
 from console.permissions import Permission, role_has
+from console.services import outbox as outbox_service
 from console.services.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError
 from policies.schema import Policy
 from sandbox.errors import InvalidUpload, SandboxError
-from sandbox.gate.checks import CandidateFile, Check, CheckReport, CheckResult, run_checks
+from sandbox.gate.checks import (
+    CandidateFile,
+    Check,
+    CheckReport,
+    CheckResult,
+    run_checks,
+    suffix_of,
+)
+from sandbox.gate.inspect import render_file, visible
 from sandbox.gate.rules import CheckRules
 from sandbox.gate.store import BlobStore
 
@@ -66,6 +76,12 @@ def check_rules(policy: Policy) -> CheckRules:
         max_file_bytes=release.max_file_mb << 20,
         max_total_bytes=release.max_total_mb << 20,
         max_metric_values=release.max_metric_values,
+        max_key_length=release.max_key_length,
+        max_key_depth=release.max_key_depth,
+        max_metric_key_bytes=release.max_metric_key_bytes,
+        max_metadata_bytes=release.max_metadata_bytes,
+        max_name_length=release.max_name_length,
+        max_model_strings_bytes=release.max_model_strings_bytes,
         small_count_k=release.small_count_k,
         leak_scan=release.leak_scan,
         leak_min_row_bytes=release.leak_min_row_bytes,
@@ -123,17 +139,10 @@ def create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
         raise
 
 
-def _outbox_file(outbox: Path, name: str) -> Path:
-    """Resolve a file name inside the outbox, refusing anything that leaves it."""
-    parts = PurePosixPath(name).parts
-    if not _NAME.match(name) or ".." in parts or name.startswith("/"):
-        raise BadRequest(f"invalid file name {name!r}")
-    path = outbox.joinpath(*parts)
-    if path.is_symlink() or not path.is_file():
-        raise BadRequest(f"{name} is not a regular file in the outbox")
-    if not path.resolve().is_relative_to(outbox.resolve()):
-        raise BadRequest(f"{name} is outside the outbox")
-    return path
+def _labelled(report: CheckReport, labels: dict[str, str]) -> CheckReport:
+    """The report as people see it: each file by its label, never a withheld name."""
+    return CheckReport(tuple(replace(r, file=labels.get(r.file, r.file)) if r.file else r
+                             for r in report.results))
 
 
 def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
@@ -155,20 +164,28 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
         dataset_rows = {d["name"]: d for d in json.loads(sandbox.datasets)}
         mounted = {row.name: Path(row.path) for row in session.exec(
             select(Dataset).where(col(Dataset.name).in_(list(dataset_rows)))).all()}
-    outbox = core.settings.sandboxes_dir / sandbox_id / "outbox"
     policy = core.policy  # one version decides the whole request
     rules = check_rules(policy)
     store = blob_store(core)
+    chosen = outbox_service.choose(core, sandbox_id, names)
+    if len({c.path for c in chosen}) != len(chosen):
+        raise BadRequest("the request names the same file more than once")
+    labels = {c.path: c.label for c in chosen}
     candidates = []
     try:
-        for name in names:
-            sha, size = store.put(_outbox_file(outbox, name), max_bytes=rules.max_file_bytes)
-            candidates.append(CandidateFile(name=name, path=store.path(sha), size=size,
+        for file in chosen:
+            with outbox_service.open_file(core, sandbox_id, file.path) as source:
+                sha, size = store.put_stream(source, file.label, max_bytes=rules.max_file_bytes)
+            if sha != file.sha256:
+                raise BadRequest(f"{file.label} changed after the outbox was hashed")
+            candidates.append(CandidateFile(name=file.path, path=store.path(sha), size=size,
                                             sha256=sha))
     except InvalidUpload as exc:
         raise BadRequest(exc.user_message, rule="release.max_file_mb",
                          policy_version=policy.version) from exc
-    report = run_checks(candidates, rules, mounted)
+    except SandboxError as exc:
+        raise BadRequest(exc.user_message) from exc
+    report = _labelled(run_checks(candidates, rules, mounted), labels)
     release_id = "rel-" + secrets.token_hex(6)
     status = ReleaseStatus.IN_REVIEW if report.passed else ReleaseStatus.CHECKS_FAILED
     now = utc_now()
@@ -181,13 +198,13 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
         session.add(record)
         session.flush()  # the files reference the request row
         for c in candidates:
-            session.add(ReleaseFile(release_id=release_id, name=c.name, size=c.size,
-                                    sha256=c.sha256))
+            session.add(ReleaseFile(release_id=release_id, name=c.name, label=labels[c.name],
+                                    size=c.size, sha256=c.sha256))
         target = f"release:{release_id}"
         append(session, EventDraft(
             caller.actor, AuditAction.RELEASE_REQUEST, target, request_id=caller.request_id,
             details={"sandbox": sandbox_id, "justification": justification,
-                     "files": [{"name": c.name, "size": c.size, "sha256": c.sha256}
+                     "files": [{"name": labels[c.name], "size": c.size, "sha256": c.sha256}
                                for c in candidates]}))
         failed = [r for r in report.results if not r.passed]
         rules_failed = list(dict.fromkeys(rule_for(r) for r in failed))
@@ -259,7 +276,9 @@ def to_dict(core: Sealroom, record: ReleaseRequest) -> dict[str, Any]:
         "status": record.status,
         "justification": record.justification,
         "reason": record.reason,
-        "files": [{"name": f.name, "size": f.size, "sha256": f.sha256}
+        # Until the release, a name the policy withholds stays "file 17 (name withheld)".
+        "files": [{"name": f.name if record.status == ReleaseStatus.RELEASED
+                   else (f.label or f.name), "size": f.size, "sha256": f.sha256}
                   for f in files_of(core, record.id)],
         "checks": json.loads(record.checks),
         "approvals": approvals,
@@ -272,6 +291,45 @@ def to_dict(core: Sealroom, record: ReleaseRequest) -> dict[str, Any]:
         if record.status == ReleaseStatus.RELEASED else None,
         "keyid": record.bundle_keyid or None,
     }
+
+
+#: Elements of each tensor a file view reads for its statistics.
+VIEW_MAX_ELEMENTS = 1_000_000
+
+
+def may_view_files(caller: Caller, record: ReleaseRequest) -> bool:
+    """Rendered views are sandbox bytes: for approvers, and for the requester only once the
+    files are out anyway (released); never for the requester while the request is open."""
+    if record.requester == caller.name:
+        return record.status == ReleaseStatus.RELEASED
+    return _may_review(caller)
+
+
+def file_view(core: Sealroom, caller: Caller, release_id: str, position: int) -> dict[str, Any]:
+    """The rendered view of the release's file at `position` (1-based, in the order the
+    files are listed), audited per view with the file's position and hash."""
+    target = f"release:{release_id[:64]}"
+    try:
+        with core.transaction() as session:
+            record = _visible(session, caller, release_id)
+            if not may_view_files(caller, record):
+                raise Forbidden("the files' contents are shown to approvers; the requester "
+                                "sees them once the release is released")
+        files = files_of(core, release_id)
+        if not 1 <= position <= len(files):
+            raise NotFound(f"this release has no file {position}")
+    except ServiceError as exc:
+        _refuse(core, caller, AuditAction.RELEASE_FILE_VIEW, target, exc)
+        raise
+    chosen = files[position - 1]
+    view = render_file(blob_store(core).path(chosen.sha256), suffix_of(chosen.name),
+                       max_elements=VIEW_MAX_ELEMENTS)
+    core.record(caller.actor, AuditAction.RELEASE_FILE_VIEW, target=f"release:{release_id}",
+                request_id=caller.request_id, position=position, sha256=chosen.sha256,
+                view=str(view.kind))
+    return {"release": release_id, "position": position, "files": len(files),
+            "name": visible(chosen.name), "size": chosen.size, "sha256": chosen.sha256,
+            "view": view.to_dict()}
 
 
 # --- review -------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ from audit.events import Actor, AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
 from console.models import Image, Sandbox, SandboxStatus, User
 from console.services import datasets as dataset_service
+from console.services import outbox as outbox_service
 from console.services import policy as policy_service
+from console.services import sandbox_log
 from console.services.errors import (
     AuditUnavailable,
     BadRequest,
@@ -40,7 +42,7 @@ from policies.schema import Policy
 from sandbox import spec as sandbox_spec
 from sandbox.backend import RunState
 from sandbox.errors import EngineUnavailable, InvalidSpec, InvalidUpload, SandboxError
-from sandbox.files import UploadLimits, chown_tree, list_outbox, tree_digest, unpack_code
+from sandbox.files import UploadLimits, chown_tree, tree_digest, unpack_code
 
 log = logging.getLogger(__name__)
 
@@ -266,26 +268,22 @@ def _discard(core: Sealroom, root: Path, handle: str) -> None:
 # --- watching -----------------------------------------------------------------------------
 
 
-def _save_logs(core: Sealroom, record: Sandbox) -> None:
-    try:
-        data = core.backend.logs(record.handle)
-    except SandboxError:
-        return
-    path = _sandbox_dir(core, record.id) / "log.txt"
-    path.write_bytes(data)
-
-
 def _finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: AuditAction,
             reason: str, *, exit_code: int | None = None, outcome: Outcome = Outcome.OK,
             caller: Caller | None = None, remove: bool = True,
             details: dict[str, object] | None = None) -> Sandbox | None:
-    """Move a sandbox to a terminal state once (compare-and-set), keep its log, free it."""
+    """Move a sandbox to a terminal state once (compare-and-set), keep its log, free it,
+    and have its outbox listed and hashed in the background."""
+    with core.transaction() as session:
+        record = session.get(Sandbox, sandbox_id)
+    if record is None or SandboxStatus(record.status).terminal:
+        return record
+    if remove and record.handle:
+        sandbox_log.pull(core, sandbox_id, record.handle, final=True)  # before it is removed
     with core.transaction() as session:
         record = session.get(Sandbox, sandbox_id)
         if record is None or SandboxStatus(record.status).terminal:
             return record
-        if remove and record.handle:
-            _save_logs(core, record)
         record.status = status
         record.exit_code = exit_code
         record.reason = reason
@@ -301,6 +299,7 @@ def _finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audi
             core.backend.remove(record.handle)
         except SandboxError:
             log.warning("could not remove container of %s; the reconciler will", sandbox_id)
+    outbox_service.schedule_manifest(core, sandbox_id)
     return record
 
 
@@ -464,45 +463,20 @@ def stop_forbidden(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
 
 
 def logs(core: Sealroom, caller: Caller, sandbox_id: str, *, offset: int = 0,
-         limit: int = LOG_VIEW_MAX) -> tuple[bytes, int]:
-    """Log bytes from `offset` (at most `limit`), and the total length so far. Audited
-    whenever new bytes are shown; bytes past the policy's viewing budget are refused."""
-    policy = core.policy
+         limit: int = LOG_VIEW_MAX) -> tuple[bytes, int, int]:
+    """Log bytes from `offset` (negative: from the end), at most `limit`, as far as the
+    disclosure budget allows; returns (bytes, their start, the log's length so far). Every
+    showing is audited; nothing new left to show within the budget is a 403, audited."""
     record = get(core, caller, sandbox_id)
-    saved = _sandbox_dir(core, sandbox_id) / "log.txt"
-    if SandboxStatus(record.status).terminal or not record.handle:
-        data = saved.read_bytes() if saved.exists() else b""
-    else:
-        try:
-            data = core.backend.logs(record.handle)
-        except SandboxError:
-            data = saved.read_bytes() if saved.exists() else b""
-    total = len(data)
-    if offset < 0:
-        offset = max(0, total + offset)
-    available = len(data[offset:offset + limit])
-    decision, allowed = PolicyEvaluator(policy).log_view(offset, available)
-    if not decision:
-        core.record(caller.actor, AuditAction.LOGS_VIEW, target=f"sandbox:{sandbox_id}",
-                    outcome=Outcome.DENIED, reason=decision.reason,
-                    request_id=caller.request_id, offset=offset, rule=decision.rule,
-                    policy_version=decision.policy_version)
-        raise PolicyDenied(decision.reason, rule=decision.rule,
-                           policy_version=decision.policy_version)
-    chunk = data[offset:offset + allowed]
-    if chunk:
-        core.record(caller.actor, AuditAction.LOGS_VIEW, target=f"sandbox:{sandbox_id}",
-                    request_id=caller.request_id, offset=offset, bytes=len(chunk),
-                    rule=decision.rule, policy_version=decision.policy_version)
-    return chunk, total
+    running = not SandboxStatus(record.status).terminal and bool(record.handle)
+    return sandbox_log.view(core, caller, sandbox_id, record.handle, running=running,
+                            offset=offset, limit=limit)
 
 
-def outbox(core: Sealroom, caller: Caller, sandbox_id: str) -> list[dict[str, object]]:
-    get(core, caller, sandbox_id)
-    entries = [e.to_dict() for e in list_outbox(_sandbox_dir(core, sandbox_id) / "outbox")]
-    core.record(caller.actor, AuditAction.OUTBOX_VIEW, target=f"sandbox:{sandbox_id}",
-                request_id=caller.request_id, files=len(entries))
-    return entries
+def outbox(core: Sealroom, caller: Caller, sandbox_id: str) -> dict[str, object]:
+    """The outbox as the owner may see it (see `console.services.outbox`)."""
+    record = get(core, caller, sandbox_id)
+    return outbox_service.listing(core, caller, record)
 
 
 def to_dict(record: Sandbox) -> dict[str, object]:

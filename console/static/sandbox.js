@@ -7,37 +7,44 @@
   let offset = 0;
   let done = false;
   let logRefused = false;
+  let outboxPending = document.getElementById("outbox").dataset.state === "hashing";
 
   function text(id, value) {
     const el = document.getElementById(id);
     if (el) el.textContent = value;
   }
 
-  function renderOutbox(files) {
-    const body = document.querySelector("#outbox tbody");
+  function renderOutbox(outbox) {
+    const files = outbox.files || [];
+    const table = document.getElementById("outbox");
+    table.dataset.state = outbox.state;
+    const body = table.querySelector("tbody");
     body.replaceChildren();
     if (!files.length) {
       const row = body.insertRow();
       row.className = "empty";
       const cell = row.insertCell();
-      cell.colSpan = 3;
-      cell.textContent = "Empty.";
+      cell.colSpan = 4;
+      cell.textContent = outbox.state === "hashing" ? "Listing and hashing the outbox…" : "Empty.";
       return;
     }
     for (const f of files) {
       const row = body.insertRow();
-      row.insertCell().textContent = f.name + (f.kind === "file" ? "" : " (ignored: not a regular file)");
+      row.insertCell().textContent = String(f.position);
+      const name = row.insertCell();
+      name.textContent = f.label + (f.kind === "file" ? "" : " (ignored: not a regular file)");
+      if (f.withheld) name.style.fontStyle = "italic";
       row.insertCell().textContent = f.size.toLocaleString("en");
       const code = document.createElement("code");
       code.className = "hash";
-      code.textContent = f.sha256;
+      code.textContent = f.sha256 || "—";
       row.insertCell().appendChild(code);
     }
   }
 
   async function tick() {
     try {
-      const r = await fetch(url + "?offset=" + offset + (done ? "" : "&outbox=1") +
+      const r = await fetch(url + "?offset=" + offset + (done && !outboxPending ? "" : "&outbox=1") +
                             (logRefused ? "&log=0" : ""), {credentials: "same-origin"});
       if (!r.ok) return;
       const body = await r.json();
@@ -50,6 +57,10 @@
         note.textContent = "\n[Sealroom] " + body.log_refused + " (policy rule " + body.rule + ")";
         log.appendChild(note);
       }
+      if (body.skipped > 0) {
+        log.appendChild(document.createTextNode(
+          "\n[Sealroom] " + body.skipped.toLocaleString("en") + " older bytes are no longer kept\n"));
+      }
       offset = body.offset;
       const s = body.sandbox;
       const status = document.getElementById("status");
@@ -58,7 +69,13 @@
       text("reason", s.reason || "—");
       text("exit-code", s.exit_code === null ? "—" : String(s.exit_code));
       text("duration", s.duration_s === null ? "—" : s.duration_s.toFixed(1) + " s");
-      if (body.outbox) renderOutbox(body.outbox);
+      if (body.outbox) {
+        renderOutbox(body.outbox);
+        const wasPending = outboxPending;
+        outboxPending = body.outbox.state === "hashing";
+        // Listed and hashed at last: render again to offer the release form.
+        if (wasPending && !outboxPending) setTimeout(function () { location.reload(); }, 300);
+      }
       if (s.status !== "starting" && s.status !== "running") {
         done = true;
         // The page was rendered while running: render it again to offer the release form.
@@ -70,7 +87,7 @@
         if (stop) stop.remove();
       }
     } finally {
-      if (!done) setTimeout(tick, 1500);
+      if (!done || outboxPending) setTimeout(tick, 1500);
     }
   }
   tick();

@@ -76,11 +76,16 @@ def new() -> Any:
 def detail(sandbox_id: str) -> Any:
     try:
         record = sandbox_service.get(core(), caller(), sandbox_id)
-        files = sandbox_service.outbox(core(), caller(), sandbox_id)
     except ServiceError as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
+    outbox: dict[str, Any] | None = None
+    outbox_note = ""
+    try:
+        outbox = sandbox_service.outbox(core(), caller(), sandbox_id)
+    except PolicyDenied as exc:
+        outbox_note = f"{exc.message} (policy rule {exc.rule})"
     return render_template("sandbox_detail.html", sandbox=sandbox_service.to_dict(record),
-                           files=files,
+                           outbox=outbox, outbox_note=outbox_note,
                            approvals_needed=core().policy.release.approvals_needed)
 
 
@@ -93,10 +98,10 @@ def live(sandbox_id: str) -> Any:
         body: dict[str, Any] = {"log": "", "offset": offset}
         if request.args.get("log", "1") != "0":
             try:
-                chunk, total = sandbox_service.logs(core(), caller(), sandbox_id,
-                                                    offset=offset, limit=256 * 1024)
-                body.update(log=chunk.decode("utf-8", "replace"), offset=offset + len(chunk),
-                            total=total)
+                chunk, start, total = sandbox_service.logs(core(), caller(), sandbox_id,
+                                                           offset=offset, limit=256 * 1024)
+                body.update(log=chunk.decode("utf-8", "replace"), offset=start + len(chunk),
+                            total=total, skipped=start - offset)
             except PolicyDenied as exc:  # the viewing budget is used up: say so, once
                 body.update(log_refused=exc.message, rule=exc.rule)
         record = sandbox_service.get(core(), caller(), sandbox_id)

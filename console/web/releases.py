@@ -1,5 +1,6 @@
-"""Release pages: request a release from a sandbox, my releases, the approvers' queue, and
-a release's detail with its checks, provenance, decisions and audit timeline."""
+"""Release pages: request a release from a sandbox, my releases, the approvers' queue, a
+release's detail with its checks, provenance, decisions and audit timeline, and the rendered
+view of each of its files."""
 
 from __future__ import annotations
 
@@ -68,11 +69,24 @@ def detail(release_id: str) -> Any:
         "release_detail.html", release=body, sandbox=sandbox,
         datasets=json.loads(sandbox.datasets) if sandbox else [], decisions=decisions,
         events=events, mine=mine,
+        can_view_files=release_service.may_view_files(caller(), record),
         can_review=role_has(current_user.role, Permission.RELEASE_REVIEW) and not mine
         and record.status == "in_review"
         and current_user.name not in body["approvals"],
         can_download=record.status == "released"
         and (mine or current_user.name in body["approvals"]))
+
+
+@releases.route("/releases/<release_id>/files/<int:position>")
+@requires(Permission.RELEASE_READ)
+def file_view(release_id: str, position: int) -> Any:
+    """One file of a release as the console renders it (never its raw bytes), a page per
+    file so each view is one audited event."""
+    try:
+        shown = release_service.file_view(core(), caller(), release_id, position)
+    except ServiceError as exc:
+        return render_template("error.html", status=exc.status, message=exc.message), exc.status
+    return render_template("release_file.html", shown=shown, view=shown["view"])
 
 
 def _act(release_id: str, action: str) -> Any:

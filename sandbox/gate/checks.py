@@ -1,7 +1,9 @@
 """The gate's entry point: every automated check on a release request, as one flat report.
 
 Each check is a named step with a pass/fail and a reason people can read; every file gets a
-result for every check that applies to it, and a request with no files fails closed.
+result for every check that applies to it, and a request with no files fails closed. Reasons
+reach the engineer before any approval, so they hold only the gate's own words, numbers and
+positions; what a refused file really held is logged here, never shown.
 """
 
 from __future__ import annotations
@@ -152,6 +154,8 @@ def _run(check: Check, name: str, run: Callable[[], str]) -> CheckResult:
     try:
         return CheckResult(check.value, name, True, run())
     except GateError as exc:
+        if exc.detail != exc.user_message:
+            log.info("release gate: %s refused %s: %s", check.value, name, exc.detail)
         return CheckResult(check.value, name, False, exc.user_message,
                            getattr(exc, "limit", ""))
     except Exception:  # fail closed on a bug or an I/O error, and say so
@@ -163,12 +167,14 @@ def _run(check: Check, name: str, run: Callable[[], str]) -> CheckResult:
 
 def _type_result(candidate: CandidateFile, kind: FileKind, rules: CheckRules) -> CheckResult:
     suffix = suffix_of(candidate.name)
-    shown = f"'{suffix}'" if suffix and len(suffix) <= 16 and suffix[1:].isalnum() else "its"
+    # Only a suffix the policy itself lists is named: any other is text the sandbox chose.
+    known = {t.lower() for t in (*rules.weight_types, *rules.metrics_types, *rules.pickle_types)}
+    shown = f"'{suffix}'" if suffix in known else "its"
     allowed = ", ".join([*rules.weight_types, *rules.metrics_types,
                          *(rules.pickle_types if rules.allow_pickle else ())])
     if kind is FileKind.REFUSED:
         return CheckResult(Check.FILE_TYPE.value, candidate.name, False,
-                           f"{shown} files may not leave; allowed: {allowed}")
+                           f"files of this type may not leave; allowed: {allowed}")
     if kind is FileKind.PICKLE and not rules.allow_pickle:
         return CheckResult(Check.FILE_TYPE.value, candidate.name, False,
                            f"is pickle-based ({shown}): loading it can run any code, and this "
@@ -205,13 +211,15 @@ def _format(path: Path, kind: FileKind, suffix: str, rules: CheckRules) -> str:
         return "is a single pickle stream with nothing after it"
     refuse_archive(path)
     if suffix == ".safetensors":
-        layout = check_safetensors(path)
+        layout = check_safetensors(path, rules)
         return (f"is valid safetensors: {layout.tensors} tensor(s) covering exactly "
                 f"{layout.data_bytes:,} bytes after a {layout.header_bytes:,}-byte header with "
                 f"{layout.metadata_entries} metadata key(s)")
     if suffix == ".onnx":
-        summary = check_onnx(path)
-        return (f"is a valid ONNX model (IR {summary.ir_version}, {summary.opset}): "
+        summary = check_onnx(path, rules)
+        # The checker bounds the IR version; bound it here too, it is a number from the file.
+        ir = summary.ir_version if 0 <= summary.ir_version <= 100 else "above 100"
+        return (f"is a valid ONNX model (IR {ir}, {summary.opset}): "
                 f"{summary.nodes} node(s), {summary.initializers} initializer(s)")
     if suffix in (".json", ".csv"):
         if path.stat().st_size > rules.max_metrics_bytes:
@@ -233,13 +241,14 @@ def _metrics(path: Path, suffix: str, rules: CheckRules) -> str:
     summary = check_metrics(path.read_bytes(), suffix, rules)
     counts = (f"; {summary.counts} count(s), all at least {rules.small_count_k}"
               if summary.counts else "")
-    return (f"holds {summary.values} finite number(s) under plain names "
-            f"(at most {rules.max_metric_values:,}){counts}")
+    return (f"holds {summary.values} finite number(s) under {summary.keys} plain name(s) "
+            f"(at most {rules.max_metric_values:,} keys and values){counts}")
 
 
 def _pickle_scan(path: Path) -> str:
     scan = scan_pickle_file(path, TORCH_STATE_DICT_GLOBALS)
-    used = ", ".join(sorted(scan.globals_used)) or "nothing"
+    # Named from the gate's own allowlist constant (the scan admits nothing else).
+    used = ", ".join(sorted(scan.globals_used & TORCH_STATE_DICT_GLOBALS)) or "nothing"
     return (f"imports only allowlisted torch reconstructors across {scan.streams} pickle(s): "
             f"{used}")
 

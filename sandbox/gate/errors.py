@@ -1,7 +1,9 @@
 """Errors raised by the release gate; `GateError` is the root.
 
-Each refusal is its own type so a check can say precisely why a file may not leave; the
-message is shown to the engineer and the approvers, so it never quotes dataset content.
+Each refusal is its own type so a check can say precisely why a file may not leave. The
+`user_message` is shown to the engineer before any approval, so it is composed only of the
+gate's own words, numbers and positions, never of anything read from the file under review;
+what the file really held (a key, a tensor name, a checker message) goes in `detail`, for the log.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ class GateError(SandboxError):
 
 
 class InvalidFormat(GateError):
-    """A file is not what its extension says, or is malformed or ambiguous as that type."""
+    """A file is not what its extension says, is malformed or ambiguous as that type, or holds
+    more text than the type needs (names, metadata, doc strings).
+
+    `limit` names the `CheckRules` field that refused it, where one did."""
+
+    def __init__(self, user_message: str, *, limit: str = "", detail: str | None = None) -> None:
+        super().__init__(user_message, detail=detail)
+        self.limit = limit
 
 
 class UnsafePickle(GateError):

@@ -1,7 +1,8 @@
 """Per-type format validation: a file must really be what its extension says, and nothing more.
 
-Owns the strict readers for safetensors headers, ONNX models, JSON and CSV, and the sniffing
-that keeps archives and compressed streams (which would hide content from the leak scan) out.
+Owns the strict readers for safetensors headers, ONNX models, JSON and CSV, the limits on the
+text a model may carry, and the sniffing that keeps archives and compressed streams (which
+would hide content from the leak scan) out. Reasons name positions, never file content.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import math
 import os
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sandbox.gate.errors import InvalidFormat
+from sandbox.gate.rules import CheckRules
 
 #: The safetensors library's own cap on the JSON header.
 MAX_SAFETENSORS_HEADER = 100_000_000
@@ -47,13 +49,22 @@ _ARCHIVE_MAGIC: tuple[tuple[int, bytes, str], ...] = (
 _BZIP2 = re.compile(rb"BZh[1-9]1AY&SY")
 SNIFF_BYTES = 512
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-/:]{1,64}$")
+#: A tensor name: what `state_dict()` keys look like (`encoder.layers.0.weight`).
+TENSOR_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:/\-]+$")
+
+#: The server-side detail of a refusal quotes at most this much of the file, for the log.
+DETAIL_CHARS = 200
 
 
-def label(name: str, fallback: str) -> str:
-    """A name from inside a released file, quoted only if it is short and plain; reasons are
-    shown to people and must never carry arbitrary content out of the file."""
-    return f"'{name}'" if _SAFE_NAME.match(name) else fallback
+def _detail(text: object) -> str:
+    """What the file held, for the server log only (never for a reason)."""
+    shown = repr(text)
+    return shown if len(shown) <= DETAIL_CHARS else shown[:DETAIL_CHARS] + "..."
+
+
+def _utf8_bytes(text: str) -> int:
+    # JSON may hold lone surrogates (\ud800); they still take room, so count them.
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def sniff_archive(head: bytes) -> str | None:
@@ -99,23 +110,25 @@ def parse_json(data: bytes, what: str = "JSON",
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = {}
-        for key, value in items:
+        for index, (key, value) in enumerate(items, start=1):
             if key in result:
-                raise InvalidFormat(f"has the key {label(key, 'of an object')} twice in one "
-                                    f"object; {what} must not repeat keys")
+                raise InvalidFormat(f"has the same key twice in one object (key {index} of that "
+                                    f"object repeats an earlier one); {what} must not repeat "
+                                    "keys", detail=f"duplicate key {_detail(key)}")
             result[key] = value
         return result
 
     def constant(name: str) -> Any:
-        raise InvalidFormat(f"holds the literal {name}, which is not valid {what}")
+        raise InvalidFormat(f"holds NaN or Infinity, which is not valid {what}")
 
     number = parse_number or float
     try:
         return json.loads(text, object_pairs_hook=pairs, parse_constant=constant,
                           parse_float=number, parse_int=parse_number or int)
     except json.JSONDecodeError as exc:
-        raise InvalidFormat(f"is not valid {what} (line {exc.lineno}, column {exc.colno}: "
-                            f"{exc.msg})") from exc
+        # json's own message is a fixed text, but the reason stays in the gate's words.
+        raise InvalidFormat(f"is not valid {what}: its syntax breaks at line {exc.lineno}, "
+                            f"column {exc.colno}", detail=exc.msg) from exc
     except RecursionError as exc:
         raise InvalidFormat(f"is nested too deeply to be {what}") from exc
 
@@ -126,10 +139,12 @@ def parse_json(data: bytes, what: str = "JSON",
 def parse_csv(data: bytes) -> list[list[str]]:
     """Strict CSV: UTF-8, a header row, every row as wide as the header (blank lines skipped)."""
     text = decode_utf8(data, "CSV")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
-        rows = [row for row in csv.reader(io.StringIO(text, newline=""), strict=True) if row]
-    except csv.Error as exc:
-        raise InvalidFormat(f"is not valid CSV ({exc})") from exc
+        rows = [row for row in reader if row]
+    except csv.Error as exc:  # its text may quote the input; say where instead
+        raise InvalidFormat(f"is not valid CSV: a quoted field is malformed or too long near "
+                            f"line {reader.line_num}", detail=str(exc)) from exc
     if not rows:
         raise InvalidFormat("is an empty CSV file (it needs at least a header row)")
     width = len(rows[0])
@@ -189,24 +204,27 @@ def safetensors_strings(path: Path) -> list[str]:
     return found
 
 
-def check_safetensors(path: Path) -> SafetensorsLayout:
+def check_safetensors(path: Path, rules: CheckRules | None = None) -> SafetensorsLayout:
     """Header length, JSON header, dtypes/shapes/offsets, and a payload the tensors cover
-    exactly: contiguous from 0, no gaps, no overlaps, nothing after the last tensor."""
+    exactly: contiguous from 0, no gaps, no overlaps, nothing after the last tensor; plus the
+    limits on the header's text (metadata, tensor names) from `rules`."""
+    rules = rules or CheckRules()
     header, header_bytes, size = _safetensors_header(path)
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not (isinstance(metadata, dict) and all(
             isinstance(v, str) for v in metadata.values())):
         raise InvalidFormat("has __metadata__ that is not a map of strings to strings")
+    _check_safetensors_text(metadata or {}, list(header), rules)
     spans: list[tuple[int, int, str]] = []
-    for index, (name, entry) in enumerate(header.items()):
-        tensor = label(name, f"tensor #{index + 1}")
+    for index, entry in enumerate(header.values(), start=1):
+        tensor = f"tensor {index}"
         spans.append((*_tensor_span(entry, tensor), tensor))
     payload = size - 8 - header_bytes
     covered = 0
     for begin, end, tensor in sorted(spans):
         if begin != covered:
             gap = "overlaps the one before it" if begin < covered else "leaves a gap before it"
-            raise InvalidFormat(f"has tensor {tensor} at bytes {begin:,}-{end:,}, which {gap}; "
+            raise InvalidFormat(f"has {tensor} at bytes {begin:,}-{end:,}, which {gap}; "
                                 "the data must be covered exactly once")
         covered = end
     if covered != payload:
@@ -219,25 +237,49 @@ def check_safetensors(path: Path) -> SafetensorsLayout:
                              metadata_entries=len(metadata or {}))
 
 
+def _check_safetensors_text(metadata: dict[str, str], names: list[str],
+                            rules: CheckRules) -> None:
+    """Free text in the header is a channel: metadata in all, each tensor name, all names."""
+    metadata_bytes = sum(_utf8_bytes(k) + _utf8_bytes(v) for k, v in metadata.items())
+    if metadata_bytes > rules.max_metadata_bytes:
+        raise InvalidFormat(f"has {metadata_bytes:,} bytes of __metadata__ in its "
+                            f"{len(metadata)} entries (at most {rules.max_metadata_bytes:,})",
+                            limit="max_metadata_bytes")
+    total = 0
+    for index, name in enumerate(names, start=1):
+        if len(name) > rules.max_name_length:
+            raise InvalidFormat(f"has tensor {index} with a name of {len(name):,} characters "
+                                f"(at most {rules.max_name_length})", limit="max_name_length",
+                                detail=f"tensor name {_detail(name)}")
+        if not TENSOR_NAME_PATTERN.match(name):
+            raise InvalidFormat(f"has tensor {index} with a name that is not plain (letters, "
+                                "digits, _ . : / -)", detail=f"tensor name {_detail(name)}")
+        total += _utf8_bytes(name)
+    if total > rules.max_model_strings_bytes:
+        raise InvalidFormat(f"has tensor names totalling {total:,} bytes (at most "
+                            f"{rules.max_model_strings_bytes:,})",
+                            limit="max_model_strings_bytes")
+
+
 def _tensor_span(entry: object, tensor: str) -> tuple[int, int]:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise InvalidFormat(f"has tensor {tensor} without exactly dtype, shape and "
+        raise InvalidFormat(f"has {tensor} without exactly dtype, shape and "
                             "data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     bits = SAFETENSORS_DTYPE_BITS.get(dtype) if isinstance(dtype, str) else None
     if bits is None:
-        raise InvalidFormat(f"has tensor {tensor} with an unknown dtype")
+        raise InvalidFormat(f"has {tensor} with an unknown dtype")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise InvalidFormat(f"has tensor {tensor} whose shape is not a list of sizes")
+        raise InvalidFormat(f"has {tensor} whose shape is not a list of sizes")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
             and offsets[0] <= offsets[1]):
-        raise InvalidFormat(f"has tensor {tensor} whose data_offsets are not [begin, end]")
+        raise InvalidFormat(f"has {tensor} whose data_offsets are not [begin, end]")
     total_bits = math.prod(shape) * bits
     if total_bits % 8:
-        raise InvalidFormat(f"has tensor {tensor} whose size is not a whole number of bytes")
+        raise InvalidFormat(f"has {tensor} whose size is not a whole number of bytes")
     begin, end = int(offsets[0]), int(offsets[1])
     if end - begin != total_bits // 8:
-        raise InvalidFormat(f"has tensor {tensor} whose data_offsets span {end - begin:,} bytes "
+        raise InvalidFormat(f"has {tensor} whose data_offsets span {end - begin:,} bytes "
                             f"but its dtype and shape need {total_bits // 8:,}")
     return begin, end
 
@@ -257,10 +299,94 @@ class OnnxSummary:
     initializers: int
 
 
-def check_onnx(path: Path) -> OnnxSummary:
+#: Opset domains the gate names in a reason; any other is "a custom domain" (its name is text
+#: from the file).
+KNOWN_ONNX_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training",
+                                "ai.onnx.preview.training", "com.microsoft"})
+
+#: Opset versions above this are not repeated in a reason (ONNX itself is near 25).
+MAX_SHOWN_OPSET = 100
+
+#: Fields whose bytes are tensor data, not text: the weights themselves.
+_ONNX_DATA_FIELDS = frozenset({"raw_data"})
+#: Free-text fields, limited together with metadata_props by `max_metadata_bytes`.
+_ONNX_DOC_FIELDS = frozenset({"doc_string"})
+#: Values rather than names: string attributes and string tensors, counted only in the total.
+_ONNX_VALUE_FIELDS = frozenset({"s", "strings", "string_data"})
+
+
+@dataclass(frozen=True)
+class OnnxString:
+    """One string in an ONNX model: what kind of text it is, where it sits (a path of schema
+    field names and 1-based indices, e.g. `graph.node[5].attribute[2].s`) and the text."""
+
+    kind: str  # "name", "doc" (doc_string), "metadata" (metadata_props) or "value"
+    where: str
+    text: str
+
+    @property
+    def size(self) -> int:
+        return _utf8_bytes(self.text)
+
+
+def onnx_strings(model: Any) -> Iterator[OnnxString]:
+    """Every string and bytes field of a parsed ONNX model (graph, nodes, value infos,
+    initializers, attributes, subgraphs, functions, metadata, opsets...), except tensor
+    `raw_data`. `where` is built from the ONNX schema's field names and positions only."""
+    pending: list[tuple[Any, str, bool]] = [(model, "", False)]
+    while pending:
+        message, path, in_metadata = pending.pop()
+        for field, value in message.ListFields():
+            where = f"{path}.{field.name}" if path else field.name
+            if field.message_type is not None:
+                is_entry = field.message_type.name == "StringStringEntryProto"
+                items = list(value) if field.is_repeated else [value]
+                for index, item in enumerate(items, start=1):
+                    shown = f"{where}[{index}]" if field.is_repeated else where
+                    pending.append((item, shown, in_metadata or is_entry))
+                continue
+            if field.type not in (field.TYPE_STRING, field.TYPE_BYTES):
+                continue
+            if field.name in _ONNX_DATA_FIELDS:
+                continue
+            kind = ("metadata" if in_metadata else "doc" if field.name in _ONNX_DOC_FIELDS
+                    else "value" if field.name in _ONNX_VALUE_FIELDS else "name")
+            texts = list(value) if field.is_repeated else [value]
+            for index, text in enumerate(texts, start=1):
+                if isinstance(text, bytes):
+                    text = text.decode("utf-8", "surrogateescape")
+                shown = f"{where}[{index}]" if field.is_repeated else where
+                yield OnnxString(kind, shown, text)
+
+
+def _check_onnx_text(model: Any, rules: CheckRules) -> None:
+    """Names, doc strings, metadata and string attributes are channels: limit each kind."""
+    free = total = 0
+    for string in onnx_strings(model):
+        size = string.size
+        if string.kind == "name" and len(string.text) > rules.max_name_length:
+            raise InvalidFormat(f"has a name of {len(string.text):,} characters at "
+                                f"{string.where} (at most {rules.max_name_length})",
+                                limit="max_name_length", detail=_detail(string.text))
+        if string.kind in ("doc", "metadata"):
+            free += size
+            if free > rules.max_metadata_bytes:
+                raise InvalidFormat(f"has more than {rules.max_metadata_bytes:,} bytes of doc "
+                                    "strings and metadata_props (reached at "
+                                    f"{string.where})", limit="max_metadata_bytes")
+        total += size
+        if total > rules.max_model_strings_bytes:
+            raise InvalidFormat(f"has more than {rules.max_model_strings_bytes:,} bytes of "
+                                f"strings in all (reached at {string.where})",
+                                limit="max_model_strings_bytes")
+
+
+def check_onnx(path: Path, rules: CheckRules | None = None) -> OnnxSummary:
     """`onnx.load_model_from_string` + `onnx.checker.check_model`, plus what the checker allows
-    but a release must not carry: external data (paths to other files) and protobuf fields
-    unknown to the ONNX schema (invisible to every ONNX tool, so a hiding place)."""
+    but a release must not carry: external data (paths to other files), protobuf fields
+    unknown to the ONNX schema (invisible to every ONNX tool, so a hiding place), and more
+    text (names, doc strings, metadata, string attributes) than `rules` allow."""
+    rules = rules or CheckRules()
     try:
         import onnx
     except ImportError as exc:  # fail closed: no checker, no release
@@ -271,6 +397,7 @@ def check_onnx(path: Path) -> OnnxSummary:
     except Exception as exc:  # protobuf raises its own DecodeError and friends
         raise InvalidFormat("is not an ONNX model (its protobuf does not parse)") from exc
     _refuse_unknown_fields(model)
+    _check_onnx_text(model, rules)
     # Before the checker, which would otherwise look for the named files on this host.
     for tensor in _onnx_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
@@ -279,15 +406,30 @@ def check_onnx(path: Path) -> OnnxSummary:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx.checker.ValidationError, or a protobuf error inside it
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise InvalidFormat(f"is not a valid ONNX model: {_printable(first)}") from exc
-    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
-    return OnnxSummary(ir_version=int(model.ir_version), opset=opsets,
+        # The checker's text quotes op types, names and domains from the model: log it only.
+        raise InvalidFormat("is not a valid ONNX model: the ONNX checker refused it (the "
+                            "server log has its message)",
+                            detail=f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+    return OnnxSummary(ir_version=int(model.ir_version), opset=_opsets(model.opset_import),
                        nodes=len(model.graph.node), initializers=len(model.graph.initializer))
 
 
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text)
+def _opsets(imports: Any) -> str:
+    """The opsets for a passing reason, with a bounded vocabulary: numbers copied from the
+    file are data too, so only the first import of each known domain is named, with a small
+    version, and the rest are counted."""
+    shown: dict[str, str] = {}
+    others = 0
+    for opset in imports:
+        domain = opset.domain or "ai.onnx"
+        if opset.domain in KNOWN_ONNX_DOMAINS and domain not in shown:
+            version = opset.version
+            shown[domain] = (f"{domain} {version}" if 0 <= version <= MAX_SHOWN_OPSET
+                             else f"{domain} (a version above {MAX_SHOWN_OPSET})")
+        else:
+            others += 1
+    parts = list(shown.values()) + ([f"{others} other opset import(s)"] if others else [])
+    return ", ".join(parts) or "no opset imports"
 
 
 def _refuse_unknown_fields(message: Any) -> None:

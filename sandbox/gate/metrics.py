@@ -1,7 +1,8 @@
 """Metrics check: a released metrics file carries only short names and finite numbers.
 
 Owns the rules that keep metrics from leaking: no strings, plain short keys and literals, a cap
-on values, and small-cell suppression for count-like keys, as statistical disclosure control does.
+on keys and values together, and small-cell suppression for count-like keys, as statistical
+disclosure control does. Reasons point at a key by depth and index, never by its text.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class MetricsSummary:
 
     values: int
     counts: int  # values under count-like keys (all at least k)
+    keys: int = 0  # object keys, or CSV header columns
 
 
 class _Number(float):
@@ -54,56 +56,77 @@ def _number(text: str) -> _Number:
     return _Number(value)
 
 
+def _detail(text: str) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 200 else shown[:200] + "..."
+
+
 class _Walk:
-    """Counts values and applies the key and small-count rules, path by path."""
+    """Counts keys and values and applies the key and small-count rules, item by item.
+
+    `where` strings are positions the gate composes ("key at depth 2, index 3"): a key's
+    text is what a leak would hide in, so it is never part of a reason."""
 
     def __init__(self, rules: CheckRules) -> None:
         self.rules = rules
+        self.items = 0
         self.values = 0
         self.counts = 0
+        self.keys = 0
+        self.key_bytes = 0
+
+    def item(self) -> None:
+        self.items += 1
+        if self.items > self.rules.max_metric_values:
+            raise MetricsRefused(f"has more than {self.rules.max_metric_values:,} keys and "
+                                 "values", limit="max_metric_values")
 
     def key(self, key: str, where: str) -> str:
+        self.keys += 1
+        self.item()
         if len(key) > self.rules.max_key_length:
-            raise MetricsRefused(f"has a key of {len(key)} characters {where} (at most "
-                                 f"{self.rules.max_key_length})")
+            raise MetricsRefused(f"has a {where} that is {len(key):,} characters long (at "
+                                 f"most {self.rules.max_key_length})", limit="max_key_length",
+                                 detail=f"key {_detail(key)}")
         if not KEY_PATTERN.match(key):
-            raise MetricsRefused(f"has a key {where} that is not a plain name (letters, digits, "
-                                 "_ . - / @ % : +)")
+            raise MetricsRefused(f"has a {where} that is not a plain name (letters, digits, "
+                                 "_ . - / @ % : +)", detail=f"key {_detail(key)}")
+        self.key_bytes += len(key.encode("utf-8"))
+        if self.key_bytes > self.rules.max_metric_key_bytes:
+            raise MetricsRefused(f"has more than {self.rules.max_metric_key_bytes:,} bytes of "
+                                 f"key names in all (reached at the {where})",
+                                 limit="max_metric_key_bytes")
         return key
 
-    def value(self, value: float, path: str, key: str) -> None:
+    def value(self, value: float, where: str, key: str) -> None:
+        self.item()
         self.values += 1
-        if self.values > self.rules.max_metric_values:
-            raise MetricsRefused(f"has more than {self.rules.max_metric_values:,} values",
-                                 limit="max_metric_values")
         if is_count_key(key):
             self.counts += 1
             if value < self.rules.small_count_k:
                 raise MetricsRefused(
-                    f"reports {path} = {_show(value)}, a count below "
-                    f"{self.rules.small_count_k}; small counts can identify individuals",
-                    limit="small_count_k")
+                    f"reports a count below {self.rules.small_count_k} at the {where}; small "
+                    "counts can identify individuals", limit="small_count_k")
 
-    def walk(self, node: Any, path: str, key: str) -> None:
+    def walk(self, node: Any, depth: int, where: str, key: str) -> None:
+        """`depth` counts the objects and arrays around `node` (the top-level object is 1)."""
+        if isinstance(node, (dict, list)) and depth + 1 > self.rules.max_key_depth:
+            raise MetricsRefused(f"nests objects or arrays {depth + 1} deep at the {where} "
+                                 f"(at most {self.rules.max_key_depth})",
+                                 limit="max_key_depth")
         if isinstance(node, dict):
-            for child_key, child in node.items():
-                where = f"under {path}" if path else "at the top level"
-                name = self.key(child_key, where)
-                self.walk(child, f"{path}.{name}" if path else name, name)
+            for index, (child_key, child) in enumerate(node.items(), start=1):
+                at = f"key at depth {depth + 1}, index {index}"
+                self.walk(child, depth + 1, at, self.key(child_key, at))
         elif isinstance(node, list):
-            for index, child in enumerate(node):
-                self.walk(child, f"{path}[{index}]", key)
+            for index, child in enumerate(node, start=1):
+                self.walk(child, depth + 1, f"item at depth {depth + 1}, index {index}", key)
         elif isinstance(node, _Number):
-            self.value(float(node), path, key)
+            self.value(float(node), where, key)
         else:
             what = {str: "a string", bool: "true/false", type(None): "null"}.get(
                 type(node), "a non-number")
-            raise MetricsRefused(f"has {what} at {path or 'the top level'}; metrics may only "
-                                 "be numbers")
-
-
-def _show(value: float) -> str:
-    return str(int(value)) if value.is_integer() else repr(value)
+            raise MetricsRefused(f"has {what} at the {where}; metrics may only be numbers")
 
 
 def check_metrics_json(data: bytes, rules: CheckRules) -> MetricsSummary:
@@ -116,8 +139,8 @@ def check_metrics_json(data: bytes, rules: CheckRules) -> MetricsSummary:
     if not isinstance(document, dict):
         raise MetricsRefused("is not a JSON object of named metrics")
     walk = _Walk(rules)
-    walk.walk(document, "", "")
-    return MetricsSummary(values=walk.values, counts=walk.counts)
+    walk.walk(document, 0, "top level", "")
+    return MetricsSummary(values=walk.values, counts=walk.counts, keys=walk.keys)
 
 
 def check_metrics_csv(data: bytes, rules: CheckRules) -> MetricsSummary:
@@ -127,17 +150,18 @@ def check_metrics_csv(data: bytes, rules: CheckRules) -> MetricsSummary:
     except InvalidFormat as exc:
         raise MetricsRefused(f"cannot be read as metrics: it {exc.user_message}") from exc
     walk = _Walk(rules)
-    header = [walk.key(name, f"in column {i + 1} of the header")
-              for i, name in enumerate(rows[0])]
+    # Every header column counts, so a header-only CSV cannot carry data in its names.
+    header = [walk.key(name, f"column name {i} of the header")
+              for i, name in enumerate(rows[0], start=1)]
     if len(set(header)) != len(header):
         raise MetricsRefused("names a column twice in its header")
     for number, row in enumerate(rows[1:], start=2):
-        for name, cell in zip(header, row, strict=True):
+        for column, (name, cell) in enumerate(zip(header, row, strict=True), start=1):
             if not _NUMBER.match(cell):
-                raise MetricsRefused(f"has a cell in row {number}, column '{name}' that is not "
+                raise MetricsRefused(f"has a cell in row {number}, column {column} that is not "
                                      "a plain number; metrics may only be numbers")
-            walk.value(float(_number(cell)), f"row {number} '{name}'", name)
-    return MetricsSummary(values=walk.values, counts=walk.counts)
+            walk.value(float(_number(cell)), f"cell in row {number}, column {column}", name)
+    return MetricsSummary(values=walk.values, counts=walk.counts, keys=walk.keys)
 
 
 def check_metrics(data: bytes, suffix: str, rules: CheckRules) -> MetricsSummary:

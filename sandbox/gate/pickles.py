@@ -2,6 +2,7 @@
 
 Owns the allowlist of torch reconstructors that `torch.save(state_dict)` really emits, the
 check of torch's zip layout, and a symbolic walk over the opcodes; nothing is unpickled here.
+Reasons name entries and globals by position; their names (text from the file) go to the log.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class PickleStream:
 
     member: str
     data: bytes
+    #: The stream's position, for reasons ("entry 3 of the archive"); its name is file text.
+    where: str = "the file"
 
 
 @dataclass(frozen=True)
@@ -114,20 +117,17 @@ def _zip_streams(path: Path, max_pickle_bytes: int) -> Iterator[PickleStream]:
         if not any(name == "data.pkl" or name.endswith("/data.pkl")
                    for name in (info.filename for info in pickles)):
             raise InvalidFormat("is a zip archive without the data.pkl that torch.save writes")
+        position = {id(info): index for index, info in enumerate(infos, start=1)}
         for info in pickles:
+            where = f"entry {position[id(info)]} of the archive"
             if info.file_size > max_pickle_bytes:
                 raise InvalidFormat(f"holds a pickle larger than {max_pickle_bytes:,} bytes")
             try:
                 data = archive.read(info)
             except (zipfile.BadZipFile, OSError, ValueError) as exc:
                 raise InvalidFormat("is a zip archive with an unreadable entry") from exc
-            _pickle_length(data, f"entry {_entry_label(info.filename)}")
-            yield PickleStream(info.filename, data)
-
-
-def _entry_label(name: str) -> str:
-    safe = len(name) <= 80 and all(c.isalnum() or c in "._-/" for c in name)
-    return repr(name) if safe else "(unprintable name)"
+            _pickle_length(data, where)
+            yield PickleStream(info.filename, data, where)
 
 
 def _pickle_length(data: bytes, where: str) -> int:
@@ -196,13 +196,17 @@ def scan_pickle(data: bytes, allowed: Iterable[str] = TORCH_STATE_DICT_GLOBALS) 
     allow = frozenset(allowed)
     machine = _Machine()
     used: set[str] = set()
+    imports = 0
 
     def imported(module: str, name: str) -> _Global:
+        nonlocal imports
+        imports += 1
         full = f"{module}.{name}"
         if full not in allow:
-            raise UnsafePickle(f"imports {_global_label(full)}, which is not one of the torch "
-                               "tensor reconstructors allowed; loading it could run code",
-                               global_name=full)
+            raise UnsafePickle(f"imports a callable outside the allowlist of torch tensor "
+                               f"reconstructors (global {imports} of the stream); loading it "
+                               "could run code", global_name=full,
+                               detail=f"global {imports} is {full[:200]!r}")
         used.add(full)
         return _Global(full)
 
@@ -268,11 +272,6 @@ def _memo_key(arg: object) -> int:
     return arg
 
 
-def _global_label(full: str) -> str:
-    safe = len(full) <= 120 and all(c.isalnum() or c in "._ " for c in full)
-    return f"'{full}'" if safe else "a global with an unprintable name"
-
-
 def scan_pickle_file(path: Path, allowed: Iterable[str] = TORCH_STATE_DICT_GLOBALS
                      ) -> PickleScan:
     """Every pickle in the file (each .pkl of a torch zip, or the plain pickle) is clean."""
@@ -284,6 +283,6 @@ def scan_pickle_file(path: Path, allowed: Iterable[str] = TORCH_STATE_DICT_GLOBA
         except UnsafePickle as exc:
             if not stream.member:
                 raise
-            raise UnsafePickle(f"entry {_entry_label(stream.member)} {exc.user_message}",
-                               global_name=exc.global_name) from exc
+            raise UnsafePickle(f"{stream.where} {exc.user_message}", global_name=exc.global_name,
+                               detail=f"{stream.member[:200]!r}: {exc.detail}") from exc
     return PickleScan(streams=len(streams), globals_used=frozenset(used))

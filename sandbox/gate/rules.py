@@ -22,12 +22,25 @@ class CheckRules:
     allow_pickle: bool = False
     max_file_bytes: int = 2 * GiB
     max_total_bytes: int = 4 * GiB
+    #: Items in a metrics file: every number, every object key and every CSV header column.
     max_metric_values: int = 1000
+    #: Characters in one metrics key or CSV column name.
     max_key_length: int = 64
+    #: Nesting of objects and arrays in a metrics JSON (the top-level object is depth 1).
+    max_key_depth: int = 4
+    #: UTF-8 bytes of all metrics keys (or CSV column names) together.
+    max_metric_key_bytes: int = 4096
     #: Count-like metrics (`n`, `n_*`, `*_count`, `support`, ...) below k are refused.
     small_count_k: int = 10
     #: A metrics file is a handful of numbers; anything bigger is refused unread.
     max_metrics_bytes: int = MiB
+    #: UTF-8 bytes of free text in a model: safetensors `__metadata__` keys and values; ONNX
+    #: doc strings and metadata_props keys and values.
+    max_metadata_bytes: int = 4096
+    #: Characters in one tensor name (safetensors) or one ONNX name (graph, node, value, ...).
+    max_name_length: int = 128
+    #: UTF-8 bytes of every string in a model together (tensor names; for ONNX all strings).
+    max_model_strings_bytes: int = 65536
     leak_scan: bool = True
     #: Dataset rows shorter than this are not looked for (too common to mean a leak).
     leak_min_row_bytes: int = 16

@@ -11,6 +11,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from sandbox.errors import InvalidUpload
 
@@ -31,7 +32,7 @@ class BlobStore:
 
     def put(self, source: Path, *, max_bytes: int | None = None) -> tuple[str, int]:
         """Copy a regular file (never following a link) in; return (sha256, size)."""
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
             fd = os.open(source, flags)
         except OSError as exc:
@@ -39,22 +40,26 @@ class BlobStore:
         with os.fdopen(fd, "rb") as src:
             if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
                 raise InvalidUpload(f"{source.name} is not a regular file")
-            (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-            digest, size = hashlib.sha256(), 0
-            with tempfile.NamedTemporaryFile(dir=self.root / "tmp", delete=False) as tmp:
-                try:
-                    while chunk := src.read(_CHUNK):
-                        size += len(chunk)
-                        if max_bytes is not None and size > max_bytes:
-                            raise InvalidUpload(f"{source.name} is larger than "
-                                                f"{max_bytes} bytes")
-                        digest.update(chunk)
-                        tmp.write(chunk)
-                    tmp.flush()
-                    os.fsync(tmp.fileno())
-                except BaseException:
-                    os.unlink(tmp.name)
-                    raise
+            return self.put_stream(src, source.name, max_bytes=max_bytes)
+
+    def put_stream(self, src: BinaryIO, label: str, *,
+                   max_bytes: int | None = None) -> tuple[str, int]:
+        """Copy an open file in (the caller opened it safely); `label` names it in errors."""
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        with tempfile.NamedTemporaryFile(dir=self.root / "tmp", delete=False) as tmp:
+            try:
+                while chunk := src.read(_CHUNK):
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise InvalidUpload(f"{label} is larger than {max_bytes} bytes")
+                    digest.update(chunk)
+                    tmp.write(chunk)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
         sha = digest.hexdigest()
         final = self.path(sha)
         if final.exists():

@@ -34,12 +34,19 @@ def log_out(page: Page) -> None:
     expect(page.get_by_role("heading", name="Log in")).to_be_visible()
 
 
-def approve_from_queue(page: Page, approver: str, release_id: str) -> None:
+def approve_from_queue(page: Page, approver: str, release_id: str,
+                       look_inside: bool = False) -> None:
     log_in(page, approver)
     page.get_by_role("navigation").get_by_role("link", name="Review queue").click()
     page.locator("#queue").get_by_role("link", name=release_id).click()
     expect(page.locator("#checks")).to_contain_text("leak scan")
     expect(page.locator("#checks")).not_to_contain_text("FAIL")
+    if look_inside:  # the rendered view of the weights: tensors, never raw bytes
+        page.locator("#release-files tr", has_text="model.safetensors").get_by_role(
+            "link", name=re.compile(r"View file")).click()
+        expect(page.locator("#view-kind")).to_have_text("safetensors weights")
+        expect(page.locator("#tensors tbody tr").first).to_be_visible()
+        page.go_back()
     page.get_by_role("button", name="Approve").click()
     log_out(page)
 
@@ -62,7 +69,7 @@ def test_release_reviewed_signed_and_verified(page: Page, team: None, tmp_path: 
     expect(page.get_by_role("button", name="Approve")).to_have_count(0)  # not for the requester
     log_out(page)
 
-    approve_from_queue(page, "bob", release_id)
+    approve_from_queue(page, "bob", release_id, look_inside=True)
     approve_from_queue(page, "carol", release_id)
 
     log_in(page, "ada")

@@ -19,7 +19,7 @@ from audit.models import AuditEvent
 from console.core import Sealroom
 from console.services import accounts, datasets
 from sandbox.hardening import assert_hardened
-from tests.helpers import OPERATOR, PASSWORD, bearer, write_dataset
+from tests.helpers import OPERATOR, PASSWORD, bearer, wait_for_outbox, write_dataset
 
 pytestmark = pytest.mark.docker
 
@@ -78,8 +78,9 @@ def test_example_trains_to_completion(docker_app: Flask, engineer: str,
     assert final["exit_code"] == 0
     assert "epoch" in logs.get_data(as_text=True)
 
-    outbox = client.get(f"/api/v1/sandboxes/{sandbox['id']}/outbox", headers=bearer(engineer))
-    names = {f["name"]: f for f in outbox.get_json()["files"]}
+    outbox = wait_for_outbox(client, engineer, sandbox["id"])
+    assert outbox["state"] == "ready"
+    names = {f["name"]: f for f in outbox["files"]}
     assert {"model.safetensors", "metrics.json"} <= set(names)
     assert names["model.safetensors"]["size"] > 0
     assert len(names["model.safetensors"]["sha256"]) == 64

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,12 +75,9 @@ def run_in(
 
 def test_second_build_reuses_the_image(client: docker.DockerClient, base: BuiltImage) -> None:
     logged: list[str] = []
-    started = time.monotonic()
     again = build_images(cache_dir=default_cache_dir(), client=client, log=logged.append)["base"]
-    elapsed = time.monotonic() - started
 
     assert again == base
-    assert elapsed < 10, f"a warm build_images took {elapsed:.1f} s"
     assert not any(line.startswith("Step ") for line in logged), logged
     assert any("up to date" in line for line in logged)
 

@@ -106,7 +106,7 @@ def test_engine_down_gives_503_and_leaves_nothing(settings: Settings, base_image
     started = time.monotonic()
     response = client.post("/api/v1/sandboxes", headers=bearer(token),
                            json={"dataset": "demo", "example": "mlp"})
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 30  # no wait for the 60 s operation timeout
     assert response.status_code == 503
     assert "engine is not available" in response.get_json()["error"]["message"]
     assert recorded(core, "sandbox:sandbox:launch")[-1].outcome == "failed"

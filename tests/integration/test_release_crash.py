@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import struct
 import threading
@@ -54,18 +55,22 @@ def test_kill_during_sealing_then_restart_finishes_it(
         tokens[name] = accounts.create_token(core, OPERATOR, name)
     datasets.register_dataset(core, OPERATOR, write_dataset(tmp_path / "d", 2000), "demo",
                               ["role:engineer"])
+    staged = settings.home / "big.safetensors"
+    _big_safetensors(staged)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api/v1"
     process = serve_console(settings.home, port)
     try:
         sandbox = requests.post(f"{api}/sandboxes", headers=bearer(tokens["alice"]), timeout=60,
                                 json={"dataset": "demo", "example": "mlp"}).json()
+        # Put there while the sandbox runs, as its own output would be (the outbox is listed
+        # and hashed once, when it ends); written beforehand so the move is instant.
+        os.replace(staged, settings.sandboxes_dir / sandbox["id"] / "outbox" / "big.safetensors")
         deadline = time.monotonic() + 120
         while requests.get(f"{api}/sandboxes/{sandbox['id']}", headers=bearer(tokens["alice"]),
                            timeout=30).json()["status"] == "running":
             assert time.monotonic() < deadline
             time.sleep(0.5)
-        _big_safetensors(settings.sandboxes_dir / sandbox["id"] / "outbox" / "big.safetensors")
         release = requests.post(f"{api}/releases", headers=bearer(tokens["alice"]), timeout=300,
                                 json={"sandbox": sandbox["id"], "justification": "crash test",
                                       "files": ["big.safetensors", "metrics.json"]}).json()

@@ -15,7 +15,7 @@ from sqlmodel import select
 from audit.models import AuditEvent
 from console.core import Sealroom
 from console.models import Sandbox
-from tests.helpers import bearer
+from tests.helpers import bearer, wait_for_outbox
 
 
 def _events(core: Sealroom, action: str) -> list[AuditEvent]:
@@ -46,9 +46,12 @@ def test_launch_list_get_logs_outbox_stop(client: FlaskClient, alice: str, core:
     assert client.get(f"/api/v1/sandboxes/{body['id']}/logs", headers=bearer(alice)).status_code \
         == 200
     outbox = client.get(f"/api/v1/sandboxes/{body['id']}/outbox", headers=bearer(alice))
-    assert outbox.get_json() == {"sandbox": body["id"], "files": []}
+    assert outbox.status_code == 403  # not listed while it runs (the policy's default)
+    assert outbox.get_json()["error"]["rule"] == "disclosure.outbox.list_while_running"
     stopped = client.post(f"/api/v1/sandboxes/{body['id']}/stop", headers=bearer(alice))
     assert stopped.get_json()["status"] == "stopped"
+    listing = wait_for_outbox(client, alice, body["id"])
+    assert (listing["state"], listing["files"]) == ("ready", [])
     assert [e.outcome for e in _events(core, "sandbox:sandbox:launch")] == ["ok"]
 
 

@@ -144,7 +144,7 @@ def test_validate_returns_warnings_and_accepts_raw_yaml(client: FlaskClient,
 def test_activation_needs_a_reason_and_a_change(client: FlaskClient, core: Sealroom,
                                                 people: dict[str, str]) -> None:
     text = _active_text(client, people["sam"])
-    changed = _edited(text, {"logs": {"max_view_bytes": 4096}})
+    changed = _edited(text, {"disclosure": {"per_sandbox_bytes": 4096}})
     missing = _activate(client, people["sam"], changed, reason="  ")
     assert missing.status_code == 400 and "reason" in missing.get_json()["error"]["message"]
     same = _activate(client, people["sam"], text)
@@ -162,7 +162,7 @@ def test_activation_needs_a_reason_and_a_change(client: FlaskClient, core: Sealr
     event = recorded(core, "policy:policy:activate")[-1]
     assert (event.actor, event.reason, event.target) == ("sam", "smaller logs", "policy:3")
     assert _details(event)["sha256"] == done.get_json()["sha256"]
-    assert core.policy.logs.max_view_bytes == 4096
+    assert core.policy.disclosure.per_sandbox_bytes == 4096
 
 
 # --- every rule kind, through the real paths ------------------------------------------------
@@ -219,22 +219,27 @@ def test_allowed_launch_records_the_deciding_version(client: FlaskClient, core: 
     assert "GPUs" in response.get_json()["error"]["message"]
 
 
-def test_log_viewing_budget(client: FlaskClient, core: Sealroom,
-                            people: dict[str, str]) -> None:
-    change_policy(core, {"logs": {"max_view_bytes": 5}})  # the fake log is "epoch 1/1\n"
+def test_log_viewing_budget(client: FlaskClient, core: Sealroom, people: dict[str, str],
+                            fake_backend: Any) -> None:
+    """Log text is sandbox bytes shown to a person: it spends the disclosure budget (in
+    256-byte blocks), and once nothing new fits the channel answers 403 with the rule."""
+    change_policy(core, {"disclosure": {"per_sandbox_bytes": 512}})
     sandbox_id = _launch(client, people["alice"]).get_json()["id"]
+    fake_backend.emit(fake_backend.handle_of(sandbox_id), b"x" * 1000)  # 10 + 1000 bytes
     url = f"/api/v1/sandboxes/{sandbox_id}/logs"
     first = client.get(url, headers=bearer(people["alice"]))
-    assert first.get_data() == b"epoch" and first.headers["X-Log-Total"] == "10"
-    refused = client.get(url + "?offset=5", headers=bearer(people["alice"]))
+    assert first.get_data() == (b"epoch 1/1\n" + b"x" * 1000)[:512]
+    assert first.headers["X-Log-Total"] == "1010"
+    assert client.get(url, headers=bearer(people["alice"])).get_data() == first.get_data()
+    refused = client.get(url + "?offset=512", headers=bearer(people["alice"]))
     assert refused.status_code == 403
     error = refused.get_json()["error"]
-    assert error["rule"] == "logs.max_view_bytes" and "5 bytes" in error["message"]
+    assert error["rule"] == "disclosure.per_sandbox_bytes" and "512 bytes" in error["message"]
     assert client.get(url + "?offset=-3", headers=bearer(people["alice"])).status_code == 403
     event = recorded(core, "sandbox:logs:view")[-1]
     assert event.outcome == "denied"
     assert (_details(event)["rule"], _details(event)["policy_version"]) == \
-        ("logs.max_view_bytes", core.policy.version)
+        ("disclosure.per_sandbox_bytes", core.policy.version)
 
 
 @pytest.fixture

@@ -158,7 +158,7 @@ def test_the_officer_cannot_stop_an_allowed_sandbox(client: FlaskClient, core: S
 
 def test_restore_from_the_history(client: FlaskClient, core: Sealroom,
                                   people: dict[str, str]) -> None:
-    change_policy(core, {"logs": {"max_view_bytes": 10}})
+    change_policy(core, {"disclosure": {"per_sandbox_bytes": 1024}})
     login(client, "sam")
     response = client.post("/policy/versions/2/restore", data={
         "csrf_token": csrf_from(client, "/policy"), "reason": "undo"}, follow_redirects=True)
@@ -217,16 +217,18 @@ def test_session_cookie_lasts_the_policys_absolute_timeout(client: FlaskClient, 
 
 
 def test_live_view_says_when_the_log_budget_is_used_up(client: FlaskClient, core: Sealroom,
-                                                       people: dict[str, str]) -> None:
-    change_policy(core, {"logs": {"max_view_bytes": 4}})
+                                                       people: dict[str, str],
+                                                       fake_backend: Any) -> None:
+    change_policy(core, {"disclosure": {"per_sandbox_bytes": 256}})
     sandbox_id = client.post("/api/v1/sandboxes", headers=bearer(people["alice"]), json={
         "dataset": "demo", "example": "mlp"}).get_json()["id"]
+    fake_backend.emit(fake_backend.handle_of(sandbox_id), b"y" * 300)
     login(client, "alice")
     first = client.get(f"/sandboxes/{sandbox_id}/live").get_json()
-    assert (first["log"], first["offset"]) == ("epoc", 4)
-    second = client.get(f"/sandboxes/{sandbox_id}/live?offset=4").get_json()
-    assert second["rule"] == "logs.max_view_bytes"
-    assert "viewing budget of 4 bytes" in second["log_refused"]
+    assert (first["log"][:10], first["offset"]) == ("epoch 1/1\n", 256)
+    second = client.get(f"/sandboxes/{sandbox_id}/live?offset=256").get_json()
+    assert second["rule"] == "disclosure.per_sandbox_bytes"
+    assert "disclosure budget of 256 bytes" in second["log_refused"]
     assert second["sandbox"]["status"] == "running"
-    quiet = client.get(f"/sandboxes/{sandbox_id}/live?offset=4&log=0").get_json()
+    quiet = client.get(f"/sandboxes/{sandbox_id}/live?offset=256&log=0").get_json()
     assert "log_refused" not in quiet

@@ -197,7 +197,8 @@ def test_reduce_payload_fails_even_when_pickles_are_allowed(tmp_path: Path, name
     report = run_checks([put(tmp_path, name, data)], CheckRules(allow_pickle=True), {})
     scan = results(report, name)["pickle_scan"]
     assert not scan.passed
-    assert f"'{os.system.__module__}.system'" in scan.reason
+    assert "outside the allowlist" in scan.reason and "global 1 of the stream" in scan.reason
+    assert "system" not in scan.reason and os.system.__module__ not in scan.reason
     assert [r.check for r in report.failed] == ["pickle_scan"]
 
 
@@ -210,7 +211,7 @@ def test_reduce_payload_fails_even_when_pickles_are_allowed(tmp_path: Path, name
     ("metrics.json", b'{"accuracy": NaN}', "metrics", "NaN"),
     ("metrics.json", json.dumps({"loss": [0.1] * 1001}).encode(), "metrics", "1,000"),
     ("metrics.json", b"PK\x03\x04" + b"\0" * 30, "file_format", "zip archive"),
-    ("model.zip", b"PK\x03\x04rest", "file_type", "'.zip' files may not leave"),
+    ("model.zip", b"PK\x03\x04rest", "file_type", "files of this type may not leave"),
     ("model.safetensors", safetensors_file({"w": ([1], [1.0])}) + b"EXTRA", "file_format",
      "after the last tensor"),
     ("model.safetensors", safetensors_file({"w": ([4], [1.0] * 4)})[:-3], "file_format",
@@ -306,7 +307,7 @@ def test_unreadable_dataset_fails_the_leak_scan_closed(tmp_path: Path) -> None:
 
 def test_a_crashing_check_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        caplog: pytest.LogCaptureFixture) -> None:
-    def boom(path: Path) -> None:
+    def boom(path: Path, rules: CheckRules | None = None) -> None:
         raise RuntimeError("bug")
 
     monkeypatch.setattr(checks, "check_safetensors", boom)

@@ -23,11 +23,13 @@ from sandbox.gate.formats import (
     SAFETENSORS_DTYPE_BITS,
     check_onnx,
     check_safetensors,
+    onnx_strings,
     parse_csv,
     parse_json,
     refuse_archive,
     sniff_archive,
 )
+from sandbox.gate.rules import CheckRules
 
 
 def safetensors_file(tensors: dict[str, tuple[str, list[int], bytes]],
@@ -178,7 +180,7 @@ def test_safetensors_error_never_quotes_a_long_tensor_name(tmp_path: Path) -> No
     with pytest.raises(InvalidFormat) as caught:
         check_safetensors(write(tmp_path, "m.safetensors", data))
     assert secret not in caught.value.user_message
-    assert "tensor #1" in caught.value.user_message
+    assert "tensor 1" in caught.value.user_message
 
 
 _DTYPES = sorted(d for d, bits in SAFETENSORS_DTYPE_BITS.items() if bits % 8 == 0)
@@ -232,6 +234,50 @@ def test_random_tensors_written_by_safetensors_pass(tmp_path_factory: pytest.Tem
     st_numpy.save_file({k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()},
                        str(path))
     assert check_safetensors(path).tensors == len(shapes)
+
+
+def _st_limit(tmp_path: Path, rules: CheckRules, *, names: list[str] | None = None,
+              metadata: dict[str, str] | None = None) -> InvalidFormat | None:
+    tensors = {name: ("F32", [1], f32(1)) for name in names or ["w"]}
+    path = write(tmp_path, "m.safetensors", safetensors_file(tensors, metadata=metadata))
+    try:
+        check_safetensors(path, rules)
+    except InvalidFormat as exc:
+        return exc
+    return None
+
+
+def test_safetensors_metadata_bytes_limit(tmp_path: Path) -> None:
+    rules = CheckRules(max_metadata_bytes=100)
+    assert _st_limit(tmp_path, rules, metadata={"k": "v" * 49, "é": "x" * 48}) is None  # 100
+    refused = _st_limit(tmp_path, rules, metadata={"k": "v" * 50, "é": "x" * 48})
+    assert refused is not None and refused.limit == "max_metadata_bytes"
+    assert "101 bytes of __metadata__" in refused.user_message
+    assert CheckRules().max_metadata_bytes == 4096
+
+
+def test_safetensors_tensor_name_length_limit(tmp_path: Path) -> None:
+    rules = CheckRules(max_name_length=10)
+    assert _st_limit(tmp_path, rules, names=["a", "b" * 10]) is None
+    refused = _st_limit(tmp_path, rules, names=["a", "b" * 11])
+    assert refused is not None and refused.limit == "max_name_length"
+    assert "tensor 2 with a name of 11 characters" in refused.user_message
+    assert "bbb" not in refused.user_message and "bbb" in refused.detail
+    assert CheckRules().max_name_length == 128
+
+
+@pytest.mark.parametrize("name", ["with space", "comma,name", "é", "quote'd", "", "a\nb"])
+def test_safetensors_tensor_names_must_be_plain(tmp_path: Path, name: str) -> None:
+    refused = _st_limit(tmp_path, CheckRules(), names=["ok.weight", name])
+    assert refused is not None and "tensor 2 with a name that is not plain" in refused.user_message
+
+
+def test_safetensors_all_tensor_names_limit(tmp_path: Path) -> None:
+    rules = CheckRules(max_model_strings_bytes=30)
+    assert _st_limit(tmp_path, rules, names=["a" * 10, "b" * 10, "c" * 10]) is None
+    refused = _st_limit(tmp_path, rules, names=["a" * 10, "b" * 10, "c" * 11])
+    assert refused is not None and refused.limit == "max_model_strings_bytes"
+    assert "totalling 31 bytes" in refused.user_message
 
 
 # --- ONNX -------------------------------------------------------------------------------------
@@ -290,6 +336,91 @@ def test_onnx_with_external_data_fails(tmp_path: Path) -> None:
     tensor.ClearField("float_data")
     with pytest.raises(InvalidFormat, match="external"):
         check_onnx(write(tmp_path, "m.onnx", model.SerializeToString()))
+
+
+def _onnx_limit(tmp_path: Path, model: Any, rules: CheckRules) -> InvalidFormat | None:
+    try:
+        check_onnx(write(tmp_path, "m.onnx", model.SerializeToString()), rules)
+    except InvalidFormat as exc:
+        return exc
+    return None
+
+
+def test_onnx_strings_enumerates_every_string_by_kind() -> None:
+    from onnx import helper
+
+    model = _onnx_model()
+    model.doc_string = "about"
+    model.producer_name = "maker"
+    model.graph.node[0].doc_string = "node doc"
+    model.graph.node[1].attribute.append(helper.make_attribute("mode", "fast"))
+    helper.set_model_props(model, {"author": "someone"})
+    found = {(s.kind, s.where, s.text) for s in onnx_strings(model)}
+    assert ("doc", "doc_string", "about") in found
+    assert ("doc", "graph.node[1].doc_string", "node doc") in found
+    assert ("name", "producer_name", "maker") in found
+    assert ("name", "graph.name", "mlp") in found
+    assert ("name", "graph.node[1].op_type", "MatMul") in found
+    assert ("name", "graph.node[1].input[2]", "W") in found
+    assert ("name", "graph.initializer[1].name", "W") in found
+    assert ("value", "graph.node[2].attribute[1].s", "fast") in found
+    assert ("metadata", "metadata_props[1].key", "author") in found
+    assert ("metadata", "metadata_props[1].value", "someone") in found
+    assert not any("raw_data" in where for _, where, _ in found)  # weights are not text
+
+
+def test_onnx_name_length_limit(tmp_path: Path) -> None:
+    model = _onnx_model()
+    model.graph.name = "g" * 20
+    assert _onnx_limit(tmp_path, model, CheckRules(max_name_length=20)) is None
+    refused = _onnx_limit(tmp_path, model, CheckRules(max_name_length=19))
+    assert refused is not None and refused.limit == "max_name_length"
+    assert "at graph.name" in refused.user_message and "ggg" not in refused.user_message
+
+
+def test_onnx_doc_strings_and_metadata_share_the_metadata_limit(tmp_path: Path) -> None:
+    from onnx import helper
+
+    model = _onnx_model()
+    model.doc_string = "d" * 50
+    helper.set_model_props(model, {"k" * 20: "v" * 30})
+    assert _onnx_limit(tmp_path, model, CheckRules(max_metadata_bytes=100)) is None
+    refused = _onnx_limit(tmp_path, model, CheckRules(max_metadata_bytes=99))
+    assert refused is not None and refused.limit == "max_metadata_bytes"
+    assert "ddd" not in refused.user_message and "kkk" not in refused.user_message
+
+
+def test_onnx_all_strings_limit_counts_string_attributes(tmp_path: Path) -> None:
+    from onnx import helper
+
+    model = _onnx_model()
+    baseline = sum(s.size for s in onnx_strings(model))
+    model.graph.node.append(helper.make_node("Constant", [], ["c"], value_string="s" * 100))
+    total = baseline + 100 + len("c") + len("Constant") + len("value_string")
+    assert total == sum(s.size for s in onnx_strings(model))
+    assert _onnx_limit(tmp_path, model, CheckRules(max_model_strings_bytes=total)) is None
+    refused = _onnx_limit(tmp_path, model, CheckRules(max_model_strings_bytes=total - 1))
+    assert refused is not None and refused.limit == "max_model_strings_bytes"
+
+
+def test_onnx_opsets_in_a_reason_are_bounded() -> None:
+    from onnx import helper
+
+    from sandbox.gate.formats import _opsets
+
+    imports = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 123456789),
+               helper.make_opsetid("", 99), *(helper.make_opsetid(f"d{i}", i * 7919)
+                                              for i in range(50))]
+    assert _opsets(imports) == ("ai.onnx 17, ai.onnx.ml (a version above 100), "
+                                "51 other opset import(s)")
+
+
+def test_onnx_checker_message_is_never_echoed(tmp_path: Path) -> None:
+    model = _onnx_model()
+    model.graph.node[0].op_type = "SecretRowAsOp"
+    refused = _onnx_limit(tmp_path, model, CheckRules())
+    assert refused is not None and "checker refused it" in refused.user_message
+    assert "SecretRowAsOp" not in refused.user_message and "SecretRowAsOp" in refused.detail
 
 
 # --- JSON and CSV -----------------------------------------------------------------------------

@@ -29,21 +29,32 @@ def test_example_metrics_pass() -> None:
 
 
 @pytest.mark.parametrize("document, fragment", [
-    ({"accuracy": 0.9, "note": "great"}, "string at note"),
-    ({"accuracy": 0.9, "n": 3}, "n = 3"),
-    ({"support": 3}, "support = 3"),
-    ({"per_class": {"cat": {"precision": 0.5, "support": 4}}}, "per_class.cat.support = 4"),
-    ({"class_counts": [120, 9, 300]}, r"class_counts\[1\] = 9"),
-    ({"row_count": 0}, "row_count = 0"),
-    ({"num_patients": 9.5}, "num_patients = 9.5"),
-    ({"test_n": -1}, "test_n = -1"),
+    ({"accuracy": 0.9, "note": "great"}, "a string at the key at depth 1, index 2"),
+    ({"accuracy": 0.9, "n": 3}, "count below 10 at the key at depth 1, index 2"),
+    ({"support": 3}, "count below 10 at the key at depth 1, index 1"),
+    ({"per_class": {"cat": {"precision": 0.5, "support": 4}}},
+     "count below 10 at the key at depth 3, index 2"),
+    ({"class_counts": [120, 9, 300]}, "count below 10 at the item at depth 2, index 2"),
+    ({"row_count": 0}, "count below 10 at the key at depth 1, index 1"),
+    ({"num_patients": 9.5}, "count below 10 at the key at depth 1, index 1"),
+    ({"test_n": -1}, "count below 10 at the key at depth 1, index 1"),
     ({"ok": True}, "true/false"),
     ({"ok": None}, "null"),
     ({"ok": [1, "x"]}, "string"),
 ])
 def test_bad_metrics_are_refused(document: Any, fragment: str) -> None:
-    with pytest.raises(MetricsRefused, match=fragment):
+    with pytest.raises(MetricsRefused, match=fragment) as caught:
         check_metrics(as_json(document), ".json", RULES)
+    # The reason points at the key by position; its name is never echoed.
+    assert not set(_keys(document)) & set(caught.value.user_message.split())
+
+
+def _keys(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [*node, *(k for child in node.values() for k in _keys(child))]
+    if isinstance(node, list):
+        return [k for child in node for k in _keys(child)]
+    return []
 
 
 def test_large_counts_and_nested_numbers_pass() -> None:
@@ -69,12 +80,13 @@ def test_unreadable_or_non_finite_json_is_refused(data: bytes, fragment: str) ->
 
 
 def test_too_many_values_are_refused() -> None:
-    rules = CheckRules(max_metric_values=10)
+    rules = CheckRules(max_metric_values=11)  # one key and ten numbers
     check_metrics(as_json({"loss": [0.5] * 10}), ".json", rules)
-    with pytest.raises(MetricsRefused, match="more than 10 values"):
+    with pytest.raises(MetricsRefused, match="more than 11 keys and values") as caught:
         check_metrics(as_json({"loss": [0.5] * 11}), ".json", rules)
-    with pytest.raises(MetricsRefused, match="more than 1,000 values"):
-        check_metrics(as_json({f"m{i}": 0.5 for i in range(1001)}), ".json", RULES)
+    assert caught.value.limit == "max_metric_values"
+    with pytest.raises(MetricsRefused, match="more than 1,000 keys and values"):
+        check_metrics(as_json({f"m{i}": 0.5 for i in range(501)}), ".json", RULES)
 
 
 def test_metrics_file_over_the_byte_cap_is_refused() -> None:
@@ -128,13 +140,13 @@ def test_metrics_csv_passes() -> None:
 
 
 @pytest.mark.parametrize("data, fragment", [
-    (b"epoch,loss\n1,great\n", "row 2, column 'loss'"),
+    (b"epoch,loss\n1,great\n", "row 2, column 2 that is not a plain number"),
     (b"epoch,loss\n1,nan\n", "not a plain number"),
     (b"epoch,loss\n1,inf\n", "not a plain number"),
     (b"epoch,loss\n1,\n", "not a plain number"),
     (b"epoch,loss\n1, 0.5\n", "not a plain number"),
     (b"epoch,loss\n1,1_000\n", "not a plain number"),
-    (b"label,support\n0,500\n1,7\n", "row 3 'support' = 7"),
+    (b"label,support\n0,500\n1,7\n", "count below 10 at the cell in row 3, column 2"),
     (b"epoch,loss\n1,0.5,9\n", "columns"),
     (b"epoch,epoch\n1,2\n", "twice"),
     (b"epoch,the loss\n1,2\n", "not a plain name"),
@@ -154,3 +166,77 @@ def test_csv_value_cap_counts_every_cell() -> None:
 def test_unknown_metrics_type_fails_closed() -> None:
     with pytest.raises(MetricsRefused, match="no metrics reader"):
         check_metrics(b"a: 1\n", ".yaml", RULES)
+
+
+# --- what can carry data is counted: keys, header columns, depth, key bytes ---------------------
+
+
+def test_keys_count_toward_the_item_cap() -> None:
+    rules = CheckRules(max_metric_values=4)
+    assert check_metrics(as_json({"a": 1, "b": 2}), ".json", rules).keys == 2
+    with pytest.raises(MetricsRefused, match="more than 4 keys and values") as caught:
+        check_metrics(as_json({"a": 1, "b": 2, "c": 3}), ".json", rules)
+    assert caught.value.limit == "max_metric_values"
+    # Keys alone, with nothing under them, count too.
+    with pytest.raises(MetricsRefused) as caught:
+        check_metrics(as_json({f"k{i}": {} for i in range(5)}), ".json", rules)
+    assert caught.value.limit == "max_metric_values"
+
+
+def test_a_header_only_csv_counts_its_columns() -> None:
+    rules = CheckRules(max_metric_values=3)
+    summary = check_metrics(b"a,b,c\n", ".csv", rules)
+    assert (summary.keys, summary.values) == (3, 0)
+    with pytest.raises(MetricsRefused, match="more than 3 keys and values") as caught:
+        check_metrics(b"a,b,c,d\n", ".csv", rules)
+    assert caught.value.limit == "max_metric_values"
+
+
+@pytest.mark.parametrize("suffix, document", [
+    (".json", lambda key: as_json({"ok": 1, key: 1})),
+    (".csv", lambda key: f"ok,{key}\n1,2\n".encode()),
+])
+def test_key_length_limit(suffix: str, document: Any) -> None:
+    rules = CheckRules(max_key_length=20)
+    check_metrics(document("k" * 20), suffix, rules)
+    with pytest.raises(MetricsRefused, match=r"(index|column name) 2 (of the header )?that is "
+                                             r"21 characters long") as caught:
+        check_metrics(document("k" * 21), suffix, rules)
+    assert caught.value.limit == "max_key_length" and "k" * 21 not in caught.value.user_message
+
+
+@pytest.mark.parametrize("inner", [{"d": 1}, [1]])
+def test_key_depth_limit(inner: Any) -> None:
+    rules = CheckRules(max_key_depth=3)
+    check_metrics(as_json({"a": {"b": inner}}), ".json", rules)  # three levels
+    with pytest.raises(MetricsRefused, match="4 deep") as caught:
+        check_metrics(as_json({"a": {"b": {"c": inner}}}), ".json", rules)
+    assert caught.value.limit == "max_key_depth"
+    with pytest.raises(MetricsRefused, match="4 deep"):
+        check_metrics(as_json({"a": [[inner]]}), ".json", rules)
+
+
+def test_default_depth_is_four() -> None:
+    check_metrics(as_json({"a": {"b": {"c": {"d": 1}}}}), ".json", RULES)
+    with pytest.raises(MetricsRefused) as caught:
+        check_metrics(as_json({"a": {"b": {"c": {"d": {"e": 1}}}}}), ".json", RULES)
+    assert caught.value.limit == "max_key_depth"
+
+
+@pytest.mark.parametrize("suffix, document", [
+    (".json", lambda keys: as_json(dict.fromkeys(keys, 1))),
+    (".csv", lambda keys: (",".join(keys) + "\n").encode()),
+])
+def test_total_key_bytes_limit(suffix: str, document: Any) -> None:
+    rules = CheckRules(max_metric_key_bytes=100)
+    keys = [f"k{i:09d}" for i in range(10)]  # 10 bytes each: 100 in all
+    assert check_metrics(document(keys), suffix, rules).keys == 10
+    with pytest.raises(MetricsRefused, match="more than 100 bytes of key names") as caught:
+        check_metrics(document([*keys, "x"]), suffix, rules)
+    assert caught.value.limit == "max_metric_key_bytes"
+
+
+def test_key_charset_applies_to_csv_headers_without_echoing_them() -> None:
+    with pytest.raises(MetricsRefused, match="column name 2 of the header") as caught:
+        check_metrics(b"epoch,secret name\n1,2\n", ".csv", RULES)
+    assert "secret" not in caught.value.user_message and "secret" in caught.value.detail

@@ -63,7 +63,14 @@ def test_default_policy_loads_and_documents_every_section() -> None:
      "line 3: resources.default.max_cpus: must be greater than 0"),
     ("resources:\n  default:\n    max_memory_mb: -5\n",
      "line 3: resources.default.max_memory_mb: must be greater than or equal to 64"),
-    ("logs:\n  max_view_bytes: -1\n", "line 2: logs.max_view_bytes: must be greater than or"),
+    ("disclosure:\n  per_sandbox_bytes: -1\n",
+     "line 2: disclosure.per_sandbox_bytes: must be greater than or"),
+    ("disclosure:\n  outbox:\n    name_pattern: '(['\n",
+     "line 3: disclosure.outbox.name_pattern: name_pattern is not a regular expression"),
+    ("disclosure:\n  outbox:\n    name_pattern: '.*'\n",
+     "line 3: disclosure.outbox.name_pattern: name_pattern must not match an empty name"),
+    ("logs:\n  max_view_bytes: 5\ndisclosure:\n  per_sandbox_bytes: 5\n",
+     "line 3: disclosure: logs.max_view_bytes was replaced by disclosure.per_sandbox_bytes"),
     ("\n\ndatasets:\n  nowhere:\n    allow: [alice]\n",
      "line 4: datasets.nowhere: no dataset named 'nowhere' is registered "
      "(registered: demo, secret)"),
@@ -202,17 +209,27 @@ def test_network_is_never_a_choice() -> None:
     assert evaluator.network_for("mpi").reason == "isolated"
 
 
-def test_log_view_budget() -> None:
-    policy = _policy().model_copy(update={"logs": load_policy(
-        "logs:\n  max_view_bytes: 100\n").logs})
+def test_disclosure_budget_the_tighter_limit_decides() -> None:
+    policy = load_policy("disclosure:\n  per_sandbox_bytes: 100\n"
+                         "  per_user_daily_bytes: 150\n")
     evaluator = PolicyEvaluator(policy)
-    decision, allowed = evaluator.log_view(0, 60)
+    decision, allowed = evaluator.disclosure(sandbox_spent=0, user_day_spent=0, wanted=60)
     assert decision and allowed == 60
-    decision, allowed = evaluator.log_view(60, 60)
-    assert decision and allowed == 40
-    decision, allowed = evaluator.log_view(100, 1)
-    assert not decision and allowed == 0 and decision.rule == "logs.max_view_bytes"
-    assert evaluator.log_view(500, 0)[0]  # nothing there: nothing refused
+    decision, allowed = evaluator.disclosure(sandbox_spent=60, user_day_spent=60, wanted=60)
+    assert decision and allowed == 40 and decision.rule == "disclosure.per_sandbox_bytes"
+    decision, allowed = evaluator.disclosure(sandbox_spent=0, user_day_spent=120, wanted=60)
+    assert decision and allowed == 30 and decision.rule == "disclosure.per_user_daily_bytes"
+    decision, allowed = evaluator.disclosure(sandbox_spent=100, user_day_spent=100, wanted=1)
+    assert not decision and allowed == 0 and decision.rule == "disclosure.per_sandbox_bytes"
+    assert evaluator.disclosure(sandbox_spent=500, user_day_spent=500, wanted=0)[0]
+
+
+def test_old_versions_with_a_log_budget_still_load_as_the_disclosure_budget() -> None:
+    checked = check_policy("logs:\n  max_view_bytes: 4096\n")
+    assert checked.policy.disclosure.per_sandbox_bytes == 4096
+    assert any(w.path == "logs" and "disclosure.per_sandbox_bytes" in w.message
+               for w in checked.warnings)
+    assert load_policy("logs:\n  max_view_bytes: 8\n").disclosure.per_sandbox_bytes == 8
 
 
 def test_interactive_access() -> None:

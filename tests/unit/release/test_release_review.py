@@ -252,8 +252,9 @@ def test_request_refusals_leave_nothing(client: FlaskClient, people: dict[str, s
                                         core: Sealroom, finished: Callable[..., str],
                                         fake_backend: Any) -> None:
     sandbox_id = finished()
-    for files, fragment in [(["../../secret_key"], "invalid file name"),
-                            (["missing.json"], "not a regular file"), ([], "at least one")]:
+    not_listed = "not in the outbox listing"
+    for files, fragment in [(["../../secret_key"], not_listed), (["missing.json"], not_listed),
+                            (["#99"], not_listed), ([], "at least one")]:
         response = _request(client, people["alice"], sandbox_id, files)
         assert response.status_code == 400 and fragment in response.get_json()["error"]["message"]
     empty = client.post("/api/v1/releases", headers=bearer(people["alice"]), json={
@@ -269,4 +270,4 @@ def test_request_refusals_leave_nothing(client: FlaskClient, people: dict[str, s
 
         assert session.exec(select(ReleaseRequest)).all() == []
     assert len([e for e in recorded(core, "release:request:create")
-                if e.outcome == "denied"]) == 6
+                if e.outcome == "denied"]) == 7

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.errors import InvalidUpload
-from sandbox.files import UploadLimits, list_outbox, tree_digest, unpack_code
+from sandbox.files import UploadLimits, tree_digest, unpack_code
 
 LIMITS = UploadLimits(max_bytes=1 << 20, max_unpacked_bytes=1 << 20, max_files=10)
 
@@ -68,18 +68,6 @@ def test_other_uploads_are_refused(tmp_path: Path, name: str, data: bytes) -> No
 def test_oversized_upload_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidUpload, match="at most"):
         unpack_code("train.py", b"x" * (LIMITS.max_bytes + 1), tmp_path, LIMITS)
-
-
-def test_outbox_listing_hashes_files_and_ignores_links(tmp_path: Path) -> None:
-    (tmp_path / "model.safetensors").write_bytes(b"weights")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "metrics.json").write_text("{}")
-    os.symlink("/etc/passwd", tmp_path / "passwd")
-    entries = {e.name: e for e in list_outbox(tmp_path)}
-    assert entries["model.safetensors"].size == 7
-    assert len(entries["model.safetensors"].sha256) == 64
-    assert entries["sub/metrics.json"].kind == "file"
-    assert entries["passwd"].kind == "ignored" and entries["passwd"].sha256 == ""
 
 
 def test_tree_digest_depends_on_names_and_content(tmp_path: Path) -> None:
