@@ -16,7 +16,9 @@ side of the rule each must be on:
   outside the outbox, and no request hangs.
 The sandbox runs once for the module (about a minute); each test asserts one property of what
 was collected. Residual by design, not asserted: numbers (file sizes and counts, exit code,
-durations) and information packed densely (compressed) inside the budgeted bytes.
+durations) and information packed densely (compressed) inside the budgeted bytes. A known
+residual of the leak scan, requested and printed but not asserted: a row's fields as separate
+safetensors metadata values under keys of letters and digits (`meta_fields_keyed`).
 """
 
 from __future__ import annotations
@@ -373,7 +375,7 @@ def _attack(installation: Installation, docker_client: docker.DockerClient,
     # 5. Release requests: every file the probe made to carry rows, the traps, the control.
     releases: dict[str, Seen] = {}
     for name, kind in sorted(report["files"].items()):
-        if kind in ("encoded", "clean", "trap"):
+        if kind in ("encoded", "clean", "trap", "residual"):
             releases[name] = engineer.call(
                 "POST", "/api/v1/releases", "release", timeout=60,
                 json={"sandbox": sandbox_id, "files": [name], "justification": "for the paper"})
@@ -496,6 +498,8 @@ def test_every_encoded_file_fails_its_checks(attack: Attack) -> None:
             assert code == 201 and status == "checks_failed", (name, code, status)
         elif kind == "clean":
             assert code == 201 and status == "in_review", (name, code, status)
+        elif kind == "residual":  # known and documented: reported above, not asserted
+            assert code != 0, f"{name}: no answer"
         else:  # traps and withheld row names: refused outright, or checked and failed
             assert code in (400, 404, 409, 413) or status == "checks_failed", (name, code)
     assert sum(1 for k, _, _ in statuses.values() if k == "encoded") >= 15

@@ -28,6 +28,7 @@ import struct
 import sys
 import threading
 import time
+import urllib.parse
 import zipfile
 import zlib
 from typing import Any
@@ -166,6 +167,22 @@ def make_check_files(rows: list[str]) -> None:
     put("meta_utf16.safetensors", safetensors(
         {"weight": weights}, {"notes": three.decode().encode("utf-16-le").decode("latin-1")}),
         "encoded")
+    put("meta_b32.safetensors", safetensors(
+        {"weight": weights}, {"notes": base64.b32encode("\n".join(rows[150:153]).encode())
+                              .decode()}), "encoded")
+    put("meta_url.safetensors", safetensors(
+        {"weight": weights}, {"notes": urllib.parse.quote("\n".join(rows[153:156]))}),
+        "encoded")
+    # the fields in order, other separators between them: the scan must re-join them
+    rejoined = "\n".join(r.replace(",", " | ").replace("-", "/") for r in rows[156:159])
+    put("meta_fields.safetensors", safetensors({"weight": weights}, {"notes": rejoined}),
+        "encoded")
+    # Each field its own value under its own key: letters and digits between the fields.
+    # Known residual (the gate's re-joining keeps only letters and digits, so the keys break
+    # the row apart); the metadata cap bounds it. Requested and reported, not asserted.
+    keyed = {f"c{i}_{j}": value for i, row in enumerate(rows[159:162])
+             for j, value in enumerate(row.split(","))}
+    put("meta_fields_keyed.safetensors", safetensors({"weight": weights}, keyed), "residual")
     put("tensor_utf16.safetensors", safetensors(
         {"weight": u8(b"\0\0" + "\n".join(rows[113:116]).encode("utf-16-be"))}), "encoded")
     put("meta_big.safetensors", safetensors(
