@@ -583,7 +583,7 @@ def test_listing_never_follows_links_nor_hangs(attack: Attack,
     print(f"\noutbox: {len(listings)} listings, slowest {slowest:.2f} s; race swaps "
           f"{attack.report.get('race_swaps')}, probe errors {attack.report.get('errors')}")
     files = {f.get("name") or f["label"]: f for f in attack.listing["files"]}
-    for trap in ("fifo.safetensors", "link.safetensors", "etc", "swap"):
+    for trap in ("fifo.safetensors", "link.safetensors", "etc", "swap", "swapfile.safetensors"):
         # never opened, never followed
         assert trap not in files or files[trap]["kind"] == "ignored", files[trap]
     # at the end /outbox/swap is a link to /etc, as /outbox/etc always was

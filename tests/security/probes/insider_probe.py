@@ -6,7 +6,8 @@ encodings and compressed streams, in 160 MiB of rotating log, and races the outb
 
 Phases, paced by marker files the test drops in /workspace (the sandbox has no network):
   1. a short log, the outbox files, then /workspace/ready.json (what was made, for the test);
-  2. swap /outbox/swap between a directory and a symlink to /etc until `race-done` appears,
+  2. swap /outbox/swap between a directory and a symlink to /etc (and a file and a FIFO)
+     until `race-done` appears,
      then remove the sparse file (a 10 TiB outbox is over the hashing cap as a whole, which
      would keep every other file from the gate: `{"mode": "sparse"}` leaves one in place);
   3. write the log flood, reporting bytes written in /workspace/progress, then wait for
@@ -231,27 +232,39 @@ def make_traps() -> None:
     except OSError as exc:
         _report["errors"].append(f"sparse file: {exc}")
     put("swap/model.safetensors", safetensors({"weight": u8(b"\1" * 8)}), "race")
+    put("swapfile.safetensors", safetensors({"weight": u8(b"\2" * 8)}), "race")
 
 
 # --- phase 2: the listing race --------------------------------------------------------------
 
 
 def race(stop: threading.Event) -> None:
-    """Swap /outbox/swap between a directory and a symlink to /etc as fast as possible."""
+    """Swap /outbox/swap between a directory and a symlink to /etc, and
+    /outbox/swapfile.safetensors between a regular file and a FIFO, as fast as possible."""
     real, swap = os.path.join(OUTBOX, ".swap-real"), os.path.join(OUTBOX, "swap")
+    file_real = os.path.join(OUTBOX, ".swapfile-real")
+    file_swap = os.path.join(OUTBOX, "swapfile.safetensors")
     while not stop.is_set():
         try:
             os.rename(swap, real)
             os.symlink("/etc", swap)
+            os.rename(file_swap, file_real)
+            os.mkfifo(file_swap)
             os.unlink(swap)
             os.rename(real, swap)
+            os.unlink(file_swap)
+            os.rename(file_real, file_swap)
         except OSError as exc:
             _report["errors"].append(f"race: {exc}")
             return
         _report["race_swaps"] += 1
-    # Leave the link in place: a listing after the sandbox ended must not follow it either.
+    # Leave the link and the FIFO in place: a listing (and the hashing) after the sandbox
+    # ended must neither follow the one nor block on the other.
     os.rename(swap, real)
     os.symlink("/etc", swap)
+    os.rename(file_swap, file_real)
+    os.mkfifo(file_swap)
+    _report["files"]["swapfile.safetensors"] = "trap"
 
 
 def wait_for_marker(name: str, wait_s: float) -> bool:
