@@ -149,4 +149,4 @@ def test_console_killed_mid_run_loses_nothing(settings: Settings, base_image: An
         starts = session.exec(select(AuditEvent).where(
             AuditEvent.action == "system:console:start")).all()
         assert len(starts) == 2
-    assert (settings.sandboxes_dir / sandbox_id / "log.txt").exists()
+    assert (settings.sandboxes_dir / sandbox_id / "log-0.txt").exists()  # the console's copy
