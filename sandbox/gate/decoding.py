@@ -177,15 +177,20 @@ def _utf16(data: U8, min_row: int) -> Iterator[Decoded]:
     for start, stop in _class_runs(alternating, 2 * min_row - 1):
         stop += 1
         part, nul = data[start:stop], zero[start:stop]
-        little = part[:-1][~nul[:-1] & nul[1:]]
-        big = part[1:][nul[:-1] & ~nul[1:]]
-        if little.size >= min_row:
-            yield Decoded("UTF-16LE", start, little.tobytes())
-        if big.size >= min_row:
-            yield Decoded("UTF-16BE", start, big.tobytes())
+        little = part[:-1][~nul[:-1] & nul[1:]].tobytes()
+        big = part[1:][nul[:-1] & ~nul[1:]].tobytes()
+        if little == big:  # NULs on both ends: either reading; a leading NUL says big-endian
+            if len(big) >= min_row:
+                yield Decoded("UTF-16BE" if nul[0] else "UTF-16LE", start, big)
+            continue
+        if len(little) >= min_row:
+            yield Decoded("UTF-16LE", start, little)
+        if len(big) >= min_row:
+            yield Decoded("UTF-16BE", start, big)
 
 
-_JSON_ESCAPE = re.compile(rb"\\(u[0-9a-fA-F]{4}(?:\\u[0-9a-fA-F]{4})?|[\"\\/bfnrt])")
+_JSON_ESCAPE = re.compile(rb"\\(u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+                          rb"|u[0-9a-fA-F]{4}|[\"\\/bfnrt])")
 _JSON_SIMPLE = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n",
                 b"r": b"\r", b"t": b"\t"}
 

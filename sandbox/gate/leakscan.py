@@ -89,6 +89,9 @@ INFLATE_READ = 1 << 20
 PROBE_BYTES = 256
 #: The widest encoding of one byte the decoders undo (JSON's \u00XX).
 _WIDEST = 6
+#: A stream cut by its window is reported once it has given this much: a false candidate (random
+#: bytes that pass a header check) near a window's edge also runs out of input, but gives less.
+_CUT_MIN = 1024
 _PAD = 16  # zero bytes after every buffer so 8-byte loads near its end stay inside it
 _TAIL = max(_PAD, HEADER_BYTES)  # zero bytes after a buffer the decoders read
 
@@ -584,8 +587,12 @@ class _DecodeJob:
         return len(self._hits) >= self._max_hits
 
     def _add(self, hit: LeakHit) -> None:
-        key: tuple[object, ...] = ((hit.encoding, hit.unscanned, hit.offset) if hit.unscanned
-                                   else (hit.encoding, hit.dataset, hit.source, hit.line))
+        # One hit per record and chain; one finding per over-long stream, and one per file
+        # for the per-file limit and for streams cut by their window.
+        key: tuple[object, ...] = (
+            (hit.encoding, hit.dataset, hit.source, hit.line) if not hit.unscanned
+            else (hit.unscanned, hit.offset) if hit.unscanned == "stream"
+            else (hit.unscanned,))
         with self._lock:
             known = self._hits.get(key)
             if known is None or hit.offset < known.offset:
@@ -641,7 +648,7 @@ class _DecodeJob:
         if at + PROBE_BYTES < len(buffer):
             yield buffer[at + PROBE_BYTES:]
         if base + len(buffer) < self._size:
-            yield from self._pieces(base + max(len(buffer), at + PROBE_BYTES))
+            yield from self._pieces(base + len(buffer))
 
     # --- what is decoded -----------------------------------------------------------------
 
@@ -716,7 +723,7 @@ class _DecodeJob:
             limit = limits.stream_bytes if over == "stream" else limits.file_bytes
             self._add(LeakHit(offset=origin, length=limit, dataset="", source="", line=0,
                               encoding=outer, unscanned=over))
-        elif cut and outcome.starved:
+        elif cut and outcome.starved and produced >= _CUT_MIN:
             self._add(LeakHit(offset=origin, length=DECODE_WINDOW, dataset="", source="",
                               line=0, encoding=outer, unscanned="window"))
 
