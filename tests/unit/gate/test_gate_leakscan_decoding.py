@@ -247,23 +247,27 @@ def test_streams_past_the_per_file_cap_are_a_finding(scanner: LeakScanner) -> No
 
 
 def test_a_zip_bomb_is_refused_within_bounded_work(scanner: LeakScanner) -> None:
-    # 1 GiB of zeros, twice compressed: about 1 KiB on disk.
-    inner = zlib.compress(bytes(64 << 20), 9)
+    # 16 zlib streams of 8 MiB of zeros each, zipped: 128 MiB from a few hundred bytes.
+    inner = zlib.compress(bytes(8 << 20), 9)
     bomb = _zip(inner * 16)
-    hits = scanner.scan_bytes(bomb, limits=DecodeLimits(stream_bytes=4 << 20,
-                                                        file_bytes=16 << 20))
-    assert hits and all(h.unscanned for h in hits)
+    assert len(bomb) < 2000
+    hits = scanner.scan_bytes(bomb, limits=DecodeLimits(stream_bytes=1 << 20,
+                                                        file_bytes=3 << 20))
+    # Nested streams are placed at the outermost one, so the per-stream finding comes once.
+    assert [(h.unscanned, h.encoding, h.offset) for h in hits] == [
+        ("stream", "zip > zlib", 0), ("file", "zip > zlib", 0)]
 
 
 def test_a_stream_nested_in_a_run_longer_than_the_window_fails_closed(
         scanner: LeakScanner, tmp_path: Path) -> None:
-    text = "\n".join(patient_rows(4000, seed=99)).encode() + ROW.encode()
-    payload = base64.b64encode(zlib.compress(text + random.Random(1).randbytes(60_000)))
+    text = "\n".join(patient_rows(1000, seed=99)).encode() + ROW.encode()
+    payload = base64.b64encode(zlib.compress(text + random.Random(1).randbytes(10_000)))
     path = tmp_path / "out.bin"
     path.write_bytes(embed(payload, seed=15)[0])
-    with mock.patch.object(leakscan, "SCAN_CHUNK", 16 << 10):
+    with mock.patch.object(leakscan, "SCAN_CHUNK", 8 << 10):
         hits = scanner.scan_file(path)
-    assert [h.unscanned for h in hits] == ["window"]
+    # What the window held may already show the row; either way the check cannot pass.
+    assert "window" in [h.unscanned for h in hits]
     assert only_hit(scanner.scan_file(path)).encoding == "base64 > zlib"
 
 
