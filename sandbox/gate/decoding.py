@@ -221,24 +221,25 @@ def compressed_starts(data: U8, begin: int, end: int) -> list[tuple[int, str]]:
     first block type, bz2's block magic, the xz and zip signatures), so only real candidates are
     left to a decompressor.
     """
+    found: list[tuple[int, str]] = []
     window = data[begin:end]
     if not window.size:
-        return []
-    # One pass for the first byte of the gzip, bz2, zip and xz signatures...
+        return found
+    # The first byte of the gzip, bz2, xz and zip signatures, in one pass...
     first = window == 0x1F
-    for byte in (0x42, 0x50, 0xFD):
+    for byte in (0x42, 0xFD, 0x50):
         first |= window == byte
     at = np.flatnonzero(first) + begin
-    found: list[tuple[int, str]] = []
-    lead = data[at]
-    for byte, kind in ((0x1F, "gzip"), (0x42, "bz2"), (0xFD, "xz"), (0x50, "zip")):
-        mine = at[lead == byte]
-        if mine.size:
-            found.extend((int(p), kind) for p in mine[_header_ok(data, mine, kind)].tolist())
-    # ... and zlib's two header bytes, read as 16-bit words at even and at odd offsets: CMF
-    # says deflate with a window of at most 32 KiB, FLG asks for no preset dictionary.
+    if at.size:
+        value = data[at].astype(np.uint16) | (data[at + 1].astype(np.uint16) << 8)
+        for signature, kind in _SIGNATURES.items():
+            mine = at[value == signature]
+            if mine.size:
+                found.extend((int(p), kind) for p in mine[_header_ok(data, mine, kind)].tolist())
+    # ... and zlib's CMF and FLG read as 16-bit words at even and at odd offsets: CMF says
+    # deflate with a window of at most 32 KiB, FLG asks for no preset dictionary.
     for parity in (0, 1):
-        count = (end - begin - parity) // 2
+        count = (end - begin - parity + 1) // 2
         if count <= 0:
             continue
         pairs: npt.NDArray[np.uint16] = np.ndarray((count,), dtype="<u2", buffer=data,
@@ -248,6 +249,10 @@ def compressed_starts(data: U8, begin: int, end: int) -> list[tuple[int, str]]:
             found.extend((int(p), "zlib") for p in _zlib_starts(data, mine).tolist())
     found.sort()
     return found
+
+
+#: The first two bytes of each signature, as a little-endian 16-bit word.
+_SIGNATURES = {0x8B1F: "gzip", 0x5A42: "bz2", 0x37FD: "xz", 0x4B50: "zip"}
 
 
 def _zlib_starts(data: U8, at: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
@@ -269,11 +274,12 @@ def _zlib_starts(data: U8, at: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
     nlength = (low >> np.uint64(24)) & np.uint64(0xFFFF)
     ok |= stored & ((length ^ nlength) == np.uint64(0xFFFF))
     ok |= block == 1
-    dynamic = block == 2
+    dynamic = np.flatnonzero(block == 2)
+    low, high = low[dynamic], high[dynamic]
     hlit = (low >> np.uint64(3)) & np.uint64(31)
     hdist = (low >> np.uint64(8)) & np.uint64(31)
     hclen = ((low >> np.uint64(13)) & np.uint64(15)) + np.uint64(4)
-    kraft = np.zeros(at.size, dtype=np.uint64)
+    kraft = np.zeros(dynamic.size, dtype=np.uint64)
     for i in range(19):
         bit = 17 + 3 * i
         if bit + 3 <= 64:
@@ -284,7 +290,7 @@ def _zlib_starts(data: U8, at: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
             size = ((low >> np.uint64(bit)) | (high << np.uint64(64 - bit))) & np.uint64(7)
         used = (np.uint64(i) < hclen) & (size > 0)
         kraft += np.where(used, np.uint64(1) << (np.uint64(7) - size), np.uint64(0))
-    ok |= dynamic & (hlit <= 29) & (hdist <= 29) & (kraft == 128)
+    ok[dynamic] = (hlit <= 29) & (hdist <= 29) & (kraft == 128)
     return at[ok]
 
 
