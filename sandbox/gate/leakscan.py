@@ -34,7 +34,14 @@ Residual, by design: rows shorter than about 12 bytes are found only verbatim (t
 of text the decoders look at is 16 bytes); UTF-16 of non-ASCII text, raw deflate outside a zip
 entry, zip entries compressed with methods other than deflate, bzip2 and xz, encryption, and
 any encoding not listed above are not undone; a row's decoded hits are reported once per
-encoding chain, not at every occurrence.
+encoding chain, not at every occurrence, and a row found several ways is reported the best way
+(whole before re-joined, then the shortest chain). UTF-16 text with a NUL or an optional
+character at both ends reads both ways and may be reported as both LE and BE. Offsets of
+decoded hits are those of the outermost run, which may take in a few neighbouring bytes of its
+alphabet; a run longer than SCAN_CHUNK is decoded in overlapping pieces, each placed at its start.
+
+Cost: on binary output only words of 8 ASCII bytes and the bytes that may start a stream are
+looked at closer; `make bench` prints the decoding scan's MB/s beside the verbatim one.
 """
 
 from __future__ import annotations
