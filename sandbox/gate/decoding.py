@@ -27,6 +27,8 @@ U8 = npt.NDArray[np.uint8]
 MIN_TEXT_RUN = 16
 
 _HIGH = np.uint64(0x8080808080808080)
+_LOW_0X60 = np.uint64(0x6060606060606060)
+_LOW_0X01 = np.uint64(0x0101010101010101)
 
 
 def _table(chars: bytes) -> npt.NDArray[np.bool_]:
@@ -39,9 +41,12 @@ _ALNUM = bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123))
 #: Bytes that may appear in a run of text: printable ASCII, tab, CR, LF, and NUL (so UTF-16
 #: of ASCII text is one run).
 TEXT = _table(bytes(range(0x20, 0x7F)) + b"\t\n\r\0")
-_BASE64 = _table(_ALNUM + b"+/-_")
-_BASE32 = _table(bytes(range(65, 91)) + bytes(range(97, 123)) + b"234567")
-_HEX = _table(b"0123456789abcdefABCDEF")
+_B64, _B32, _HEXBIT = 1, 2, 4
+#: Which alphabets each byte belongs to (bits _B64, _B32, _HEXBIT): one lookup for all three.
+_ALPHABETS = (_table(_ALNUM + b"+/-_").astype(np.uint8) * _B64
+              | _table(bytes(range(65, 91)) + bytes(range(97, 123)) + b"234567").astype(
+                  np.uint8) * _B32
+              | _table(b"0123456789abcdefABCDEF").astype(np.uint8) * _HEXBIT)
 _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
 
 
@@ -58,11 +63,18 @@ def text_runs(data: U8, end: int, min_len: int = MIN_TEXT_RUN) -> list[tuple[int
         return []
     words: npt.NDArray[np.uint64] = np.ndarray((whole,), dtype="<u8", buffer=data,
                                                  strides=(8,))
-    candidates = np.flatnonzero((words & _HIGH) == 0)
+    ascii_words = (words & _HIGH) == 0
+    candidates = np.flatnonzero(ascii_words)
     if not candidates.size:
         return []
-    offsets = candidates[:, None] * 8 + np.arange(8)
-    candidates = candidates[TEXT[data[offsets]].all(axis=1)]
+    # Words of printable characters pass at once (each byte + 0x60 carries into its high bit,
+    # none + 1 does: no control byte, no DEL); the rest (NUL, tab, newline) byte by byte.
+    picked = words[candidates]
+    printable = (((picked + _LOW_0X60) & _HIGH) == _HIGH) & (((picked + _LOW_0X01) & _HIGH) == 0)
+    others = candidates[~printable]
+    offsets = others[:, None] * 8 + np.arange(8)
+    candidates = np.sort(np.concatenate((candidates[printable],
+                                         others[TEXT[data[offsets]].all(axis=1)])))
     if not candidates.size:
         return []
     breaks = np.flatnonzero(np.diff(candidates) != 1)
@@ -107,9 +119,10 @@ def transcodings(text: bytes, min_row: int) -> Iterator[Decoded]:
     quantum is padded, so runs with or without padding decode alike.
     """
     data = np.frombuffer(text, dtype=np.uint8)
-    yield from _base64(text, data, min_row)
-    yield from _base32(text, data, min_row)
-    yield from _hex(text, data, min_row)
+    alphabets = _ALPHABETS[data]
+    yield from _base64(text, (alphabets & _B64) != 0, min_row)
+    yield from _base32(text, (alphabets & _B32) != 0, min_row)
+    yield from _hex(text, (alphabets & _HEXBIT) != 0, min_row)
     if b"\0" in text:
         yield from _utf16(data, min_row)
     if b"%" in text:
@@ -122,8 +135,8 @@ def transcodings(text: bytes, min_row: int) -> Iterator[Decoded]:
             yield Decoded("JSON escaping", 0, unescaped)
 
 
-def _base64(text: bytes, data: U8, min_row: int) -> Iterator[Decoded]:
-    for start, stop in _class_runs(_BASE64[data], -(-4 * min_row // 3)):
+def _base64(text: bytes, alphabet: npt.NDArray[np.bool_], min_row: int) -> Iterator[Decoded]:
+    for start, stop in _class_runs(alphabet, -(-4 * min_row // 3)):
         run = text[start:stop].translate(_URLSAFE_TO_STD)
         for shift in range(4):
             quanta = run[shift:]
@@ -143,8 +156,8 @@ def _base64(text: bytes, data: U8, min_row: int) -> Iterator[Decoded]:
 _B32_FULL = {0: 0, 2: 6, 4: 4, 5: 3, 7: 1}  # chars in the last quantum -> '=' to add
 
 
-def _base32(text: bytes, data: U8, min_row: int) -> Iterator[Decoded]:
-    for start, stop in _class_runs(_BASE32[data], -(-8 * min_row // 5)):
+def _base32(text: bytes, alphabet: npt.NDArray[np.bool_], min_row: int) -> Iterator[Decoded]:
+    for start, stop in _class_runs(alphabet, -(-8 * min_row // 5)):
         run = text[start:stop].upper()
         for shift in range(8):
             quanta = run[shift:]
@@ -161,8 +174,8 @@ def _base32(text: bytes, data: U8, min_row: int) -> Iterator[Decoded]:
                 yield Decoded("base32", start + shift, decoded)
 
 
-def _hex(text: bytes, data: U8, min_row: int) -> Iterator[Decoded]:
-    for start, stop in _class_runs(_HEX[data], 2 * min_row):
+def _hex(text: bytes, alphabet: npt.NDArray[np.bool_], min_row: int) -> Iterator[Decoded]:
+    for start, stop in _class_runs(alphabet, 2 * min_row):
         for shift in range(2):
             digits = text[start + shift:stop]
             decoded = bytes.fromhex(digits[:len(digits) // 2 * 2].decode("ascii"))
