@@ -291,16 +291,24 @@ class _LeakScan:
             if self.passed:
                 return self.reason
             raise DatasetUnreadable(self.reason)
-        found = [hit.describe() for hit in self.scanner.scan_file(path, max_hits=MAX_HITS)]
+        hits = self.scanner.scan_file(path, max_hits=MAX_HITS)
+        unread = [hit.describe() for hit in hits if hit.unscanned]
+        found = [hit.describe() for hit in hits if not hit.unscanned]
         if suffix == ".safetensors":
             found.extend(self._decoded_header(path))
         if found:
+            encoded = any(hit.encoding for hit in hits if not hit.unscanned)
+            how = "verbatim or encoded" if encoded else "verbatim"
             shown = "; ".join(found[:SHOWN_HITS])
             more = f" (and {len(found) - SHOWN_HITS} more)" if len(found) > SHOWN_HITS else ""
             limit = "at least " if len(found) >= MAX_HITS else ""
             raise DatasetLeak(f"contains {limit}{len(found)} record(s) of a mounted dataset "
-                              f"verbatim: {shown}{more}")
-        return f"contains none of the {self.summary}"
+                              f"({how}): {shown}{more}")
+        if unread:  # fail closed: what could not be read to its end may hold records
+            raise DatasetLeak(f"cannot be scanned to its end, so it is refused: "
+                              f"{'; '.join(unread[:SHOWN_HITS])}")
+        return (f"contains none of the {self.summary}, verbatim or under the encodings and "
+                "compressions the scan undoes")
 
     def _decoded_header(self, path: Path) -> list[str]:
         """Records in the header's strings once JSON escapes (\\", \\u00e9 ...) are undone:
