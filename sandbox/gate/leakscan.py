@@ -128,6 +128,10 @@ class DecodeLimits:
     depth: int = 3
     stream_bytes: int = 256 << 20
     file_bytes: int = 1 << 30
+    #: Runs of text decoded per file (at every depth). Each costs about a millisecond of
+    #: Python, so a file crafted as endless short runs would hold the gate for hours; past
+    #: this the file is refused unscanned (weights hold a few hundred such runs per GiB).
+    text_runs: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,9 @@ class LeakHit:
             return (f"a {self.encoding} stream at byte {self.offset:,} expands past the scan's "
                     f"limit of {self.length:,} decompressed bytes per file, so it was not read "
                     f"to its end")
+        if self.unscanned == "runs":
+            return (f"holds more than {self.length:,} runs of text for the scan to decode (the "
+                    f"first past it at byte {self.offset:,}), so it was not read to its end")
         if self.unscanned == "window":
             return (f"a {self.encoding} stream at byte {self.offset:,} runs past the "
                     f"{self.length:,}-byte window the scan decodes it in, so it was not read to "
@@ -582,6 +589,7 @@ class _DecodeJob:
         self._lock = threading.Lock()
         self._hits: dict[tuple[object, ...], LeakHit] = {}
         self._inflated = 0
+        self._runs = 0
         self._min_row = min(scanner.min_row_bytes, scanner.max_record or 1)
         # Enough encoded bytes to hold any row whole at a seam between two pieces.
         self._overlap = _WIDEST * max(scanner.max_record, SQUEEZE_MIN) + 64
@@ -591,7 +599,7 @@ class _DecodeJob:
 
     @property
     def full(self) -> bool:
-        return len(self._hits) >= self._max_hits
+        return len(self._hits) >= self._max_hits or self._runs > self._limits.text_runs
 
     def _add(self, hit: LeakHit) -> None:
         # One hit per record and chain; one finding per over-long stream, and one per file
@@ -665,6 +673,14 @@ class _DecodeJob:
         decoded (while depth lasts). Offsets are `origin` plus the position in `text` at the
         top level, and `origin` (the outermost run) under any encoding."""
         scanner = self._scanner
+        with self._lock:
+            self._runs += 1
+            over = self._runs == self._limits.text_runs + 1
+        if over:
+            self._add(LeakHit(offset=origin, length=self._limits.text_runs, dataset="",
+                              source="", line=0, encoding="text", unscanned="runs"))
+        if self._runs > self._limits.text_runs:
+            return
         for start, length, file_id, line in scanner._squeezed_in(text):
             found = (0, length, file_id, line)
             self._add(scanner._hit(found, origin + (0 if chain else start),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import struct
 import threading
@@ -39,7 +40,8 @@ def _big_safetensors(path: Path) -> None:
     header += b" " * (-len(header) % 8)
     with path.open("wb") as out:
         out.write(struct.pack("<Q", len(header)) + header)
-        block = bytes(range(256)) * 4096  # 1 MiB, no dataset row in it
+        # 1 MiB of random bytes (no dataset row, and no text for the leak scan to decode)
+        block = random.Random(7).randbytes(1 << 20)
         for _ in range(BIG_TENSOR_BYTES >> 20):
             out.write(block)
 

@@ -332,3 +332,21 @@ def test_row_hidden_behind_json_escapes_in_a_safetensors_header_is_caught(
     assert not leak.passed
     assert "once JSON-decoded" in leak.reason and "line 2 of p.csv" in leak.reason
     assert "Müller" not in leak.reason
+
+
+def test_a_file_the_scan_cannot_read_to_its_end_fails_closed(tmp_path: Path,
+                                                              dataset: Path) -> None:
+    from unittest import mock
+
+    from sandbox.gate.leakscan import LeakHit, LeakScanner
+
+    unread = LeakHit(offset=4096, length=256 << 20, dataset="", source="", line=0,
+                     encoding="gzip", unscanned="stream")
+    file = put(tmp_path / "outbox", "model.safetensors",
+               safetensors_file({"w": ([2], [0.5, 1.5])}))
+    with mock.patch.object(LeakScanner, "scan_file", return_value=[unread]):
+        report = run_checks([file], CheckRules(), {"demo": dataset})
+    leak = results(report, "model.safetensors")["leak_scan"]
+    assert not leak.passed
+    assert "cannot be scanned to its end" in leak.reason and "gzip stream at byte 4,096" in \
+        leak.reason

@@ -351,3 +351,15 @@ def test_random_chains_at_random_offsets_are_found(scanner: LeakScanner, chain: 
     payload = encode(chain, ROW.encode())
     data = rng.randbytes(offset) + payload + rng.randbytes(rng.randint(0, 500))
     assert_found(scanner.scan_bytes(data), " > ".join(chain), offset)
+
+
+def test_a_file_of_endless_short_text_runs_is_refused_not_scanned_for_hours(
+        scanner: LeakScanner, tmp_path: Path) -> None:
+    """Each run of text costs Python time to decode; a file crafted as thousands of them
+    (here every byte value in turn: a 95-byte printable run every 256 bytes) stops at the
+    limit and fails closed, instead of holding the gate for hours."""
+    data = bytes(range(256)) * 400
+    (found,) = scanner.scan_bytes(data, limits=DecodeLimits(text_runs=50))
+    assert found.unscanned == "runs" and found.length == 50
+    assert "more than 50 runs of text" in found.describe()
+    assert scanner.scan_bytes(data, limits=DecodeLimits(text_runs=1000)) == []
