@@ -21,11 +21,12 @@ from console.cli_policy import policy
 from console.cli_release import release
 from console.core import Caller, Sealroom
 from console.services.errors import ServiceError
-from console.settings import Settings
+from console.settings import Settings, SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_REFUSED = 1
+EXIT_MISCONFIGURED = 2
 EXIT_UNAVAILABLE = 3
 
 DEMO_USERS = (
@@ -42,8 +43,9 @@ def _caller() -> Caller:
     return Caller(Actor(f"cli:{getpass.getuser()}", "operator", "cli", "local"))
 
 
-def _core(**kwargs: Any) -> Sealroom:
-    return Sealroom(Settings.from_env(), **kwargs)
+def _core() -> Sealroom:
+    # The backend is built only if the command drives a sandbox (`Sealroom.backend`).
+    return Sealroom(Settings.from_env())
 
 
 def _refusals(command: F) -> F:
@@ -58,7 +60,19 @@ def _refusals(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group()
+class _SealroomGroup(click.Group):
+    """Every command reads its settings first; a setting it cannot start with (an unknown
+    `SEALROOM_BACKEND`) is one clear line and exit 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_MISCONFIGURED)
+
+
+@click.group(cls=_SealroomGroup)
 def main() -> None:
     """Sealroom: sealed training sandboxes."""
 
@@ -66,7 +80,7 @@ def main() -> None:
 @main.command()
 def init() -> None:
     """Create the data directory, migrate the database and make the installation keys."""
-    core = _core(backend=_NoBackend())
+    core = _core()
     core.settings.secret_key()
     key = core.gate_key().key
     audit_key = core.audit_key()
@@ -118,7 +132,7 @@ def user_add(name: str, role: str) -> None:
     from console.services import accounts
 
     password = _read_password()
-    accounts.create_user(_core(backend=_NoBackend()), _caller(), name, role, password)
+    accounts.create_user(_core(), _caller(), name, role, password)
     click.echo(f"user {name} ({role}) created")
 
 
@@ -143,7 +157,7 @@ def token_create(user_name: str) -> None:
     """Make an API token for USER_NAME and print it (it is shown only once)."""
     from console.services import accounts
 
-    click.echo(accounts.create_token(_core(backend=_NoBackend()), _caller(), user_name))
+    click.echo(accounts.create_token(_core(), _caller(), user_name))
 
 
 @main.group()
@@ -161,7 +175,7 @@ def dataset_add(path: Path, name: str, allow: tuple[str, ...]) -> None:
     """Register the file or directory PATH as dataset NAME."""
     from console.services import datasets
 
-    record = datasets.register_dataset(_core(backend=_NoBackend()), _caller(), path, name,
+    record = datasets.register_dataset(_core(), _caller(), path, name,
                                        list(allow))
     click.echo(f"dataset {record.name} registered: {record.files} files, "
                f"{record.size_bytes} bytes, {record.digest}")
@@ -190,7 +204,7 @@ def images_build(base_image: str | None) -> None:
     except SandboxError as exc:
         click.echo(f"error: {exc.user_message}\n{exc.detail}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
-    core = _core(backend=_NoBackend())
+    core = _core()
     for name, image in built.items():
         register_image(core, _caller(), name, image.tag, image.digest)
         click.echo(f"{name}: {image.tag} {image.digest}")
@@ -207,7 +221,7 @@ def key_rotate() -> None:
     """Make a new gate key; bundles signed before stay verifiable with the old public key."""
     from sandbox.gate.keys import passphrase_from_env
 
-    core = _core(backend=_NoBackend())
+    core = _core()
     old = core.gate_key().key.keyid
     new = core.key_ring.rotate(passphrase_from_env(os.environ, core.settings.home))
     core.record(_caller().actor, AuditAction.KEY_ROTATE, target="key:release",
@@ -230,7 +244,7 @@ def demo_seed() -> None:
     from console.services import accounts, datasets
     from sandbox.examples.demo_dataset import write_demo_dataset
 
-    core = _core(backend=_NoBackend())
+    core = _core()
     logins = core.settings.home / "demo-logins.txt"
     known = dict(line.split(" ", 2)[::2] for line in logins.read_text().splitlines()) \
         if logins.exists() else {}
@@ -254,13 +268,6 @@ def demo_seed() -> None:
     for line in lines:
         name, role, password = line.split(" ", 2)
         click.echo(f"  {name:<8} {role:<17} {password}")
-
-
-class _NoBackend:
-    """For commands that never touch sandboxes; any use is a bug, so it fails loudly."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise RuntimeError(f"this command does not drive sandboxes (called {name})")
 
 
 main.add_command(release)

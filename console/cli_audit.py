@@ -10,7 +10,7 @@ from __future__ import annotations
 import getpass
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +18,9 @@ from audit.errors import AuditError
 from audit.events import Actor, AuditAction, Outcome
 from audit.keys import PublicKeys
 from audit.verify import STEPS, VerificationReport, verify_export
+
+if TYPE_CHECKING:
+    from console.core import Sealroom
 
 EXIT_FAILED = 1
 
@@ -92,11 +95,12 @@ def _print_report(report: VerificationReport) -> None:
         click.echo(f"NOT VERIFIED ({report.kind}): {report.message}")
 
 
-def _core() -> Any:
-    from console.cli import _core as make_core
-    from console.cli import _NoBackend
+def _core() -> Sealroom:
+    # Imported here: `verify` needs no database, so it does not load the console.
+    from console.core import Sealroom
+    from console.settings import Settings
 
-    return make_core(backend=_NoBackend())
+    return Sealroom(Settings.from_env())
 
 
 def _actor() -> Actor:

@@ -22,9 +22,7 @@ EXIT_REFUSED = 1
 
 
 def _core() -> Sealroom:
-    from console.cli import _NoBackend
-
-    return Sealroom(Settings.from_env(), backend=_NoBackend())  # type: ignore[arg-type]
+    return Sealroom(Settings.from_env())
 
 
 def _caller() -> Caller:

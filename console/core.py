@@ -17,7 +17,7 @@ from audit.checkpoints import PENDING_KEY, Checkpoint, CheckpointFile, Checkpoin
 from audit.events import Actor, AuditAction, EventDraft, Outcome
 from audit.keys import AuditKey, AuditKeyRing, PublicKeys
 from console.db import make_engine, transaction, upgrade
-from console.settings import Settings
+from console.settings import Settings, build_backend
 from policies.evaluator import PolicyEvaluator
 from policies.schema import Policy, default_policy_text, load_policy, policy_sha256
 from sandbox.backend import Backend
@@ -50,12 +50,10 @@ class Sealroom:
         if migrate:
             upgrade(settings.database_url)
         self.engine = make_engine(settings.database_url)
-        if backend is None:
-            from sandbox.docker_backend import DockerBackend
-
-            backend = DockerBackend(base_url=settings.docker_host,
-                                    installation=settings.installation_id())
-        self.backend = backend
+        # Built on first use (`backend`), so work that never drives a sandbox (most CLI
+        # commands, key and audit tasks) runs with no engine reachable.
+        self._backend = backend
+        self._backend_lock = threading.Lock()
         self.audit_checkpoints = CheckpointWriter(
             self._audit_signing_key, every_events=settings.audit_checkpoint_every,
             every_seconds=settings.audit_checkpoint_seconds,
@@ -72,6 +70,25 @@ class Sealroom:
         self._background_keys: dict[str, Future[None]] = {}
         self._background_lock = threading.Lock()
         self._ensure_policy()
+
+    # --- the sandbox backend -----------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        """The backend `SEALROOM_BACKEND` names (or the one passed in), built once on first
+        use; concurrent first uses build it once."""
+        backend = self._backend
+        if backend is not None:
+            return backend
+        with self._backend_lock:
+            if self._backend is None:
+                self._backend = build_backend(self.settings)
+            return self._backend
+
+    @property
+    def backend_built(self) -> bool:
+        """Whether the backend exists yet (the engine has been, or is about to be, used)."""
+        return self._backend is not None
 
     # --- slow work off the request threads ------------------------------------------------
 

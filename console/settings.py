@@ -1,4 +1,5 @@
-"""Configuration, read once from `SEALROOM_*` environment variables.
+"""Configuration, read once from `SEALROOM_*` environment variables, and the registry of
+sandbox backends a setting may name (`SEALROOM_BACKEND`).
 
 Every path lives under the data directory (`SEALROOM_HOME`, default `./var`).
 """
@@ -7,9 +8,50 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandbox.backend import Backend
+
+#: Builds the backend a setting names; called once, on the first use of the engine.
+BackendFactory = Callable[["Settings"], "Backend"]
+
+DEFAULT_BACKEND = "docker"
+
+
+class SettingsError(ValueError):
+    """A setting the console cannot start with; the message names the variable and what it
+    accepts."""
+
+
+def _docker_backend(settings: Settings) -> Backend:
+    # Imported here: commands that never touch the engine do not load the Docker client.
+    from sandbox.docker_backend import DockerBackend
+
+    return DockerBackend(base_url=settings.docker_host, installation=settings.installation_id())
+
+
+# The product registers only the real engine; tests register their in-memory stand-in
+# (tests/conftest.py), as Warehouse registers storage against an interface.
+_BACKENDS: dict[str, BackendFactory] = {DEFAULT_BACKEND: _docker_backend}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make `SEALROOM_BACKEND=name` build its backend with `factory`."""
+    _BACKENDS[name] = factory
+
+
+def backend_names() -> list[str]:
+    """The values `SEALROOM_BACKEND` accepts, sorted."""
+    return sorted(_BACKENDS)
+
+
+def build_backend(settings: Settings) -> Backend:
+    """The backend `settings.backend` names, newly built."""
+    return _BACKENDS[settings.backend](settings)
 
 
 def _env(name: str, default: str) -> str:
@@ -20,6 +62,8 @@ def _env(name: str, default: str) -> str:
 class Settings:
     home: Path = field(default_factory=lambda: Path(_env("HOME", "var")).resolve())
     database_url: str = ""
+    # Which sandbox backend drives the engine (a name registered with `register_backend`).
+    backend: str = field(default_factory=lambda: _env("BACKEND", DEFAULT_BACKEND))
     docker_host: str | None = field(default_factory=lambda: os.environ.get("SEALROOM_DOCKER_HOST"))
     sandbox_image: str = field(default_factory=lambda: _env("SANDBOX_IMAGE", ""))
     base_image: str | None = field(default_factory=lambda: os.environ.get("SEALROOM_BASE_IMAGE"))
@@ -49,6 +93,9 @@ class Settings:
     testing: bool = False
 
     def __post_init__(self) -> None:
+        if self.backend not in _BACKENDS:
+            raise SettingsError(f"SEALROOM_BACKEND={self.backend!r} is not a sandbox backend; "
+                                f"use one of: {', '.join(backend_names())}")
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'sealroom.db'}")
         if self.audit_checkpoint_dir is None:
