@@ -17,8 +17,9 @@ from hypothesis import settings as hypothesis_settings
 from console.app import create_app
 from console.core import Sealroom
 from console.services import accounts, datasets, images
-from console.settings import Settings
+from console.settings import Settings, register_backend
 from tests.helpers import OPERATOR, PASSWORD, UNTIMED_HEALTH_CHECKS, write_dataset
+from tests.mocking import FakeBackend, ScriptedOutcome
 
 pytest_plugins = ["tests.engine_fixtures"]
 
@@ -53,16 +54,22 @@ def settings(tmp_path: Path) -> Settings:
                              login_rate="1000 per minute", supervise_interval_s=0.5)
 
 
-@pytest.fixture
-def fake_backend() -> Any:
-    from sandbox.fake import FakeBackend, ScriptedOutcome
-
+def make_fake_backend(settings: Settings | None = None) -> FakeBackend:
     # Console tests watch sandboxes while they run; tests that need an exit script one.
     return FakeBackend(default_outcome=ScriptedOutcome(stays_running=True, logs=b"epoch 1/1\n"))
 
 
+# The product registers only `docker`; tests may also name the in-memory stand-in.
+register_backend("fake", make_fake_backend)
+
+
 @pytest.fixture
-def core(settings: Settings, fake_backend: Any) -> Iterator[Sealroom]:
+def fake_backend() -> FakeBackend:
+    return make_fake_backend()
+
+
+@pytest.fixture
+def core(settings: Settings, fake_backend: FakeBackend) -> Iterator[Sealroom]:
     sealroom = Sealroom(settings, backend=fake_backend)
     images.register_image(sealroom, OPERATOR, "base", "sealroom/base:test",
                           "sha256:" + "ab" * 32)

@@ -11,8 +11,8 @@ import pytest
 
 from sandbox.backend import Backend, OwnedSandbox, RunState
 from sandbox.errors import EngineUnavailable, SandboxNotFound
-from sandbox.fake import OOM_EXIT_CODE, STOPPED_EXIT_CODE, FakeBackend, ScriptedOutcome
 from sandbox.spec import SandboxSpec
+from tests.mocking import OOM_EXIT_CODE, STOPPED_EXIT_CODE, FakeBackend, ScriptedOutcome
 
 
 def _spec(sandbox_id: str = "sb-1", owner: str = "alice") -> SandboxSpec:

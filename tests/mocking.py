@@ -1,7 +1,10 @@
-"""An in-memory `Backend` for fast, hermetic unit tests of the console.
+"""Test doubles: `FakeBackend`, an in-memory `Backend` that stands in for the real engine in
+fast, hermetic unit tests of the console (registered as `SEALROOM_BACKEND=fake` by
+tests/conftest.py; the product itself knows only `docker`).
 
 It mirrors what `DockerBackend` was observed to do on a real engine (exit codes, OOM, stop,
-idempotent stop/remove, lost containers); each of those behaviours has a real-engine test too.
+idempotent stop/remove, lost containers, log cursors and rotation); each of those behaviours
+has a real-engine test too (tests/integration/test_docker_backend.py).
 """
 
 from __future__ import annotations
