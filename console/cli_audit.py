@@ -10,7 +10,7 @@ from __future__ import annotations
 import getpass
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -123,8 +123,9 @@ def export(output: Path | None, from_id: int | None, to_id: int | None, since: s
     """
     core = _core()
     filters = {"from_id": from_id, "to_id": to_id, "since": since, "until": until}
-    core.record(_actor(), AuditAction.AUDIT_EXPORT, target="audit:export",
-                **{k: v for k, v in filters.items() if v is not None},
+    # Any: the given filters become the event's details, which `record` takes as **details.
+    given: dict[str, Any] = {k: v for k, v in filters.items() if v is not None}
+    core.record(_actor(), AuditAction.AUDIT_EXPORT, target="audit:export", **given,
                 output=str(output) if output else "-")
     core.checkpoint_if_due(force=True)
     lines = core.audit_export_lines(**filters)
