@@ -38,13 +38,8 @@ ROUNDS = 3
 EXPORT_EVENTS = 100_000
 
 
-class _NoBackend:
-    def __getattr__(self, name: str) -> Any:
-        raise RuntimeError(f"the benchmark drives no sandboxes (called {name})")
-
-
 def _core(settings: Settings, *, migrate: bool = False) -> Sealroom:
-    return Sealroom(settings, backend=_NoBackend(), migrate=migrate)
+    return Sealroom(settings, migrate=migrate)
 
 
 _ACTOR = Actor("alice", "engineer", "token", "127.0.0.1")

@@ -30,11 +30,6 @@ PAGE = 50
 REPEATS = 15
 
 
-class _NoBackend:
-    def __getattr__(self, name: str) -> Any:
-        raise RuntimeError("benchmark uses no sandboxes")
-
-
 def _fill(core: Sealroom) -> datetime:
     rng = random.Random(4)
     actions = [a.value for a in AuditAction]
@@ -72,8 +67,7 @@ def _median_ms(call: Callable[[], object]) -> float:
 
 def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        core = Sealroom(Settings.from_env(home=Path(tmp) / "home"),
-                        backend=_NoBackend())  # type: ignore[arg-type]
+        core = Sealroom(Settings.from_env(home=Path(tmp) / "home"))
         began = time.monotonic()
         start = _fill(core)
         print(f"  {EVENTS:,} events inserted in {time.monotonic() - began:.0f} s", flush=True)

@@ -16,13 +16,8 @@ WRITERS = 8
 EACH = 40
 
 
-class _NoBackend:
-    def __getattr__(self, name: str) -> Any:
-        raise RuntimeError(name)
-
-
 def _writer(settings: Settings, writer: int, start: Any) -> None:
-    core = Sealroom(settings, backend=_NoBackend(), migrate=False)
+    core = Sealroom(settings, migrate=False)
     start.wait()
     for i in range(EACH):
         core.record(Actor(f"writer-{writer}", "engineer", "token", "127.0.0.1"),
@@ -33,7 +28,7 @@ def _writer(settings: Settings, writer: int, start: Any) -> None:
 def test_eight_writers_make_one_valid_chain(tmp_path: Path) -> None:
     settings = Settings.from_env(home=tmp_path / "home", testing=True,
                                  audit_checkpoint_every=16)
-    core = Sealroom(settings, backend=_NoBackend())
+    core = Sealroom(settings)
     core.audit_key()  # made once, before the writers race to open it
     with core.engine.connect() as conn:  # a new installation records its first policy
         before = conn.exec_driver_sql("SELECT count(*) FROM audit_event").scalar_one()
