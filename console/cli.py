@@ -175,8 +175,7 @@ def dataset_add(path: Path, name: str, allow: tuple[str, ...]) -> None:
     """Register the file or directory PATH as dataset NAME."""
     from console.services import datasets
 
-    record = datasets.register_dataset(_core(), _caller(), path, name,
-                                       list(allow))
+    record = datasets.register_dataset(_core(), _caller(), path, name, list(allow))
     click.echo(f"dataset {record.name} registered: {record.files} files, "
                f"{record.size_bytes} bytes, {record.digest}")
 
