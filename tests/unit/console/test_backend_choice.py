@@ -111,3 +111,17 @@ def test_a_backend_passed_in_is_used_and_none_is_built(settings: Settings,
         assert builds == []
     finally:
         core.close()
+
+
+def test_docker_is_built_from_the_settings(settings: Settings) -> None:
+    from sandbox.docker_backend import DockerBackend
+
+    core = Sealroom(Settings.from_env(home=settings.home, backend="docker",
+                                      docker_host=NO_ENGINE))
+    try:
+        backend = core.backend  # built without contacting the engine
+        assert isinstance(backend, DockerBackend)
+        assert backend.base_url == NO_ENGINE
+        assert backend.installation == core.settings.installation_id()
+    finally:
+        core.close()
