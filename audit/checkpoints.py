@@ -29,9 +29,9 @@ from sqlmodel import Session
 
 from audit.chain import canonical_json, utc_now
 from audit.errors import AuditKeyError, BadCheckpoint, ExportMalformed
+from audit.files import fsync_dir
 from audit.keys import PublicKeys
 from audit.models import AuditCheckpoint
-from sandbox.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
