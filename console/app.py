@@ -28,6 +28,7 @@ from console.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = None,
                supervise: bool = False) -> Flask:
     settings = settings or (sealroom.settings if sealroom else Settings.from_env())
