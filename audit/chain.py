@@ -1,18 +1,13 @@
-"""Appending to the hash chain, and the bytes each event's hash covers.
+"""Appending to the hash chain.
 
-Each event's hash covers its canonical JSON, which includes its id and the previous event's
-hash, so changing, inserting, deleting or reordering a row breaks a link. `schema_version`
-selects how an event's `details` were encoded (v1: sorted `json.dumps`; v2: RFC 8785); the
-record around them is a flat object of strings and integers in both, encoded per RFC 8785.
+Each event's hash covers its canonical JSON (`audit.hashing`, whose names are importable from
+here too), which includes its id and the previous event's hash, so changing, inserting,
+deleting or reordering a row breaks a link.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import rfc8785
@@ -21,74 +16,30 @@ from sqlmodel import Session
 
 from audit.errors import AuditWriteFailed
 from audit.events import EventDraft
-from audit.models import SCHEMA_VERSION
-
-GENESIS = "0" * 64
-SCHEMA_VERSIONS = (1, 2)
-
-#: The fields an event's hash covers: every column but `hash`.
-HASHED_FIELDS = (
-    "id",
-    "schema_version",
-    "time",
-    "actor",
-    "actor_role",
-    "auth_method",
-    "source",
-    "action",
-    "target",
-    "outcome",
-    "reason",
-    "request_id",
-    "details",
-    "prev_hash",
+from audit.hashing import (
+    GENESIS,
+    HASHED_FIELDS,
+    SCHEMA_VERSIONS,
+    canonical_json,
+    canonical_json_v1,
+    encode_details,
+    event_body,
+    event_hash,
+    utc_now,
 )
+from audit.models import SCHEMA_VERSION
+from audit.verify import verify_connection
+
+__all__ = [
+    "GENESIS", "HASHED_FIELDS", "SCHEMA_VERSIONS", "SIGNER_KEY", "ChainReport", "ChainedEvent",
+    "CheckpointSigner", "append", "canonical_json", "canonical_json_v1", "encode_details",
+    "event_body", "event_hash", "utc_now", "verify",
+]
+
 _HASHED_FIELDS = HASHED_FIELDS  # the name earlier code used
 
 #: Where `append` finds the checkpoint signer of the session it writes in (set by the console).
 SIGNER_KEY = "sealroom.audit.signer"
-
-
-def canonical_json(value: Any) -> bytes:
-    """RFC 8785 (JSON Canonicalization Scheme) bytes: what gets hashed and signed."""
-    return rfc8785.dumps(value)
-
-
-def canonical_json_v1(value: Any) -> bytes:
-    """Schema v1's encoding: sorted keys, no white space, UTF-8 (equal to RFC 8785 for
-    strings and integers, not for floats)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def encode_details(details: Mapping[str, Any], schema_version: int = SCHEMA_VERSION) -> str:
-    if schema_version == 1:
-        return canonical_json_v1(dict(details)).decode()
-    return canonical_json(dict(details)).decode()
-
-
-def event_body(fields: Mapping[str, Any]) -> bytes:
-    """The canonical bytes an event's hash covers.
-
-    The record is a flat object of strings and integers (`details` is stored, and hashed, as
-    its JSON text). For such an object `json.dumps` with sorted keys and no ASCII escaping is
-    byte-for-byte RFC 8785 (a property test holds this), and runs in C: verification of a
-    large log stays fast. Anything else goes through the reference encoder.
-    """
-    version = fields["schema_version"]
-    if version not in SCHEMA_VERSIONS:
-        raise ValueError(f"unknown audit schema version {version!r}")
-    body = {name: fields[name] for name in HASHED_FIELDS}
-    if all(type(v) is str or (type(v) is int and abs(v) < 1 << 53) for v in body.values()):
-        return canonical_json_v1(body)
-    return canonical_json(body)
-
-
-def event_hash(fields: Mapping[str, Any]) -> str:
-    return hashlib.sha256(event_body(fields)).hexdigest()
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class CheckpointSigner(Protocol):
@@ -184,8 +135,6 @@ class ChainReport:
 
 def verify(session: Session) -> ChainReport:
     """Walk the chain in `session` (no checkpoints): see `audit.verify.verify_database`."""
-    from audit.verify import verify_connection
-
     return _chain_report(verify_connection(session.connection(), checkpoints=()))
 
 

@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection, text
 from sqlmodel import Session
 
-from audit.chain import canonical_json, utc_now
 from audit.errors import AuditKeyError, BadCheckpoint, ExportMalformed
+from audit.files import fsync_dir
+from audit.hashing import canonical_json, utc_now
 from audit.keys import PublicKeys
 from audit.models import AuditCheckpoint
-from sandbox.files import fsync_dir
 
 log = logging.getLogger(__name__)
 

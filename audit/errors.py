@@ -21,6 +21,31 @@ class AuditKeyError(AuditError):
     """The audit signing key cannot be made, opened or read."""
 
 
+class KeyRingError(AuditKeyError):
+    """A key ring (`audit.keyring`) cannot be read or changed.
+
+    `user_message` is the ring's own words, `detail` (a path, a library's message) is for the
+    log; the text of the error is both, as operators of the audit key have always seen it."""
+
+    def __init__(self, user_message: str, *, detail: str | None = None) -> None:
+        self.user_message = user_message
+        self.detail = detail or user_message
+        super().__init__(user_message if self.detail == user_message
+                         else f"{user_message} ({self.detail})")
+
+
+class KeyPassphraseError(KeyRingError):
+    """No usable passphrase, or the passphrase does not open the active private key."""
+
+
+class KeyRingCorrupt(KeyRingError):
+    """A key file is missing or does not match the key ring's index."""
+
+
+class UnsupportedKey(KeyRingError):
+    """A PEM that is not an ECDSA P-256 key (the only kind the rings sign with)."""
+
+
 class FailureKind(enum.StrEnum):
     """What verification found, named for what someone did to the record."""
 

@@ -22,8 +22,8 @@ from typing import IO, Any
 
 from sqlalchemy import Engine, text
 
-from audit.chain import GENESIS, HASHED_FIELDS, canonical_json, event_body, utc_now
 from audit.checkpoints import database_checkpoints
+from audit.hashing import GENESIS, HASHED_FIELDS, canonical_json, event_body, utc_now
 
 EXPORT_FORMAT = "sealroom-audit-export"
 EXPORT_VERSION = 1

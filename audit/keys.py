@@ -1,27 +1,24 @@
 """The audit log's signing key: ECDSA P-256, encrypted at rest, with every retired public key
 kept so checkpoints signed before a rotation still verify.
 
-The key ring is the release gate's machinery (`sandbox.gate.keys.GateKeyRing`) in its own
-directory; its errors are translated here so callers of `audit` see only `AuditError`s.
+The key ring is `audit.keyring.KeyRing` in its own directory; its errors are
+`AuditKeyError`s.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from audit.errors import AuditKeyError
-from sandbox.gate.errors import GateError
-from sandbox.gate.keys import (
-    GateKey,
-    GateKeyRing,
+from audit.keyring import (
+    KeyRing,
     PublicKeyInfo,
+    SigningKey,
     keyid_of,
     load_private_key,
     load_public_key,
@@ -30,23 +27,14 @@ from sandbox.gate.keys import (
 __all__ = ["AuditKey", "AuditKeyRing", "PublicKeyInfo", "PublicKeys", "keyid_of"]
 
 #: The active audit key as stored: `private_pem` is PKCS#8, encrypted with the passphrase.
-AuditKey = GateKey
-
-
-@contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except GateError as exc:
-        raise AuditKeyError(f"{exc.user_message} ({exc.detail})"
-                            if exc.detail != exc.user_message else exc.user_message) from exc
+AuditKey = SigningKey
 
 
 class AuditKeyRing:
     """The audit key ring in one directory (`$SEALROOM_HOME/keys/audit/`)."""
 
     def __init__(self, directory: Path) -> None:
-        self._ring = GateKeyRing(directory, label="audit log")
+        self._ring = KeyRing(directory, label="audit log")
 
     @property
     def directory(self) -> Path:
@@ -54,28 +42,23 @@ class AuditKeyRing:
 
     def ensure(self, passphrase: bytes) -> AuditKey:
         """The active key, made on first use; proves the passphrase opens it."""
-        with _translated():
-            return self._ring.ensure(passphrase)
+        return self._ring.ensure(passphrase)
 
     def rotate(self, passphrase: bytes) -> AuditKey:
         """A new active key; the old one's public key is kept, its private key deleted."""
-        with _translated():
-            return self._ring.rotate(passphrase)
+        return self._ring.rotate(passphrase)
 
     def private_key(self, passphrase: bytes) -> tuple[str, ec.EllipticCurvePrivateKey]:
         """The active key opened for signing, with its keyid."""
-        with _translated():
-            key = self._ring.ensure(passphrase)
-            return key.keyid, load_private_key(key.private_pem, passphrase)
+        key = self._ring.ensure(passphrase)
+        return key.keyid, load_private_key(key.private_pem, passphrase)
 
     def public_keys(self) -> list[PublicKeyInfo]:
         """Every audit key there has been: the active one first, then retired, newest first."""
-        with _translated():
-            return self._ring.public_keys()
+        return self._ring.public_keys()
 
     def active_public_pem(self) -> bytes:
-        with _translated():
-            return self._ring.active_public_pem()
+        return self._ring.active_public_pem()
 
 
 class PublicKeys:
@@ -88,9 +71,8 @@ class PublicKeys:
 
     def add(self, pem: bytes | str) -> str:
         raw = pem.encode("ascii") if isinstance(pem, str) else pem
-        with _translated():
-            key = load_public_key(raw)
-            keyid = keyid_of(key)
+        key = load_public_key(raw)
+        keyid = keyid_of(key)
         self._keys[keyid] = key
         return keyid
 

@@ -26,7 +26,6 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, text
 
-from audit.chain import GENESIS, HASHED_FIELDS, event_body
 from audit.checkpoints import (
     Checkpoint,
     CheckpointFile,
@@ -44,6 +43,7 @@ from audit.errors import (
     VerificationFailed,
 )
 from audit.export import EXPORT_FORMAT, EXPORT_VERSION, event_prefix
+from audit.hashing import GENESIS, HASHED_FIELDS, event_body
 from audit.keys import PublicKeys
 
 STEPS = ("format", "checkpoint_signatures", "chain", "checkpoint_heads", "coverage")

@@ -11,15 +11,14 @@ from typing import Any
 
 from flask import Flask, flash, g, jsonify, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface, SessionMixin
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
-from flask_login import LoginManager, current_user, logout_user
-from flask_wtf.csrf import CSRFError, CSRFProtect
+from flask_login import current_user, logout_user
+from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from audit.errors import AuditWriteFailed
 from audit.events import Actor, AuditAction, Outcome
 from console.core import Sealroom
+from console.extensions import csrf, limiter, login_manager
 from console.guards import SessionUser, api_error, caller, core
 from console.permissions import PUBLIC, declare, declared_permission
 from console.services import accounts
@@ -28,10 +27,6 @@ from console.services.audit_log import record_unaudited_request
 from console.settings import Settings
 
 log = logging.getLogger(__name__)
-
-csrf = CSRFProtect()
-login_manager = LoginManager()
-limiter = Limiter(key_func=get_remote_address, storage_uri="memory://", default_limits=[])
 
 
 def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = None,
@@ -143,13 +138,6 @@ class PolicySessionInterface(SecureCookieSessionInterface):
 
 #: Views a page calls on its own (polling): they do not count as the user being active.
 BACKGROUND_ENDPOINTS = frozenset({"engineer.live"})
-
-
-def start_session_clock() -> None:
-    """Called at login: the times the policy's session timeouts count from."""
-    now = time.time()
-    session["login_at"] = now
-    session["seen_at"] = now
 
 
 def _install_session_timeouts(app: Flask) -> None:

@@ -115,11 +115,3 @@ def chown_tree(root: Path, uid: int, gid: int) -> None:
         for name in filenames:
             os.lchown(Path(dirpath, name), uid, gid)
 
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or a new file in `directory` durable (the entry, not only the data)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -8,27 +8,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, send_file
+from flask import Response, jsonify, request, send_file
 
-from audit.events import AuditAction, Outcome
-from console.guards import api_error, api_requires, caller, core, public
+# Routes kept in their own modules register on the same blueprint when imported.
+from console.api import audit as _audit_routes  # noqa: F401
+from console.api import policy as _policy_routes  # noqa: F401
+from console.api.blueprint import BadApiRequest as _Bad
+from console.api.blueprint import api
+from console.guards import api_requires, caller, core, public
 from console.permissions import Permission
 from console.services import releases as release_service
 from console.services import sandboxes as sandbox_service
-from console.services.errors import ServiceError
-
-api = Blueprint("api", __name__, url_prefix="/api/v1")
-
-
-@api.errorhandler(ServiceError)
-def _service_error(exc: ServiceError) -> Any:
-    if isinstance(exc, _Bad) and not exc.audited:
-        # refused while parsing, before any service saw it
-        core().record(caller().actor, AuditAction.REQUEST_DENIED,
-                      target=f"{request.method} {request.path}"[:200], outcome=Outcome.DENIED,
-                      reason=exc.message, request_id=caller().request_id)
-    extra = {"rule": exc.rule, "policy_version": exc.policy_version} if exc.rule else {}
-    return api_error(exc.status, exc.code, exc.message, **extra)
 
 
 def _number(data: dict[str, Any], key: str, kind: type, default: Any) -> Any:
@@ -39,11 +29,6 @@ def _number(data: dict[str, Any], key: str, kind: type, default: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise _Bad(f"limits.{key} must be a number") from None
-
-
-class _Bad(ServiceError):
-    status, code = 400, "bad_request"
-    audited = False
 
 
 def _launch_order() -> sandbox_service.LaunchOrder:
@@ -228,7 +213,3 @@ def release_key() -> Any:
     """The gate's active public key: anyone may verify a bundle offline with it."""
     return Response(core().gate_public_pem(), mimetype="application/x-pem-file")
 
-
-# Routes kept in their own modules register on the same blueprint.
-from console.api import audit as _audit_routes  # noqa: E402, F401
-from console.api import policy as _policy_routes  # noqa: E402, F401

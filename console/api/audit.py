@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from flask import Response, jsonify, request, stream_with_context
 
 from audit.export import MEDIA_TYPE
-from console.api import api
+from console.api.blueprint import api
 from console.guards import api_requires, caller, core
 from console.permissions import Permission
 from console.services import audit_log

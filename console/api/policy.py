@@ -12,7 +12,8 @@ from typing import Any
 from flask import jsonify, request
 
 from audit.events import AuditAction
-from console.api import _Bad, api
+from console.api.blueprint import BadApiRequest as _Bad
+from console.api.blueprint import api
 from console.guards import api_error, api_requires, caller, core
 from console.permissions import Permission
 from console.services import disclosure as disclosure_service

@@ -39,7 +39,7 @@ from console.permissions import Permission, role_has
 from console.services import outbox as outbox_service
 from console.services.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError
 from policies.schema import Policy
-from sandbox.errors import InvalidUpload, SandboxError
+from sandbox.errors import SandboxError
 from sandbox.gate.checks import (
     CandidateFile,
     Check,
@@ -48,6 +48,7 @@ from sandbox.gate.checks import (
     run_checks,
     suffix_of,
 )
+from sandbox.gate.errors import BlobRefused, GateError
 from sandbox.gate.inspect import render_file, visible
 from sandbox.gate.rules import CheckRules
 from sandbox.gate.store import BlobStore
@@ -180,10 +181,10 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
                 raise BadRequest(f"{file.label} changed after the outbox was hashed")
             candidates.append(CandidateFile(name=file.path, path=store.path(sha), size=size,
                                             sha256=sha))
-    except InvalidUpload as exc:
+    except BlobRefused as exc:
         raise BadRequest(exc.user_message, rule="release.max_file_mb",
                          policy_version=policy.version) from exc
-    except SandboxError as exc:
+    except SandboxError as exc:  # the outbox could not be opened
         raise BadRequest(exc.user_message) from exc
     report = _labelled(run_checks(candidates, rules, mounted), labels)
     release_id = "rel-" + secrets.token_hex(6)
@@ -473,7 +474,7 @@ def seal(core: Sealroom, release_id: str) -> ReleaseRequest:
             passphrase=key.passphrase, provenance=provenance,
             previous_public_keys=[k.pem.encode() for k in core.key_ring.public_keys()
                                   if not k.active])
-    except SandboxError as exc:
+    except GateError as exc:
         core.record(Actor.system("release-gate"), AuditAction.RELEASE_SEAL,
                     target=f"release:{release_id}", outcome=Outcome.FAILED,
                     reason=exc.user_message, detail=exc.detail)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlparse
 
@@ -9,13 +10,21 @@ from flask import Blueprint, flash, redirect, render_template, request, session,
 from flask_login import current_user, login_user, logout_user
 
 from audit.events import AuditAction
-from console.app import limiter, start_session_clock
+from console.extensions import limiter
 from console.guards import SessionUser, caller, core, public, requires
 from console.permissions import Permission
 from console.services import accounts
 from console.web.forms import LoginForm
 
 auth = Blueprint("auth", __name__)
+
+
+def start_session_clock() -> None:
+    """Called at login: the times the policy's session timeouts (checked in `console.app`)
+    count from."""
+    now = time.time()
+    session["login_at"] = now
+    session["seen_at"] = now
 
 
 def _safe_next(target: str | None) -> str:

@@ -8,13 +8,25 @@ what the file really held (a key, a tensor name, a checker message) goes in `det
 
 from __future__ import annotations
 
-from sandbox.errors import SandboxError
 
+class GateError(Exception):
+    """Root of every error the release gate raises. Its own root, not the sandbox runtime's:
+    the gate runs on files copied out of a sandbox and needs nothing of the runtime."""
 
-class GateError(SandboxError):
-    """Root of every error the release gate raises."""
-
+    #: HTTP-ish status the console should map this error to.
     status = 422
+
+    def __init__(self, user_message: str, *, detail: str | None = None) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+        self.detail = detail or user_message
+
+
+class BlobRefused(GateError):
+    """A file that cannot be taken into the blob store: not a regular file, unreadable, or
+    larger than the limit."""
+
+    status = 400
 
 
 class InvalidFormat(GateError):

@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from model_signing import signing as ms_signing
 
-from sandbox.files import fsync_dir
+from audit.files import fsync_dir
 from sandbox.gate.errors import GateError
 from sandbox.gate.keys import keyid_of, load_private_key
 from sandbox.gate.provenance import (

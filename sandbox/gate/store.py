@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from sandbox.errors import InvalidUpload
+from sandbox.gate.errors import BlobRefused
 
 _CHUNK = 1 << 20
 
@@ -36,10 +36,10 @@ class BlobStore:
         try:
             fd = os.open(source, flags)
         except OSError as exc:
-            raise InvalidUpload(f"{source.name} cannot be read as a regular file") from exc
+            raise BlobRefused(f"{source.name} cannot be read as a regular file") from exc
         with os.fdopen(fd, "rb") as src:
             if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-                raise InvalidUpload(f"{source.name} is not a regular file")
+                raise BlobRefused(f"{source.name} is not a regular file")
             return self.put_stream(src, source.name, max_bytes=max_bytes)
 
     def put_stream(self, src: BinaryIO, label: str, *,
@@ -52,7 +52,7 @@ class BlobStore:
                 while chunk := src.read(_CHUNK):
                     size += len(chunk)
                     if max_bytes is not None and size > max_bytes:
-                        raise InvalidUpload(f"{label} is larger than {max_bytes} bytes")
+                        raise BlobRefused(f"{label} is larger than {max_bytes} bytes")
                     digest.update(chunk)
                     tmp.write(chunk)
                 tmp.flush()
