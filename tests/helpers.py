@@ -87,22 +87,33 @@ def csrf_from(client: FlaskClient, path: str) -> str:
     return match.group(1)
 
 
-def safetensors_bytes(tensors: dict[str, list[float]], metadata: dict[str, str] | None = None,
-                      trailing: bytes = b"") -> bytes:
-    """A float32 safetensors file written by hand (the host has no torch)."""
+def raw_safetensors(tensors: dict[str, tuple[str, list[int], bytes]],
+                    metadata: dict[str, str] | None = None) -> tuple[bytes, int]:
+    """A safetensors file written by hand (name -> dtype, shape, little-endian data), and
+    the offset where its tensor data starts."""
     import json
     import struct
 
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     payload = b""
-    for name, values in tensors.items():
-        data = struct.pack(f"<{len(values)}f", *values)
-        header[name] = {"dtype": "F32", "shape": [len(values)],
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape,
                         "data_offsets": [len(payload), len(payload) + len(data)]}
         payload += data
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + payload + trailing
+    return struct.pack("<Q", len(raw)) + raw + payload, 8 + len(raw)
+
+
+def safetensors_bytes(tensors: dict[str, list[float]], metadata: dict[str, str] | None = None,
+                      trailing: bytes = b"") -> bytes:
+    """A float32 safetensors file written by hand (the host has no torch)."""
+    import struct
+
+    data, _ = raw_safetensors({name: ("F32", [len(values)],
+                                      struct.pack(f"<{len(values)}f", *values))
+                               for name, values in tensors.items()}, metadata)
+    return data + trailing
 
 
 def free_port() -> int:

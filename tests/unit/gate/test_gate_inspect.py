@@ -20,21 +20,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sandbox.gate.inspect import FileView, ViewKind, render_file, tensor_stats, visible
-from tests.helpers import safetensors_bytes
+from tests.helpers import raw_safetensors, safetensors_bytes
 
 
 def _safetensors(tensors: dict[str, tuple[str, list[int], bytes]],
                  metadata: dict[str, str] | None = None) -> bytes:
     """A safetensors file by hand: name -> (dtype, shape, little-endian data)."""
-    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
-    payload = b""
-    for name, (dtype, shape, data) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": shape,
-                        "data_offsets": [len(payload), len(payload) + len(data)]}
-        payload += data
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + payload
+    return raw_safetensors(tensors, metadata)[0]
 
 
 def _write(tmp_path: Path, name: str, data: bytes) -> Path:

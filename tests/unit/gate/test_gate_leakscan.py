@@ -5,7 +5,6 @@ as raw bytes inside binary data, wherever chunk and thread boundaries fall; shor
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import struct
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 from sandbox.gate import leakscan
 from sandbox.gate.errors import DatasetUnreadable
 from sandbox.gate.leakscan import LeakHit, LeakScanner
-from tests.helpers import UNTIMED_HEALTH_CHECKS
+from tests.helpers import UNTIMED_HEALTH_CHECKS, raw_safetensors
 
 
 def adult_rows(count: int, seed: int = 7) -> list[str]:
@@ -76,15 +75,7 @@ def test_row_embedded_as_text_in_a_csv_is_found(tmp_path: Path, scanner: LeakSca
 def _safetensors(tensors: dict[str, tuple[str, list[int], bytes]],
                  metadata: dict[str, str] | None = None) -> tuple[bytes, int]:
     """A safetensors file and the offset where its tensor data starts."""
-    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
-    payload = b""
-    for name, (dtype, shape, raw) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": shape,
-                        "data_offsets": [len(payload), len(payload) + len(raw)]}
-        payload += raw
-    encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    return struct.pack("<Q", len(encoded)) + encoded + payload, 8 + len(encoded)
+    return raw_safetensors(tensors, metadata)
 
 
 def test_row_as_raw_bytes_of_a_uint8_tensor_is_found(tmp_path: Path,
