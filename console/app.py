@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     login_manager.session_protection = "strong"
     limiter.init_app(app)
 
-    @login_manager.user_loader
+    @login_manager.user_loader  # type: ignore[untyped-decorator]  # flask-login is untyped
     def _load(user_id: str) -> SessionUser | None:
         user = accounts.get_user(sealroom, int(user_id))
         return SessionUser(user) if user and user.active else None

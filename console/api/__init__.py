@@ -20,6 +20,8 @@ from console.permissions import Permission
 from console.services import releases as release_service
 from console.services import sandboxes as sandbox_service
 
+__all__ = ["api"]
+
 
 def _number(data: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     value = data.get(key, default)

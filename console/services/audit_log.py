@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal_column
+from sqlalchemy import ColumnClause, func, literal_column
 from sqlmodel import Session, col, select
 
 from audit.chain import append, utc_now
@@ -27,7 +27,7 @@ PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 _TEXT_MAX = 200
 _NO_ID = 1 << 62
-_LIKELY = literal_column("0.99")  # SQLite wants the likelihood as a literal
+_LIKELY: ColumnClause[Any] = literal_column("0.99")  # SQLite wants the likelihood as a literal
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ Create Date: 2026-11-22 04:48:07.428589
 from __future__ import annotations
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+from sqlmodel.sql.sqltypes import AutoString
 
 revision = '0001'
 down_revision = None
@@ -22,19 +22,19 @@ def upgrade() -> None:
     op.create_table('audit_event',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('schema_version', sa.Integer(), nullable=False),
-    sa.Column('time', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('actor', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('actor_role', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('auth_method', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('source', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('action', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('target', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('request_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('details', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('prev_hash', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('hash', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('time', AutoString(), nullable=False),
+    sa.Column('actor', AutoString(), nullable=False),
+    sa.Column('actor_role', AutoString(), nullable=False),
+    sa.Column('auth_method', AutoString(), nullable=False),
+    sa.Column('source', AutoString(), nullable=False),
+    sa.Column('action', AutoString(), nullable=False),
+    sa.Column('target', AutoString(), nullable=False),
+    sa.Column('outcome', AutoString(), nullable=False),
+    sa.Column('reason', AutoString(), nullable=False),
+    sa.Column('request_id', AutoString(), nullable=False),
+    sa.Column('details', AutoString(), nullable=False),
+    sa.Column('prev_hash', AutoString(), nullable=False),
+    sa.Column('hash', AutoString(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('hash')
     )
@@ -47,13 +47,13 @@ def upgrade() -> None:
 
     op.create_table('dataset',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('path', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('digest', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('name', AutoString(), nullable=False),
+    sa.Column('path', AutoString(), nullable=False),
+    sa.Column('digest', AutoString(), nullable=False),
     sa.Column('size_bytes', sa.Integer(), nullable=False),
     sa.Column('files', sa.Integer(), nullable=False),
-    sa.Column('registered_by', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('registered_by', AutoString(), nullable=False),
+    sa.Column('created_at', AutoString(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('dataset', schema=None) as batch_op:
@@ -61,10 +61,10 @@ def upgrade() -> None:
 
     op.create_table('image',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('tag', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('digest', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('registered_at', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('name', AutoString(), nullable=False),
+    sa.Column('tag', AutoString(), nullable=False),
+    sa.Column('digest', AutoString(), nullable=False),
+    sa.Column('registered_at', AutoString(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('digest')
     )
@@ -73,11 +73,11 @@ def upgrade() -> None:
 
     op.create_table('user',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('role', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('password_hash', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('name', AutoString(), nullable=False),
+    sa.Column('role', AutoString(), nullable=False),
+    sa.Column('password_hash', AutoString(), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('created_at', AutoString(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('user', schema=None) as batch_op:
@@ -86,9 +86,9 @@ def upgrade() -> None:
     op.create_table('api_token',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
-    sa.Column('prefix', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('token_hash', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('prefix', AutoString(), nullable=False),
+    sa.Column('token_hash', AutoString(), nullable=False),
+    sa.Column('created_at', AutoString(), nullable=False),
     sa.Column('revoked', sa.Boolean(), nullable=False),
     sa.ForeignKeyConstraint(['user_id'], ['user.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -101,7 +101,7 @@ def upgrade() -> None:
     op.create_table('dataset_grant',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('dataset_id', sa.Integer(), nullable=False),
-    sa.Column('principal', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('principal', AutoString(), nullable=False),
     sa.ForeignKeyConstraint(['dataset_id'], ['dataset.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
@@ -109,27 +109,27 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_dataset_grant_dataset_id'), ['dataset_id'], unique=False)
 
     op.create_table('sandbox',
-    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('id', AutoString(), nullable=False),
     sa.Column('owner_id', sa.Integer(), nullable=False),
-    sa.Column('owner', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('image', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('image_digest', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('command', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('datasets', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('code_digest', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('code_name', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('spec', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('owner', AutoString(), nullable=False),
+    sa.Column('status', AutoString(), nullable=False),
+    sa.Column('image', AutoString(), nullable=False),
+    sa.Column('image_digest', AutoString(), nullable=False),
+    sa.Column('command', AutoString(), nullable=False),
+    sa.Column('datasets', AutoString(), nullable=False),
+    sa.Column('code_digest', AutoString(), nullable=False),
+    sa.Column('code_name', AutoString(), nullable=False),
+    sa.Column('spec', AutoString(), nullable=False),
     sa.Column('cpus', sa.Float(), nullable=False),
     sa.Column('memory_mb', sa.Integer(), nullable=False),
     sa.Column('pids', sa.Integer(), nullable=False),
     sa.Column('timeout_s', sa.Integer(), nullable=False),
-    sa.Column('handle', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('handle', AutoString(), nullable=False),
     sa.Column('exit_code', sa.Integer(), nullable=True),
-    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('started_at', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('finished_at', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('reason', AutoString(), nullable=False),
+    sa.Column('created_at', AutoString(), nullable=False),
+    sa.Column('started_at', AutoString(), nullable=True),
+    sa.Column('finished_at', AutoString(), nullable=True),
     sa.ForeignKeyConstraint(['owner_id'], ['user.id'], ),
     sa.PrimaryKeyConstraint('id')
     )

@@ -7,8 +7,8 @@ Revises: 0002
 from __future__ import annotations
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+from sqlmodel.sql.sqltypes import AutoString
 
 revision = '0003'
 down_revision = '0002'
@@ -20,10 +20,10 @@ def upgrade() -> None:
     op.create_table('audit_checkpoint',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('tree_size', sa.Integer(), nullable=False),
-    sa.Column('head_hash', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('time', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('keyid', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('signature', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('head_hash', AutoString(), nullable=False),
+    sa.Column('time', AutoString(), nullable=False),
+    sa.Column('keyid', AutoString(), nullable=False),
+    sa.Column('signature', AutoString(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('audit_checkpoint', schema=None) as batch_op:

@@ -10,8 +10,8 @@ import hashlib
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+from sqlmodel.sql.sqltypes import AutoString
 
 revision = '0004'
 down_revision = '0003'
@@ -22,11 +22,11 @@ depends_on = None
 def upgrade() -> None:
     op.create_table('policy_version',
     sa.Column('version', sa.Integer(), nullable=False),
-    sa.Column('text', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('sha256', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('author', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('text', AutoString(), nullable=False),
+    sa.Column('sha256', AutoString(), nullable=False),
+    sa.Column('author', AutoString(), nullable=False),
+    sa.Column('reason', AutoString(), nullable=False),
+    sa.Column('created_at', AutoString(), nullable=False),
     sa.Column('restored_from', sa.Integer(), nullable=True),
     sa.PrimaryKeyConstraint('version')
     )
@@ -67,7 +67,7 @@ def downgrade() -> None:
     op.create_table('dataset_grant',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('dataset_id', sa.Integer(), nullable=False),
-    sa.Column('principal', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('principal', AutoString(), nullable=False),
     sa.ForeignKeyConstraint(['dataset_id'], ['dataset.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
