@@ -10,7 +10,6 @@ import json
 import logging
 import secrets
 import shlex
-import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,9 +39,9 @@ from console.services.images import current_image
 from policies.evaluator import LaunchRequest, PolicyEvaluator
 from policies.schema import Policy
 from sandbox import spec as sandbox_spec
-from sandbox.backend import RunState
+from sandbox.backend import BackendState, RunState
 from sandbox.errors import EngineUnavailable, InvalidSpec, InvalidUpload, SandboxError
-from sandbox.files import UploadLimits, chown_tree, tree_digest, unpack_code
+from sandbox.files import UploadLimits
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,10 @@ def _parse(ts: str | None) -> datetime | None:
     return datetime.fromisoformat(ts) if ts else None
 
 
-def _sandbox_dir(core: Sealroom, sandbox_id: str) -> Path:
-    return core.settings.sandboxes_dir / sandbox_id
+def state_of(record: Sandbox) -> BackendState:
+    """The backend's state of a sandbox as stored ({} before it was created)."""
+    state = json.loads(record.backend_state or "{}")
+    return state if isinstance(state, dict) else {}
 
 
 # --- launch -------------------------------------------------------------------------------
@@ -167,30 +168,29 @@ def _launch(core: Sealroom, caller: Caller, order: LaunchOrder, policy: Policy) 
                          detail=exc.detail) from exc
 
     sandbox_id = "sb-" + secrets.token_hex(6)
-    root = _sandbox_dir(core, sandbox_id)
-    handle = ""
+    storage = core.storage
+    state: BackendState = {}
     try:
-        workspace, outbox = root / "workspace", root / "outbox"
-        workspace.mkdir(parents=True)
-        outbox.mkdir()
+        storage.create(sandbox_id)
         if order.example is not None:
-            shutil.copytree(EXAMPLES / order.example, workspace, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("__pycache__"))
-            code_digest, code_name = tree_digest(workspace)[0], f"example:{order.example}"
+            code_digest = storage.stage_tree(sandbox_id, EXAMPLES / order.example)
+            code_name = f"example:{order.example}"
         else:
             assert order.code is not None
-            code_digest = unpack_code(order.code_name, order.code, workspace, UploadLimits(
-                uploads.max_code_mb << 20, uploads.max_unpacked_mb << 20, uploads.max_files))
+            code_digest = storage.stage_upload(sandbox_id, order.code_name, order.code,
+                                               UploadLimits(uploads.max_code_mb << 20,
+                                                            uploads.max_unpacked_mb << 20,
+                                                            uploads.max_files))
             code_name = order.code_name
-        chown_tree(root, sandbox_spec.SANDBOX_UID, sandbox_spec.SANDBOX_GID)
+        storage.seal_staging(sandbox_id)
         spec = sandbox_spec.SandboxSpec(
             sandbox_id=sandbox_id, owner=caller.name, image=image.digest, command=command,
-            workspace=workspace, outbox=outbox, datasets=tuple(mounts), limits=limits,
+            datasets=tuple(mounts), limits=limits,
             env=(("SEALROOM_SANDBOX", sandbox_id),
                  ("SEALROOM_DATA", mounts[0].target),
                  ("SEALROOM_OUTBOX", sandbox_spec.OUTBOX),
                  *sorted(order.extra_env.items())))
-        handle = core.backend.create(spec)
+        state = core.backend.create(spec)
         with core.transaction() as session:
             owner = session.exec(select(User).where(User.name == caller.name)).one()
             assert owner.id is not None
@@ -201,7 +201,8 @@ def _launch(core: Sealroom, caller: Caller, order: LaunchOrder, policy: Policy) 
                 datasets=json.dumps([{"name": m.name, "digest": m.digest} for m in mounts]),
                 code_digest=code_digest, code_name=code_name, spec=json.dumps(spec.to_dict()),
                 cpus=limits.cpus, memory_mb=limits.memory_mb, pids=limits.pids,
-                timeout_s=limits.timeout_s, handle=handle, created_at=utc_now())
+                timeout_s=limits.timeout_s, backend_state=json.dumps(state),
+                created_at=utc_now())
             session.add(record)
             append(session, EventDraft(
                 caller.actor, AuditAction.CODE_UPLOAD, f"sandbox:{sandbox_id}",
@@ -215,30 +216,30 @@ def _launch(core: Sealroom, caller: Caller, order: LaunchOrder, policy: Policy) 
                          "policy_version": decision.policy_version,
                          "network": network.reason}))
     except InvalidUpload as exc:
-        _discard(core, root, handle)
+        _discard(core, sandbox_id, state)
         raise BadRequest(exc.user_message) from exc
     except InvalidSpec as exc:
-        _discard(core, root, handle)
+        _discard(core, sandbox_id, state)
         raise BadRequest(exc.user_message) from exc
     except EngineUnavailable as exc:
-        _discard(core, root, handle)
+        _discard(core, sandbox_id, state)
         raise EngineDown("the container engine is not available; try again later",
                          detail=exc.detail) from exc
     except SandboxError as exc:
-        _discard(core, root, handle)
+        _discard(core, sandbox_id, state)
         raise EngineDown(f"the sandbox could not be created: {exc.user_message}",
                          detail=exc.detail) from exc
     except AuditWriteFailed as exc:
         # Fail closed: the container was created but never started; it goes with the row.
-        _discard(core, root, handle)
+        _discard(core, sandbox_id, state)
         raise AuditUnavailable("the audit log cannot be written; the sandbox was not launched",
                                detail=str(exc)) from exc
     except BaseException:
-        _discard(core, root, handle)
+        _discard(core, sandbox_id, state)
         raise
 
     try:
-        core.backend.start(handle)
+        core.backend.start(state)
     except SandboxError as exc:
         _finish(core, sandbox_id, SandboxStatus.FAILED, AuditAction.SANDBOX_START,
                 f"the sandbox could not start: {exc.user_message}", outcome=Outcome.FAILED)
@@ -256,13 +257,14 @@ def _launch(core: Sealroom, caller: Caller, order: LaunchOrder, policy: Policy) 
     return record
 
 
-def _discard(core: Sealroom, root: Path, handle: str) -> None:
-    if handle:
+def _discard(core: Sealroom, sandbox_id: str, state: BackendState) -> None:
+    if state:
         try:
-            core.backend.remove(handle)
+            core.backend.remove(state)
         except SandboxError:
-            log.warning("could not remove container %s; the reconciler will", handle)
-    shutil.rmtree(root, ignore_errors=True)
+            log.warning("could not remove the containers of %s; the reconciler will",
+                        sandbox_id)
+    core.storage.discard(sandbox_id)
 
 
 # --- watching -----------------------------------------------------------------------------
@@ -278,8 +280,9 @@ def _finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audi
         record = session.get(Sandbox, sandbox_id)
     if record is None or SandboxStatus(record.status).terminal:
         return record
-    if remove and record.handle:
-        sandbox_log.pull(core, sandbox_id, record.handle, final=True)  # before it is removed
+    state = state_of(record)
+    if remove and state:
+        sandbox_log.pull(core, sandbox_id, state, final=True)  # before it is removed
     with core.transaction() as session:
         record = session.get(Sandbox, sandbox_id)
         if record is None or SandboxStatus(record.status).terminal:
@@ -294,9 +297,9 @@ def _finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audi
             actor, action, f"sandbox:{sandbox_id}", outcome, reason,
             caller.request_id if caller else "",
             details={"status": str(status), "exit_code": exit_code, **(details or {})}))
-    if remove and record.handle:
+    if remove and state:
         try:
-            core.backend.remove(record.handle)
+            core.backend.remove(state)
         except SandboxError:
             log.warning("could not remove container of %s; the reconciler will", sandbox_id)
     outbox_service.schedule_manifest(core, sandbox_id)
@@ -311,10 +314,11 @@ def refresh(core: Sealroom, sandbox_id: str) -> Sandbox | None:
     """Look at the engine and record what happened: exit, OOM kill, time limit, or lost."""
     with core.transaction() as session:
         record = session.get(Sandbox, sandbox_id)
-    if record is None or SandboxStatus(record.status).terminal or not record.handle:
+    state = state_of(record) if record is not None else {}
+    if record is None or SandboxStatus(record.status).terminal or not state:
         return record
     try:
-        status = core.backend.poll(record.handle)
+        status = core.backend.poll(state)
     except SandboxError:
         return record  # engine unreachable: keep the last known state
     if status.state == RunState.MISSING:
@@ -335,7 +339,7 @@ def refresh(core: Sealroom, sandbox_id: str) -> Sandbox | None:
     if status.state == RunState.RUNNING and started is not None and \
             (_now() - started).total_seconds() > record.timeout_s:
         try:
-            core.backend.stop(record.handle, timeout_s=5)
+            core.backend.stop(state, timeout_s=5)
         except SandboxError:
             return record
         return _finish(core, record.id, SandboxStatus.TIMED_OUT, AuditAction.SANDBOX_TIMEOUT,
@@ -353,34 +357,40 @@ def refresh_all(core: Sealroom) -> None:
 
 
 def reconcile(core: Sealroom) -> None:
-    """On console start: remove our containers the database does not know, mark the
-    sandboxes whose container vanished as lost, and settle the rest. All audited."""
-    owned = core.backend.list_owned()
+    """On console start, compare what the engine holds with what the database knows, by
+    sandbox: remove what belongs to no live sandbox (and any object a live sandbox's record
+    does not name), mark the live sandboxes the engine lost as lost, and settle the rest.
+    All audited; a cluster's members are one sandbox, never orphans of each other."""
+    held = {o.sandbox_id: o for o in core.backend.list_owned()}
     with core.transaction() as session:
         live = {r.id: r for r in session.exec(select(Sandbox).where(col(Sandbox.status).in_(
             [SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all()}
-    handles = {o.handle for o in owned}
-    for item in owned:
-        record = live.get(item.sandbox_id)
-        if record is not None and record.handle == item.handle:
-            continue
-        core.backend.remove(item.handle)
-        core.record(_system(), AuditAction.ORPHAN_REMOVE,
-                    target=f"sandbox:{item.sandbox_id}",
-                    reason="container unknown to the database, or its sandbox has ended",
-                    container=item.handle[:12], owner=item.owner)
-    for record in live.values():
-        if record.handle not in handles:
-            _finish(core, record.id, SandboxStatus.LOST, AuditAction.SANDBOX_LOST,
-                    "the container vanished while the console was down",
-                    outcome=Outcome.FAILED, remove=False)
-            continue
-        status = core.backend.poll(record.handle)
+    for sandbox_id in sorted(held.keys() - live.keys()):
+        _remove_orphan(core, held[sandbox_id].state, sandbox_id, held[sandbox_id].owner,
+                       "held by the engine for no running sandbox (unknown, or ended)")
+    for sandbox_id in sorted(held.keys() & live.keys()):
+        strays = core.backend.strays(held[sandbox_id].state, state_of(live[sandbox_id]))
+        if strays is not None:
+            _remove_orphan(core, strays, sandbox_id, held[sandbox_id].owner,
+                           "not named in the sandbox's recorded state")
+    for sandbox_id in sorted(live.keys() - held.keys()):
+        _finish(core, sandbox_id, SandboxStatus.LOST, AuditAction.SANDBOX_LOST,
+                "the container vanished while the console was down",
+                outcome=Outcome.FAILED, remove=False)
+    for sandbox_id in sorted(held.keys() & live.keys()):
+        status = core.backend.poll(state_of(live[sandbox_id]))
         if status.state == RunState.CREATED:
-            _finish(core, record.id, SandboxStatus.FAILED, AuditAction.SANDBOX_START,
+            _finish(core, sandbox_id, SandboxStatus.FAILED, AuditAction.SANDBOX_START,
                     "the console stopped before the sandbox started", outcome=Outcome.FAILED)
         else:
-            refresh(core, record.id)
+            refresh(core, sandbox_id)
+
+
+def _remove_orphan(core: Sealroom, state: BackendState, sandbox_id: str, owner: str,
+                   reason: str) -> None:
+    core.backend.remove(state)
+    core.record(_system(), AuditAction.ORPHAN_REMOVE, target=f"sandbox:{sandbox_id}",
+                reason=reason, members=list(core.backend.members(state)), owner=owner)
 
 
 # --- reading and stopping -----------------------------------------------------------------
@@ -415,12 +425,13 @@ def stop(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
     record = get(core, caller, sandbox_id)
     if SandboxStatus(record.status).terminal:
         return record  # stopping twice is fine
+    state = state_of(record)
     try:
-        core.backend.stop(record.handle, timeout_s=5)
+        core.backend.stop(state, timeout_s=5)
     except EngineUnavailable as exc:
         raise EngineDown("the container engine is not available; try again later",
                          detail=exc.detail) from exc
-    status = core.backend.poll(record.handle)
+    status = core.backend.poll(state)
     finished = _finish(core, sandbox_id, SandboxStatus.STOPPED, AuditAction.SANDBOX_STOP,
                        f"stopped by {caller.name}", exit_code=status.exit_code, caller=caller)
     assert finished is not None
@@ -441,7 +452,7 @@ def stop_forbidden(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
         if decision is None:
             raise Conflict("the active policy allows this sandbox; only its owner may stop it")
         try:
-            core.backend.stop(record.handle, timeout_s=5)
+            core.backend.stop(state_of(record), timeout_s=5)
         except EngineUnavailable as exc:
             raise EngineDown("the container engine is not available; try again later",
                              detail=exc.detail) from exc
@@ -450,7 +461,7 @@ def stop_forbidden(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
                     outcome=Outcome.FAILED if exc.status >= 500 else Outcome.DENIED,
                     reason=exc.message, request_id=caller.request_id)
         raise
-    status = core.backend.poll(record.handle)
+    status = core.backend.poll(state_of(record))
     finished = _finish(core, sandbox_id, SandboxStatus.STOPPED, AuditAction.SANDBOX_STOP,
                        f"stopped by {caller.name}: policy version {decision.policy_version} "
                        f"forbids it ({decision.rule}: {decision.reason})",
@@ -468,8 +479,9 @@ def logs(core: Sealroom, caller: Caller, sandbox_id: str, *, offset: int = 0,
     disclosure budget allows; returns (bytes, their start, the log's length so far). Every
     showing is audited; nothing new left to show within the budget is a 403, audited."""
     record = get(core, caller, sandbox_id)
-    running = not SandboxStatus(record.status).terminal and bool(record.handle)
-    return sandbox_log.view(core, caller, sandbox_id, record.handle, running=running,
+    state = state_of(record)
+    running = not SandboxStatus(record.status).terminal and bool(state)
+    return sandbox_log.view(core, caller, sandbox_id, state, running=running,
                             offset=offset, limit=limit)
 
 
