@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"benchmarks to run (default: all of {', '.join(names)})")
     args = parser.parse_args(argv)
+    # A benchmark's module name (bench_audit_paging) selects it too.
+    aliases = {dotted.rsplit(".", 1)[-1]: m.NAME for dotted, m in zip(BENCHMARKS, modules,
+                                                                       strict=True)}
+    args.names = [aliases.get(name, name) for name in args.names]
     unknown = sorted(set(args.names) - set(names))
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(names)}")
