@@ -249,11 +249,6 @@ def _query(caller: Caller, status: str | None) -> Any:
     return query
 
 
-def list_for(core: Sealroom, caller: Caller, *, status: str | None = None) -> list[ReleaseRequest]:
-    with core.read() as session:
-        return list(session.exec(_query(caller, status)).all())
-
-
 def listing(core: Sealroom, caller: Caller, *, status: str | None = None
             ) -> list[dict[str, Any]]:
     """The release requests the caller may see, newest first, as shown (`to_dict`): the
@@ -285,11 +280,6 @@ def decisions_of(core: Sealroom, release_id: str) -> list[ReleaseDecision]:
 def _timeline(session: Session, release_id: str) -> list[AuditEvent]:
     return list(session.exec(select(AuditEvent).where(
         AuditEvent.target == f"release:{release_id}").order_by(col(AuditEvent.id))).all())
-
-
-def timeline(core: Sealroom, release_id: str) -> list[AuditEvent]:
-    with core.read() as session:
-        return _timeline(session, release_id)
 
 
 #: Release ids per IN (...) when loading files and decisions for a list (SQLite caps the
