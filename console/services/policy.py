@@ -94,13 +94,13 @@ class Activation:
 
 
 def versions(core: Sealroom) -> list[PolicyVersion]:
-    with core.transaction() as session:
+    with core.read() as session:
         return list(session.exec(select(PolicyVersion)
                                  .order_by(col(PolicyVersion.version).desc())).all())
 
 
 def get_version(core: Sealroom, number: int) -> PolicyVersion:
-    with core.transaction() as session:
+    with core.read() as session:
         row = session.get(PolicyVersion, number)
     if row is None:
         raise NotFound(f"there is no policy version {number}")
@@ -108,7 +108,7 @@ def get_version(core: Sealroom, number: int) -> PolicyVersion:
 
 
 def active_version(core: Sealroom) -> PolicyVersion:
-    with core.transaction() as session:
+    with core.read() as session:
         return _latest(session)
 
 
@@ -159,7 +159,7 @@ def _check(session: Session, text: str) -> CheckedPolicy:
 
 def check(core: Sealroom, text: str) -> CheckedPolicy:
     """Validate without recording anything (the editor's validation as you type)."""
-    with core.transaction() as session:
+    with core.read() as session:
         return _check(session, text)
 
 
@@ -260,7 +260,7 @@ def _findings(core: Sealroom, session: Session, checked: CheckedPolicy,
 
 def dry_run(core: Sealroom, caller: Caller, text: str) -> DryRun:
     try:
-        with core.transaction() as session:
+        with core.read() as session:
             checked = _check(session, text)
             _, result, _ = _findings(core, session, checked, _latest(session).version + 1)
     except InvalidPolicyDocument as exc:
@@ -406,7 +406,7 @@ def grant_dataset(core: Sealroom, session: Session, caller: Caller, dataset: str
 
 def forbidden_sandboxes(core: Sealroom) -> list[Finding]:
     policy = core.policy
-    with core.transaction() as session:
+    with core.read() as session:
         return [Finding("sandbox", s.id, s.owner, d.rule, d.reason)
                 for s, d in _sandbox_findings(session, policy)]
 
@@ -414,7 +414,7 @@ def forbidden_sandboxes(core: Sealroom) -> list[Finding]:
 def forbidding_decision(core: Sealroom, sandbox_id: str) -> PolicyDecision | None:
     """Why the active policy forbids this running sandbox, or None if it does not."""
     policy = core.policy
-    with core.transaction() as session:
+    with core.read() as session:
         for sandbox, decision in _sandbox_findings(session, policy):
             if sandbox.id == sandbox_id:
                 return decision
