@@ -38,7 +38,8 @@ from console.core import Caller, Sealroom
 from console.services import accounts, audit_log, datasets, images
 from console.services import sandboxes as sandbox_service
 from console.settings import Settings, register_backend
-from sandbox.backend import LogChunk
+from sandbox.backend import BackendState, LogChunk
+from sandbox.storage import LocalStorage
 from tests.benchmarks.http_load import Client, Tally, drive
 from tests.helpers import OPERATOR, PASSWORD, change_policy, write_dataset
 from tests.mocking import FakeBackend, ScriptedOutcome
@@ -69,15 +70,16 @@ class SlowLogBackend(FakeBackend):
     log_delay_s: float = 0.0
     release: threading.Event = field(default_factory=threading.Event)
 
-    def logs_since(self, handle: str, cursor: str = "", *,
+    def logs_since(self, state: BackendState, member: str = "", cursor: str = "", *,
                    max_bytes: int = 16 << 20) -> LogChunk:
         if self.log_delay_s > 0:
             self.release.wait(self.log_delay_s)
-        return super().logs_since(handle, cursor, max_bytes=max_bytes)
+        return super().logs_since(state, member, cursor, max_bytes=max_bytes)
 
 
-def _slow_log_backend(settings: Settings | None = None) -> FakeBackend:
-    return SlowLogBackend(default_outcome=ScriptedOutcome(stays_running=True,
+def _slow_log_backend(settings: Settings) -> FakeBackend:
+    return SlowLogBackend(store=LocalStorage(settings.sandboxes_dir),
+                          default_outcome=ScriptedOutcome(stays_running=True,
                                                           logs=b"epoch 1/1 loss 0.42\n"))
 
 
@@ -107,7 +109,7 @@ def _seed_sandboxes(core: Sealroom, backend: SlowLogBackend, tmp: Path) -> tuple
             if i % 3 == 2:
                 sandbox_service.stop(core, caller, record.id)
             else:
-                backend.finish(record.handle, exit_code=i % 3)
+                backend.finish(backend.handle_of(record.id), exit_code=i % 3)
                 sandbox_service.refresh(core, record.id)
         else:
             running.append(record.id)
