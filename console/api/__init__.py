@@ -17,6 +17,7 @@ from console.api.blueprint import BadApiRequest as _Bad
 from console.api.blueprint import api
 from console.guards import api_requires, caller, core, public
 from console.permissions import Permission
+from console.services import launch as launch_service
 from console.services import releases as release_service
 from console.services import sandboxes as sandbox_service
 
@@ -33,7 +34,7 @@ def _number(data: dict[str, Any], key: str, kind: type, default: Any) -> Any:
         raise _Bad(f"limits.{key} must be a number") from None
 
 
-def _launch_order() -> sandbox_service.LaunchOrder:
+def _launch_order() -> launch_service.LaunchOrder:
     """Accepts JSON, or multipart with a `code` file and a `request` JSON field."""
     upload = None
     if request.mimetype == "multipart/form-data":
@@ -55,10 +56,10 @@ def _launch_order() -> sandbox_service.LaunchOrder:
     example = data.get("example")
     if example is not None and not isinstance(example, str):
         raise _Bad("example must be a name")
-    command = data.get("command", sandbox_service.DEFAULT_COMMAND)
+    command = data.get("command", launch_service.DEFAULT_COMMAND)
     if not isinstance(command, str):
         raise _Bad("command must be a string")
-    order = sandbox_service.LaunchOrder(
+    order = launch_service.LaunchOrder(
         datasets=datasets, example=example, command=command,
         cpus=_number(limits, "cpus", float, 1.0),
         memory_mb=_number(limits, "memory_mb", int, 2048),
@@ -77,10 +78,10 @@ def create_sandbox() -> Any:
         order = _launch_order()
     except _Bad as exc:
         # refused before the service saw it: audit as the service would
-        sandbox_service.audit_refused_launch(core(), caller(), exc.message)
+        launch_service.audit_refused_launch(core(), caller(), exc.message)
         exc.audited = True
         raise
-    record = sandbox_service.launch(core(), caller(), order)
+    record = launch_service.launch(core(), caller(), order)
     response = jsonify(sandbox_service.to_dict(record))
     response.status_code = 201
     response.headers["Location"] = f"/api/v1/sandboxes/{record.id}"
