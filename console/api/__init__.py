@@ -59,13 +59,19 @@ def _launch_order() -> launch_service.LaunchOrder:
     command = data.get("command", launch_service.DEFAULT_COMMAND)
     if not isinstance(command, str):
         raise _Bad("command must be a string")
+    kind = data.get("kind", "single")
+    if not isinstance(kind, str):
+        raise _Bad("kind must be 'single' or 'cluster'")
+    ranks = data.get("ranks", 1)
+    if isinstance(ranks, bool) or not isinstance(ranks, int):
+        raise _Bad("ranks must be a whole number")
     order = launch_service.LaunchOrder(
         datasets=datasets, example=example, command=command,
         cpus=_number(limits, "cpus", float, 1.0),
         memory_mb=_number(limits, "memory_mb", int, 2048),
         pids=_number(limits, "pids", int, 256),
         timeout_s=_number(limits, "timeout_s", int, 1800),
-        gpus=_number(limits, "gpus", int, 0))
+        gpus=_number(limits, "gpus", int, 0), kind=kind, ranks=ranks)
     if upload is not None and upload.filename:
         order.code_name, order.code = upload.filename, upload.read()
     return order
