@@ -32,6 +32,7 @@ from console.services.errors import (
     EngineDown,
     PayloadTooLarge,
     PolicyDenied,
+    ServiceError,
 )
 from console.services.images import current_image
 from policies.evaluator import LaunchKind, LaunchRequest, PolicyDecision, PolicyEvaluator
@@ -148,38 +149,15 @@ def launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
         handle = ""
         try:
             staged = stage(root, parsed, policy.uploads)
-            spec = sandbox_spec.SandboxSpec(
-                sandbox_id=sandbox_id, owner=caller.name, image=decision.image.digest,
-                command=parsed.command, workspace=staged.workspace, outbox=staged.outbox,
-                datasets=decision.mounts, limits=parsed.limits,
-                env=(("SEALROOM_SANDBOX", sandbox_id),
-                     ("SEALROOM_DATA", decision.mounts[0].target),
-                     ("SEALROOM_OUTBOX", sandbox_spec.OUTBOX),
-                     *parsed.extra_env))
+            spec = spec_for(sandbox_id, caller.name, parsed, decision, staged)
             handle = create(core, spec)
             record(core, caller, parsed, decision, staged, spec, handle)
-        except InvalidUpload as exc:
-            _discard(core, root, handle)
-            raise BadRequest(exc.user_message) from exc
-        except InvalidSpec as exc:
-            _discard(core, root, handle)
-            raise BadRequest(exc.user_message) from exc
-        except EngineUnavailable as exc:
-            _discard(core, root, handle)
-            raise EngineDown("the container engine is not available; try again later",
-                             detail=exc.detail) from exc
-        except SandboxError as exc:
-            _discard(core, root, handle)
-            raise EngineDown(f"the sandbox could not be created: {exc.user_message}",
-                             detail=exc.detail) from exc
-        except AuditWriteFailed as exc:
-            # Fail closed: the container was created but never started; it goes with the row.
-            _discard(core, root, handle)
-            raise AuditUnavailable("the audit log cannot be written; the sandbox was not "
-                                   "launched", detail=str(exc)) from exc
-        except BaseException:
-            _discard(core, root, handle)
-            raise
+        except BaseException as exc:
+            _discard(core, root, handle)  # fail closed: no row, so no container, no files
+            refusal = _refusal(exc)
+            if refusal is None:
+                raise
+            raise refusal from exc
         return start(core, caller, sandbox_id, handle)
 
 
@@ -302,6 +280,19 @@ def stage(root: Path, parsed: ParsedLaunch, uploads: Uploads) -> Staged:
     return Staged(root, workspace, outbox, code_name, code_digest)
 
 
+def spec_for(sandbox_id: str, owner: str, parsed: ParsedLaunch, decision: Decision,
+             staged: Staged) -> sandbox_spec.SandboxSpec:
+    """What the backend is asked to create (pure data; an invalid spec is `InvalidSpec`)."""
+    return sandbox_spec.SandboxSpec(
+        sandbox_id=sandbox_id, owner=owner, image=decision.image.digest,
+        command=parsed.command, workspace=staged.workspace, outbox=staged.outbox,
+        datasets=decision.mounts, limits=parsed.limits,
+        env=(("SEALROOM_SANDBOX", sandbox_id),
+             ("SEALROOM_DATA", decision.mounts[0].target),
+             ("SEALROOM_OUTBOX", sandbox_spec.OUTBOX),
+             *parsed.extra_env))
+
+
 def create(core: Sealroom, spec: sandbox_spec.SandboxSpec) -> str:
     """Create the sandbox's container (not started); its handle."""
     return core.backend.create(spec)
@@ -358,6 +349,23 @@ def start(core: Sealroom, caller: Caller, sandbox_id: str, handle: str) -> Sandb
             append(session, EventDraft(caller.actor, AuditAction.SANDBOX_START,
                                        f"sandbox:{sandbox_id}", request_id=caller.request_id))
     return started
+
+
+def _refusal(exc: BaseException) -> ServiceError | None:
+    """What a failure while staging, creating or recording tells the caller."""
+    if isinstance(exc, InvalidUpload | InvalidSpec):
+        return BadRequest(exc.user_message)
+    if isinstance(exc, EngineUnavailable):
+        return EngineDown("the container engine is not available; try again later",
+                          detail=exc.detail)
+    if isinstance(exc, SandboxError):
+        return EngineDown(f"the sandbox could not be created: {exc.user_message}",
+                          detail=exc.detail)
+    if isinstance(exc, AuditWriteFailed):
+        # The container was created but never started; it went with the row.
+        return AuditUnavailable("the audit log cannot be written; the sandbox was not "
+                                "launched", detail=str(exc))
+    return None
 
 
 def _discard(core: Sealroom, root: Path, handle: str) -> None:
