@@ -23,6 +23,7 @@ from policies.schema import Policy, default_policy_text, load_policy, policy_sha
 from sandbox.backend import Backend
 from sandbox.gate.errors import GateError
 from sandbox.gate.keys import GateKey, GateKeyRing, PublicKeyInfo, passphrase_from_env
+from sandbox.storage import SandboxStorage
 
 if TYPE_CHECKING:
     from audit.verify import VerificationReport
@@ -84,6 +85,12 @@ class Sealroom:
             if self._backend is None:
                 self._backend = build_backend(self.settings)
             return self._backend
+
+    @property
+    def storage(self) -> SandboxStorage:
+        """Where sandboxes' workspaces and outboxes live: the backend's storage. Services
+        stage code and read outboxes through it, never through a host path."""
+        return self.backend.storage
 
     @property
     def backend_built(self) -> bool:

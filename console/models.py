@@ -85,7 +85,8 @@ class Sandbox(SQLModel, table=True):
     memory_mb: int
     pids: int
     timeout_s: int
-    handle: str = ""
+    #: The backend's own state of the sandbox (JSON; opaque here): its members, its network.
+    backend_state: str = "{}"
     exit_code: int | None = None
     reason: str = ""
     created_at: str

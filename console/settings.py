@@ -30,8 +30,10 @@ class SettingsError(ValueError):
 def _docker_backend(settings: Settings) -> Backend:
     # Imported here: commands that never touch the engine do not load the Docker client.
     from sandbox.docker_backend import DockerBackend
+    from sandbox.storage import LocalStorage
 
-    return DockerBackend(base_url=settings.docker_host, installation=settings.installation_id())
+    return DockerBackend(base_url=settings.docker_host, installation=settings.installation_id(),
+                         storage=LocalStorage(settings.sandboxes_dir))
 
 
 # The product registers only the real engine; tests register their in-memory stand-in

@@ -1,17 +1,22 @@
 """The lifecycle contract every sandbox backend implements.
 
-Small on purpose, like JupyterHub's Spawner: start, poll, logs, stop, remove, list owned.
-Stop and remove are safe to repeat. Backends select what they own by labels, never names.
+Small on purpose, like JupyterHub's Spawner: create, start, poll, logs, stop, remove, list
+owned. A backend keeps what it needs about a sandbox in an opaque JSON state the console
+stores; a sandbox may be one container or several (a cluster), so status, logs and
+reconciliation are per sandbox, not per container. Stop and remove are safe to repeat.
+Backends select what they own by labels, never names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from sandbox.spec import SandboxSpec
+from sandbox.spec import NetworkPlan, SandboxSpec
+from sandbox.storage import SandboxStorage
 
 #: Labels every container, network and volume of ours carries.
 LABEL_SANDBOX = "sealroom.sandbox"
@@ -48,40 +53,127 @@ class LogChunk:
     cursor: str
 
 
+#: What a backend keeps about one sandbox, as JSON: opaque to the console, which stores it with
+#: the sandbox and hands it back on every call (like JupyterHub's `get_state`/`load_state`).
+BackendState = dict[str, Any]
+
+#: The member a backend reads by default: the one whose exit decides the sandbox's.
+LAUNCHER = "main"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One container of a sandbox: `name` is stable and safe to show ("main", "rank-1")."""
+
+    name: str
+    container: str
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """The state of a container backend: its members (the launcher first), the private
+    network a cluster gets (empty for none), and the network plan they were created under."""
+
+    members: tuple[Member, ...]
+    plan: NetworkPlan = NetworkPlan.NONE
+    network: str = ""
+
+    def to_state(self) -> BackendState:
+        return {"members": [{"name": m.name, "container": m.container} for m in self.members],
+                "plan": str(self.plan), "network": self.network}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> ContainerState:
+        """Read a stored state; anything malformed reads as no members (nothing to touch)."""
+        members: list[Member] = []
+        raw = state.get("members")
+        for item in raw if isinstance(raw, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("name"), str) \
+                    and isinstance(item.get("container"), str) and item["container"]:
+                members.append(Member(item["name"], item["container"]))
+        try:
+            plan = NetworkPlan(str(state.get("plan", NetworkPlan.NONE)))
+        except ValueError:
+            plan = NetworkPlan.NONE
+        network = state.get("network")
+        return cls(tuple(members), plan, network if isinstance(network, str) else "")
+
+    @property
+    def objects(self) -> frozenset[str]:
+        """Every engine object the state names."""
+        found = {m.container for m in self.members}
+        if self.network:
+            found.add(self.network)
+        return frozenset(found)
+
+    def member(self, name: str) -> Member | None:
+        name = name or LAUNCHER
+        return next((m for m in self.members if m.name == name), None)
+
+
+def combine(statuses: Sequence[SandboxStatus]) -> SandboxStatus:
+    """One status for a sandbox of several members, the launcher's first.
+
+    A missing member makes the sandbox missing (lost); the launcher's state and exit code
+    decide the rest; any member killed for memory marks the whole sandbox OOM-killed."""
+    if not statuses:
+        return SandboxStatus(state=RunState.MISSING)
+    if any(s.state is RunState.MISSING for s in statuses):
+        return SandboxStatus(state=RunState.MISSING)
+    launcher = statuses[0]
+    oom = any(s.oom_killed for s in statuses)
+    return dataclasses.replace(launcher, oom_killed=oom)
+
+
 @dataclass(frozen=True)
 class OwnedSandbox:
-    """A sandbox the engine holds for this installation, found by label."""
+    """What the engine holds for one sandbox of this installation, found by label and
+    grouped by sandbox; `state` has the shape the backend's `create` returns."""
 
     sandbox_id: str
     owner: str
-    handle: str
+    state: BackendState
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """Runs sandboxes. `handle` is the backend's own id (a container id for Docker)."""
+    """Runs sandboxes. Every call after `create` takes the state `create` returned."""
+
+    @property
+    def storage(self) -> SandboxStorage:
+        """Where the workspaces and outboxes of this backend's sandboxes live."""
 
     def ping(self) -> None:
         """Raise `EngineUnavailable` when the engine does not answer."""
 
-    def create(self, spec: SandboxSpec) -> str:
-        """Create (not start) the sandbox; return its handle."""
+    def create(self, spec: SandboxSpec) -> BackendState:
+        """Create (not start) the sandbox under `spec.network`; return its state. On failure
+        nothing it made is left behind."""
 
-    def start(self, handle: str) -> None: ...
+    def start(self, state: BackendState) -> None:
+        """Check every member is hardened for the plan it was created under, then start."""
 
-    def poll(self, handle: str) -> SandboxStatus: ...
+    def poll(self, state: BackendState) -> SandboxStatus:
+        """One status for the whole sandbox (see `combine`)."""
 
-    def logs(self, handle: str, *, tail: int | None = None) -> bytes: ...
+    def members(self, state: BackendState) -> tuple[str, ...]:
+        """The names of the sandbox's members, the launcher first."""
 
-    def logs_since(self, handle: str, cursor: str = "", *,
+    def logs_since(self, state: BackendState, member: str = "", cursor: str = "", *,
                    max_bytes: int = 16 << 20) -> LogChunk:
-        """Output written after `cursor` ("" for the start), at most about `max_bytes`."""
+        """Output of one member ("" for the launcher) written after `cursor` ("" for the
+        start), at most about `max_bytes`."""
 
-    def stop(self, handle: str, *, timeout_s: int = 10) -> None:
+    def stop(self, state: BackendState, *, timeout_s: int = 10) -> None:
         """Stop; a missing or already stopped sandbox counts as done."""
 
-    def remove(self, handle: str) -> None:
-        """Remove; a missing sandbox counts as done."""
+    def remove(self, state: BackendState) -> None:
+        """Remove every object the state names; missing ones count as done."""
+
+    def strays(self, held: BackendState, recorded: BackendState) -> BackendState | None:
+        """What the engine holds for a sandbox (`held`, from `list_owned`) that its
+        recorded state does not name, as a state `remove` takes; None when nothing."""
 
     def list_owned(self) -> Sequence[OwnedSandbox]:
-        """Every sandbox of this installation the engine knows, running or not."""
+        """Every sandbox of this installation the engine holds, running or not, one entry
+        per sandbox."""

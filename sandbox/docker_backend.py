@@ -1,7 +1,10 @@
-"""The single-container Docker backend: one hardened container per sandbox.
+"""The Docker backend: a sandbox is hardened containers on one engine.
 
 Talks to the engine through the Docker SDK, selects what it owns by the installation label,
 and turns every engine or connection failure into a `SandboxError` with a user-safe message.
+A sandbox's state (`ContainerState`) names its members, launcher first; today every sandbox
+it creates is one member under the "none" network plan. Workspaces and outboxes live in a
+`LocalStorage` on the engine's host, bind-mounted.
 """
 
 from __future__ import annotations
@@ -21,14 +24,23 @@ from sandbox.backend import (
     LABEL_INSTALLATION,
     LABEL_OWNER,
     LABEL_SANDBOX,
+    LAUNCHER,
+    BackendState,
+    ContainerState,
     LogChunk,
+    Member,
     OwnedSandbox,
     RunState,
     SandboxStatus,
+    combine,
 )
 from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxError, SandboxNotFound
 from sandbox.hardening import assert_hardened, create_kwargs
-from sandbox.spec import SandboxSpec
+from sandbox.spec import NetworkPlan, SandboxSpec
+from sandbox.storage import LocalStorage
+
+#: Which member of its sandbox a container is.
+LABEL_MEMBER = "sealroom.member"
 
 #: How long to wait for the engine to accept a connection or answer a ping.
 CONNECT_TIMEOUT_S = 3.0
@@ -150,6 +162,7 @@ class DockerBackend:
         self,
         *,
         installation: str,
+        storage: LocalStorage,
         base_url: str | None = None,
         init: bool | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
@@ -158,12 +171,17 @@ class DockerBackend:
         if not installation:
             raise ValueError("installation must not be empty")
         self.installation = installation
+        self._storage = storage
         self.base_url = base_url
         self._init = init
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
         self._docker: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def storage(self) -> LocalStorage:
+        return self._storage
 
     # -- engine ----------------------------------------------------------------------------
 
@@ -210,12 +228,18 @@ class DockerBackend:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def create(self, spec: SandboxSpec) -> str:
-        kwargs = create_kwargs(spec, installation=self.installation, init=self.supports_init())
+    def create(self, spec: SandboxSpec) -> BackendState:
+        if spec.network is not NetworkPlan.NONE:
+            raise InvalidSpec("This engine runs one-container sandboxes only.",
+                              detail=f"network plan {spec.network} not supported")
+        workspace, outbox = self._storage.host_paths(spec)
+        kwargs = create_kwargs(spec, installation=self.installation, init=self.supports_init(),
+                               workspace=workspace, outbox=outbox)
+        kwargs["labels"] = {**kwargs["labels"], LABEL_MEMBER: LAUNCHER}
         client = self._client()
         with _engine_errors("create the sandbox"):
             container = client.containers.create(**kwargs)
-        return str(container.id)
+        return ContainerState((Member(LAUNCHER, str(container.id)),), spec.network).to_state()
 
     def _inspect(self, handle: str) -> dict[str, Any] | None:
         """The container's attributes, or None when it is gone or not this installation's."""
@@ -237,23 +261,43 @@ class DockerBackend:
             raise SandboxNotFound("The sandbox no longer exists.", detail=f"{action} {handle}")
         return attrs
 
-    def start(self, handle: str) -> None:
-        violations = assert_hardened(self._require(handle, "start"))
-        if violations:
-            raise SandboxError(
-                "The sandbox failed its hardening self-check and was not started.",
-                detail=f"start {handle}: " + "; ".join(violations),
-            )
-        with _engine_errors("start the sandbox"):
-            self._client().api.start(handle)
+    def _members(self, state: BackendState, action: str) -> ContainerState:
+        found = ContainerState.from_state(state)
+        if not found.members:
+            raise SandboxNotFound("The sandbox no longer exists.",
+                                  detail=f"{action}: the state names no container")
+        return found
 
-    def poll(self, handle: str) -> SandboxStatus:
-        attrs = self._inspect(handle)
-        if attrs is None:
-            return SandboxStatus(state=RunState.MISSING)
-        return status_from_attrs(attrs)
+    def start(self, state: BackendState) -> None:
+        found = self._members(state, "start")
+        for member in found.members:
+            violations = assert_hardened(self._require(member.container, "start"),
+                                         found.plan, found.network)
+            if violations:
+                raise SandboxError(
+                    "The sandbox failed its hardening self-check and was not started.",
+                    detail=f"start {member.container}: " + "; ".join(violations),
+                )
+        for member in found.members:
+            with _engine_errors("start the sandbox"):
+                self._client().api.start(member.container)
 
-    def logs(self, handle: str, *, tail: int | None = None) -> bytes:
+    def poll(self, state: BackendState) -> SandboxStatus:
+        found = ContainerState.from_state(state)
+        statuses = []
+        for member in found.members:
+            attrs = self._inspect(member.container)
+            statuses.append(SandboxStatus(state=RunState.MISSING) if attrs is None
+                            else status_from_attrs(attrs))
+        return combine(statuses)
+
+    def members(self, state: BackendState) -> tuple[str, ...]:
+        return tuple(m.name for m in ContainerState.from_state(state).members)
+
+    def logs(self, state: BackendState, member: str = "", *, tail: int | None = None) -> bytes:
+        """A member's whole log (or its last `tail` lines): for tests and operators; the
+        console reads logs only through `logs_since`."""
+        handle = self._container(state, member, "logs")
         self._require(handle, "logs")
         with _engine_errors("read the sandbox logs"):
             output = self._client().api.logs(
@@ -266,11 +310,19 @@ class DockerBackend:
             )
         return bytes(output)
 
-    def logs_since(self, handle: str, cursor: str = "", *,
+    def _container(self, state: BackendState, member: str, action: str) -> str:
+        found = self._members(state, action).member(member)
+        if found is None:
+            raise SandboxNotFound("The sandbox has no such member.",
+                                  detail=f"{action}: no member {member!r}")
+        return found.container
+
+    def logs_since(self, state: BackendState, member: str = "", cursor: str = "", *,
                    max_bytes: int = 16 << 20) -> LogChunk:
         """Messages after `cursor`, by the engine's nanosecond timestamps (fixed width, so
         they compare as text); the cursor is "<timestamp> <messages at it already taken>".
         Timestamps, unlike byte positions, survive the json-file driver's rotation."""
+        handle = self._container(state, member, "logs")
         self._require(handle, "logs")
         after, taken_at = _parse_log_cursor(cursor)
         since = _whole_second(after)
@@ -307,18 +359,28 @@ class DockerBackend:
                     close()
         return LogChunk(b"".join(out), f"{last} {same}" if last else "")
 
-    def stop(self, handle: str, *, timeout_s: int = 10) -> None:
-        if self._inspect(handle) is None:
-            return
-        with _engine_errors("stop the sandbox", done=_gone_or_not_running):
-            self._client().api.stop(handle, timeout=timeout_s)
+    def stop(self, state: BackendState, *, timeout_s: int = 10) -> None:
+        for member in ContainerState.from_state(state).members:
+            if self._inspect(member.container) is None:
+                continue
+            with _engine_errors("stop the sandbox", done=_gone_or_not_running):
+                self._client().api.stop(member.container, timeout=timeout_s)
 
-    def remove(self, handle: str) -> None:
-        if self._inspect(handle) is None:
-            return
-        with _engine_errors("remove the sandbox", done=_gone_or_going):
-            # v=True: anonymous volumes an image declares go with the container.
-            self._client().api.remove_container(handle, force=True, v=True)
+    def remove(self, state: BackendState) -> None:
+        for member in ContainerState.from_state(state).members:
+            if self._inspect(member.container) is None:
+                continue
+            with _engine_errors("remove the sandbox", done=_gone_or_going):
+                # v=True: anonymous volumes an image declares go with the container.
+                self._client().api.remove_container(member.container, force=True, v=True)
+
+    def strays(self, held: BackendState, recorded: BackendState) -> BackendState | None:
+        known = ContainerState.from_state(recorded).objects
+        found = ContainerState.from_state(held)
+        extra = tuple(m for m in found.members if m.container not in known)
+        if not extra:
+            return None
+        return ContainerState(extra, found.plan).to_state()
 
     def list_owned(self) -> Sequence[OwnedSandbox]:
         with _engine_errors("list sandboxes"):
@@ -326,11 +388,14 @@ class DockerBackend:
                 all=True,
                 filters={"label": [f"{LABEL_INSTALLATION}={self.installation}", LABEL_SANDBOX]},
             )
+        groups: dict[str, tuple[str, list[Member]]] = {}
+        for c in containers:
+            labels = c.get("Labels") or {}
+            sandbox_id = str(labels.get(LABEL_SANDBOX, ""))
+            owner, members = groups.setdefault(sandbox_id, (str(labels.get(LABEL_OWNER, "")), []))
+            members.append(Member(str(labels.get(LABEL_MEMBER) or LAUNCHER), str(c["Id"])))
         return [
-            OwnedSandbox(
-                sandbox_id=str((c.get("Labels") or {}).get(LABEL_SANDBOX, "")),
-                owner=str((c.get("Labels") or {}).get(LABEL_OWNER, "")),
-                handle=str(c["Id"]),
-            )
-            for c in containers
+            OwnedSandbox(sandbox_id, owner, ContainerState(
+                tuple(sorted(members, key=lambda m: (m.name != LAUNCHER, m.name)))).to_state())
+            for sandbox_id, (owner, members) in groups.items()
         ]

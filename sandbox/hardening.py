@@ -7,12 +7,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from docker.types import LogConfig, Mount
 
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
-from sandbox.spec import DATA_ROOT, OUTBOX, SANDBOX_GID, SANDBOX_UID, WORKSPACE, SandboxSpec
+from sandbox.spec import (
+    DATA_ROOT,
+    OUTBOX,
+    SANDBOX_GID,
+    SANDBOX_UID,
+    WORKSPACE,
+    NetworkPlan,
+    SandboxSpec,
+)
 
 SANDBOX_USER = f"{SANDBOX_UID}:{SANDBOX_GID}"
 SANDBOX_HOSTNAME = "sandbox"
@@ -31,19 +40,31 @@ def tmpfs_options(tmp_mb: int) -> str:
     return f"rw,nosuid,nodev,size={tmp_mb}m"
 
 
-def create_kwargs(spec: SandboxSpec, *, installation: str, init: bool) -> dict[str, Any]:
+def network_mode(plan: NetworkPlan, network: str = "") -> str:
+    """The engine's network mode for a plan: "none", or the cluster's own network."""
+    if plan is NetworkPlan.NONE:
+        return "none"
+    if not network:
+        raise ValueError("a members-only plan needs the cluster's own network")
+    return network
+
+
+def create_kwargs(spec: SandboxSpec, *, installation: str, init: bool, workspace: Path,
+                  outbox: Path, network: str = "") -> dict[str, Any]:
     """Keyword arguments for `DockerClient.containers.create` that run `spec` sealed.
 
     `init` says whether the engine has a working `docker-init`; the backend asks the engine,
     since an `init=True` container on an engine without one is created but never starts.
+    `workspace` and `outbox` are the host directories the backend's storage keeps; `network`
+    names the cluster's own network under a members-only plan.
     """
     memory = spec.limits.memory_mb * 1024 * 1024
     mounts = [
         Mount(target=d.target, source=str(d.host_path), type="bind", read_only=True)
         for d in spec.datasets
     ]
-    mounts.append(Mount(target=WORKSPACE, source=str(spec.workspace), type="bind"))
-    mounts.append(Mount(target=OUTBOX, source=str(spec.outbox), type="bind"))
+    mounts.append(Mount(target=WORKSPACE, source=str(workspace), type="bind"))
+    mounts.append(Mount(target=OUTBOX, source=str(outbox), type="bind"))
     environment = {"HOME": TMP_DIR, **dict(spec.env)}
     return {
         "image": spec.image,
@@ -57,7 +78,7 @@ def create_kwargs(spec: SandboxSpec, *, installation: str, init: bool) -> dict[s
             LABEL_OWNER: spec.owner,
             LABEL_INSTALLATION: installation,
         },
-        "network_mode": "none",
+        "network_mode": network_mode(spec.network, network),
         "ipc_mode": "private",
         "cgroupns": "private",
         "cap_drop": ["ALL"],
@@ -120,14 +141,35 @@ def _mount_violations(attrs: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def assert_hardened(attrs: Mapping[str, Any]) -> list[str]:
-    """Every way a `docker inspect` result falls short of `create_kwargs`; [] when sealed."""
+def _network_violations(attrs: Mapping[str, Any], plan: NetworkPlan,
+                        network: str) -> list[str]:
+    host = attrs.get("HostConfig") or {}
+    mode = host.get("NetworkMode")
+    if plan is NetworkPlan.NONE:
+        if mode != "none":
+            return [f"network mode is {mode!r}, not 'none'"]
+        return []
+    if not network:
+        return ["members-only plan without the cluster's own network"]
+    attached = set(((attrs.get("NetworkSettings") or {}).get("Networks") or {}))
+    found = []
+    if mode != network and attached != {network}:
+        found.append(f"network mode is {mode!r}, not the cluster's own network")
+    extra = attached - {network} - {mode}
+    if extra:
+        found.append(f"attached to other networks: {sorted(extra)}")
+    return found
+
+
+def assert_hardened(attrs: Mapping[str, Any], plan: NetworkPlan,
+                    network: str = "") -> list[str]:
+    """Every way a `docker inspect` result falls short of `create_kwargs` under the network
+    plan it was given (and the cluster's own network, for members-only); [] when sealed."""
     found: list[str] = []
     host = attrs.get("HostConfig") or {}
     config = attrs.get("Config") or {}
 
-    if host.get("NetworkMode") != "none":
-        found.append(f"network mode is {host.get('NetworkMode')!r}, not 'none'")
+    found.extend(_network_violations(attrs, plan, network))
     if host.get("Privileged"):
         found.append("privileged")
     cap_drop = {str(c).upper().removeprefix("CAP_") for c in host.get("CapDrop") or []}

@@ -1,12 +1,14 @@
 """What a sandbox is, as pure data: image, command, datasets, limits.
 
-A `SandboxSpec` says nothing about Docker; backends turn it into containers. Builder methods
+A `SandboxSpec` says nothing about Docker nor where the workspace and outbox live (that is
+the backend's storage, `sandbox.storage`); backends turn it into containers. Builder methods
 return a new spec so tests can read like `SandboxSpec(...).with_dataset(...)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,22 @@ WORKSPACE = "/workspace"
 OUTBOX = "/outbox"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def valid_sandbox_id(value: str) -> bool:
+    """Sandbox ids and dataset names share one safe alphabet (they become paths and labels)."""
+    return bool(_NAME.match(value))
+
+
+class NetworkPlan(enum.StrEnum):
+    """The network a sandbox gets, an input to hardening and to its self-check.
+
+    `none`: no interface but loopback (one container). `members-only`: the members of one
+    cluster reach each other and nothing else (not the host, not the outside, no DNS beyond
+    the members)."""
+
+    NONE = "none"
+    MEMBERS_ONLY = "members-only"
 
 
 @dataclass(frozen=True)
@@ -75,19 +93,16 @@ class SandboxSpec:
     owner: str
     image: str
     command: tuple[str, ...]
-    workspace: Path
-    outbox: Path
     datasets: tuple[DatasetMount, ...] = ()
     limits: Limits = field(default_factory=Limits)
     env: tuple[tuple[str, str], ...] = ()
+    network: NetworkPlan = NetworkPlan.NONE
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.sandbox_id):
             raise InvalidSpec(f"invalid sandbox id {self.sandbox_id!r}")
         if not self.command:
             raise InvalidSpec("command must not be empty")
-        if not (self.workspace.is_absolute() and self.outbox.is_absolute()):
-            raise InvalidSpec("workspace and outbox must be absolute host paths")
         names = [d.name for d in self.datasets]
         if len(names) != len(set(names)):
             raise InvalidSpec("a dataset may be mounted only once")
@@ -114,4 +129,5 @@ class SandboxSpec:
             "datasets": [{"name": d.name, "digest": d.digest} for d in self.datasets],
             "limits": dataclasses.asdict(self.limits),
             "env": dict(self.env),
+            "network": str(self.network),
         }

@@ -18,6 +18,7 @@ from console.app import create_app
 from console.core import Sealroom
 from console.services import accounts, datasets, images
 from console.settings import Settings, register_backend
+from sandbox.storage import LocalStorage
 from tests.helpers import OPERATOR, PASSWORD, UNTIMED_HEALTH_CHECKS, write_dataset
 from tests.mocking import FakeBackend, ScriptedOutcome
 
@@ -54,9 +55,11 @@ def settings(tmp_path: Path) -> Settings:
                              login_rate="1000 per minute", supervise_interval_s=0.5)
 
 
-def make_fake_backend(settings: Settings | None = None) -> FakeBackend:
+def make_fake_backend(settings: Settings) -> FakeBackend:
     # Console tests watch sandboxes while they run; tests that need an exit script one.
-    return FakeBackend(default_outcome=ScriptedOutcome(stays_running=True, logs=b"epoch 1/1\n"))
+    # Workspaces and outboxes are real directories, as on the engine's host.
+    return FakeBackend(store=LocalStorage(settings.sandboxes_dir),
+                       default_outcome=ScriptedOutcome(stays_running=True, logs=b"epoch 1/1\n"))
 
 
 # The product registers only `docker`; tests may also name the in-memory stand-in.
@@ -64,8 +67,8 @@ register_backend("fake", make_fake_backend)
 
 
 @pytest.fixture
-def fake_backend() -> FakeBackend:
-    return make_fake_backend()
+def fake_backend(settings: Settings) -> FakeBackend:
+    return make_fake_backend(settings)
 
 
 @pytest.fixture

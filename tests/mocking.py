@@ -14,9 +14,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sandbox.backend import LogChunk, OwnedSandbox, RunState, SandboxStatus
-from sandbox.errors import EngineUnavailable, SandboxNotFound
-from sandbox.spec import SandboxSpec
+from sandbox.backend import (
+    LAUNCHER,
+    BackendState,
+    ContainerState,
+    LogChunk,
+    Member,
+    OwnedSandbox,
+    RunState,
+    SandboxStatus,
+    combine,
+)
+from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxNotFound
+from sandbox.spec import NetworkPlan, SandboxSpec
+from sandbox.storage import LocalStorage
 
 #: Exit code of a sandbox stopped while running: SIGTERM through docker-init (128 + 15).
 STOPPED_EXIT_CODE = 143
@@ -28,6 +39,18 @@ def _exit_code(code: int | None, oom_killed: bool) -> int:
     if code is not None:
         return code
     return OOM_EXIT_CODE if oom_killed else 0
+
+
+#: How tests name a fake sandbox when scripting it: a container handle (`handle_of`) or the
+#: state `create` returned (its launcher).
+Ref = str | BackendState
+
+
+def _container(ref: Ref) -> str:
+    if isinstance(ref, str):
+        return ref
+    members = ContainerState.from_state(ref).members
+    return members[0].container if members else ""
 
 
 @dataclass(frozen=True)
@@ -79,9 +102,11 @@ class FakeSandbox:
 @dataclass
 class FakeBackend:
     """A `Backend` held in memory. Script outcomes per sandbox id before `create`, or per
-    handle after; `vanish` a handle to simulate a container removed behind the console's back.
+    container handle after (`handle_of`); `vanish` a handle to simulate a container removed
+    behind the console's back. Its state has the Docker backend's shape (`ContainerState`).
     """
 
+    store: LocalStorage | None = None
     engine_up: bool = True
     default_outcome: ScriptedOutcome = field(default_factory=ScriptedOutcome)
     created_specs: list[SandboxSpec] = field(default_factory=list)
@@ -95,27 +120,27 @@ class FakeBackend:
         """What the sandbox with this id will do when created and started later."""
         self._by_sandbox_id[sandbox_id] = outcome
 
-    def script_handle(self, handle: str, outcome: ScriptedOutcome) -> None:
+    def script_handle(self, handle: Ref, outcome: ScriptedOutcome) -> None:
         """Change what an already created sandbox does when (next) started."""
         self._get(handle).outcome = outcome
 
     def finish(
-        self, handle: str, *, exit_code: int | None = None, oom_killed: bool = False
+        self, handle: Ref, *, exit_code: int | None = None, oom_killed: bool = False
     ) -> None:
         """End a running sandbox as if its command had exited."""
         box = self._get(handle)
         if box.state is RunState.RUNNING:
             self._exit(box, _exit_code(exit_code, oom_killed), oom_killed=oom_killed)
 
-    def vanish(self, handle: str) -> None:
+    def vanish(self, handle: Ref) -> None:
         """Drop a sandbox without telling anyone, like `docker rm -f` by an operator."""
-        self.sandboxes.pop(handle, None)
+        self.sandboxes.pop(_container(handle), None)
 
-    def emit(self, handle: str, data: bytes) -> None:
+    def emit(self, handle: Ref, data: bytes) -> None:
         """The sandbox writes more output."""
         self._get(handle).written.append(data)
 
-    def rotate(self, handle: str) -> None:
+    def rotate(self, handle: Ref) -> None:
         """The engine rotates the log: everything written so far is gone from `logs`."""
         box = self._get(handle)
         box.rotated = len(box.frames())
@@ -126,22 +151,36 @@ class FakeBackend:
                 return box.handle
         raise KeyError(sandbox_id)
 
+    def state_of(self, sandbox_id: str) -> BackendState:
+        return ContainerState((Member(LAUNCHER, self.handle_of(sandbox_id)),)).to_state()
+
     # -- Backend -----------------------------------------------------------------------------
+
+    @property
+    def storage(self) -> LocalStorage:
+        if self.store is None:
+            raise AssertionError("this FakeBackend was built without storage")
+        return self.store
 
     def ping(self) -> None:
         self._engine()
 
-    def create(self, spec: SandboxSpec) -> str:
+    def create(self, spec: SandboxSpec) -> BackendState:
         self._engine()
+        if spec.network is not NetworkPlan.NONE:
+            raise InvalidSpec("This engine runs one-container sandboxes only.")
         handle = f"fake{next(self._ids):060x}"
         outcome = self._by_sandbox_id.get(spec.sandbox_id, self.default_outcome)
         self.sandboxes[handle] = FakeSandbox(handle=handle, spec=spec, outcome=outcome)
         self.created_specs.append(spec)
-        return handle
+        return ContainerState((Member(LAUNCHER, handle),)).to_state()
 
-    def start(self, handle: str) -> None:
+    def start(self, state: BackendState) -> None:
         self._engine()
-        box = self._get(handle)
+        for member in self._members(state).members:
+            self._start(self._get(member.container))
+
+    def _start(self, box: FakeSandbox) -> None:
         if box.state is RunState.RUNNING:
             return  # the engine answers 304 and leaves it running
         box.starts += 1
@@ -155,25 +194,39 @@ class FakeBackend:
             code = _exit_code(outcome.exit_code, outcome.oom_killed)
             self._exit(box, code, oom_killed=outcome.oom_killed)
 
-    def poll(self, handle: str) -> SandboxStatus:
+    def poll(self, state: BackendState) -> SandboxStatus:
         self._engine()
-        box = self.sandboxes.get(handle)
-        return SandboxStatus(state=RunState.MISSING) if box is None else box.status()
+        statuses = []
+        for member in ContainerState.from_state(state).members:
+            box = self.sandboxes.get(member.container)
+            statuses.append(SandboxStatus(state=RunState.MISSING) if box is None
+                            else box.status())
+        return combine(statuses)
 
-    def logs(self, handle: str, *, tail: int | None = None) -> bytes:
+    def logs(self, state: BackendState, member: str = "", *, tail: int | None = None) -> bytes:
+        """A member's whole log, or its last `tail` lines (as `DockerBackend.logs`)."""
         self._engine()
-        box = self._get(handle)
+        found = self._members(state).member(member)
+        if found is None:
+            raise SandboxNotFound("The sandbox has no such member.")
+        box = self._get(found.container)
         output = b"".join(box.frames()[box.rotated:])
         if tail is None:
             return output
         lines = output.splitlines(keepends=True)
         return b"".join(lines[-tail:]) if tail > 0 else b""
 
-    def logs_since(self, handle: str, cursor: str = "", *,
+    def members(self, state: BackendState) -> tuple[str, ...]:
+        return tuple(m.name for m in ContainerState.from_state(state).members)
+
+    def logs_since(self, state: BackendState, member: str = "", cursor: str = "", *,
                    max_bytes: int = 16 << 20) -> LogChunk:
         """The cursor counts writes, as the real engine's timestamps order them."""
         self._engine()
-        box = self._get(handle)
+        found = self._members(state).member(member)
+        if found is None:
+            raise SandboxNotFound("The sandbox has no such member.")
+        box = self._get(found.container)
         frames = box.frames()
         done = max(int(cursor or 0), box.rotated)
         taken: list[bytes] = []
@@ -184,22 +237,37 @@ class FakeBackend:
             done += 1
         return LogChunk(b"".join(taken), str(done))
 
-    def stop(self, handle: str, *, timeout_s: int = 10) -> None:
+    def stop(self, state: BackendState, *, timeout_s: int = 10) -> None:
         self._engine()
-        box = self.sandboxes.get(handle)
-        if box is not None and box.state is RunState.RUNNING:
-            self._exit(box, STOPPED_EXIT_CODE, oom_killed=False)
+        for member in ContainerState.from_state(state).members:
+            box = self.sandboxes.get(member.container)
+            if box is not None and box.state is RunState.RUNNING:
+                self._exit(box, STOPPED_EXIT_CODE, oom_killed=False)
 
-    def remove(self, handle: str) -> None:
+    def remove(self, state: BackendState) -> None:
         self._engine()
-        self.sandboxes.pop(handle, None)
+        for member in ContainerState.from_state(state).members:
+            self.sandboxes.pop(member.container, None)
+
+    def strays(self, held: BackendState, recorded: BackendState) -> BackendState | None:
+        known = ContainerState.from_state(recorded).objects
+        extra = tuple(m for m in ContainerState.from_state(held).members
+                      if m.container not in known)
+        return ContainerState(extra).to_state() if extra else None
 
     def list_owned(self) -> Sequence[OwnedSandbox]:
         self._engine()
-        return [
-            OwnedSandbox(sandbox_id=b.spec.sandbox_id, owner=b.spec.owner, handle=b.handle)
-            for b in self.sandboxes.values()
-        ]
+        groups: dict[str, OwnedSandbox] = {}
+        for box in self.sandboxes.values():
+            sandbox_id = box.spec.sandbox_id
+            previous = ContainerState.from_state(
+                groups[sandbox_id].state) if sandbox_id in groups else ContainerState(())
+            members = (*previous.members, Member(LAUNCHER if not previous.members
+                                                 else f"extra-{len(previous.members)}",
+                                                 box.handle))
+            groups[sandbox_id] = OwnedSandbox(sandbox_id, box.spec.owner,
+                                              ContainerState(members).to_state())
+        return list(groups.values())
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -210,7 +278,14 @@ class FakeBackend:
                 detail="FakeBackend.engine_up is False",
             )
 
-    def _get(self, handle: str) -> FakeSandbox:
+    def _members(self, state: BackendState) -> ContainerState:
+        found = ContainerState.from_state(state)
+        if not found.members:
+            raise SandboxNotFound("The sandbox no longer exists.", detail="fake: no members")
+        return found
+
+    def _get(self, ref: Ref) -> FakeSandbox:
+        handle = _container(ref)
         box = self.sandboxes.get(handle)
         if box is None:
             raise SandboxNotFound("The sandbox no longer exists.", detail=f"fake {handle}")

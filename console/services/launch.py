@@ -12,7 +12,6 @@ import json
 import logging
 import secrets
 import shlex
-import shutil
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +37,10 @@ from console.services.images import current_image
 from policies.evaluator import LaunchKind, LaunchRequest, PolicyDecision, PolicyEvaluator
 from policies.schema import Policy, Uploads
 from sandbox import spec as sandbox_spec
+from sandbox.backend import BackendState
 from sandbox.errors import EngineUnavailable, InvalidSpec, InvalidUpload, SandboxError
-from sandbox.files import UploadLimits, chown_tree, tree_digest, unpack_code
+from sandbox.files import UploadLimits
+from sandbox.storage import SandboxStorage
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +124,9 @@ class Decision:
 
 @dataclass(frozen=True)
 class Staged:
-    """The sandbox's directories on the host, with its code in the workspace."""
+    """The sandbox's workspace and outbox exist in storage, with its code in the workspace."""
 
-    root: Path
-    workspace: Path
-    outbox: Path
+    sandbox_id: str
     code_name: str
     code_digest: str
 
@@ -145,20 +144,19 @@ def launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
         decision = decide(core, caller, parsed, policy)
         _require_engine(core)
         sandbox_id = "sb-" + secrets.token_hex(6)
-        root = core.settings.sandboxes_dir / sandbox_id
-        handle = ""
+        state: BackendState = {}
         try:
-            staged = stage(root, parsed, policy.uploads)
-            spec = spec_for(sandbox_id, caller.name, parsed, decision, staged)
-            handle = create(core, spec)
-            record(core, caller, parsed, decision, staged, spec, handle)
+            staged = stage(core.storage, sandbox_id, parsed, policy.uploads)
+            spec = spec_for(caller.name, parsed, decision, staged)
+            state = create(core, spec)
+            record(core, caller, parsed, decision, staged, spec, state)
         except BaseException as exc:
-            _discard(core, root, handle)  # fail closed: no row, so no container, no files
+            _discard(core, sandbox_id, state)  # fail closed: no row, so no container, no files
             refusal = _refusal(exc)
             if refusal is None:
                 raise
             raise refusal from exc
-        return start(core, caller, sandbox_id, handle)
+        return start(core, caller, sandbox_id, state)
 
 
 def audit_refused_launch(core: Sealroom, caller: Caller, reason: str) -> None:
@@ -261,45 +259,45 @@ def _require_engine(core: Sealroom) -> None:
                          detail=exc.detail) from exc
 
 
-def stage(root: Path, parsed: ParsedLaunch, uploads: Uploads) -> Staged:
-    """Make the sandbox's workspace and outbox under `root` and put its code in the
-    workspace, owned by the sandbox user. The caller removes `root` if this fails."""
-    workspace, outbox = root / "workspace", root / "outbox"
-    workspace.mkdir(parents=True)
-    outbox.mkdir()
+def stage(storage: SandboxStorage, sandbox_id: str, parsed: ParsedLaunch,
+          uploads: Uploads) -> Staged:
+    """Make the sandbox's workspace and outbox and put its code in the workspace, handed to
+    the sandbox user. The caller discards the storage if this fails."""
+    storage.create(sandbox_id)
     if parsed.example is not None:
-        shutil.copytree(EXAMPLES / parsed.example, workspace, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        code_digest, code_name = tree_digest(workspace)[0], f"example:{parsed.example}"
+        code_digest = storage.stage_tree(sandbox_id, EXAMPLES / parsed.example)
+        code_name = f"example:{parsed.example}"
     else:
         assert parsed.code is not None
-        code_digest = unpack_code(parsed.code_name, parsed.code, workspace, UploadLimits(
-            uploads.max_code_mb << 20, uploads.max_unpacked_mb << 20, uploads.max_files))
+        code_digest = storage.stage_upload(sandbox_id, parsed.code_name, parsed.code,
+                                           UploadLimits(uploads.max_code_mb << 20,
+                                                        uploads.max_unpacked_mb << 20,
+                                                        uploads.max_files))
         code_name = parsed.code_name
-    chown_tree(root, sandbox_spec.SANDBOX_UID, sandbox_spec.SANDBOX_GID)
-    return Staged(root, workspace, outbox, code_name, code_digest)
+    storage.seal_staging(sandbox_id)
+    return Staged(sandbox_id, code_name, code_digest)
 
 
-def spec_for(sandbox_id: str, owner: str, parsed: ParsedLaunch, decision: Decision,
+def spec_for(owner: str, parsed: ParsedLaunch, decision: Decision,
              staged: Staged) -> sandbox_spec.SandboxSpec:
     """What the backend is asked to create (pure data; an invalid spec is `InvalidSpec`)."""
+    sandbox_id = staged.sandbox_id
     return sandbox_spec.SandboxSpec(
         sandbox_id=sandbox_id, owner=owner, image=decision.image.digest,
-        command=parsed.command, workspace=staged.workspace, outbox=staged.outbox,
-        datasets=decision.mounts, limits=parsed.limits,
+        command=parsed.command, datasets=decision.mounts, limits=parsed.limits,
         env=(("SEALROOM_SANDBOX", sandbox_id),
              ("SEALROOM_DATA", decision.mounts[0].target),
              ("SEALROOM_OUTBOX", sandbox_spec.OUTBOX),
              *parsed.extra_env))
 
 
-def create(core: Sealroom, spec: sandbox_spec.SandboxSpec) -> str:
-    """Create the sandbox's container (not started); its handle."""
+def create(core: Sealroom, spec: sandbox_spec.SandboxSpec) -> BackendState:
+    """Create the sandbox in the engine (not started); the backend's state of it."""
     return core.backend.create(spec)
 
 
 def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decision,
-           staged: Staged, spec: sandbox_spec.SandboxSpec, handle: str) -> None:
+           staged: Staged, spec: sandbox_spec.SandboxSpec, state: BackendState) -> None:
     """Insert the sandbox, STARTING, with its code upload and launch events, in one
     transaction."""
     sandbox_id, limits, image = spec.sandbox_id, parsed.limits, decision.image
@@ -314,7 +312,7 @@ def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decis
             code_digest=staged.code_digest, code_name=staged.code_name,
             spec=json.dumps(spec.to_dict()), kind=parsed.kind, ranks=parsed.ranks,
             gpus=parsed.gpus, cpus=limits.cpus, memory_mb=limits.memory_mb,
-            pids=limits.pids, timeout_s=limits.timeout_s, handle=handle,
+            pids=limits.pids, timeout_s=limits.timeout_s, backend_state=json.dumps(state),
             created_at=utc_now()))
         append(session, EventDraft(
             caller.actor, AuditAction.CODE_UPLOAD, f"sandbox:{sandbox_id}",
@@ -329,10 +327,10 @@ def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decis
                      "network": decision.network}))
 
 
-def start(core: Sealroom, caller: Caller, sandbox_id: str, handle: str) -> Sandbox:
-    """Start the created container; the sandbox is RUNNING, or FAILED if it cannot start."""
+def start(core: Sealroom, caller: Caller, sandbox_id: str, state: BackendState) -> Sandbox:
+    """Start the created sandbox; it is RUNNING, or FAILED if it cannot start."""
     try:
-        core.backend.start(handle)
+        core.backend.start(state)
     except SandboxError as exc:
         sandboxes.finish(core, sandbox_id, SandboxStatus.FAILED, AuditAction.SANDBOX_START,
                          f"the sandbox could not start: {exc.user_message}",
@@ -362,16 +360,17 @@ def _refusal(exc: BaseException) -> ServiceError | None:
         return EngineDown(f"the sandbox could not be created: {exc.user_message}",
                           detail=exc.detail)
     if isinstance(exc, AuditWriteFailed):
-        # The container was created but never started; it went with the row.
+        # The sandbox was created but never started; it went with the row.
         return AuditUnavailable("the audit log cannot be written; the sandbox was not "
                                 "launched", detail=str(exc))
     return None
 
 
-def _discard(core: Sealroom, root: Path, handle: str) -> None:
-    if handle:
+def _discard(core: Sealroom, sandbox_id: str, state: BackendState) -> None:
+    if state:
         try:
-            core.backend.remove(handle)
+            core.backend.remove(state)
         except SandboxError:
-            log.warning("could not remove container %s; the reconciler will", handle)
-    shutil.rmtree(root, ignore_errors=True)
+            log.warning("could not remove the containers of %s; the reconciler will",
+                        sandbox_id)
+    core.storage.discard(sandbox_id)

@@ -15,7 +15,7 @@ import logging
 import re
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import BinaryIO
 
 from audit.chain import append, utc_now
@@ -26,13 +26,7 @@ from console.services import disclosure
 from console.services.errors import BadRequest, Conflict, PolicyDenied
 from policies.schema import Policy
 from sandbox.errors import SandboxError
-from sandbox.outbox import (
-    OutboxItem,
-    OutboxRules,
-    hash_outbox,
-    list_outbox,
-    open_outbox_file,
-)
+from sandbox.outbox import OutboxItem, OutboxRules
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +38,6 @@ def rules_of(policy: Policy) -> OutboxRules:
     return OutboxRules(name_pattern=rules.name_pattern, max_depth=rules.max_depth,
                        max_entries=rules.max_entries, max_hash_bytes=rules.max_hash_mb << 20,
                        max_hash_files=rules.max_hash_files)
-
-
-def outbox_dir(core: Sealroom, sandbox_id: str) -> Path:
-    return core.settings.sandboxes_dir / sandbox_id / "outbox"
 
 
 def withheld_label(position: int) -> str:
@@ -100,7 +90,7 @@ def make_manifest(core: Sealroom, sandbox_id: str) -> OutboxManifest | None:
         # Nothing runs in the sandbox any more, so a change while hashing is a container
         # still being torn down: look again, a few times, before saying so.
         for _attempt in range(3):
-            manifest = hash_outbox(outbox_dir(core, sandbox_id), rules)
+            manifest = core.storage.hash_outbox(sandbox_id, rules)
             if manifest.state != "changed":
                 break
     except (SandboxError, OSError):
@@ -164,7 +154,7 @@ def listing(core: Sealroom, caller: Caller, record: Sandbox) -> dict[str, object
                         policy_version=policy.version)
             raise PolicyDenied(reason, rule="disclosure.outbox.list_while_running",
                                policy_version=policy.version)
-        found = list_outbox(outbox_dir(core, record.id), rules_of(policy))
+        found = core.storage.list_outbox(record.id, rules_of(policy))
         state, items = "running", list(found.items)
         truncated, entries = found.truncated, found.entries_seen
     else:
@@ -266,4 +256,4 @@ def choose(core: Sealroom, sandbox_id: str, refs: list[str]) -> list[ChosenFile]
 
 
 def open_file(core: Sealroom, sandbox_id: str, path: str) -> BinaryIO:
-    return open_outbox_file(outbox_dir(core, sandbox_id), path)
+    return core.storage.open_outbox_file(sandbox_id, path)

@@ -419,11 +419,11 @@ def stop_forbidden(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
         if decision is None:
             raise Conflict("the active policy allows this sandbox; only its owner may stop it")
         try:
-            core.backend.stop(record.handle, timeout_s=5)
+            core.backend.stop(sandbox_service.state_of(record), timeout_s=5)
         except EngineUnavailable as exc:
             raise EngineDown("the container engine is not available; try again later",
                              detail=exc.detail) from exc
-    status = core.backend.poll(record.handle)
+    status = core.backend.poll(sandbox_service.state_of(record))
     finished = sandbox_service.finish(
         core, sandbox_id, SandboxStatus.STOPPED, AuditAction.SANDBOX_STOP,
         f"stopped by {caller.name}: policy version {decision.policy_version} forbids it "

@@ -19,6 +19,7 @@ from console.core import Caller, Sealroom
 from console.models import SandboxLog
 from console.services import disclosure
 from console.services.errors import PolicyDenied
+from sandbox.backend import LAUNCHER, BackendState
 from sandbox.errors import SandboxError
 
 log = logging.getLogger(__name__)
@@ -63,19 +64,21 @@ def _row(core: Sealroom, sandbox_id: str) -> SandboxLog:
         return row
 
 
-def pull(core: Sealroom, sandbox_id: str, handle: str, *, final: bool = False) -> SandboxLog:
-    """Copy what the sandbox wrote since the last pull (`final`: all of it, then mark the
-    copy complete). Engine calls happen outside any transaction; a crash between writing the
+def pull(core: Sealroom, sandbox_id: str, state: BackendState, *,
+         final: bool = False) -> SandboxLog:
+    """Copy what the sandbox's launcher wrote since the last pull (`final`: all of it, then
+    mark the copy complete); `state` is the backend's state of the sandbox. Engine calls happen outside any transaction; a crash between writing the
     file and recording it is undone by the next pull, which cuts the file back first."""
     with _lock(sandbox_id):
         row = _row(core, sandbox_id)
-        if row.complete or not handle:
+        if row.complete or not state:
             return row
         cursor, base, size = row.cursor, row.base, row.size
         chunks: list[bytes] = []
         while True:
             try:
-                chunk = core.backend.logs_since(handle, cursor, max_bytes=PULL_BYTES)
+                chunk = core.backend.logs_since(state, LAUNCHER, cursor,
+                                                max_bytes=PULL_BYTES)
             except SandboxError as exc:
                 log.warning("could not read the log of %s: %s", sandbox_id, exc.detail)
                 break
@@ -131,13 +134,13 @@ def read(core: Sealroom, row: SandboxLog, start: int, end: int) -> bytes:
         return handle.read(end - start)
 
 
-def view(core: Sealroom, caller: Caller, sandbox_id: str, handle: str, *, running: bool,
-         offset: int, limit: int) -> tuple[bytes, int, int]:
+def view(core: Sealroom, caller: Caller, sandbox_id: str, state: BackendState, *,
+         running: bool, offset: int, limit: int) -> tuple[bytes, int, int]:
     """Bytes of the log from `offset` (negative: from the end) that the disclosure budget
     lets this caller see; returns (bytes, where they start, the log's length so far)."""
-    row = pull(core, sandbox_id, handle) if running else _row(core, sandbox_id)
-    if not running and not row.complete and handle:
-        row = pull(core, sandbox_id, handle, final=True)
+    row = pull(core, sandbox_id, state) if running else _row(core, sandbox_id)
+    if not running and not row.complete and state:
+        row = pull(core, sandbox_id, state, final=True)
     total = row.size
     start = max(row.base, total + offset if offset < 0 else offset)
     end = min(total, start + max(limit, 0))

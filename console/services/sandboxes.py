@@ -20,7 +20,7 @@ from console.models import Sandbox, SandboxStatus
 from console.services import outbox as outbox_service
 from console.services import sandbox_log
 from console.services.errors import EngineDown, NotFound
-from sandbox.backend import RunState
+from sandbox.backend import BackendState, RunState
 from sandbox.errors import EngineUnavailable, SandboxError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,12 @@ def _parse(ts: str | None) -> datetime | None:
     return datetime.fromisoformat(ts) if ts else None
 
 
+def state_of(record: Sandbox) -> BackendState:
+    """The backend's state of a sandbox as stored ({} before it was created)."""
+    state = json.loads(record.backend_state or "{}")
+    return state if isinstance(state, dict) else {}
+
+
 # --- watching -----------------------------------------------------------------------------
 
 
@@ -49,8 +55,9 @@ def finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audit
         record = session.get(Sandbox, sandbox_id)
     if record is None or SandboxStatus(record.status).terminal:
         return record
-    if remove and record.handle:
-        sandbox_log.pull(core, sandbox_id, record.handle, final=True)  # before it is removed
+    state = state_of(record)
+    if remove and state:
+        sandbox_log.pull(core, sandbox_id, state, final=True)  # before it is removed
     with core.transaction() as session:
         record = session.get(Sandbox, sandbox_id)
         if record is None or SandboxStatus(record.status).terminal:
@@ -65,9 +72,9 @@ def finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audit
             actor, action, f"sandbox:{sandbox_id}", outcome, reason,
             caller.request_id if caller else "",
             details={"status": str(status), "exit_code": exit_code, **(details or {})}))
-    if remove and record.handle:
+    if remove and state:
         try:
-            core.backend.remove(record.handle)
+            core.backend.remove(state)
         except SandboxError:
             log.warning("could not remove container of %s; the reconciler will", sandbox_id)
     outbox_service.schedule_manifest(core, sandbox_id)
@@ -82,10 +89,11 @@ def refresh(core: Sealroom, sandbox_id: str) -> Sandbox | None:
     """Look at the engine and record what happened: exit, OOM kill, time limit, or lost."""
     with core.transaction() as session:
         record = session.get(Sandbox, sandbox_id)
-    if record is None or SandboxStatus(record.status).terminal or not record.handle:
+    state = state_of(record) if record is not None else {}
+    if record is None or SandboxStatus(record.status).terminal or not state:
         return record
     try:
-        status = core.backend.poll(record.handle)
+        status = core.backend.poll(state)
     except SandboxError:
         return record  # engine unreachable: keep the last known state
     if status.state == RunState.MISSING:
@@ -106,7 +114,7 @@ def refresh(core: Sealroom, sandbox_id: str) -> Sandbox | None:
     if status.state == RunState.RUNNING and started is not None and \
             (_now() - started).total_seconds() > record.timeout_s:
         try:
-            core.backend.stop(record.handle, timeout_s=5)
+            core.backend.stop(state, timeout_s=5)
         except SandboxError:
             return record
         return finish(core, record.id, SandboxStatus.TIMED_OUT, AuditAction.SANDBOX_TIMEOUT,
@@ -124,34 +132,40 @@ def refresh_all(core: Sealroom) -> None:
 
 
 def reconcile(core: Sealroom) -> None:
-    """On console start: remove our containers the database does not know, mark the
-    sandboxes whose container vanished as lost, and settle the rest. All audited."""
-    owned = core.backend.list_owned()
+    """On console start, compare what the engine holds with what the database knows, by
+    sandbox: remove what belongs to no live sandbox (and any object a live sandbox's record
+    does not name), mark the live sandboxes the engine lost as lost, and settle the rest.
+    All audited; a cluster's members are one sandbox, never orphans of each other."""
+    held = {o.sandbox_id: o for o in core.backend.list_owned()}
     with core.transaction() as session:
         live = {r.id: r for r in session.exec(select(Sandbox).where(col(Sandbox.status).in_(
             [SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all()}
-    handles = {o.handle for o in owned}
-    for item in owned:
-        record = live.get(item.sandbox_id)
-        if record is not None and record.handle == item.handle:
-            continue
-        core.backend.remove(item.handle)
-        core.record(_system(), AuditAction.ORPHAN_REMOVE,
-                    target=f"sandbox:{item.sandbox_id}",
-                    reason="container unknown to the database, or its sandbox has ended",
-                    container=item.handle[:12], owner=item.owner)
-    for record in live.values():
-        if record.handle not in handles:
-            finish(core, record.id, SandboxStatus.LOST, AuditAction.SANDBOX_LOST,
-                   "the container vanished while the console was down",
-                   outcome=Outcome.FAILED, remove=False)
-            continue
-        status = core.backend.poll(record.handle)
+    for sandbox_id in sorted(held.keys() - live.keys()):
+        _remove_orphan(core, held[sandbox_id].state, sandbox_id, held[sandbox_id].owner,
+                       "held by the engine for no running sandbox (unknown, or ended)")
+    for sandbox_id in sorted(held.keys() & live.keys()):
+        strays = core.backend.strays(held[sandbox_id].state, state_of(live[sandbox_id]))
+        if strays is not None:
+            _remove_orphan(core, strays, sandbox_id, held[sandbox_id].owner,
+                           "not named in the sandbox's recorded state")
+    for sandbox_id in sorted(live.keys() - held.keys()):
+        finish(core, sandbox_id, SandboxStatus.LOST, AuditAction.SANDBOX_LOST,
+               "the container vanished while the console was down",
+               outcome=Outcome.FAILED, remove=False)
+    for sandbox_id in sorted(held.keys() & live.keys()):
+        status = core.backend.poll(state_of(live[sandbox_id]))
         if status.state == RunState.CREATED:
-            finish(core, record.id, SandboxStatus.FAILED, AuditAction.SANDBOX_START,
+            finish(core, sandbox_id, SandboxStatus.FAILED, AuditAction.SANDBOX_START,
                    "the console stopped before the sandbox started", outcome=Outcome.FAILED)
         else:
-            refresh(core, record.id)
+            refresh(core, sandbox_id)
+
+
+def _remove_orphan(core: Sealroom, state: BackendState, sandbox_id: str, owner: str,
+                   reason: str) -> None:
+    core.backend.remove(state)
+    core.record(_system(), AuditAction.ORPHAN_REMOVE, target=f"sandbox:{sandbox_id}",
+                reason=reason, members=list(core.backend.members(state)), owner=owner)
 
 
 # --- reading and stopping -----------------------------------------------------------------
@@ -186,12 +200,13 @@ def stop(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
     record = get(core, caller, sandbox_id)
     if SandboxStatus(record.status).terminal:
         return record  # stopping twice is fine
+    state = state_of(record)
     try:
-        core.backend.stop(record.handle, timeout_s=5)
+        core.backend.stop(state, timeout_s=5)
     except EngineUnavailable as exc:
         raise EngineDown("the container engine is not available; try again later",
                          detail=exc.detail) from exc
-    status = core.backend.poll(record.handle)
+    status = core.backend.poll(state)
     finished = finish(core, sandbox_id, SandboxStatus.STOPPED, AuditAction.SANDBOX_STOP,
                       f"stopped by {caller.name}", exit_code=status.exit_code, caller=caller)
     assert finished is not None
@@ -204,8 +219,9 @@ def logs(core: Sealroom, caller: Caller, sandbox_id: str, *, offset: int = 0,
     disclosure budget allows; returns (bytes, their start, the log's length so far). Every
     showing is audited; nothing new left to show within the budget is a 403, audited."""
     record = get(core, caller, sandbox_id)
-    running = not SandboxStatus(record.status).terminal and bool(record.handle)
-    return sandbox_log.view(core, caller, sandbox_id, record.handle, running=running,
+    state = state_of(record)
+    running = not SandboxStatus(record.status).terminal and bool(state)
+    return sandbox_log.view(core, caller, sandbox_id, state, running=running,
                             offset=offset, limit=limit)
 
 

@@ -156,7 +156,9 @@ def _verify(path: Path, core: Sealroom) -> float:
 
 def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sealroom-bench-audit-") as tmp:
-        settings = Settings.from_env(home=Path(tmp) / "home")
+        # Its own checkpoint file too, whatever SEALROOM_AUDIT_CHECKPOINT_DIR says.
+        settings = Settings.from_env(home=Path(tmp) / "home",
+                                     audit_checkpoint_dir=Path(tmp) / "home" / "audit-checkpoints")
         core = _core(settings, migrate=True)
         core.audit_key()
         _append(core, 50, "warm")

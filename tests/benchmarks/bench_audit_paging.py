@@ -2,8 +2,10 @@
 the cheapest possible read of one page (50 rows by primary-key range) in the same database
 in the same run. OFFSET paging at the same depth is shown for contrast.
 
-The million rows are inserted directly (paging never re-hashes them); the query path is the
-console's own `audit_log.search`, without the audit event each real page view adds.
+The million rows are inserted directly (paging never re-hashes them) after the events the
+installation already holds (a new one records its first policy version), in a temporary
+installation of the benchmark's own; the query path is the console's own
+`audit_log.search`, without the audit event each real page view adds.
 """
 
 from __future__ import annotations
@@ -30,14 +32,20 @@ PAGE = 50
 REPEATS = 15
 
 
-def _fill(core: Sealroom) -> datetime:
+def _fill(core: Sealroom) -> tuple[datetime, int]:
+    """EVENTS rows after the newest event there is, later in time too (ids and times rise
+    together, as in a real log); returns the time they start from and the last id."""
     rng = random.Random(4)
     actions = [a.value for a in AuditAction]
-    start = datetime(2026, 1, 1, tzinfo=UTC)
     rows = []
     with core.engine.begin() as connection:
-        for i in range(1, EVENTS + 1):
-            moment = start + timedelta(seconds=i * 3)
+        newest = connection.execute(text(
+            "SELECT id, time FROM audit_event ORDER BY id DESC LIMIT 1")).first()
+        head = newest.id if newest is not None else 0
+        start = datetime.fromisoformat(newest.time) if newest is not None \
+            else datetime(2026, 1, 1, tzinfo=UTC)
+        for i in range(head + 1, head + EVENTS + 1):
+            moment = start + timedelta(seconds=(i - head) * 3)
             rows.append({
                 "id": i, "v": 2, "time": moment.isoformat(timespec="microseconds")
                 .replace("+00:00", "Z"), "actor": f"user{rng.randrange(200)}",
@@ -52,7 +60,7 @@ def _fill(core: Sealroom) -> datetime:
                     "prev_hash, hash) VALUES (:id, :v, :time, :actor, :role, 'token', '', "
                     ":action, :target, :outcome, '', :rid, '{}', :prev, :hash)"), rows)
                 rows = []
-    return start
+    return start, head + EVENTS
 
 
 def _median_ms(call: Callable[[], object]) -> float:
@@ -66,10 +74,13 @@ def _median_ms(call: Callable[[], object]) -> float:
 
 
 def run() -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        core = Sealroom(Settings.from_env(home=Path(tmp) / "home"))
+    with tempfile.TemporaryDirectory(prefix="sealroom-bench-paging-") as tmp:
+        home = Path(tmp) / "home"
+        core = Sealroom(Settings.from_env(home=home,
+                                          audit_checkpoint_dir=home / "audit-checkpoints"))
         began = time.monotonic()
-        start = _fill(core)
+        start, newest = _fill(core)
+        middle = newest - EVENTS // 2
         print(f"  {EVENTS:,} events inserted in {time.monotonic() - began:.0f} s", flush=True)
         caller = Caller(Actor("bench", "auditor"))
 
@@ -83,7 +94,7 @@ def run() -> dict[str, Any]:
             with core.engine.connect() as connection:
                 return connection.execute(text(
                     "SELECT * FROM audit_event WHERE id > :low ORDER BY id DESC LIMIT 50"),
-                    {"low": EVENTS - PAGE}).all()
+                    {"low": newest - PAGE}).all()
 
         def offset_page() -> object:
             with core.engine.connect() as connection:
@@ -93,9 +104,9 @@ def run() -> dict[str, Any]:
         day = (start + timedelta(days=10)).date().isoformat()
         cases = {
             "newest page, no filter": page(),
-            "page at depth 500,000": page(before=EVENTS // 2),
+            "page at depth 500,000": page(before=middle),
             "actor = user7": page(actor="user7"),
-            "actor = user7, depth 500,000": page(actor="user7", before=EVENTS // 2),
+            "actor = user7, depth 500,000": page(actor="user7", before=middle),
             "action prefix release:": page(action="release:"),
             "target = one sandbox": page(target="sandbox:sb-0000ff"),
             "outcome = denied": page(outcome="denied"),

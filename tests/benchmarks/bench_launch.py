@@ -48,7 +48,9 @@ class _Console:
     def __init__(self, home: Path, image: BuiltImage) -> None:
         from waitress.server import create_server
 
-        self.core = Sealroom(Settings.from_env(home=home / "home"))
+        # Its own checkpoint file too, whatever SEALROOM_AUDIT_CHECKPOINT_DIR says.
+        self.core = Sealroom(Settings.from_env(
+            home=home / "home", audit_checkpoint_dir=home / "home" / "audit-checkpoints"))
         images.register_image(self.core, OPERATOR, "base", image.tag, image.digest)
         accounts.create_user(self.core, OPERATOR, ENGINEER, "engineer", PASSWORD)
         self.token = accounts.create_token(self.core, OPERATOR, ENGINEER)

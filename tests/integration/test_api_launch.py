@@ -19,6 +19,7 @@ from audit.models import AuditEvent
 from console.core import Sealroom
 from console.services import accounts, datasets
 from sandbox.hardening import assert_hardened
+from sandbox.spec import NetworkPlan
 from tests.helpers import OPERATOR, PASSWORD, bearer, wait_for_outbox, write_dataset
 
 pytestmark = pytest.mark.docker
@@ -56,7 +57,7 @@ def test_example_trains_to_completion(docker_app: Flask, engineer: str,
     (container,) = docker_client.containers.list(
         all=True, filters={"label": f"sealroom.sandbox={sandbox['id']}"})
     attrs = container.attrs
-    assert assert_hardened(attrs) == []
+    assert assert_hardened(attrs, NetworkPlan.NONE) == []
     host = attrs["HostConfig"]
     assert host["NetworkMode"] == "none"
     assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")

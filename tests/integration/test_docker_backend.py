@@ -24,14 +24,19 @@ from sandbox.backend import (
     LABEL_INSTALLATION,
     LABEL_OWNER,
     LABEL_SANDBOX,
+    LAUNCHER,
     Backend,
+    BackendState,
+    ContainerState,
+    Member,
     RunState,
     SandboxStatus,
 )
 from sandbox.docker_backend import DockerBackend
 from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxError, SandboxNotFound
 from sandbox.hardening import assert_hardened
-from sandbox.spec import SANDBOX_UID, DatasetMount, Limits, SandboxSpec
+from sandbox.spec import SANDBOX_UID, DatasetMount, Limits, NetworkPlan, SandboxSpec
+from sandbox.storage import LocalStorage
 
 pytestmark = pytest.mark.docker
 
@@ -59,53 +64,62 @@ def _remove_containers_after_each_test(docker_client: docker.DockerClient) -> It
         _remove_labelled(docker_client, installation)
 
 
-@pytest.fixture
-def backend() -> DockerBackend:
-    return DockerBackend(installation=INSTALLATION)
+def _container(state: BackendState) -> str:
+    return ContainerState.from_state(state).members[0].container
+
+
+def _naming(container: str) -> BackendState:
+    """A state naming one container, as the console would hold it."""
+    return ContainerState((Member(LAUNCHER, container),)).to_state()
 
 
 @pytest.fixture
-def other_backend() -> DockerBackend:
-    return DockerBackend(installation=OTHER_INSTALLATION)
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "sandboxes")
 
 
 @pytest.fixture
-def make_spec(python_image: str, tmp_path: Path) -> Callable[..., SandboxSpec]:
+def backend(storage: LocalStorage) -> DockerBackend:
+    return DockerBackend(installation=INSTALLATION, storage=storage)
+
+
+@pytest.fixture
+def other_backend(storage: LocalStorage) -> DockerBackend:
+    return DockerBackend(installation=OTHER_INSTALLATION, storage=storage)
+
+
+@pytest.fixture
+def make_spec(python_image: str, storage: LocalStorage) -> Callable[..., SandboxSpec]:
     """A spec running `python3 -c <code>` with its own workspace and outbox."""
     counter = iter(range(1000))
 
     def make(code: str, *, limits: Limits | None = None, owner: str = "alice") -> SandboxSpec:
         sandbox_id = f"sb-{next(counter)}-{uuid.uuid4().hex[:6]}"
-        root = tmp_path / sandbox_id
-        workspace, outbox = root / "workspace", root / "outbox"
-        for directory in (workspace, outbox):
-            directory.mkdir(parents=True)
-            os.chown(directory, SANDBOX_UID, SANDBOX_UID)
+        storage.create(sandbox_id)
+        storage.seal_staging(sandbox_id)
         spec = SandboxSpec(
             sandbox_id=sandbox_id,
             owner=owner,
             image=python_image,
             command=("python3", "-c", code),
-            workspace=workspace,
-            outbox=outbox,
         )
         return spec.with_limits(limits) if limits else spec
 
     return make
 
 
-def _wait(backend: Backend, handle: str, timeout_s: float = 60) -> SandboxStatus:
+def _wait(backend: Backend, state: BackendState, timeout_s: float = 60) -> SandboxStatus:
     deadline = time.monotonic() + timeout_s
     while True:
-        status = backend.poll(handle)
+        status = backend.poll(state)
         if status.state in (RunState.EXITED, RunState.MISSING) or time.monotonic() > deadline:
             return status
         time.sleep(0.1)
 
 
-def _wait_running(backend: Backend, handle: str) -> None:
+def _wait_running(backend: Backend, state: BackendState) -> None:
     deadline = time.monotonic() + 30
-    while backend.poll(handle).state is not RunState.RUNNING:
+    while backend.poll(state).state is not RunState.RUNNING:
         assert time.monotonic() < deadline, "sandbox never ran"
         time.sleep(0.05)
 
@@ -119,7 +133,8 @@ def test_ping(backend: DockerBackend) -> None:
 
 
 def test_engine_down_answers_fast_on_every_call(make_spec: Callable[..., SandboxSpec]) -> None:
-    down = DockerBackend(installation=INSTALLATION, base_url="unix:///nonexistent.sock")
+    down = DockerBackend(installation=INSTALLATION, base_url="unix:///nonexistent.sock",
+                         storage=LocalStorage(Path("/nonexistent")))
     started = time.monotonic()
     with pytest.raises(EngineUnavailable) as caught:
         down.ping()
@@ -130,11 +145,11 @@ def test_engine_down_answers_fast_on_every_call(make_spec: Callable[..., Sandbox
     assert caught.value.detail != caught.value.user_message
     calls: list[Callable[[], object]] = [
         lambda: down.create(make_spec("pass")),
-        lambda: down.start("abc"),
-        lambda: down.poll("abc"),
-        lambda: down.logs("abc"),
-        lambda: down.stop("abc"),
-        lambda: down.remove("abc"),
+        lambda: down.start(_naming("abc")),
+        lambda: down.poll(_naming("abc")),
+        lambda: down.logs(_naming("abc")),
+        lambda: down.stop(_naming("abc")),
+        lambda: down.remove(_naming("abc")),
         down.list_owned,
     ]
     for call in calls:
@@ -152,7 +167,8 @@ def test_engine_down_answers_fast_on_every_call(make_spec: Callable[..., Sandbox
     ],
 )
 def test_unreachable_tcp_engine_answers_within_the_connect_timeout(base_url: str) -> None:
-    down = DockerBackend(installation=INSTALLATION, base_url=base_url)
+    down = DockerBackend(installation=INSTALLATION, base_url=base_url,
+                         storage=LocalStorage(Path("/nonexistent")))
     started = time.monotonic()
     with pytest.raises(EngineUnavailable):
         down.ping()
@@ -167,13 +183,13 @@ def test_init_support_matches_the_engine(
     info = docker_client.info()
     expected = bool(info.get("InitBinary")) and (info.get("InitCommit") or {}).get("ID") != "N/A"
     assert backend.supports_init() is expected
-    handle = backend.create(
+    state = backend.create(
         make_spec("import os; print(open('/proc/1/cmdline','rb').read().split(b'\\0')[0])")
     )
-    assert docker_client.api.inspect_container(handle)["HostConfig"]["Init"] is expected
-    backend.start(handle)
-    assert _wait(backend, handle).exit_code == 0
-    pid1 = backend.logs(handle).decode()
+    assert docker_client.api.inspect_container(_container(state))["HostConfig"]["Init"] is expected
+    backend.start(state)
+    assert _wait(backend, state).exit_code == 0
+    pid1 = backend.logs(state).decode()
     if expected:
         assert "docker-init" in pid1 or "tini" in pid1
     else:
@@ -187,40 +203,40 @@ def test_create_start_poll_logs_stop_remove(
     backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
 ) -> None:
     code = "import sys; print('out-1'); print('err-1', file=sys.stderr); print('out-2')"
-    handle = backend.create(make_spec(code))
-    created = backend.poll(handle)
+    state = backend.create(make_spec(code))
+    created = backend.poll(state)
     assert created.state is RunState.CREATED
     assert created.exit_code is None and created.started_at is None
-    assert backend.logs(handle) == b""
-    backend.start(handle)
-    status = _wait(backend, handle)
+    assert backend.logs(state) == b""
+    backend.start(state)
+    status = _wait(backend, state)
     assert status.state is RunState.EXITED
     assert status.exit_code == 0
     assert not status.oom_killed
     assert status.started_at and status.finished_at and status.error == ""
-    logs = backend.logs(handle)
+    logs = backend.logs(state)
     assert b"out-1\n" in logs and b"err-1\n" in logs and b"out-2\n" in logs
-    assert backend.logs(handle, tail=1) in (b"out-2\n", b"err-1\n")
-    assert backend.logs(handle, tail=0) == b""
+    assert backend.logs(state, tail=1) in (b"out-2\n", b"err-1\n")
+    assert backend.logs(state, tail=0) == b""
     assert not logs.startswith(b"20")  # no timestamps
-    backend.stop(handle)
-    backend.stop(handle)
-    assert backend.poll(handle).exit_code == 0
-    backend.remove(handle)
-    backend.remove(handle)
-    assert backend.poll(handle).state is RunState.MISSING
+    backend.stop(state)
+    backend.stop(state)
+    assert backend.poll(state).exit_code == 0
+    backend.remove(state)
+    backend.remove(state)
+    assert backend.poll(state).state is RunState.MISSING
     with pytest.raises(SandboxNotFound):
-        backend.logs(handle)
+        backend.logs(state)
     with pytest.raises(SandboxNotFound):
-        backend.start(handle)
+        backend.start(state)
 
 
 def test_exit_code_is_reported(
     backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
 ) -> None:
-    handle = backend.create(make_spec("raise SystemExit(3)"))
-    backend.start(handle)
-    status = _wait(backend, handle)
+    state = backend.create(make_spec("raise SystemExit(3)"))
+    backend.start(state)
+    status = _wait(backend, state)
     assert (status.state, status.exit_code, status.oom_killed) == (RunState.EXITED, 3, False)
 
 
@@ -228,13 +244,13 @@ def test_oom_kill_is_detected(
     backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
 ) -> None:
     code = "b = bytearray(512 * 1024 * 1024); print('survived')"
-    handle = backend.create(make_spec(code, limits=Limits(memory_mb=64)))
-    backend.start(handle)
-    status = _wait(backend, handle)
+    state = backend.create(make_spec(code, limits=Limits(memory_mb=64)))
+    backend.start(state)
+    status = _wait(backend, state)
     assert status.state is RunState.EXITED
     assert status.oom_killed
     assert status.exit_code == 137
-    assert b"survived" not in backend.logs(handle)
+    assert b"survived" not in backend.logs(state)
 
 
 def test_oom_kill_of_a_child_is_detected(
@@ -245,30 +261,30 @@ def test_oom_kill_of_a_child_is_detected(
         "r = subprocess.run([sys.executable, '-c', 'b = bytearray(512 << 20)'])\n"
         "print('child', r.returncode)\n"
     )
-    handle = backend.create(make_spec(code, limits=Limits(memory_mb=64)))
-    backend.start(handle)
-    status = _wait(backend, handle)
+    state = backend.create(make_spec(code, limits=Limits(memory_mb=64)))
+    backend.start(state)
+    status = _wait(backend, state)
     assert status.oom_killed
     assert status.exit_code == 0
-    assert b"child -9" in backend.logs(handle)
+    assert b"child -9" in backend.logs(state)
 
 
 def test_running_sandbox_stops_with_sigterm(
     backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
 ) -> None:
-    handle = backend.create(make_spec("import time; print('up', flush=True); time.sleep(300)"))
-    backend.start(handle)
-    _wait_running(backend, handle)
-    status = backend.poll(handle)
+    state = backend.create(make_spec("import time; print('up', flush=True); time.sleep(300)"))
+    backend.start(state)
+    _wait_running(backend, state)
+    status = backend.poll(state)
     assert status.exit_code is None and status.started_at and status.finished_at is None
-    backend.start(handle)  # already running: a no-op
+    backend.start(state)  # already running: a no-op
     started = time.monotonic()
-    backend.stop(handle, timeout_s=5)
+    backend.stop(state, timeout_s=5)
     assert time.monotonic() - started < 30  # SIGTERM ended it; no wait for the kill
-    status = backend.poll(handle)
+    status = backend.poll(state)
     assert (status.state, status.exit_code) == (RunState.EXITED, 143)
-    backend.stop(handle, timeout_s=5)
-    assert backend.poll(handle).exit_code == 143
+    backend.stop(state, timeout_s=5)
+    assert backend.poll(state).exit_code == 143
 
 
 def test_stop_outlasts_the_connect_timeout(
@@ -277,22 +293,22 @@ def test_stop_outlasts_the_connect_timeout(
     # SIGTERM ignored: the engine kills after the grace period, longer than the 3 s connect
     # timeout, so that timeout must not apply to the call itself.
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
-    handle = backend.create(make_spec(code))
-    backend.start(handle)
-    _wait_running(backend, handle)
+    state = backend.create(make_spec(code))
+    backend.start(state)
+    _wait_running(backend, state)
     time.sleep(0.3)  # let python install the handler
     started = time.monotonic()
-    backend.stop(handle, timeout_s=4)
+    backend.stop(state, timeout_s=4)
     assert time.monotonic() - started >= 3.5
-    assert backend.poll(handle).exit_code == 137
+    assert backend.poll(state).exit_code == 137
 
 
 def test_stop_a_created_sandbox_is_a_no_op(
     backend: DockerBackend, make_spec: Callable[..., SandboxSpec]
 ) -> None:
-    handle = backend.create(make_spec("pass"))
-    backend.stop(handle)
-    assert backend.poll(handle).state is RunState.CREATED
+    state = backend.create(make_spec("pass"))
+    backend.stop(state)
+    assert backend.poll(state).state is RunState.CREATED
 
 
 def test_vanished_container_is_missing(
@@ -300,26 +316,28 @@ def test_vanished_container_is_missing(
     docker_client: docker.DockerClient,
     make_spec: Callable[..., SandboxSpec],
 ) -> None:
-    handle = backend.create(make_spec("import time; time.sleep(300)"))
-    backend.start(handle)
-    docker_client.api.remove_container(handle, force=True)
-    assert backend.poll(handle).state is RunState.MISSING
-    backend.stop(handle)
-    backend.remove(handle)
+    state = backend.create(make_spec("import time; time.sleep(300)"))
+    backend.start(state)
+    docker_client.api.remove_container(_container(state), force=True)
+    assert backend.poll(state).state is RunState.MISSING
+    backend.stop(state)
+    backend.remove(state)
     assert backend.list_owned() == []
     with pytest.raises(SandboxNotFound):
-        backend.logs(handle)
+        backend.logs(state)
     with pytest.raises(SandboxNotFound):
-        backend.start(handle)
+        backend.start(state)
 
 
-@pytest.mark.parametrize("handle", ["", "../containers/json", "no such container"])
-def test_odd_handles_are_missing(backend: DockerBackend, handle: str) -> None:
-    assert backend.poll(handle).state is RunState.MISSING
-    backend.stop(handle)
-    backend.remove(handle)
+@pytest.mark.parametrize("container", ["", "../containers/json", "no such container"])
+def test_odd_handles_are_missing(backend: DockerBackend, container: str) -> None:
+    state = {"members": [{"name": "main", "container": container}]}
+    assert backend.poll(state).state is RunState.MISSING
+    backend.stop(state)
+    backend.remove(state)
     with pytest.raises(SandboxNotFound):
-        backend.logs(handle)
+        backend.logs(state)
+    assert backend.poll({}).state is RunState.MISSING
 
 
 def test_missing_image_is_an_operator_error(
@@ -343,18 +361,19 @@ def test_missing_dataset_directory_is_an_invalid_spec(
 
 
 def test_command_that_cannot_run_ends_as_exited(
-    docker_client: docker.DockerClient, make_spec: Callable[..., SandboxSpec]
+    docker_client: docker.DockerClient, make_spec: Callable[..., SandboxSpec],
+    storage: LocalStorage,
 ) -> None:
     spec = dataclasses.replace(make_spec("pass"), command=("/no/such/program",))
     for init in (True, False):
-        backend = DockerBackend(installation=INSTALLATION, init=init)
-        handle = backend.create(spec)
+        backend = DockerBackend(installation=INSTALLATION, init=init, storage=storage)
+        state = backend.create(spec)
         try:
-            backend.start(handle)
+            backend.start(state)
         except SandboxError as exc:  # without docker-init the engine refuses to start it
             assert not init
             assert "/no/such/program" in exc.detail
-        status = _wait(backend, handle)
+        status = _wait(backend, state)
         assert status.state is RunState.EXITED
         assert status.exit_code not in (None, 0)
 
@@ -378,10 +397,10 @@ def test_list_owned_selects_by_installation_label_only(
         python_image, ["true"], labels={LABEL_SANDBOX: "sb-x", LABEL_OWNER: "mallory"}
     )["Id"]
     try:
-        owned = {o.handle: (o.sandbox_id, o.owner) for o in backend.list_owned()}
-        assert set(owned) == {first, second}
-        assert owned[second][1] == "bob"
-        assert {o.handle for o in other_backend.list_owned()} == {foreign}
+        owned = {o.sandbox_id: (o.state, o.owner) for o in backend.list_owned()}
+        assert sorted((s for s, _ in owned.values()), key=str) == sorted([first, second], key=str)
+        assert {o.owner for o in backend.list_owned()} == {"alice", "bob"}
+        assert [o.state for o in other_backend.list_owned()] == [foreign]
         # Another installation's sandbox does not exist for this backend, and is left alone.
         assert backend.poll(foreign).state is RunState.MISSING
         backend.stop(foreign)
@@ -389,10 +408,30 @@ def test_list_owned_selects_by_installation_label_only(
         with pytest.raises(SandboxNotFound):
             backend.start(foreign)
         assert other_backend.poll(foreign).state is RunState.CREATED
-        backend.remove(unlabelled)
+        backend.remove(_naming(unlabelled))
         assert docker_client.api.inspect_container(unlabelled)["Id"] == unlabelled
     finally:
         docker_client.api.remove_container(unlabelled, force=True)
+
+
+def test_list_owned_groups_containers_by_sandbox_and_strays_are_removed_alone(
+    backend: DockerBackend,
+    docker_client: docker.DockerClient,
+    make_spec: Callable[..., SandboxSpec],
+) -> None:
+    spec = make_spec("pass")
+    recorded = backend.create(spec)
+    backend.create(spec)  # a second container for the same sandbox (a crashed retry, say)
+    (owned,) = backend.list_owned()
+    assert owned.sandbox_id == spec.sandbox_id and owned.owner == "alice"
+    assert len(owned.state["members"]) == 2
+    assert backend.strays(recorded, recorded) is None
+    strays = backend.strays(owned.state, recorded)
+    assert strays is not None and _container(strays) != _container(recorded)
+    backend.remove(strays)
+    (left,) = backend.list_owned()
+    assert [m["container"] for m in left.state["members"]] == [_container(recorded)]
+    assert backend.poll(recorded).state is RunState.CREATED
 
 
 # --- hardening ----------------------------------------------------------------------------
@@ -403,6 +442,7 @@ def test_every_hardening_property_on_the_real_container(
     docker_client: docker.DockerClient,
     make_spec: Callable[..., SandboxSpec],
     tmp_path: Path,
+    storage: LocalStorage,
 ) -> None:
     dataset = tmp_path / "mnist"
     dataset.mkdir()
@@ -414,8 +454,8 @@ def test_every_hardening_property_on_the_real_container(
         .with_limits(Limits(cpus=0.5, memory_mb=128, pids=32, tmp_mb=16))
         .with_env("SEED", "7")
     )
-    handle = backend.create(spec)
-    attrs = docker_client.api.inspect_container(handle)
+    state = backend.create(spec)
+    attrs = docker_client.api.inspect_container(_container(state))
     host, config = attrs["HostConfig"], attrs["Config"]
 
     assert host["NetworkMode"] == "none"
@@ -441,11 +481,13 @@ def test_every_hardening_property_on_the_real_container(
     mounts = {(m["Destination"], m["Source"], m["RW"], m["Type"]) for m in attrs["Mounts"]}
     assert mounts == {
         ("/data/mnist", str(dataset), False, "bind"),
-        ("/workspace", str(spec.workspace), True, "bind"),
-        ("/outbox", str(spec.outbox), True, "bind"),
+        ("/workspace", str(storage.workspace(spec.sandbox_id)), True, "bind"),
+        ("/outbox", str(storage.outbox(spec.sandbox_id)), True, "bind"),
     }
     assert not any("docker.sock" in str(m.get("Source")) for m in attrs["Mounts"])
-    assert assert_hardened(attrs) == []
+    assert assert_hardened(attrs, NetworkPlan.NONE) == []
+    # Checked against a plan it was not made for, the same container is not sealed.
+    assert assert_hardened(attrs, NetworkPlan.MEMBERS_ONLY, "sealroom-other") != []
 
 
 def test_hardening_seen_from_inside(
@@ -474,10 +516,10 @@ print(json.dumps({
 }))
 """
     spec = make_spec(code).with_dataset(DatasetMount("mnist", dataset))
-    handle = backend.create(spec)
-    backend.start(handle)
-    assert _wait(backend, handle).exit_code == 0, backend.logs(handle)
-    seen = json.loads(backend.logs(handle))
+    state = backend.create(spec)
+    backend.start(state)
+    assert _wait(backend, state).exit_code == 0, backend.logs(state)
+    seen = json.loads(backend.logs(state))
     assert (seen["uid"], seen["gid"]) == (SANDBOX_UID, SANDBOX_UID)
     assert seen["groups"] in ([], [SANDBOX_UID])
     assert seen["cap_eff"] == seen["cap_prm"] == seen["cap_bnd"] == "0" * 16
@@ -498,7 +540,7 @@ def test_assert_hardened_flags_an_unhardened_container(
     backend: DockerBackend, docker_client: docker.DockerClient, python_image: str
 ) -> None:
     # Created, never started: a plain `docker create` with the engine socket mounted.
-    handle = docker_client.api.create_container(
+    weak = docker_client.api.create_container(
         python_image,
         ["true"],
         user="0:0",
@@ -509,7 +551,7 @@ def test_assert_hardened_flags_an_unhardened_container(
             security_opt=["seccomp=unconfined"],
         ),
     )["Id"]
-    found = assert_hardened(docker_client.api.inspect_container(handle))
+    found = assert_hardened(docker_client.api.inspect_container(weak), NetworkPlan.NONE)
     for expected in (
         "network mode",
         "capabilities not all dropped",
@@ -527,9 +569,9 @@ def test_assert_hardened_flags_an_unhardened_container(
         assert any(expected in v for v in found), (expected, found)
     # The backend's own self-check refuses to start it.
     with pytest.raises(SandboxError) as caught:
-        backend.start(handle)
+        backend.start(_naming(weak))
     assert "hardening" in caught.value.user_message
-    assert docker_client.api.inspect_container(handle)["State"]["Status"] == "created"
+    assert docker_client.api.inspect_container(weak)["State"]["Status"] == "created"
 
 
 # --- the log, read by cursor ---------------------------------------------------------------
@@ -571,13 +613,13 @@ def test_logs_since_reads_each_message_once_in_order(
         while not (tmp_path / f"done{burst}").exists():
             assert time.monotonic() < deadline, "the burst never ended"
             time.sleep(0.02)
-        chunk = backend.logs_since(container.id, cursor)
+        chunk = backend.logs_since(_naming(container.id), "", cursor)
         copied, cursor = copied + chunk.data, chunk.cursor
-        assert backend.logs_since(container.id, cursor).data == b""  # nothing twice
+        assert backend.logs_since(_naming(container.id), "", cursor).data == b""  # nothing twice
         (tmp_path / f"go{burst}").touch()
     _wait_exited(docker_client, container)
-    copied += backend.logs_since(container.id, cursor).data
-    assert copied == backend.logs(container.id)
+    copied += backend.logs_since(_naming(container.id), "", cursor).data
+    assert copied == backend.logs(_naming(container.id))
     assert copied.count(b"no newline") == 3 and copied.count(b"\n") == 600
 
 
@@ -589,11 +631,11 @@ def test_logs_since_survives_the_engine_rotating_its_log(
     container = _raw_container(docker_client, python_image, code, None,
                                **{"max-size": "10k", "max-file": "2"})
     _wait_exited(docker_client, container)
-    first = backend.logs_since(container.id, "", max_bytes=512)
-    kept = backend.logs(container.id)
+    first = backend.logs_since(_naming(container.id), "", "", max_bytes=512)
+    kept = backend.logs(_naming(container.id))
     assert 0 < len(kept) < 40_000  # the engine rotated most of it away
-    rest = backend.logs_since(container.id, first.cursor)
+    rest = backend.logs_since(_naming(container.id), "", first.cursor)
     assert first.data + rest.data == kept
     numbers = [int(line.split()[1]) for line in (first.data + rest.data).splitlines()]
     assert numbers == list(range(numbers[0], 20000))
-    assert backend.logs_since(container.id, rest.cursor).data == b""
+    assert backend.logs_since(_naming(container.id), "", rest.cursor).data == b""

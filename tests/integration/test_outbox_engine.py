@@ -6,7 +6,6 @@ listed or hashed, nothing blocks, and the sparse file puts the manifest over its
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from sandbox.backend import LABEL_INSTALLATION, RunState
+from sandbox.backend import LABEL_INSTALLATION, BackendState, RunState
 from sandbox.docker_backend import DockerBackend
 from sandbox.outbox import (
     OutboxError,
@@ -26,7 +25,8 @@ from sandbox.outbox import (
     list_outbox,
     open_outbox_file,
 )
-from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
+from sandbox.spec import SandboxSpec
+from sandbox.storage import LocalStorage
 
 pytestmark = pytest.mark.docker
 
@@ -86,7 +86,7 @@ wait_for("exit")
 @dataclass
 class Insider:
     backend: DockerBackend
-    handle: str
+    handle: BackendState
     workspace: Path
     outbox: Path
 
@@ -108,15 +108,16 @@ class Insider:
 @pytest.fixture
 def insider(python_image: str, tmp_path: Path,
             docker_client: docker.DockerClient) -> Iterator[Insider]:
-    workspace, outbox = tmp_path / "workspace", tmp_path / "outbox"
-    for directory in (workspace, outbox):
-        directory.mkdir()
-        os.chown(directory, SANDBOX_UID, SANDBOX_GID)
+    storage = LocalStorage(tmp_path / "sandboxes")
+    sandbox_id = f"sb-outbox-{uuid.uuid4().hex[:6]}"
+    storage.create(sandbox_id)
+    storage.seal_staging(sandbox_id)
+    workspace, outbox = storage.workspace(sandbox_id), storage.outbox(sandbox_id)
     spec = SandboxSpec(
-        sandbox_id=f"sb-outbox-{uuid.uuid4().hex[:6]}", owner="mallory", image=python_image,
-        command=("python3", "-c", INSIDER), workspace=workspace, outbox=outbox,
+        sandbox_id=sandbox_id, owner="mallory", image=python_image,
+        command=("python3", "-c", INSIDER),
     ).with_env("PASSWD_SIZE", str(HOST_PASSWD.stat().st_size))
-    backend = DockerBackend(installation=INSTALLATION)
+    backend = DockerBackend(installation=INSTALLATION, storage=storage)
     handle = backend.create(spec)
     try:
         backend.start(handle)

@@ -27,6 +27,7 @@ import pytest
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX, RunState
 from sandbox.docker_backend import DockerBackend
 from sandbox.spec import SANDBOX_UID, DatasetMount, Limits, SandboxSpec
+from sandbox.storage import LocalStorage
 
 pytestmark = pytest.mark.docker
 
@@ -176,17 +177,17 @@ def _prove_listeners_work(found: HostListeners) -> None:
 
 
 @pytest.fixture
-def sandbox_dirs(tmp_path: Path) -> tuple[Path, Path, Path]:
-    workspace, outbox, dataset = tmp_path / "workspace", tmp_path / "outbox", tmp_path / "demo"
-    for directory in (workspace, outbox):
-        directory.mkdir()
-        os.chown(directory, SANDBOX_UID, SANDBOX_UID)
+def sandbox_dirs(tmp_path: Path) -> tuple[LocalStorage, str, Path]:
+    storage, sandbox_id = LocalStorage(tmp_path / "sandboxes"), f"egress-{uuid.uuid4().hex[:8]}"
+    storage.create(sandbox_id)
+    workspace, dataset = storage.workspace(sandbox_id), tmp_path / "demo"
     dataset.mkdir()
     (dataset / "train.csv").write_text("x,y\n1,2\n")
     dataset.chmod(0o755)
     (dataset / "train.csv").chmod(0o644)
     shutil.copy(PROBE, workspace / "egress_probe.py")
-    return workspace, outbox, dataset
+    storage.seal_staging(sandbox_id)
+    return storage, sandbox_id, dataset
 
 
 def _records(logs: bytes) -> list[dict[str, Any]]:
@@ -224,18 +225,16 @@ def probe_run(
     docker_client: docker.DockerClient,
     python_image: str,
     listeners: HostListeners,
-    sandbox_dirs: tuple[Path, Path, Path],
+    sandbox_dirs: tuple[LocalStorage, str, Path],
 ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any], int]]:
-    workspace, outbox, dataset = sandbox_dirs
+    storage, sandbox_id, dataset = sandbox_dirs
     config = _config(listeners)
-    backend = DockerBackend(installation=INSTALLATION)
+    backend = DockerBackend(installation=INSTALLATION, storage=storage)
     spec = SandboxSpec(
-        sandbox_id=f"egress-{uuid.uuid4().hex[:8]}",
+        sandbox_id=sandbox_id,
         owner="redteam",
         image=python_image,
         command=("python3", "/workspace/egress_probe.py", json.dumps(config)),
-        workspace=workspace,
-        outbox=outbox,
         datasets=(DatasetMount("demo", dataset),),
         limits=Limits(cpus=1, memory_mb=256, pids=64, timeout_s=120, tmp_mb=16),
     )
@@ -360,12 +359,13 @@ def test_the_probe_does_detect_a_way_out(
     docker_client: docker.DockerClient,
     python_image: str,
     listeners: HostListeners,
-    sandbox_dirs: tuple[Path, Path, Path],
+    sandbox_dirs: tuple[LocalStorage, str, Path],
 ) -> None:
     """A control: the same probe in an unhardened container on the default bridge reports the
     host listener as reachable, and the listener sees it. A probe that passes everything
     everywhere would prove nothing."""
-    workspace, _, _ = sandbox_dirs
+    storage, sandbox_id, _ = sandbox_dirs
+    workspace = storage.workspace(sandbox_id)
     networks = {n.name for n in docker_client.networks.list()}
     if "bridge" not in networks:
         pytest.skip("the engine has no default bridge network")

@@ -123,5 +123,6 @@ def test_docker_is_built_from_the_settings(settings: Settings) -> None:
         assert isinstance(backend, DockerBackend)
         assert backend.base_url == NO_ENGINE
         assert backend.installation == core.settings.installation_id()
+        assert backend.storage.root == core.settings.sandboxes_dir
     finally:
         core.close()

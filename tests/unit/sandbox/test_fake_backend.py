@@ -12,6 +12,7 @@ import pytest
 from sandbox.backend import Backend, OwnedSandbox, RunState
 from sandbox.errors import EngineUnavailable, SandboxNotFound
 from sandbox.spec import SandboxSpec
+from sandbox.storage import LocalStorage
 from tests.mocking import OOM_EXIT_CODE, STOPPED_EXIT_CODE, FakeBackend, ScriptedOutcome
 
 
@@ -21,14 +22,12 @@ def _spec(sandbox_id: str = "sb-1", owner: str = "alice") -> SandboxSpec:
         owner=owner,
         image="sealroom/base:test",
         command=("python3", "train.py"),
-        workspace=Path("/srv") / sandbox_id / "workspace",
-        outbox=Path("/srv") / sandbox_id / "outbox",
     )
 
 
 @pytest.fixture
-def fake() -> FakeBackend:
-    return FakeBackend()
+def fake(tmp_path: Path) -> FakeBackend:
+    return FakeBackend(store=LocalStorage(tmp_path))
 
 
 def test_is_a_backend(fake: FakeBackend) -> None:
@@ -36,18 +35,18 @@ def test_is_a_backend(fake: FakeBackend) -> None:
 
 
 def test_create_records_the_spec_and_does_not_start(fake: FakeBackend) -> None:
-    handle = fake.create(_spec())
+    state = fake.create(_spec())
     assert fake.created_specs == [_spec()]
-    status = fake.poll(handle)
+    status = fake.poll(state)
     assert status.state is RunState.CREATED
     assert status.exit_code is None and status.started_at is None
-    assert fake.logs(handle) == b""
+    assert fake.logs(state) == b""
 
 
 def test_default_run_exits_zero(fake: FakeBackend) -> None:
-    handle = fake.create(_spec())
-    fake.start(handle)
-    status = fake.poll(handle)
+    state = fake.create(_spec())
+    fake.start(state)
+    status = fake.poll(state)
     assert status.state is RunState.EXITED
     assert status.exit_code == 0
     assert not status.oom_killed
@@ -56,20 +55,20 @@ def test_default_run_exits_zero(fake: FakeBackend) -> None:
 
 def test_scripted_exit_code_and_logs(fake: FakeBackend) -> None:
     fake.script("sb-1", ScriptedOutcome(exit_code=3, logs=b"one\ntwo\nthree\n"))
-    handle = fake.create(_spec())
-    fake.start(handle)
-    assert fake.poll(handle).exit_code == 3
-    assert fake.logs(handle) == b"one\ntwo\nthree\n"
-    assert fake.logs(handle, tail=2) == b"two\nthree\n"
-    assert fake.logs(handle, tail=0) == b""
-    assert fake.logs(handle, tail=10) == b"one\ntwo\nthree\n"
+    state = fake.create(_spec())
+    fake.start(state)
+    assert fake.poll(state).exit_code == 3
+    assert fake.logs(state) == b"one\ntwo\nthree\n"
+    assert fake.logs(state, tail=2) == b"two\nthree\n"
+    assert fake.logs(state, tail=0) == b""
+    assert fake.logs(state, tail=10) == b"one\ntwo\nthree\n"
 
 
 def test_oom_kill_of_the_main_process(fake: FakeBackend) -> None:
     fake.script("sb-1", ScriptedOutcome(oom_killed=True))
-    handle = fake.create(_spec())
-    fake.start(handle)
-    status = fake.poll(handle)
+    state = fake.create(_spec())
+    fake.start(state)
+    status = fake.poll(state)
     assert status.state is RunState.EXITED
     assert status.oom_killed
     assert status.exit_code == OOM_EXIT_CODE == 137
@@ -77,39 +76,39 @@ def test_oom_kill_of_the_main_process(fake: FakeBackend) -> None:
 
 def test_oom_kill_of_a_child_keeps_the_main_exit_code(fake: FakeBackend) -> None:
     fake.script("sb-1", ScriptedOutcome(oom_killed=True, exit_code=0))
-    handle = fake.create(_spec())
-    fake.start(handle)
-    status = fake.poll(handle)
+    state = fake.create(_spec())
+    fake.start(state)
+    status = fake.poll(state)
     assert status.oom_killed and status.exit_code == 0
 
 
 def test_stays_running_until_finished(fake: FakeBackend) -> None:
     fake.script("sb-1", ScriptedOutcome(stays_running=True))
-    handle = fake.create(_spec())
-    fake.start(handle)
-    assert fake.poll(handle).state is RunState.RUNNING
-    assert fake.poll(handle).exit_code is None
-    fake.start(handle)  # starting a running sandbox is a no-op, as on the engine
-    fake.finish(handle, exit_code=5)
-    status = fake.poll(handle)
+    state = fake.create(_spec())
+    fake.start(state)
+    assert fake.poll(state).state is RunState.RUNNING
+    assert fake.poll(state).exit_code is None
+    fake.start(state)  # starting a running sandbox is a no-op, as on the engine
+    fake.finish(state, exit_code=5)
+    status = fake.poll(state)
     assert (status.state, status.exit_code) == (RunState.EXITED, 5)
 
 
 def test_script_handle_after_create(fake: FakeBackend) -> None:
-    handle = fake.create(_spec())
-    fake.script_handle(handle, ScriptedOutcome(exit_code=9))
-    fake.start(handle)
-    assert fake.poll(handle).exit_code == 9
+    state = fake.create(_spec())
+    fake.script_handle(state, ScriptedOutcome(exit_code=9))
+    fake.start(state)
+    assert fake.poll(state).exit_code == 9
 
 
 def test_stop_a_running_sandbox_exits_with_sigterm(fake: FakeBackend) -> None:
     fake.default_outcome = ScriptedOutcome(stays_running=True)
-    handle = fake.create(_spec())
-    fake.start(handle)
-    fake.stop(handle, timeout_s=1)
-    assert fake.poll(handle).exit_code == STOPPED_EXIT_CODE == 143
-    fake.stop(handle)  # twice is fine
-    assert fake.poll(handle).exit_code == STOPPED_EXIT_CODE
+    state = fake.create(_spec())
+    fake.start(state)
+    fake.stop(state, timeout_s=1)
+    assert fake.poll(state).exit_code == STOPPED_EXIT_CODE == 143
+    fake.stop(state)  # twice is fine
+    assert fake.poll(state).exit_code == STOPPED_EXIT_CODE
 
 
 def test_stop_an_exited_or_created_sandbox_changes_nothing(fake: FakeBackend) -> None:
@@ -123,36 +122,38 @@ def test_stop_an_exited_or_created_sandbox_changes_nothing(fake: FakeBackend) ->
 
 
 def test_remove_is_idempotent_and_leaves_it_missing(fake: FakeBackend) -> None:
-    handle = fake.create(_spec())
-    fake.remove(handle)
-    fake.remove(handle)
-    assert fake.poll(handle).state is RunState.MISSING
+    state = fake.create(_spec())
+    fake.remove(state)
+    fake.remove(state)
+    assert fake.poll(state).state is RunState.MISSING
     assert fake.list_owned() == []
 
 
 def test_vanished_sandbox_is_missing(fake: FakeBackend) -> None:
     fake.default_outcome = ScriptedOutcome(stays_running=True)
-    handle = fake.create(_spec())
-    fake.start(handle)
-    fake.vanish(handle)
-    assert fake.poll(handle).state is RunState.MISSING
+    state = fake.create(_spec())
+    fake.start(state)
+    fake.vanish(state)
+    assert fake.poll(state).state is RunState.MISSING
     assert fake.list_owned() == []
-    fake.stop(handle)
-    fake.remove(handle)
+    fake.stop(state)
+    fake.remove(state)
     with pytest.raises(SandboxNotFound):
-        fake.logs(handle)
+        fake.logs(state)
     with pytest.raises(SandboxNotFound):
-        fake.start(handle)
+        fake.start(state)
 
 
 def test_unknown_handle(fake: FakeBackend) -> None:
-    assert fake.poll("nope").state is RunState.MISSING
-    fake.stop("nope")
-    fake.remove("nope")
+    nope = {"members": [{"name": "main", "container": "nope"}]}
+    assert fake.poll(nope).state is RunState.MISSING
+    assert fake.poll({}).state is RunState.MISSING
+    fake.stop(nope)
+    fake.remove(nope)
     with pytest.raises(SandboxNotFound):
-        fake.start("nope")
+        fake.start({"members": []})
     with pytest.raises(SandboxNotFound):
-        fake.logs("nope")
+        fake.logs({"members": [{"name": "main", "container": "nope"}]})
 
 
 def test_list_owned_returns_every_sandbox_running_or_not(fake: FakeBackend) -> None:
@@ -164,25 +165,39 @@ def test_list_owned_returns_every_sandbox_running_or_not(fake: FakeBackend) -> N
         OwnedSandbox("sb-1", "alice", first),
         OwnedSandbox("sb-2", "bob", second),
     ]
-    assert fake.handle_of("sb-2") == second
+    assert fake.state_of("sb-2") == second
 
 
 def test_handles_are_unique(fake: FakeBackend) -> None:
-    handles = {fake.create(_spec(f"sb-{i}")) for i in range(20)}
+    handles = {fake.create(_spec(f"sb-{i}"))["members"][0]["container"] for i in range(20)}
     assert len(handles) == 20
 
 
+def test_list_owned_groups_by_sandbox_and_strays_are_what_the_record_lacks(
+        fake: FakeBackend) -> None:
+    recorded = fake.create(_spec("sb-1"))
+    fake.create(_spec("sb-1"))  # a second container of the same sandbox, unrecorded
+    (owned,) = fake.list_owned()
+    assert owned.sandbox_id == "sb-1" and len(owned.state["members"]) == 2
+    strays = fake.strays(owned.state, recorded)
+    assert strays is not None and len(strays["members"]) == 1
+    assert strays["members"][0]["container"] != recorded["members"][0]["container"]
+    assert fake.strays(recorded, recorded) is None
+    fake.remove(strays)
+    assert fake.poll(recorded).state is RunState.CREATED
+
+
 def test_engine_down_fails_every_call(fake: FakeBackend) -> None:
-    handle = fake.create(_spec())
+    state = fake.create(_spec())
     fake.engine_up = False
     calls = [
         fake.ping,
         lambda: fake.create(_spec("sb-2")),
-        lambda: fake.start(handle),
-        lambda: fake.poll(handle),
-        lambda: fake.logs(handle),
-        lambda: fake.stop(handle),
-        lambda: fake.remove(handle),
+        lambda: fake.start(state),
+        lambda: fake.poll(state),
+        lambda: fake.logs(state),
+        lambda: fake.stop(state),
+        lambda: fake.remove(state),
         fake.list_owned,
     ]
     for call in calls:
@@ -192,4 +207,4 @@ def test_engine_down_fails_every_call(fake: FakeBackend) -> None:
         assert caught.value.status == 503
     fake.engine_up = True
     fake.ping()
-    assert fake.poll(handle).state is RunState.CREATED
+    assert fake.poll(state).state is RunState.CREATED

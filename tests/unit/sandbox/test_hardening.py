@@ -7,6 +7,7 @@ kwargs; tests/integration/test_docker_backend.py checks the same properties on a
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from docker.types import Mount
 
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
 from sandbox.hardening import assert_hardened, create_kwargs
-from sandbox.spec import DatasetMount, Limits, SandboxSpec
+from sandbox.spec import DatasetMount, Limits, NetworkPlan, SandboxSpec
 
 INSTALLATION = "inst-1"
+HOST_DIRS = {"workspace": Path("/srv/sb-1/workspace"), "outbox": Path("/srv/sb-1/outbox")}
 
 
 @pytest.fixture
@@ -29,8 +31,6 @@ def spec() -> SandboxSpec:
             owner="alice",
             image="sealroom/base:abc",
             command=("python3", "train.py", "--epochs", "2"),
-            workspace=Path("/srv/sb-1/workspace"),
-            outbox=Path("/srv/sb-1/outbox"),
         )
         .with_dataset(DatasetMount("mnist", Path("/srv/datasets/mnist")))
         .with_dataset(DatasetMount("cifar", Path("/srv/datasets/cifar")))
@@ -41,7 +41,7 @@ def spec() -> SandboxSpec:
 
 @pytest.fixture
 def kwargs(spec: SandboxSpec) -> dict[str, Any]:
-    return create_kwargs(spec, installation=INSTALLATION, init=True)
+    return create_kwargs(spec, installation=INSTALLATION, init=True, **HOST_DIRS)
 
 
 def test_isolation_options(kwargs: dict[str, Any]) -> None:
@@ -104,8 +104,8 @@ def test_identity_labels_and_environment(kwargs: dict[str, Any], spec: SandboxSp
 
 
 def test_init_follows_the_engine(spec: SandboxSpec) -> None:
-    assert create_kwargs(spec, installation=INSTALLATION, init=True)["init"] is True
-    assert create_kwargs(spec, installation=INSTALLATION, init=False)["init"] is False
+    assert create_kwargs(spec, installation=INSTALLATION, init=True, **HOST_DIRS)["init"] is True
+    assert create_kwargs(spec, installation=INSTALLATION, init=False, **HOST_DIRS)["init"] is False
 
 
 def test_kwargs_are_accepted_by_the_sdk(kwargs: dict[str, Any]) -> None:
@@ -180,7 +180,7 @@ def _sealed() -> dict[str, Any]:
 
 
 def test_sealed_container_has_no_violations() -> None:
-    assert assert_hardened(_sealed()) == []
+    assert assert_hardened(_sealed(), NetworkPlan.NONE) == []
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -294,10 +294,47 @@ def test_each_weakening_is_reported(name: str) -> None:
     change, expected = BREAKS[name]
     attrs = copy.deepcopy(_sealed())
     change(attrs)
-    found = assert_hardened(attrs)
+    found = assert_hardened(attrs, NetworkPlan.NONE)
     assert any(expected in v for v in found), (name, found)
 
 
 def test_empty_inspect_is_not_hardened() -> None:
-    found = assert_hardened({})
+    found = assert_hardened({}, NetworkPlan.NONE)
     assert len(found) >= 8
+
+
+# --- the network plan is an input -----------------------------------------------------------
+
+
+def _on_network(name: str, *, also: tuple[str, ...] = ()) -> dict[str, Any]:
+    attrs = _sealed()
+    attrs["HostConfig"]["NetworkMode"] = name
+    attrs["NetworkSettings"] = {"Networks": {n: {} for n in (name, *also)}}
+    return attrs
+
+
+def test_members_only_plan_puts_the_container_on_the_clusters_own_network(
+        spec: SandboxSpec) -> None:
+    clustered = dataclasses.replace(spec, network=NetworkPlan.MEMBERS_ONLY)
+    kwargs = create_kwargs(clustered, installation=INSTALLATION, init=True,
+                           network="sealroom-sb-1", **HOST_DIRS)
+    assert kwargs["network_mode"] == "sealroom-sb-1"
+    with pytest.raises(ValueError, match="own network"):
+        create_kwargs(clustered, installation=INSTALLATION, init=True, **HOST_DIRS)
+
+
+def test_the_check_follows_the_plan_it_is_given() -> None:
+    member = _on_network("sealroom-sb-1")
+    assert assert_hardened(member, NetworkPlan.MEMBERS_ONLY, "sealroom-sb-1") == []
+    # The same container is not sealed under the one-container plan...
+    assert any("not 'none'" in v for v in assert_hardened(member, NetworkPlan.NONE))
+    # ...nor is a "none" container a member of the cluster, nor a member of another one.
+    assert assert_hardened(_sealed(), NetworkPlan.MEMBERS_ONLY, "sealroom-sb-1")
+    assert assert_hardened(member, NetworkPlan.MEMBERS_ONLY, "sealroom-sb-2")
+    assert assert_hardened(member, NetworkPlan.MEMBERS_ONLY, "")
+
+
+def test_a_member_on_a_second_network_is_refused() -> None:
+    bridged = _on_network("sealroom-sb-1", also=("bridge",))
+    found = assert_hardened(bridged, NetworkPlan.MEMBERS_ONLY, "sealroom-sb-1")
+    assert any("other networks" in v and "bridge" in v for v in found)

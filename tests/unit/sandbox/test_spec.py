@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from sandbox.errors import InvalidSpec, SandboxError
-from sandbox.spec import DATA_ROOT, DatasetMount, Limits, SandboxSpec
+from sandbox.spec import DATA_ROOT, DatasetMount, Limits, NetworkPlan, SandboxSpec
 
 
 def _spec(**overrides: object) -> SandboxSpec:
@@ -17,8 +18,6 @@ def _spec(**overrides: object) -> SandboxSpec:
         "owner": "alice",
         "image": "sealroom/base:abc",
         "command": ("python3", "train.py"),
-        "workspace": Path("/srv/sb-1/workspace"),
-        "outbox": Path("/srv/sb-1/outbox"),
     }
     fields.update(overrides)
     return SandboxSpec(**fields)  # type: ignore[arg-type]
@@ -85,10 +84,10 @@ def test_empty_command_is_refused() -> None:
         _spec(command=())
 
 
-@pytest.mark.parametrize("field", ["workspace", "outbox"])
-def test_host_dirs_must_be_absolute(field: str) -> None:
-    with pytest.raises(InvalidSpec):
-        _spec(**{field: Path("relative")})
+def test_a_spec_names_no_host_directory_of_its_own() -> None:
+    # Where the workspace and outbox live is the backend's storage, not the spec's.
+    assert not {"workspace", "outbox"} & {f.name for f in dataclasses.fields(SandboxSpec)}
+    assert _spec().network is NetworkPlan.NONE
 
 
 def test_a_dataset_is_mounted_once() -> None:

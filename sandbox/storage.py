@@ -1,0 +1,110 @@
+"""Where a sandbox's workspace and outbox live, behind one small interface.
+
+Services stage code into a sandbox and read its outbox through `SandboxStorage`, never
+through a host path, so a backend whose volumes live on another machine can bring its own
+storage. `LocalStorage` keeps them under one directory of this host
+(`<root>/<sandbox id>/workspace` and `.../outbox`); the Docker backend bind-mounts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from sandbox.files import UploadLimits, chown_tree, tree_digest, unpack_code
+from sandbox.outbox import (
+    OutboxListing,
+    OutboxManifest,
+    OutboxRules,
+    hash_outbox,
+    list_outbox,
+    open_outbox_file,
+)
+from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec, valid_sandbox_id
+
+
+@runtime_checkable
+class SandboxStorage(Protocol):
+    """A sandbox's workspace (code in, read-write inside) and outbox (files out, read by
+    the gate). Every method takes the sandbox id; `discard` is safe to repeat."""
+
+    def create(self, sandbox_id: str) -> None:
+        """Make an empty workspace and outbox for a new sandbox (refuses an existing one)."""
+
+    def stage_tree(self, sandbox_id: str, source: Path) -> str:
+        """Copy a directory of code (a bundled example) into the workspace; its digest."""
+
+    def stage_upload(self, sandbox_id: str, filename: str, data: bytes,
+                     limits: UploadLimits) -> str:
+        """Unpack an uploaded script or zip into the workspace; its digest. Raises
+        `InvalidUpload` for anything unsafe."""
+
+    def seal_staging(self, sandbox_id: str) -> None:
+        """Staging is over: hand the workspace and outbox to the sandbox user."""
+
+    def list_outbox(self, sandbox_id: str, rules: OutboxRules) -> OutboxListing: ...
+
+    def hash_outbox(self, sandbox_id: str, rules: OutboxRules) -> OutboxManifest: ...
+
+    def open_outbox_file(self, sandbox_id: str, path: str) -> BinaryIO:
+        """One regular file of the outbox, never through a link (`OutboxError` otherwise)."""
+
+    def discard(self, sandbox_id: str) -> None:
+        """Delete the workspace and outbox; a missing sandbox counts as done."""
+
+
+class LocalStorage:
+    """Workspaces and outboxes as directories under `root` on this host."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _dir(self, sandbox_id: str) -> Path:
+        if not valid_sandbox_id(sandbox_id):
+            raise ValueError(f"invalid sandbox id {sandbox_id!r}")
+        return self.root / sandbox_id
+
+    def workspace(self, sandbox_id: str) -> Path:
+        """The host directory mounted at /workspace (for backends on this host only)."""
+        return self._dir(sandbox_id) / "workspace"
+
+    def outbox(self, sandbox_id: str) -> Path:
+        """The host directory mounted at /outbox (for backends on this host only)."""
+        return self._dir(sandbox_id) / "outbox"
+
+    def host_paths(self, spec: SandboxSpec) -> tuple[Path, Path]:
+        return self.workspace(spec.sandbox_id), self.outbox(spec.sandbox_id)
+
+    def create(self, sandbox_id: str) -> None:
+        self.workspace(sandbox_id).mkdir(parents=True)
+        self.outbox(sandbox_id).mkdir()
+
+    def stage_tree(self, sandbox_id: str, source: Path) -> str:
+        workspace = self.workspace(sandbox_id)
+        shutil.copytree(source, workspace, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        return tree_digest(workspace)[0]
+
+    def stage_upload(self, sandbox_id: str, filename: str, data: bytes,
+                     limits: UploadLimits) -> str:
+        return unpack_code(filename, data, self.workspace(sandbox_id), limits)
+
+    def seal_staging(self, sandbox_id: str) -> None:
+        chown_tree(self._dir(sandbox_id), SANDBOX_UID, SANDBOX_GID)
+
+    def list_outbox(self, sandbox_id: str, rules: OutboxRules) -> OutboxListing:
+        return list_outbox(self.outbox(sandbox_id), rules)
+
+    def hash_outbox(self, sandbox_id: str, rules: OutboxRules) -> OutboxManifest:
+        return hash_outbox(self.outbox(sandbox_id), rules)
+
+    def open_outbox_file(self, sandbox_id: str, path: str) -> BinaryIO:
+        return open_outbox_file(self.outbox(sandbox_id), path)
+
+    def discard(self, sandbox_id: str) -> None:
+        shutil.rmtree(self.workspace(sandbox_id), ignore_errors=True)
+        shutil.rmtree(self.outbox(sandbox_id), ignore_errors=True)
+        with contextlib.suppress(OSError):  # kept while the console still holds files there
+            self._dir(sandbox_id).rmdir()

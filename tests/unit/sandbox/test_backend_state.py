@@ -1,0 +1,52 @@
+"""The backend's state of a sandbox as data: members, network plan, one status for all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sandbox.backend import LAUNCHER, ContainerState, Member, RunState, SandboxStatus, combine
+from sandbox.spec import NetworkPlan
+
+RUNNING = SandboxStatus(RunState.RUNNING, started_at="t0")
+
+
+def _exited(code: int, *, oom: bool = False) -> SandboxStatus:
+    return SandboxStatus(RunState.EXITED, exit_code=code, oom_killed=oom)
+
+
+def test_state_round_trips_through_json_shaped_data() -> None:
+    state = ContainerState((Member(LAUNCHER, "c0"), Member("rank-1", "c1")),
+                           NetworkPlan.MEMBERS_ONLY, "net0")
+    assert ContainerState.from_state(state.to_state()) == state
+    assert state.objects == {"c0", "c1", "net0"}
+    assert state.member("") == Member(LAUNCHER, "c0")
+    assert state.member("rank-1") == Member("rank-1", "c1")
+    assert state.member("rank-9") is None
+
+
+@pytest.mark.parametrize("stored", [
+    {}, {"members": "c0"}, {"members": [{"name": "main"}]}, {"members": [None, 3]},
+    {"members": [{"name": "main", "container": ""}]},
+])
+def test_a_malformed_state_names_nothing_to_touch(stored: dict[str, Any]) -> None:
+    assert ContainerState.from_state(stored).objects == frozenset()
+
+
+def test_an_unknown_plan_reads_as_the_strictest() -> None:
+    assert ContainerState.from_state({"plan": "host"}).plan is NetworkPlan.NONE
+
+
+def test_the_launcher_decides_and_any_oom_is_oom() -> None:
+    assert combine([RUNNING, _exited(0)]).state is RunState.RUNNING
+    done = combine([_exited(3), _exited(0)])
+    assert (done.state, done.exit_code, done.oom_killed) == (RunState.EXITED, 3, False)
+    killed = combine([_exited(1), _exited(137, oom=True)])
+    assert killed.oom_killed and killed.exit_code == 1
+    assert combine([RUNNING, _exited(137, oom=True)]).oom_killed
+
+
+def test_a_missing_member_loses_the_whole_sandbox() -> None:
+    assert combine([RUNNING, SandboxStatus(RunState.MISSING)]).state is RunState.MISSING
+    assert combine([]).state is RunState.MISSING
