@@ -230,8 +230,10 @@ def _install_error_handlers(app: Flask) -> None:
 
 
 def _start_supervisor(sealroom: Sealroom) -> threading.Thread:
-    """Watch running sandboxes: exits, OOM kills, time limits, lost containers."""
-    stop = threading.Event()
+    """Watch running sandboxes: exits, OOM kills, time limits, lost containers. This is the
+    only place the console polls the engine (pages read the database); it ends when the
+    installation is closed."""
+    stop = sealroom.closing
 
     def loop() -> None:
         while not stop.wait(sealroom.settings.supervise_interval_s):

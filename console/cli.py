@@ -247,7 +247,7 @@ def demo_seed() -> None:
     logins = core.settings.home / "demo-logins.txt"
     known = dict(line.split(" ", 2)[::2] for line in logins.read_text().splitlines()) \
         if logins.exists() else {}
-    with core.transaction() as session:
+    with core.read() as session:
         existing = {u.name for u in session.exec(select(User)).all()}
         has_dataset = session.exec(select(Dataset).where(Dataset.name == "demo")).first()
     lines = []

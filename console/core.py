@@ -9,14 +9,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from audit.chain import SIGNER_KEY, append, utc_now
 from audit.checkpoints import PENDING_KEY, Checkpoint, CheckpointFile, CheckpointWriter
 from audit.events import Actor, AuditAction, EventDraft, Outcome
 from audit.keys import AuditKey, AuditKeyRing, PublicKeys
-from console.db import make_engine, transaction, upgrade
+from console.db import make_engine, read, transaction, upgrade
 from console.settings import Settings, build_backend
 from policies.evaluator import PolicyEvaluator
 from policies.schema import Policy, default_policy_text, load_policy, policy_sha256
@@ -51,6 +51,9 @@ class Sealroom:
         if migrate:
             upgrade(settings.database_url)
         self.engine = make_engine(settings.database_url)
+        # Reads go through their own query-only engine: BEGIN DEFERRED, never the write
+        # lock, so a page never queues behind a writer (see `console.db.read`).
+        self.read_engine = make_engine(settings.database_url, read_only=True)
         # Built on first use (`backend`), so work that never drives a sandbox (most CLI
         # commands, key and audit tasks) runs with no engine reachable.
         self._backend = backend
@@ -59,17 +62,13 @@ class Sealroom:
             self._audit_signing_key, every_events=settings.audit_checkpoint_every,
             every_seconds=settings.audit_checkpoint_seconds,
             file=CheckpointFile(settings.audit_checkpoint_file))
-        # Reads of the active policy's number must not queue behind a writer's BEGIN
-        # IMMEDIATE (they happen inside other transactions): a plain autocommit connection
-        # reads the last committed version under WAL without taking any lock.
-        self._policy_reader = create_engine(settings.database_url,
-                                            connect_args={"check_same_thread": False,
-                                                          "timeout": 30})
         self._policy_cache: Policy | None = None
         self._policy_lock = threading.Lock()
         self._background: ThreadPoolExecutor | None = None
         self._background_keys: dict[str, Future[None]] = {}
         self._background_lock = threading.Lock()
+        #: Set by `close`: the console's own threads (the supervisor) end at their next wait.
+        self.closing = threading.Event()
         self._ensure_policy()
 
     # --- the sandbox backend -----------------------------------------------------------------
@@ -134,7 +133,9 @@ class Sealroom:
     def policy(self) -> Policy:
         """The active policy: the highest version in the database, read for every use (so
         every process sees an activation at once) and parsed only when the number changes."""
-        with self._policy_reader.connect() as connection:
+        # A read, not a transaction: this happens inside writers' transactions too, and must
+        # not queue behind their BEGIN IMMEDIATE.
+        with self.read_engine.connect() as connection:
             version = connection.execute(
                 text("SELECT max(version) FROM policy_version")).scalar_one()
         cached = self._policy_cache
@@ -143,7 +144,7 @@ class Sealroom:
         with self._policy_lock:
             from console.models import PolicyVersion
 
-            with Session(self._policy_reader) as session:
+            with self.read() as session:
                 row = session.exec(select(PolicyVersion).order_by(
                     col(PolicyVersion.version).desc()).limit(1)).one()
             policy = load_policy(row.text, row.version)
@@ -156,12 +157,22 @@ class Sealroom:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
+        """A write transaction (BEGIN IMMEDIATE): for anything that changes a row or appends
+        to the audit chain; writers are serialised."""
         with transaction(self.engine) as session:
             session.info[SIGNER_KEY] = self.audit_checkpoints
             yield session
         # Only after the commit: a rolled-back transaction leaves no checkpoint in the file.
         if pending := session.info.pop(PENDING_KEY, None):
             self.audit_checkpoints.ship(pending)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction (BEGIN DEFERRED on a query-only connection): one snapshot,
+        no write lock, and any attempt to write raises (`console.db.WriteInReadTransaction`
+        or SQLite's "readonly database"). Pages and listings read here."""
+        with read(self.read_engine) as session:
+            yield session
 
     def record(self, actor: Actor, action: AuditAction, *, target: str = "",
                outcome: Outcome = Outcome.OK, reason: str = "", request_id: str = "",
@@ -233,7 +244,7 @@ class Sealroom:
         console's supervisor calls this every pass."""
         with self.transaction() as session:
             checkpoint = self.audit_checkpoints.checkpoint_if_due(session, force=force)
-        with self.engine.connect() as conn:
+        with self.read_engine.connect() as conn:
             self.audit_checkpoints.ship_missing(conn)
         return checkpoint
 
@@ -242,7 +253,7 @@ class Sealroom:
         """Checkpoints in the database, oldest first (`GET /api/v1/audit/checkpoints`)."""
         from audit.checkpoints import database_checkpoints
 
-        with self.engine.connect() as conn:
+        with self.read_engine.connect() as conn:
             found = database_checkpoints(conn, above=above)
         return found[:limit] if limit is not None else found
 
@@ -251,22 +262,23 @@ class Sealroom:
         from audit.export import iter_export
 
         keyids = [k.keyid for k in self.audit_public_keys()]
-        return iter_export(self.engine, keyids=keyids, **filters)
+        return iter_export(self.read_engine, keyids=keyids, **filters)
 
     def verify_audit(self) -> VerificationReport:
         """The chain status: the database against its checkpoints and the checkpoint file."""
         from audit.verify import verify_database
 
-        return verify_database(self.engine, self.audit_verifier_keys(),
+        return verify_database(self.read_engine, self.audit_verifier_keys(),
                                checkpoint_file=self.settings.audit_checkpoint_file)
 
     def close(self) -> None:
+        self.closing.set()
         with self._background_lock:
             if self._background is not None:
                 self._background.shutdown(wait=True, cancel_futures=True)
                 self._background = None
         self.engine.dispose()
-        self._policy_reader.dispose()
+        self.read_engine.dispose()
 
 
 class Caller:

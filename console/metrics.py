@@ -30,7 +30,7 @@ class SealroomCollector(Collector):
         self.sealroom = sealroom
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self.sealroom.transaction() as session:
+        with self.sealroom.read() as session:
             by_status = dict(session.exec(
                 select(Sandbox.status, func.count()).group_by(Sandbox.status)).all())
             events = session.exec(select(func.max(AuditEvent.id))).one() or 0

@@ -69,7 +69,9 @@ def docker_core(settings: Settings, docker_client: docker.DockerClient,
 
 @pytest.fixture
 def docker_app(docker_core: Sealroom) -> Flask:
-    return create_app(sealroom=docker_core)
+    """The console on the real engine, with its supervisor (pages read what it records);
+    the supervisor ends when `docker_core` is closed."""
+    return create_app(sealroom=docker_core, supervise=True)
 
 
 @pytest.fixture

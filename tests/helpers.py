@@ -21,6 +21,15 @@ UNTIMED_HEALTH_CHECKS = (HealthCheck.too_slow, HealthCheck.data_too_large,
 OPERATOR = Caller(Actor("cli:test", "operator", "cli", "local"))
 
 
+def supervisor_pass(core: Any) -> None:
+    """What the console's supervisor thread does every interval: poll the engine and record
+    exits. Pages only read the database, so a test that ends a fake sandbox calls this
+    where the running console would have had its supervisor."""
+    from console.services import sandboxes as sandbox_service
+
+    sandbox_service.refresh_all(core)
+
+
 def change_policy(core: Any, changes: dict[str, Any], reason: str = "test") -> int:
     """Activate the active policy with `changes` merged into it (section by section, key by
     key) as the operator; returns the new version number."""

@@ -164,8 +164,7 @@ def create_release() -> Any:
 @api_requires(Permission.RELEASE_READ)
 def list_releases() -> Any:
     status = request.args.get("status") or None
-    return jsonify({"releases": [release_service.to_dict(core(), r) for r in
-                                 release_service.list_for(core(), caller(), status=status)]})
+    return jsonify({"releases": release_service.listing(core(), caller(), status=status)})
 
 
 @api.route("/releases/<release_id>", methods=["GET"])

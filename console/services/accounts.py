@@ -101,7 +101,7 @@ def create_token(core: Sealroom, caller: Caller, user_name: str) -> str:
 def user_for_token(core: Sealroom, token: str) -> User | None:
     if not token.startswith(TOKEN_PREFIX):
         return None
-    with core.transaction() as session:
+    with core.read() as session:
         row = session.exec(select(ApiToken).where(ApiToken.prefix == token[:10])
                            .where(ApiToken.revoked == False)).all()  # noqa: E712
         for candidate in row:
@@ -112,5 +112,5 @@ def user_for_token(core: Sealroom, token: str) -> User | None:
 
 
 def get_user(core: Sealroom, user_id: int) -> User | None:
-    with core.transaction() as session:
+    with core.read() as session:
         return session.get(User, user_id)

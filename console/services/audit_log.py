@@ -158,7 +158,7 @@ def search(core: Sealroom, caller: Caller, filters: EventFilter, *, before: int 
         raise BadRequest(f"limit is between 1 and {MAX_PAGE_SIZE}")
     parsed = _parse_filter(filters)
     newest_first = after is None
-    with core.transaction() as session:
+    with core.read() as session:
         found: list[AuditEvent] = []
         for query in _queries(session, parsed):
             if newest_first:
@@ -187,7 +187,7 @@ def search(core: Sealroom, caller: Caller, filters: EventFilter, *, before: int 
 
 
 def get_event(core: Sealroom, caller: Caller, event_id: int) -> AuditEvent:
-    with core.transaction() as session:
+    with core.read() as session:
         event = session.get(AuditEvent, event_id)
     if event is None:
         raise NotFound(f"no audit event {event_id}")
@@ -200,7 +200,7 @@ def timeline(core: Sealroom, caller: Caller, kind: str, object_id: str) -> list[
     """Everything that happened to one sandbox (and its release requests) or one release."""
     if kind not in ("sandbox", "release"):
         raise NotFound("timelines are for a sandbox or a release")
-    with core.transaction() as session:
+    with core.read() as session:
         targets = [f"{kind}:{object_id}"]
         if kind == "sandbox":
             if session.get(Sandbox, object_id) is None:
@@ -276,7 +276,7 @@ def verify_chain(core: Sealroom, caller: Caller) -> dict[str, Any]:
 
 def last_verification(core: Sealroom) -> dict[str, Any] | None:
     """The most recent recorded verification (by anyone, or by the supervisor)."""
-    with core.transaction() as session:
+    with core.read() as session:
         event = session.exec(select(AuditEvent).where(
             AuditEvent.action == AuditAction.AUDIT_VERIFY.value)
             .order_by(col(AuditEvent.id).desc()).limit(1)).first()

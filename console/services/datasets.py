@@ -54,7 +54,7 @@ def _register(core: Sealroom, caller: Caller, source: Path, name: str,
     source = source.resolve()
     if not source.exists():
         raise BadRequest(f"no such path: {source}")
-    with core.transaction() as session:
+    with core.read() as session:
         if session.exec(select(Dataset).where(Dataset.name == name)).first():
             raise Conflict(f"dataset {name!r} already exists")
         principals = list(dict.fromkeys(_principal(core, session, a) for a in allow))
@@ -104,7 +104,7 @@ def _make_read_only(root: Path) -> None:
 def usable_datasets(core: Sealroom, user: str, role: str) -> list[Dataset]:
     """The datasets the active policy lets `user` mount, for the launch form."""
     allowed = set(core.evaluator.usable_datasets(user, role))
-    with core.transaction() as session:
+    with core.read() as session:
         rows = session.exec(select(Dataset).order_by(Dataset.name)).all()
         return [d for d in rows if d.name in allowed]
 

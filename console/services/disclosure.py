@@ -92,7 +92,7 @@ def usage(core: Sealroom, user: str, day: str | None = None) -> dict[str, object
     """A user's spending on `day` (today) and per sandbox over all time, with the limits."""
     day = day or today()
     budget = core.policy.disclosure
-    with core.transaction() as session:
+    with core.read() as session:
         spent_today = user_day_total(session, user, day)
         rows = session.exec(
             select(DisclosureItem.sandbox_id, DisclosureItem.channel,
@@ -119,7 +119,7 @@ def usage(core: Sealroom, user: str, day: str | None = None) -> dict[str, object
 def users_today(core: Sealroom, day: str | None = None) -> list[dict[str, object]]:
     """Every user who was shown sandbox content on `day`, most first."""
     day = day or today()
-    with core.transaction() as session:
+    with core.read() as session:
         rows = session.exec(
             select(DisclosureItem.user, func.sum(DisclosureItem.bytes))
             .where(DisclosureItem.day == day).group_by(col(DisclosureItem.user))).all()

@@ -26,6 +26,6 @@ def register_image(core: Sealroom, caller: Caller, name: str, tag: str, digest: 
 
 
 def current_image(core: Sealroom, name: str = DEFAULT_IMAGE) -> Image | None:
-    with core.transaction() as session:
+    with core.read() as session:
         return session.exec(select(Image).where(Image.name == name)
                             .order_by(col(Image.id).desc())).first()

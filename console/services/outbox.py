@@ -80,7 +80,7 @@ def _make_quietly(core: Sealroom, sandbox_id: str) -> None:
 
 
 def make_manifest(core: Sealroom, sandbox_id: str) -> OutboxManifest | None:
-    with core.transaction() as session:
+    with core.read() as session:
         existing = session.get(OutboxManifest, sandbox_id)
         record = session.get(Sandbox, sandbox_id)
     if existing is not None or record is None or not SandboxStatus(record.status).terminal:
@@ -120,7 +120,7 @@ def make_manifest(core: Sealroom, sandbox_id: str) -> OutboxManifest | None:
 
 def manifest_items(core: Sealroom, sandbox_id: str) -> tuple[OutboxManifest | None,
                                                                list[OutboxItem]]:
-    with core.transaction() as session:
+    with core.read() as session:
         row = session.get(OutboxManifest, sandbox_id)
     if row is None:
         return None, []

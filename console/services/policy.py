@@ -101,13 +101,13 @@ class Activation:
 
 
 def versions(core: Sealroom) -> list[PolicyVersion]:
-    with core.transaction() as session:
+    with core.read() as session:
         return list(session.exec(select(PolicyVersion)
                                  .order_by(col(PolicyVersion.version).desc())).all())
 
 
 def get_version(core: Sealroom, number: int) -> PolicyVersion:
-    with core.transaction() as session:
+    with core.read() as session:
         row = session.get(PolicyVersion, number)
     if row is None:
         raise NotFound(f"there is no policy version {number}")
@@ -115,7 +115,7 @@ def get_version(core: Sealroom, number: int) -> PolicyVersion:
 
 
 def active_version(core: Sealroom) -> PolicyVersion:
-    with core.transaction() as session:
+    with core.read() as session:
         return _latest(session)
 
 
@@ -166,7 +166,7 @@ def _check(session: Session, text: str) -> CheckedPolicy:
 
 def check(core: Sealroom, text: str) -> CheckedPolicy:
     """Validate without recording anything (the editor's validation as you type)."""
-    with core.transaction() as session:
+    with core.read() as session:
         return _check(session, text)
 
 
@@ -259,7 +259,7 @@ def _findings(core: Sealroom, session: Session, checked: CheckedPolicy,
 
 def dry_run(core: Sealroom, caller: Caller, text: str) -> DryRun:
     with refusals(core, caller, AuditAction.POLICY_DRY_RUN, "policy"), \
-            core.transaction() as session:
+            core.read() as session:
         checked = _check(session, text)
         _, result, _ = _findings(core, session, checked, _latest(session).version + 1)
     core.record(caller.actor, AuditAction.POLICY_DRY_RUN, target="policy",
@@ -390,7 +390,7 @@ def grant_dataset(core: Sealroom, session: Session, caller: Caller, dataset: str
 
 def forbidden_sandboxes(core: Sealroom) -> list[Finding]:
     policy = core.policy
-    with core.transaction() as session:
+    with core.read() as session:
         return [Finding("sandbox", s.id, s.owner, d.rule, d.reason)
                 for s, d in _sandbox_findings(session, policy)]
 
@@ -398,7 +398,7 @@ def forbidden_sandboxes(core: Sealroom) -> list[Finding]:
 def forbidding_decision(core: Sealroom, sandbox_id: str) -> PolicyDecision | None:
     """Why the active policy forbids this running sandbox, or None if it does not."""
     policy = core.policy
-    with core.transaction() as session:
+    with core.read() as session:
         for sandbox, decision in _sandbox_findings(session, policy):
             if sandbox.id == sandbox_id:
                 return decision
@@ -409,8 +409,8 @@ def stop_forbidden(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
     """A security officer stops someone's running sandbox that the active policy forbids."""
     target = f"sandbox:{sandbox_id[:64]}"
     with refusals(core, caller, AuditAction.SANDBOX_STOP, target):
-        with core.transaction() as session:
-            record = session.get(Sandbox, sandbox_id)
+        # The engine's word first (outside any transaction), as for the owner's stop.
+        record = sandbox_service.refresh(core, sandbox_id)
         if record is None:
             raise NotFound("no such sandbox")
         if SandboxStatus(record.status).terminal:

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,7 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
     names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
     if not names:
         raise BadRequest("choose at least one file from the outbox")
-    with core.transaction() as session:
+    with core.read() as session:
         sandbox = session.get(Sandbox, sandbox_id)
         if sandbox is None or sandbox.owner != caller.name:
             raise NotFound("no such sandbox")
@@ -227,40 +227,76 @@ def _visible(session: Session, caller: Caller, release_id: str) -> ReleaseReques
 
 
 def get(core: Sealroom, caller: Caller, release_id: str) -> ReleaseRequest:
-    with core.transaction() as session:
+    with core.read() as session:
         return _visible(session, caller, release_id)
 
 
-def list_for(core: Sealroom, caller: Caller, *, status: str | None = None) -> list[ReleaseRequest]:
-    with core.transaction() as session:
-        query = select(ReleaseRequest).order_by(col(ReleaseRequest.created_at).desc())
-        if not _may_review(caller):
-            query = query.where(ReleaseRequest.requester == caller.name)
-        if status:
-            query = query.where(ReleaseRequest.status == status)
-        return list(session.exec(query).all())
+def _query(caller: Caller, status: str | None) -> Any:
+    query = select(ReleaseRequest).order_by(col(ReleaseRequest.created_at).desc())
+    if not _may_review(caller):
+        query = query.where(ReleaseRequest.requester == caller.name)
+    if status:
+        query = query.where(ReleaseRequest.status == status)
+    return query
+
+
+def listing(core: Sealroom, caller: Caller, *, status: str | None = None
+            ) -> list[dict[str, Any]]:
+    """The release requests the caller may see, newest first, as shown (`to_dict`): the
+    requests, their files and their approvals in one read, whatever the number of requests."""
+    with core.read() as session:
+        return _bodies(session, list(session.exec(_query(caller, status)).all()))
+
+
+def _files(session: Session, release_id: str) -> list[ReleaseFile]:
+    return list(session.exec(select(ReleaseFile).where(
+        ReleaseFile.release_id == release_id).order_by(col(ReleaseFile.name))).all())
+
+
+def _decisions(session: Session, release_id: str) -> list[ReleaseDecision]:
+    return list(session.exec(select(ReleaseDecision).where(
+        ReleaseDecision.release_id == release_id).order_by(col(ReleaseDecision.id))).all())
 
 
 def files_of(core: Sealroom, release_id: str) -> list[ReleaseFile]:
-    with core.transaction() as session:
-        return list(session.exec(select(ReleaseFile).where(
-            ReleaseFile.release_id == release_id).order_by(col(ReleaseFile.name))).all())
+    with core.read() as session:
+        return _files(session, release_id)
 
 
 def decisions_of(core: Sealroom, release_id: str) -> list[ReleaseDecision]:
-    with core.transaction() as session:
-        return list(session.exec(select(ReleaseDecision).where(
-            ReleaseDecision.release_id == release_id).order_by(col(ReleaseDecision.id))).all())
+    with core.read() as session:
+        return _decisions(session, release_id)
 
 
-def timeline(core: Sealroom, release_id: str) -> list[AuditEvent]:
-    with core.transaction() as session:
-        return list(session.exec(select(AuditEvent).where(
-            AuditEvent.target == f"release:{release_id}").order_by(col(AuditEvent.id))).all())
+def _timeline(session: Session, release_id: str) -> list[AuditEvent]:
+    return list(session.exec(select(AuditEvent).where(
+        AuditEvent.target == f"release:{release_id}").order_by(col(AuditEvent.id))).all())
 
 
-def to_dict(core: Sealroom, record: ReleaseRequest) -> dict[str, Any]:
-    approvals = [d.approver for d in decisions_of(core, record.id) if d.decision == "approve"]
+#: Release ids per IN (...) when loading files and decisions for a list (SQLite caps the
+#: number of bound parameters in one statement).
+_BATCH = 500
+
+
+def _bodies(session: Session, records: list[ReleaseRequest]) -> list[dict[str, Any]]:
+    """`to_dict` for many requests, with their files and approvals loaded in bulk."""
+    ids = [r.id for r in records]
+    files: dict[str, list[ReleaseFile]] = {i: [] for i in ids}
+    approvals: dict[str, list[str]] = {i: [] for i in ids}
+    for first in range(0, len(ids), _BATCH):
+        batch = ids[first:first + _BATCH]
+        for file in session.exec(select(ReleaseFile).where(
+                col(ReleaseFile.release_id).in_(batch)).order_by(col(ReleaseFile.name))):
+            files[file.release_id].append(file)
+        for decision in session.exec(select(ReleaseDecision).where(
+                col(ReleaseDecision.release_id).in_(batch),
+                ReleaseDecision.decision == "approve").order_by(col(ReleaseDecision.id))):
+            approvals[decision.release_id].append(decision.approver)
+    return [_body(r, files[r.id], approvals[r.id]) for r in records]
+
+
+def _body(record: ReleaseRequest, files: list[ReleaseFile],
+          approvals: list[str]) -> dict[str, Any]:
     return {
         "id": record.id,
         "sandbox": record.sandbox_id,
@@ -271,7 +307,7 @@ def to_dict(core: Sealroom, record: ReleaseRequest) -> dict[str, Any]:
         # Until the release, a name the policy withholds stays "file 17 (name withheld)".
         "files": [{"name": f.name if record.status == ReleaseStatus.RELEASED
                    else (f.label or f.name), "size": f.size, "sha256": f.sha256}
-                  for f in files_of(core, record.id)],
+                  for f in files],
         "checks": json.loads(record.checks),
         "approvals": approvals,
         "approvals_needed": record.approvals_needed,
@@ -283,6 +319,31 @@ def to_dict(core: Sealroom, record: ReleaseRequest) -> dict[str, Any]:
         if record.status == ReleaseStatus.RELEASED else None,
         "keyid": record.bundle_keyid or None,
     }
+
+
+def to_dict(core: Sealroom, record: ReleaseRequest) -> dict[str, Any]:
+    """The request as the API and the pages show it (one read for its files and approvals;
+    for many requests, `listing`)."""
+    with core.read() as session:
+        return _bodies(session, [record])[0]
+
+
+@dataclass(frozen=True)
+class ReleaseDetail:
+    """What a release's page shows besides the request itself, read in one snapshot."""
+
+    body: dict[str, Any]
+    sandbox: Sandbox | None
+    decisions: list[ReleaseDecision]
+    events: list[AuditEvent]
+
+
+def detail(core: Sealroom, record: ReleaseRequest) -> ReleaseDetail:
+    """The request's page: `to_dict`, its sandbox, every decision and its audit timeline."""
+    with core.read() as session:
+        return ReleaseDetail(_bodies(session, [record])[0],
+                             session.get(Sandbox, record.sandbox_id),
+                             _decisions(session, record.id), _timeline(session, record.id))
 
 
 #: Elements of each tensor a file view reads for its statistics.
@@ -302,12 +363,12 @@ def file_view(core: Sealroom, caller: Caller, release_id: str, position: int) ->
     files are listed), audited per view with the file's position and hash."""
     target = f"release:{release_id[:64]}"
     with refusals(core, caller, AuditAction.RELEASE_FILE_VIEW, target):
-        with core.transaction() as session:
+        with core.read() as session:
             record = _visible(session, caller, release_id)
-            if not may_view_files(caller, record):
-                raise Forbidden("the files' contents are shown to approvers; the requester "
-                                "sees them once the release is released")
-        files = files_of(core, release_id)
+            files = _files(session, release_id)
+        if not may_view_files(caller, record):
+            raise Forbidden("the files' contents are shown to approvers; the requester "
+                            "sees them once the release is released")
         if not 1 <= position <= len(files):
             raise NotFound(f"this release has no file {position}")
     chosen = files[position - 1]
@@ -428,7 +489,7 @@ def seal(core: Sealroom, release_id: str) -> ReleaseRequest:
     from sandbox.gate.provenance import build_provenance
     from sandbox.gate.sealing import seal_bundle
 
-    with core.transaction() as session:
+    with core.read() as session:
         record = session.get(ReleaseRequest, release_id)
         if record is None:
             raise NotFound("no such release request")
@@ -481,7 +542,7 @@ def seal(core: Sealroom, release_id: str) -> ReleaseRequest:
 
 def resume_sealing(core: Sealroom) -> None:
     """After a crash: finish every release that was approved but not yet sealed."""
-    with core.transaction() as session:
+    with core.read() as session:
         pending = session.exec(select(ReleaseRequest.id).where(
             ReleaseRequest.status == ReleaseStatus.APPROVED)).all()
     for release_id in pending:
@@ -501,7 +562,7 @@ def bundle_archive(core: Sealroom, caller: Caller, release_id: str) -> Path:
     """The released bundle as a tar file, for the requester and the approvers only."""
     target = f"release:{release_id[:64]}"
     with refusals(core, caller, AuditAction.RELEASE_DOWNLOAD, target):
-        with core.transaction() as session:
+        with core.read() as session:
             record = _visible(session, caller, release_id)
             approvers = {d.approver for d in session.exec(select(ReleaseDecision).where(
                 ReleaseDecision.release_id == release_id,

@@ -179,25 +179,25 @@ def _owned(session: Session, caller: Caller, sandbox_id: str) -> Sandbox:
 
 
 def get(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
-    with core.transaction() as session:
-        _owned(session, caller, sandbox_id)
-    record = refresh(core, sandbox_id)
-    assert record is not None
-    return record
+    """The sandbox as last recorded. Pages read the database only: the supervisor alone
+    polls the engine (`refresh_all`), so a page view never waits on Docker."""
+    with core.read() as session:
+        return _owned(session, caller, sandbox_id)
 
 
 def list_for(core: Sealroom, caller: Caller) -> list[Sandbox]:
-    with core.transaction() as session:
-        ids = session.exec(select(Sandbox.id).where(Sandbox.owner == caller.name)).all()
-    for sandbox_id in ids:
-        refresh(core, sandbox_id)
-    with core.transaction() as session:
+    """The caller's sandboxes, newest first, as last recorded (one read, no engine call)."""
+    with core.read() as session:
         return list(session.exec(select(Sandbox).where(Sandbox.owner == caller.name)
                                  .order_by(col(Sandbox.created_at).desc())).all())
 
 
 def stop(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
-    record = get(core, caller, sandbox_id)
+    get(core, caller, sandbox_id)  # only the owner may stop it (404 for anyone else)
+    # Stopping needs the engine's word, asked outside any transaction: a sandbox that has
+    # already exited is recorded as the exit it was, not as stopped.
+    record = refresh(core, sandbox_id)
+    assert record is not None
     if SandboxStatus(record.status).terminal:
         return record  # stopping twice is fine
     state = state_of(record)
@@ -217,7 +217,9 @@ def logs(core: Sealroom, caller: Caller, sandbox_id: str, *, offset: int = 0,
          limit: int = LOG_VIEW_MAX) -> tuple[bytes, int, int]:
     """Log bytes from `offset` (negative: from the end), at most `limit`, as far as the
     disclosure budget allows; returns (bytes, their start, the log's length so far). Every
-    showing is audited; nothing new left to show within the budget is a 403, audited."""
+    showing is audited; nothing new left to show within the budget is a 403, audited.
+    While the record says running, the copy grows from the engine (outside any transaction);
+    the supervisor records the end and takes the last of the log."""
     record = get(core, caller, sandbox_id)
     state = state_of(record)
     running = not SandboxStatus(record.status).terminal and bool(state)

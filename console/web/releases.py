@@ -12,7 +12,6 @@ from flask_login import current_user
 
 from audit.events import AuditAction
 from console.guards import caller, core, public, requires
-from console.models import Sandbox
 from console.permissions import Permission, role_has
 from console.services import releases as release_service
 from console.services.errors import ServiceError
@@ -40,8 +39,7 @@ def request_release(sandbox_id: str) -> Any:
 @releases.route("/releases")
 @requires(Permission.RELEASE_READ)
 def index() -> Any:
-    rows = [release_service.to_dict(core(), r)
-            for r in release_service.list_for(core(), caller())]
+    rows = release_service.listing(core(), caller())
     reviewer = role_has(current_user.role, Permission.RELEASE_REVIEW)
     queue = [r for r in rows if reviewer and r["status"] == "in_review"
              and r["requester"] != current_user.name
@@ -58,16 +56,14 @@ def detail(release_id: str) -> Any:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
     core().record(caller().actor, AuditAction.RELEASE_VIEW, target=f"release:{release_id}",
                   request_id=caller().request_id)
-    with core().transaction() as session:
-        sandbox = session.get(Sandbox, record.sandbox_id)
-    body = release_service.to_dict(core(), record)
-    decisions = release_service.decisions_of(core(), release_id)
+    shown = release_service.detail(core(), record)
+    body, sandbox = shown.body, shown.sandbox
     events = [{"time": e.time, "actor": e.actor, "action": e.action, "outcome": e.outcome,
-               "reason": e.reason} for e in release_service.timeline(core(), release_id)]
+               "reason": e.reason} for e in shown.events]
     mine = record.requester == current_user.name
     return render_template(
         "release_detail.html", release=body, sandbox=sandbox,
-        datasets=json.loads(sandbox.datasets) if sandbox else [], decisions=decisions,
+        datasets=json.loads(sandbox.datasets) if sandbox else [], decisions=shown.decisions,
         events=events, mine=mine,
         can_view_files=release_service.may_view_files(caller(), record),
         can_review=role_has(current_user.role, Permission.RELEASE_REVIEW) and not mine

@@ -418,7 +418,7 @@ def test_probe_launched_through_the_api_is_contained_and_audited(
     datasets.register_dataset(docker_core, OPERATOR, write_dataset(tmp_path / "d"), "demo",
                               ["mallory"])
     token = accounts.create_token(docker_core, OPERATOR, "mallory")
-    client = create_app(sealroom=docker_core).test_client()
+    client = create_app(sealroom=docker_core, supervise=True).test_client()
     config = _config(listeners)
     with PROBE.open("rb") as probe:
         created = client.post("/api/v1/sandboxes", headers=bearer(token), data={

@@ -33,6 +33,7 @@ from tests.helpers import (
     login,
     recorded,
     safetensors_bytes,
+    supervisor_pass,
     wait_for_outbox,
 )
 
@@ -82,6 +83,7 @@ def test_no_canary_reaches_the_engineer(canary: str, client: FlaskClient, core: 
     for name, data in _outputs(canary).items():
         (outbox / name).write_bytes(data)
     fake_backend.finish(fake_backend.handle_of(sandbox_id), exit_code=0)
+    supervisor_pass(core)
     seen: list[str] = [json.dumps(client.get(f"/api/v1/sandboxes/{sandbox_id}",
                                              headers=bearer(alice)).get_json())]
     listing = wait_for_outbox(client, alice, sandbox_id)

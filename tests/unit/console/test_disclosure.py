@@ -21,7 +21,14 @@ from flask.testing import FlaskClient
 
 from console.core import Sealroom
 from console.services import outbox as outbox_service
-from tests.helpers import bearer, change_policy, login, recorded, wait_for_outbox
+from tests.helpers import (
+    bearer,
+    change_policy,
+    login,
+    recorded,
+    supervisor_pass,
+    wait_for_outbox,
+)
 
 ROW = "P00017,1951-03-02,F,diabetes type 2,6.1"  # what an insider would name a file after
 
@@ -95,6 +102,7 @@ def test_a_saved_log_follows_the_same_ledger(client: FlaskClient, core: Sealroom
     fake_backend.emit(handle, b"c" * 400)
     assert len(_log(client, people["alice"], sandbox_id).get_data()) == 256
     fake_backend.finish(handle, exit_code=0)
+    supervisor_pass(core)
     assert client.get(f"/api/v1/sandboxes/{sandbox_id}", headers=bearer(people["alice"])
                       ).get_json()["status"] == "succeeded"
     assert handle not in fake_backend.sandboxes  # removed: the log is the console's copy
@@ -131,6 +139,7 @@ def _finished_with(client: FlaskClient, core: Sealroom, token: str, fake_backend
         (outbox / name).parent.mkdir(parents=True, exist_ok=True)
         (outbox / name).write_bytes(data)
     fake_backend.finish(fake_backend.handle_of(sandbox_id), exit_code=0)
+    supervisor_pass(core)
     assert client.get(f"/api/v1/sandboxes/{sandbox_id}", headers=bearer(token)
                       ).get_json()["status"] == "succeeded"
     return sandbox_id

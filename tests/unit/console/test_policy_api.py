@@ -17,7 +17,13 @@ from audit.models import AuditEvent
 from console.core import Sealroom
 from console.models import ReleaseRequest
 from console.services import policy as policy_service
-from tests.helpers import bearer, change_policy, recorded, safetensors_bytes
+from tests.helpers import (
+    bearer,
+    change_policy,
+    recorded,
+    safetensors_bytes,
+    supervisor_pass,
+)
 
 OTHER_DIGEST = "sha256:" + "cd" * 32
 
@@ -250,6 +256,7 @@ def finished(client: FlaskClient, people: dict[str, str], core: Sealroom,
         fake_backend.finish(fake_backend.handle_of(sandbox_id), exit_code=0)
         for name, data in files.items():
             (core.settings.sandboxes_dir / sandbox_id / "outbox" / name).write_bytes(data)
+        supervisor_pass(core)  # after the files exist: the exit schedules the hashing
         client.get(f"/api/v1/sandboxes/{sandbox_id}", headers=bearer(people["alice"]))
         return sandbox_id
 

@@ -21,7 +21,13 @@ from audit.events import Actor
 from console.core import Caller, Sealroom
 from console.services import releases as release_service
 from console.services.errors import Forbidden
-from tests.helpers import bearer, change_policy, recorded, safetensors_bytes
+from tests.helpers import (
+    bearer,
+    change_policy,
+    recorded,
+    safetensors_bytes,
+    supervisor_pass,
+)
 
 
 @pytest.fixture
@@ -47,6 +53,7 @@ def finished(client: FlaskClient, people: dict[str, str], core: Sealroom,
                 "metrics.json": json.dumps({"accuracy": 0.9, "n_test": 2000}).encode(),
         }).items():
             (outbox / name).write_bytes(data)
+        supervisor_pass(core)  # after the files exist: the exit schedules the hashing
         assert client.get(f"/api/v1/sandboxes/{sandbox_id}",
                           headers=bearer(people["alice"])).get_json()["status"] == "succeeded"
         return str(sandbox_id)

@@ -15,7 +15,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from console.core import Sealroom
-from tests.helpers import bearer, login, recorded, safetensors_bytes
+from tests.helpers import bearer, login, recorded, safetensors_bytes, supervisor_pass
 
 SCRIPT = "<script>alert(1)</script>"
 
@@ -40,6 +40,7 @@ def release(client: FlaskClient, people: dict[str, str], core: Sealroom,
         outbox = core.settings.sandboxes_dir / sandbox_id / "outbox"
         for name, data in files.items():
             (outbox / name).write_bytes(data)
+        supervisor_pass(core)  # after the files exist: the exit schedules the hashing
         client.get(f"/api/v1/sandboxes/{sandbox_id}", headers=bearer(people["alice"]))
         response = client.post("/api/v1/releases", headers=bearer(people["alice"]), json={
             "sandbox": sandbox_id, "files": list(files), "justification": "for the paper"})
