@@ -151,7 +151,7 @@ def _network_violations(attrs: Mapping[str, Any], plan: NetworkPlan,
         return []
     if not network:
         return ["members-only plan without the cluster's own network"]
-    attached = set(((attrs.get("NetworkSettings") or {}).get("Networks") or {}))
+    attached = set((attrs.get("NetworkSettings") or {}).get("Networks") or {})
     found = []
     if mode != network and attached != {network}:
         found.append(f"network mode is {mode!r}, not the cluster's own network")

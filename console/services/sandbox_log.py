@@ -67,8 +67,9 @@ def _row(core: Sealroom, sandbox_id: str) -> SandboxLog:
 def pull(core: Sealroom, sandbox_id: str, state: BackendState, *,
          final: bool = False) -> SandboxLog:
     """Copy what the sandbox's launcher wrote since the last pull (`final`: all of it, then
-    mark the copy complete); `state` is the backend's state of the sandbox. Engine calls happen outside any transaction; a crash between writing the
-    file and recording it is undone by the next pull, which cuts the file back first."""
+    mark the copy complete); `state` is the backend's state of the sandbox. Engine calls
+    happen outside any transaction; a crash between writing the file and recording it is
+    undone by the next pull, which cuts the file back first."""
     with _lock(sandbox_id):
         row = _row(core, sandbox_id)
         if row.complete or not state:

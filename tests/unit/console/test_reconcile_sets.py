@@ -81,10 +81,12 @@ def test_what_no_record_names_is_removed_and_audited(
                                               image="sealroom/base:test", command=("true",)))
     sandboxes.reconcile(core)
     assert set(fake_backend.sandboxes) == {fake_backend.handle_of(sandbox_id)}
-    assert ContainerState.from_state(unknown).members[0].container not in fake_backend.sandboxes
+    unknown_container = ContainerState.from_state(unknown).members[0].container
+    assert unknown_container not in fake_backend.sandboxes
     assert stray not in fake_backend.sandboxes
     assert _record(core, sandbox_id).status == SandboxStatus.RUNNING
-    removed = {e.target: json.loads(e.details) for e in recorded(core, "system:container:remove_orphan")}
+    removed = {e.target: json.loads(e.details)
+               for e in recorded(core, "system:container:remove_orphan")}
     assert set(removed) == {f"sandbox:{sandbox_id}", "sandbox:sb-unknown"}
     assert removed["sandbox:sb-unknown"]["owner"] == "mallory"
 
