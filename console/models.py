@@ -78,6 +78,9 @@ class Sandbox(SQLModel, table=True):
     code_digest: str
     code_name: str
     spec: str  # JSON of SandboxSpec.to_dict()
+    kind: str = "single"  # what was launched: "single", or "cluster" of `ranks` MPI nodes
+    ranks: int = 1
+    gpus: int = 0
     cpus: float
     memory_mb: int
     pids: int

@@ -25,8 +25,15 @@ class PolicyDecision:
                 "policy_version": self.policy_version}
 
 
+#: What a launch asks for: one sandbox, or an MPI cluster of `ranks` sandboxes.
+LaunchKind = Literal["single", "cluster"]
+
+
 @dataclass(frozen=True)
 class LaunchRequest:
+    """One launch as the policy sees it, whether it is being launched or dry-run again
+    under another policy; `ranks` is the number of MPI nodes (1 for a single sandbox)."""
+
     user: str
     role: str
     datasets: tuple[str, ...]
@@ -36,8 +43,9 @@ class LaunchRequest:
     timeout_s: int
     running_sandboxes: int
     image_digest: str = ""
+    kind: LaunchKind = "single"
+    ranks: int = 1
     gpus: int = 0
-    mpi_nodes: int = 1
 
 
 class PolicyEvaluator:
@@ -102,7 +110,7 @@ class PolicyEvaluator:
             ("max_pids", request.pids, maxima.max_pids, "processes"),
             ("max_timeout_s", request.timeout_s, maxima.max_timeout_s, "seconds of run time"),
             ("max_gpus", request.gpus, maxima.max_gpus, "GPUs"),
-            ("max_mpi_nodes", request.mpi_nodes, maxima.max_mpi_nodes, "MPI nodes"),
+            ("max_mpi_nodes", request.ranks, maxima.max_mpi_nodes, "MPI nodes"),
         )
         for key, asked, limit, unit in checks:
             if asked > limit:

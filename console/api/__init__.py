@@ -17,6 +17,7 @@ from console.api.blueprint import BadApiRequest as _Bad
 from console.api.blueprint import api
 from console.guards import api_requires, caller, core, public
 from console.permissions import Permission
+from console.services import launch as launch_service
 from console.services import releases as release_service
 from console.services import sandboxes as sandbox_service
 
@@ -33,7 +34,7 @@ def _number(data: dict[str, Any], key: str, kind: type, default: Any) -> Any:
         raise _Bad(f"limits.{key} must be a number") from None
 
 
-def _launch_order() -> sandbox_service.LaunchOrder:
+def _launch_order() -> launch_service.LaunchOrder:
     """Accepts JSON, or multipart with a `code` file and a `request` JSON field."""
     upload = None
     if request.mimetype == "multipart/form-data":
@@ -55,16 +56,22 @@ def _launch_order() -> sandbox_service.LaunchOrder:
     example = data.get("example")
     if example is not None and not isinstance(example, str):
         raise _Bad("example must be a name")
-    command = data.get("command", sandbox_service.DEFAULT_COMMAND)
+    command = data.get("command", launch_service.DEFAULT_COMMAND)
     if not isinstance(command, str):
         raise _Bad("command must be a string")
-    order = sandbox_service.LaunchOrder(
+    kind = data.get("kind", "single")
+    if not isinstance(kind, str):
+        raise _Bad("kind must be 'single' or 'cluster'")
+    ranks = data.get("ranks", 1)
+    if isinstance(ranks, bool) or not isinstance(ranks, int):
+        raise _Bad("ranks must be a whole number")
+    order = launch_service.LaunchOrder(
         datasets=datasets, example=example, command=command,
         cpus=_number(limits, "cpus", float, 1.0),
         memory_mb=_number(limits, "memory_mb", int, 2048),
         pids=_number(limits, "pids", int, 256),
         timeout_s=_number(limits, "timeout_s", int, 1800),
-        gpus=_number(limits, "gpus", int, 0))
+        gpus=_number(limits, "gpus", int, 0), kind=kind, ranks=ranks)
     if upload is not None and upload.filename:
         order.code_name, order.code = upload.filename, upload.read()
     return order
@@ -77,10 +84,10 @@ def create_sandbox() -> Any:
         order = _launch_order()
     except _Bad as exc:
         # refused before the service saw it: audit as the service would
-        sandbox_service.audit_refused_launch(core(), caller(), exc.message)
+        launch_service.audit_refused_launch(core(), caller(), exc.message)
         exc.audited = True
         raise
-    record = sandbox_service.launch(core(), caller(), order)
+    record = launch_service.launch(core(), caller(), order)
     response = jsonify(sandbox_service.to_dict(record))
     response.status_code = 201
     response.headers["Location"] = f"/api/v1/sandboxes/{record.id}"

@@ -12,10 +12,11 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from audit.chain import append, utc_now
-from audit.events import AuditAction, EventDraft, Outcome
+from audit.events import AuditAction, EventDraft
 from console.core import Caller, Sealroom
 from console.models import Dataset, Role, User
 from console.services import policy as policy_service
+from console.services.auditing import refusals
 from console.services.errors import BadRequest, Conflict
 from sandbox.errors import InvalidUpload
 from sandbox.files import tree_digest
@@ -42,12 +43,8 @@ def _principal(core: Sealroom, session: Session, text: str) -> str:
 
 def register_dataset(core: Sealroom, caller: Caller, source: Path, name: str,
                      allow: list[str]) -> Dataset:
-    try:
+    with refusals(core, caller, AuditAction.DATASET_REGISTER, f"dataset:{name[:64]}"):
         return _register(core, caller, source, name, allow)
-    except (BadRequest, Conflict) as exc:
-        core.record(caller.actor, AuditAction.DATASET_REGISTER, target=f"dataset:{name[:64]}",
-                    outcome=Outcome.DENIED, reason=exc.message, request_id=caller.request_id)
-        raise
 
 
 def _register(core: Sealroom, caller: Caller, source: Path, name: str,

@@ -15,6 +15,10 @@ class ServiceError(Exception):
         self.rule = rule  # the policy rule that decided, when a policy did
         self.policy_version = policy_version
 
+    def audit_details(self) -> dict[str, object]:
+        """What this refusal adds to its audit event besides the message, rule and detail."""
+        return {}
+
 
 class BadRequest(ServiceError):
     status, code = 400, "bad_request"

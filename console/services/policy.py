@@ -31,11 +31,15 @@ from console.models import (
     User,
 )
 from console.services import releases as release_service
-from console.services.errors import BadRequest, Conflict, NotFound, ServiceError
+from console.services import sandboxes as sandbox_service
+from console.services.auditing import refusals
+from console.services.errors import BadRequest, Conflict, EngineDown, NotFound
+from console.services.launch import ParsedLaunch, judge
 from policies.edit import with_dataset_rule
 from policies.errors import InvalidPolicy, PolicyProblem
-from policies.evaluator import LaunchRequest, PolicyDecision, PolicyEvaluator
+from policies.evaluator import PolicyDecision, PolicyEvaluator
 from policies.schema import CheckedPolicy, Policy, PolicyContext, check_policy
+from sandbox.errors import EngineUnavailable
 from sandbox.gate.checks import CandidateFile, run_checks
 
 MAX_REASON = 2000
@@ -50,6 +54,9 @@ class InvalidPolicyDocument(BadRequest):
         super().__init__(error.message)
         self.problems = error.problems
         self.line = error.line
+
+    def audit_details(self) -> dict[str, object]:
+        return {"problems": [p.to_dict() for p in self.problems[:20]]}
 
 
 @dataclass(frozen=True)
@@ -164,13 +171,8 @@ def check(core: Sealroom, text: str) -> CheckedPolicy:
 
 
 def validate(core: Sealroom, caller: Caller, text: str) -> CheckedPolicy:
-    try:
+    with refusals(core, caller, AuditAction.POLICY_VALIDATE, "policy"):
         checked = check(core, text)
-    except InvalidPolicyDocument as exc:
-        core.record(caller.actor, AuditAction.POLICY_VALIDATE, target="policy",
-                    outcome=Outcome.DENIED, reason=exc.message, request_id=caller.request_id,
-                    problems=[p.to_dict() for p in exc.problems[:20]])
-        raise
     core.record(caller.actor, AuditAction.POLICY_VALIDATE, target="policy",
                 request_id=caller.request_id, sha256=checked.sha256,
                 warnings=len(checked.warnings))
@@ -185,8 +187,9 @@ def _registered_images(session: Session) -> set[str]:
 
 
 def _sandbox_findings(session: Session, policy: Policy) -> list[tuple[Sandbox, PolicyDecision]]:
-    """Each running sandbox, relaunched under `policy`: its owner's sandboxes started
-    before it count against the owner's concurrency limit."""
+    """Each running sandbox, relaunched under `policy` as its launch was decided (the same
+    `ParsedLaunch.request` and `judge`): its owner's sandboxes started before it count
+    against the owner's concurrency limit."""
     evaluator = PolicyEvaluator(policy)
     registered = _registered_images(session)
     rows = session.exec(select(Sandbox, User.role).join(User, col(User.id) == Sandbox.owner_id)
@@ -196,14 +199,10 @@ def _sandbox_findings(session: Session, policy: Policy) -> list[tuple[Sandbox, P
     earlier: Counter[str] = Counter()
     found = []
     for sandbox, role in rows:
-        request = LaunchRequest(
-            user=sandbox.owner, role=role,
-            datasets=tuple(d["name"] for d in json.loads(sandbox.datasets)),
-            cpus=sandbox.cpus, memory_mb=sandbox.memory_mb, pids=sandbox.pids,
-            timeout_s=sandbox.timeout_s, running_sandboxes=earlier[sandbox.owner],
-            image_digest=sandbox.image_digest)
+        decision = judge(evaluator, ParsedLaunch.of_sandbox(sandbox), sandbox.owner, role,
+                         running=earlier[sandbox.owner], image_digest=sandbox.image_digest,
+                         registered=registered)
         earlier[sandbox.owner] += 1
-        decision = evaluator.may_launch(request, registered)
         if not decision:
             found.append((sandbox, decision))
     return found
@@ -259,15 +258,10 @@ def _findings(core: Sealroom, session: Session, checked: CheckedPolicy,
 
 
 def dry_run(core: Sealroom, caller: Caller, text: str) -> DryRun:
-    try:
-        with core.read() as session:
-            checked = _check(session, text)
-            _, result, _ = _findings(core, session, checked, _latest(session).version + 1)
-    except InvalidPolicyDocument as exc:
-        core.record(caller.actor, AuditAction.POLICY_DRY_RUN, target="policy",
-                    outcome=Outcome.DENIED, reason=exc.message, request_id=caller.request_id,
-                    problems=[p.to_dict() for p in exc.problems[:20]])
-        raise
+    with refusals(core, caller, AuditAction.POLICY_DRY_RUN, "policy"), \
+            core.read() as session:
+        checked = _check(session, text)
+        _, result, _ = _findings(core, session, checked, _latest(session).version + 1)
     core.record(caller.actor, AuditAction.POLICY_DRY_RUN, target="policy",
                 request_id=caller.request_id, **_summary(result))
     return result
@@ -291,14 +285,8 @@ def activate(core: Sealroom, caller: Caller, text: str, reason: str, *,
     requests it denies fail their checks; running sandboxes it denies are recorded and
     listed for the officer, who may stop them."""
     action = AuditAction.POLICY_RESTORE if restored_from else AuditAction.POLICY_ACTIVATE
-    try:
+    with refusals(core, caller, action, "policy"):
         return _activate(core, caller, text, reason, base_version, restored_from, action)
-    except ServiceError as exc:
-        core.record(caller.actor, action, target="policy", outcome=Outcome.DENIED,
-                    reason=exc.message, request_id=caller.request_id,
-                    **({"problems": [p.to_dict() for p in exc.problems[:20]]}
-                       if isinstance(exc, InvalidPolicyDocument) else {}))
-        raise
 
 
 def _activate(core: Sealroom, caller: Caller, text: str, reason: str,
@@ -367,12 +355,8 @@ def _apply(session: Session, caller: Caller, policy: Policy, result: DryRun,
 
 def restore(core: Sealroom, caller: Caller, number: int, reason: str) -> Activation:
     """Activate an earlier version's document again, as a new version."""
-    try:
+    with refusals(core, caller, AuditAction.POLICY_RESTORE, f"policy:{number}"):
         old = get_version(core, number)
-    except NotFound as exc:
-        core.record(caller.actor, AuditAction.POLICY_RESTORE, target=f"policy:{number}",
-                    outcome=Outcome.DENIED, reason=exc.message, request_id=caller.request_id)
-        raise
     return activate(core, caller, old.text, reason, restored_from=number)
 
 
@@ -419,3 +403,32 @@ def forbidding_decision(core: Sealroom, sandbox_id: str) -> PolicyDecision | Non
             if sandbox.id == sandbox_id:
                 return decision
     return None
+
+
+def stop_forbidden(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
+    """A security officer stops someone's running sandbox that the active policy forbids."""
+    target = f"sandbox:{sandbox_id[:64]}"
+    with refusals(core, caller, AuditAction.SANDBOX_STOP, target):
+        # The engine's word first (outside any transaction), as for the owner's stop.
+        record = sandbox_service.refresh(core, sandbox_id)
+        if record is None:
+            raise NotFound("no such sandbox")
+        if SandboxStatus(record.status).terminal:
+            return record  # stopping twice is fine
+        decision = forbidding_decision(core, sandbox_id)
+        if decision is None:
+            raise Conflict("the active policy allows this sandbox; only its owner may stop it")
+        try:
+            core.backend.stop(sandbox_service.state_of(record), timeout_s=5)
+        except EngineUnavailable as exc:
+            raise EngineDown("the container engine is not available; try again later",
+                             detail=exc.detail) from exc
+    status = core.backend.poll(sandbox_service.state_of(record))
+    finished = sandbox_service.finish(
+        core, sandbox_id, SandboxStatus.STOPPED, AuditAction.SANDBOX_STOP,
+        f"stopped by {caller.name}: policy version {decision.policy_version} forbids it "
+        f"({decision.rule}: {decision.reason})", exit_code=status.exit_code, caller=caller,
+        details={"rule": decision.rule, "policy_version": decision.policy_version,
+                 "owner": record.owner})
+    assert finished is not None
+    return finished

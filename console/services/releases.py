@@ -15,6 +15,8 @@ import secrets
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from console.models import (
 )
 from console.permissions import Permission, role_has
 from console.services import outbox as outbox_service
+from console.services.auditing import refusals
 from console.services.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError
 from policies.schema import Policy
 from sandbox.errors import SandboxError
@@ -119,25 +122,13 @@ def report_dict(report: CheckReport) -> dict[str, Any]:
     return body
 
 
-def _refuse(core: Sealroom, caller: Caller, action: AuditAction, target: str,
-            exc: ServiceError) -> None:
-    decided = {"rule": exc.rule, "policy_version": exc.policy_version or core.policy.version} \
-        if exc.rule else {}
-    core.record(caller.actor, action, target=target,
-                outcome=Outcome.FAILED if exc.status >= 500 else Outcome.DENIED,
-                reason=exc.message, request_id=caller.request_id, **decided)
-
-
 # --- request ------------------------------------------------------------------------------
 
 
 def create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
            justification: str) -> ReleaseRequest:
-    try:
+    with refusals(core, caller, AuditAction.RELEASE_REQUEST, f"sandbox:{sandbox_id[:64]}"):
         return _create(core, caller, sandbox_id, names, justification)
-    except ServiceError as exc:
-        _refuse(core, caller, AuditAction.RELEASE_REQUEST, f"sandbox:{sandbox_id[:64]}", exc)
-        raise
 
 
 def _labelled(report: CheckReport, labels: dict[str, str]) -> CheckReport:
@@ -371,7 +362,7 @@ def file_view(core: Sealroom, caller: Caller, release_id: str, position: int) ->
     """The rendered view of the release's file at `position` (1-based, in the order the
     files are listed), audited per view with the file's position and hash."""
     target = f"release:{release_id[:64]}"
-    try:
+    with refusals(core, caller, AuditAction.RELEASE_FILE_VIEW, target):
         with core.read() as session:
             record = _visible(session, caller, release_id)
             files = _files(session, release_id)
@@ -380,9 +371,6 @@ def file_view(core: Sealroom, caller: Caller, release_id: str, position: int) ->
                             "sees them once the release is released")
         if not 1 <= position <= len(files):
             raise NotFound(f"this release has no file {position}")
-    except ServiceError as exc:
-        _refuse(core, caller, AuditAction.RELEASE_FILE_VIEW, target, exc)
-        raise
     chosen = files[position - 1]
     view = render_file(blob_store(core).path(chosen.sha256), suffix_of(chosen.name),
                        max_elements=VIEW_MAX_ELEMENTS)
@@ -405,47 +393,49 @@ def _transition(session: Session, record: ReleaseRequest, status: ReleaseStatus,
     session.add(record)
 
 
+@contextmanager
+def _approved_once() -> Iterator[None]:
+    """An approver's second approval racing the first: the unique index refuses it."""
+    try:
+        yield
+    except IntegrityError:
+        raise Conflict("you have already approved this request") from None
+
+
 def approve(core: Sealroom, caller: Caller, release_id: str) -> ReleaseRequest:
     target = f"release:{release_id[:64]}"
-    try:
-        with core.transaction() as session:
-            record = _visible(session, caller, release_id)
-            if record.requester == caller.name:
-                raise Forbidden("you cannot approve your own release request")
-            if record.status != ReleaseStatus.IN_REVIEW:
-                raise Conflict(f"the request is {record.status.replace('_', ' ')}, "
-                               "not in review")
-            if session.exec(select(ReleaseDecision).where(
-                    ReleaseDecision.release_id == release_id,
-                    ReleaseDecision.approver == caller.name,
-                    ReleaseDecision.decision == "approve")).first():
-                raise Conflict("you have already approved this request")
-            session.add(ReleaseDecision(release_id=release_id, approver=caller.name,
-                                        decision="approve", created_at=utc_now()))
-            session.flush()
-            count = len(session.exec(select(ReleaseDecision).where(
+    with refusals(core, caller, AuditAction.RELEASE_APPROVE, target), _approved_once(), \
+            core.transaction() as session:
+        record = _visible(session, caller, release_id)
+        if record.requester == caller.name:
+            raise Forbidden("you cannot approve your own release request")
+        if record.status != ReleaseStatus.IN_REVIEW:
+            raise Conflict(f"the request is {record.status.replace('_', ' ')}, "
+                           "not in review")
+        if session.exec(select(ReleaseDecision).where(
                 ReleaseDecision.release_id == release_id,
-                ReleaseDecision.decision == "approve")).all())
-            # The active policy may have raised the number since the request was made.
-            policy = core.policy
-            if policy.release.approvals_needed > record.approvals_needed:
-                record.approvals_needed = policy.release.approvals_needed
-                session.add(record)
-            complete = count >= record.approvals_needed
-            if complete:
-                _transition(session, record, ReleaseStatus.APPROVED)
-            append(session, EventDraft(
-                caller.actor, AuditAction.RELEASE_APPROVE, target, request_id=caller.request_id,
-                details={"approvals": count, "needed": record.approvals_needed,
-                         "rule": "release.approvals_needed",
-                         "policy_version": policy.version}))
-    except IntegrityError:
-        exc = Conflict("you have already approved this request")
-        _refuse(core, caller, AuditAction.RELEASE_APPROVE, target, exc)
-        raise exc from None
-    except ServiceError as exc:
-        _refuse(core, caller, AuditAction.RELEASE_APPROVE, target, exc)
-        raise
+                ReleaseDecision.approver == caller.name,
+                ReleaseDecision.decision == "approve")).first():
+            raise Conflict("you have already approved this request")
+        session.add(ReleaseDecision(release_id=release_id, approver=caller.name,
+                                    decision="approve", created_at=utc_now()))
+        session.flush()
+        count = len(session.exec(select(ReleaseDecision).where(
+            ReleaseDecision.release_id == release_id,
+            ReleaseDecision.decision == "approve")).all())
+        # The active policy may have raised the number since the request was made.
+        policy = core.policy
+        if policy.release.approvals_needed > record.approvals_needed:
+            record.approvals_needed = policy.release.approvals_needed
+            session.add(record)
+        complete = count >= record.approvals_needed
+        if complete:
+            _transition(session, record, ReleaseStatus.APPROVED)
+        append(session, EventDraft(
+            caller.actor, AuditAction.RELEASE_APPROVE, target, request_id=caller.request_id,
+            details={"approvals": count, "needed": record.approvals_needed,
+                     "rule": "release.approvals_needed",
+                     "policy_version": policy.version}))
     if complete:
         return seal(core, release_id)
     return record
@@ -453,7 +443,7 @@ def approve(core: Sealroom, caller: Caller, release_id: str) -> ReleaseRequest:
 
 def reject(core: Sealroom, caller: Caller, release_id: str, reason: str) -> ReleaseRequest:
     target = f"release:{release_id[:64]}"
-    try:
+    with refusals(core, caller, AuditAction.RELEASE_REJECT, target):
         reason = reason.strip()
         if not reason:
             raise BadRequest("say why the request is rejected")
@@ -470,30 +460,24 @@ def reject(core: Sealroom, caller: Caller, release_id: str, reason: str) -> Rele
             _transition(session, record, ReleaseStatus.REJECTED, reason[:2000])
             append(session, EventDraft(caller.actor, AuditAction.RELEASE_REJECT, target,
                                        reason=reason[:2000], request_id=caller.request_id))
-    except ServiceError as exc:
-        _refuse(core, caller, AuditAction.RELEASE_REJECT, target, exc)
-        raise
     return record
 
 
 def withdraw(core: Sealroom, caller: Caller, release_id: str, reason: str = "") -> ReleaseRequest:
     target = f"release:{release_id[:64]}"
-    try:
-        with core.transaction() as session:
-            record = _visible(session, caller, release_id)
-            if record.requester != caller.name:
-                raise Forbidden("only the requester can withdraw a release request")
-            if record.status not in (ReleaseStatus.SUBMITTED, ReleaseStatus.IN_REVIEW,
-                                     ReleaseStatus.CHECKS_FAILED):
-                raise Conflict(f"the request is {record.status.replace('_', ' ')}; "
-                               "it can no longer be withdrawn")
-            _transition(session, record, ReleaseStatus.WITHDRAWN,
-                        reason.strip()[:2000] or "withdrawn by the requester")
-            append(session, EventDraft(caller.actor, AuditAction.RELEASE_WITHDRAW, target,
-                                       reason=reason[:2000], request_id=caller.request_id))
-    except ServiceError as exc:
-        _refuse(core, caller, AuditAction.RELEASE_WITHDRAW, target, exc)
-        raise
+    with refusals(core, caller, AuditAction.RELEASE_WITHDRAW, target), \
+            core.transaction() as session:
+        record = _visible(session, caller, release_id)
+        if record.requester != caller.name:
+            raise Forbidden("only the requester can withdraw a release request")
+        if record.status not in (ReleaseStatus.SUBMITTED, ReleaseStatus.IN_REVIEW,
+                                 ReleaseStatus.CHECKS_FAILED):
+            raise Conflict(f"the request is {record.status.replace('_', ' ')}; "
+                           "it can no longer be withdrawn")
+        _transition(session, record, ReleaseStatus.WITHDRAWN,
+                    reason.strip()[:2000] or "withdrawn by the requester")
+        append(session, EventDraft(caller.actor, AuditAction.RELEASE_WITHDRAW, target,
+                                   reason=reason[:2000], request_id=caller.request_id))
     return record
 
 
@@ -577,7 +561,7 @@ def resume_sealing(core: Sealroom) -> None:
 def bundle_archive(core: Sealroom, caller: Caller, release_id: str) -> Path:
     """The released bundle as a tar file, for the requester and the approvers only."""
     target = f"release:{release_id[:64]}"
-    try:
+    with refusals(core, caller, AuditAction.RELEASE_DOWNLOAD, target):
         with core.read() as session:
             record = _visible(session, caller, release_id)
             approvers = {d.approver for d in session.exec(select(ReleaseDecision).where(
@@ -588,9 +572,6 @@ def bundle_archive(core: Sealroom, caller: Caller, release_id: str) -> Path:
         if record.status != ReleaseStatus.RELEASED:
             raise Conflict(f"the request is {record.status.replace('_', ' ')}; only released "
                            "bundles can be downloaded")
-    except ServiceError as exc:
-        _refuse(core, caller, AuditAction.RELEASE_DOWNLOAD, target, exc)
-        raise
     archive = _release_dir(core, release_id) / f"{release_id}.tar"
     if not archive.exists():
         bundle = Path(record.bundle_path)

@@ -14,6 +14,7 @@ from wtforms.fields.choices import SelectChoice
 from console.guards import caller, core, requires
 from console.permissions import Permission
 from console.services import datasets as dataset_service
+from console.services import launch as launch_service
 from console.services import sandboxes as sandbox_service
 from console.services.errors import PolicyDenied, ServiceError
 from console.web.forms import LaunchForm
@@ -47,7 +48,7 @@ def new() -> Any:
                                for k, v in form.errors.items())
             flash(f"Check the form: {errors}", "error")
             return render_template("sandbox_new.html", form=form, maxima=maxima), 400
-        order = sandbox_service.LaunchOrder(
+        order = launch_service.LaunchOrder(
             datasets=[form.dataset.data], command=form.command.data,
             cpus=float(form.cpus.data), memory_mb=form.memory_mb.data,
             pids=form.pids.data or 256, timeout_s=form.timeout_s.data)
@@ -60,7 +61,7 @@ def new() -> Any:
         else:
             order.example = "mlp"
         try:
-            record = sandbox_service.launch(core(), caller(), order)
+            record = launch_service.launch(core(), caller(), order)
         except ServiceError as exc:
             rule = f" (policy version {exc.policy_version}, rule {exc.rule})" \
                 if exc.rule and exc.policy_version else ""

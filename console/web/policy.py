@@ -13,7 +13,6 @@ from flask_login import current_user
 from console.guards import caller, core, requires
 from console.permissions import Permission, role_has
 from console.services import policy as policy_service
-from console.services import sandboxes as sandbox_service
 from console.services.errors import ServiceError
 from console.services.policy import InvalidPolicyDocument
 from policies.schema import policy_sha256
@@ -159,7 +158,7 @@ def restore(number: int) -> Any:
 @requires(Permission.SANDBOX_OVERSEE)
 def stop_sandbox(sandbox_id: str) -> Any:
     try:
-        sandbox_service.stop_forbidden(core(), caller(), sandbox_id)
+        policy_service.stop_forbidden(core(), caller(), sandbox_id)
     except ServiceError as exc:
         flash(exc.message, "error")
         return redirect(url_for("policy_pages.index")), 303

@@ -36,6 +36,7 @@ from audit.models import SCHEMA_VERSION
 from console.app import create_app
 from console.core import Caller, Sealroom
 from console.services import accounts, audit_log, datasets, images
+from console.services import launch as launch_service
 from console.services import sandboxes as sandbox_service
 from console.settings import Settings, register_backend
 from sandbox.backend import BackendState, LogChunk
@@ -103,7 +104,7 @@ def _seed_sandboxes(core: Sealroom, backend: SlowLogBackend, tmp: Path) -> tuple
     caller = Caller(Actor(ENGINEER, "engineer", "token", "127.0.0.1"))
     running: list[str] = []
     for i in range(SANDBOXES):
-        record = sandbox_service.launch(core, caller, sandbox_service.LaunchOrder(
+        record = launch_service.launch(core, caller, launch_service.LaunchOrder(
             datasets=["demo"], example="mlp"))
         if i < SANDBOXES - RUNNING:
             if i % 3 == 2:

@@ -23,6 +23,7 @@ from console.core import Caller, Sealroom
 from console.db import WriteInReadTransaction
 from console.models import ReleaseDecision, ReleaseFile, ReleaseRequest, Sandbox, User
 from console.services import disclosure as disclosure_service
+from console.services import launch as launch_service
 from console.services import policy as policy_service
 from console.services import releases as release_service
 from console.services import sandboxes as sandbox_service
@@ -43,8 +44,8 @@ def people(make_user: Callable[..., tuple[str, str]], dataset: str) -> dict[str,
 
 
 def _launch(core: Sealroom) -> str:
-    order = sandbox_service.LaunchOrder(datasets=["demo"], example="mlp")
-    return sandbox_service.launch(core, ALICE, order).id
+    order = launch_service.LaunchOrder(datasets=["demo"], example="mlp")
+    return launch_service.launch(core, ALICE, order).id
 
 
 def _database(core: Sealroom) -> str:

@@ -1,0 +1,376 @@
+"""Launching a sandbox, as steps: parse the order, decide under the active policy, stage the
+code, create the container, record the sandbox with its audit events, start it.
+
+One policy version decides the whole launch. Every refusal is audited (`refusals`); a
+failure before the row exists leaves no row, no directories and no container. The policy's
+dry run decides about running sandboxes with the same `ParsedLaunch.request` and `judge`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shlex
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlmodel import col, select
+
+from audit.chain import append, utc_now
+from audit.errors import AuditWriteFailed
+from audit.events import AuditAction, EventDraft, Outcome
+from console.core import Caller, Sealroom
+from console.models import Dataset, Image, Sandbox, SandboxStatus, User
+from console.services import sandboxes
+from console.services.auditing import refusals
+from console.services.errors import (
+    AuditUnavailable,
+    BadRequest,
+    EngineDown,
+    PayloadTooLarge,
+    PolicyDenied,
+    ServiceError,
+)
+from console.services.images import current_image
+from policies.evaluator import LaunchKind, LaunchRequest, PolicyDecision, PolicyEvaluator
+from policies.schema import Policy, Uploads
+from sandbox import spec as sandbox_spec
+from sandbox.backend import BackendState
+from sandbox.errors import EngineUnavailable, InvalidSpec, InvalidUpload, SandboxError
+from sandbox.files import UploadLimits
+from sandbox.storage import SandboxStorage
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = Path(sandbox_spec.__file__).with_name("examples")
+DEFAULT_COMMAND = "python train.py"
+KINDS: tuple[LaunchKind, ...] = ("single", "cluster")
+
+
+@dataclass
+class LaunchOrder:
+    """What an engineer asked for, parsed by a view."""
+
+    datasets: list[str]
+    example: str | None = None
+    code_name: str = ""
+    code: bytes | None = None
+    command: str = DEFAULT_COMMAND
+    cpus: float = 1.0
+    memory_mb: int = 2048
+    pids: int = 256
+    timeout_s: int = 1800
+    gpus: int = 0
+    kind: str = "single"
+    ranks: int = 1  # MPI nodes of a cluster
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def examples() -> list[str]:
+    return sorted(p.name for p in EXAMPLES.iterdir() if (p / "train.py").is_file())
+
+
+# --- the values passed from step to step ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParsedLaunch:
+    """A valid order: what to run, on which datasets, with which limits."""
+
+    datasets: tuple[str, ...]  # each once, in the order asked
+    command: tuple[str, ...]
+    limits: sandbox_spec.Limits
+    kind: LaunchKind = "single"
+    ranks: int = 1
+    gpus: int = 0
+    example: str | None = None
+    code_name: str = ""
+    code: bytes | None = None
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+    def request(self, user: str, role: str, *, running: int,
+                image_digest: str) -> LaunchRequest:
+        """The launch as the policy sees it: the one way a `LaunchRequest` is made."""
+        limits = self.limits
+        return LaunchRequest(user=user, role=role, datasets=self.datasets, cpus=limits.cpus,
+                             memory_mb=limits.memory_mb, pids=limits.pids,
+                             timeout_s=limits.timeout_s, running_sandboxes=running,
+                             image_digest=image_digest, kind=self.kind, ranks=self.ranks,
+                             gpus=self.gpus)
+
+    @classmethod
+    def of_sandbox(cls, record: Sandbox) -> ParsedLaunch:
+        """A launched sandbox as the order it was launched from (for a policy dry run)."""
+        kind: LaunchKind = "cluster" if record.kind == "cluster" else "single"
+        return cls(datasets=tuple(d["name"] for d in json.loads(record.datasets)),
+                   command=tuple(shlex.split(record.command)),
+                   limits=sandbox_spec.Limits(cpus=record.cpus, memory_mb=record.memory_mb,
+                                              pids=record.pids, timeout_s=record.timeout_s),
+                   kind=kind, ranks=record.ranks, gpus=record.gpus)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An allowed launch and the facts it was decided on."""
+
+    image: Image
+    mounts: tuple[sandbox_spec.DatasetMount, ...]
+    rule: str
+    policy_version: int
+    network: str  # the network plan the policy gives this kind of launch
+
+
+@dataclass(frozen=True)
+class Staged:
+    """The sandbox's workspace and outbox exist in storage, with its code in the workspace."""
+
+    sandbox_id: str
+    code_name: str
+    code_digest: str
+
+
+# --- launch ---------------------------------------------------------------------------------
+
+
+def launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
+    """Launch a sandbox; every refusal is audited and leaves nothing behind."""
+    policy = core.policy  # one version decides the whole launch, and is recorded
+    with refusals(core, caller, AuditAction.SANDBOX_LAUNCH, "sandbox:",
+                  policy_version=policy.version, datasets=order.datasets,
+                  unrecorded="the audit log cannot be written; nothing was launched"):
+        parsed = parse(order, policy)
+        decision = decide(core, caller, parsed, policy)
+        _require_engine(core)
+        sandbox_id = "sb-" + secrets.token_hex(6)
+        state: BackendState = {}
+        try:
+            staged = stage(core.storage, sandbox_id, parsed, policy.uploads)
+            spec = spec_for(caller.name, parsed, decision, staged)
+            state = create(core, spec)
+            record(core, caller, parsed, decision, staged, spec, state)
+        except BaseException as exc:
+            _discard(core, sandbox_id, state)  # fail closed: no row, so no container, no files
+            refusal = _refusal(exc)
+            if refusal is None:
+                raise
+            raise refusal from exc
+        return start(core, caller, sandbox_id, state)
+
+
+def audit_refused_launch(core: Sealroom, caller: Caller, reason: str) -> None:
+    """Record a launch refused before it could be parsed into an order."""
+    core.record(caller.actor, AuditAction.SANDBOX_LAUNCH, target="sandbox:",
+                outcome=Outcome.DENIED, reason=reason, request_id=caller.request_id)
+
+
+# --- the steps ------------------------------------------------------------------------------
+
+
+def parse(order: LaunchOrder, policy: Policy) -> ParsedLaunch:
+    """Check the order on its own (and the upload's size): nothing is read or written."""
+    if not order.datasets:
+        raise BadRequest("choose a dataset")
+    try:
+        command = tuple(shlex.split(order.command))
+        limits = sandbox_spec.Limits(cpus=order.cpus, memory_mb=order.memory_mb,
+                                     pids=order.pids, timeout_s=order.timeout_s)
+    except (ValueError, InvalidSpec) as exc:
+        raise BadRequest(f"invalid launch request: {exc}") from exc
+    if not command:
+        raise BadRequest("the command must not be empty")
+    if order.example is None and order.code is None:
+        raise BadRequest("upload a script or a zip of code, or pick the bundled example")
+    if order.example is not None and order.example not in examples():
+        raise BadRequest(f"unknown example {order.example!r}")
+    if order.gpus < 0:
+        raise BadRequest("limits.gpus must not be negative")
+    kind = _kind(order.kind)
+    if order.ranks < 1:
+        raise BadRequest("ranks must be at least 1")
+    if kind == "single" and order.ranks != 1:
+        raise BadRequest("a single sandbox has one rank; ask for kind 'cluster' for more")
+    uploads = policy.uploads
+    if order.code is not None and len(order.code) > uploads.max_code_mb * 1024 * 1024:
+        raise PayloadTooLarge(f"the upload is larger than {uploads.max_code_mb} MB",
+                              rule="uploads.max_code_mb")
+    return ParsedLaunch(datasets=tuple(dict.fromkeys(order.datasets)), command=command,
+                        limits=limits, kind=kind, ranks=order.ranks, gpus=order.gpus,
+                        example=order.example, code_name=order.code_name, code=order.code,
+                        extra_env=tuple(sorted(order.extra_env.items())))
+
+
+def _kind(value: str) -> LaunchKind:
+    for kind in KINDS:
+        if value == kind:
+            return kind
+    raise BadRequest(f"kind must be 'single' or 'cluster', not {value[:40]!r}")
+
+
+def judge(evaluator: PolicyEvaluator, parsed: ParsedLaunch, user: str, role: str, *,
+          running: int, image_digest: str, registered: Collection[str]) -> PolicyDecision:
+    """The policy's decision on a parsed launch, given the facts it depends on."""
+    return evaluator.may_launch(
+        parsed.request(user, role, running=running, image_digest=image_digest), registered)
+
+
+def decide(core: Sealroom, caller: Caller, parsed: ParsedLaunch, policy: Policy) -> Decision:
+    """Read what the decision depends on once, and ask `policy`; refuse what this
+    installation cannot run yet even where the policy would allow it."""
+    image = current_image(core)
+    if image is None:
+        raise EngineDown("no sandbox image is installed; an operator must run "
+                         "'sealroom images build'")
+    with core.transaction() as session:
+        mounts = []
+        for name in parsed.datasets:
+            dataset = session.exec(select(Dataset).where(Dataset.name == name)).first()
+            if dataset is None:
+                raise BadRequest(f"unknown dataset {name!r}")
+            mounts.append(sandbox_spec.DatasetMount(name, Path(dataset.path), dataset.digest))
+        running = len(session.exec(select(Sandbox.id).where(Sandbox.owner == caller.name).where(
+            col(Sandbox.status).in_([SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all())
+        registered = set(session.exec(select(Image.digest)).all())
+    evaluator = PolicyEvaluator(policy)
+    decision = judge(evaluator, parsed, caller.name, caller.role, running=running,
+                     image_digest=image.digest, registered=registered)
+    if not decision:
+        raise PolicyDenied(decision.reason, rule=decision.rule,
+                           policy_version=decision.policy_version)
+    # A single sandbox has network mode "none", a cluster only its own network; the schema
+    # admits no other value, and the plan's name is recorded with the launch.
+    network = evaluator.network_for("mpi" if parsed.kind == "cluster" else "single")
+    if parsed.gpus:
+        raise BadRequest("this installation cannot give sandboxes GPUs yet",
+                         rule=decision.rule)
+    if parsed.kind == "cluster":
+        raise BadRequest("MPI clusters are not available on this installation yet",
+                         rule=decision.rule)
+    return Decision(image=image, mounts=tuple(mounts), rule=decision.rule,
+                    policy_version=decision.policy_version, network=network.reason)
+
+
+def _require_engine(core: Sealroom) -> None:
+    try:
+        core.backend.ping()
+    except EngineUnavailable as exc:
+        raise EngineDown("the container engine is not available; try again later",
+                         detail=exc.detail) from exc
+
+
+def stage(storage: SandboxStorage, sandbox_id: str, parsed: ParsedLaunch,
+          uploads: Uploads) -> Staged:
+    """Make the sandbox's workspace and outbox and put its code in the workspace, handed to
+    the sandbox user. The caller discards the storage if this fails."""
+    storage.create(sandbox_id)
+    if parsed.example is not None:
+        code_digest = storage.stage_tree(sandbox_id, EXAMPLES / parsed.example)
+        code_name = f"example:{parsed.example}"
+    else:
+        assert parsed.code is not None
+        code_digest = storage.stage_upload(sandbox_id, parsed.code_name, parsed.code,
+                                           UploadLimits(uploads.max_code_mb << 20,
+                                                        uploads.max_unpacked_mb << 20,
+                                                        uploads.max_files))
+        code_name = parsed.code_name
+    storage.seal_staging(sandbox_id)
+    return Staged(sandbox_id, code_name, code_digest)
+
+
+def spec_for(owner: str, parsed: ParsedLaunch, decision: Decision,
+             staged: Staged) -> sandbox_spec.SandboxSpec:
+    """What the backend is asked to create (pure data; an invalid spec is `InvalidSpec`)."""
+    sandbox_id = staged.sandbox_id
+    return sandbox_spec.SandboxSpec(
+        sandbox_id=sandbox_id, owner=owner, image=decision.image.digest,
+        command=parsed.command, datasets=decision.mounts, limits=parsed.limits,
+        env=(("SEALROOM_SANDBOX", sandbox_id),
+             ("SEALROOM_DATA", decision.mounts[0].target),
+             ("SEALROOM_OUTBOX", sandbox_spec.OUTBOX),
+             *parsed.extra_env))
+
+
+def create(core: Sealroom, spec: sandbox_spec.SandboxSpec) -> BackendState:
+    """Create the sandbox in the engine (not started); the backend's state of it."""
+    return core.backend.create(spec)
+
+
+def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decision,
+           staged: Staged, spec: sandbox_spec.SandboxSpec, state: BackendState) -> None:
+    """Insert the sandbox, STARTING, with its code upload and launch events, in one
+    transaction."""
+    sandbox_id, limits, image = spec.sandbox_id, parsed.limits, decision.image
+    with core.transaction() as session:
+        owner = session.exec(select(User).where(User.name == caller.name)).one()
+        assert owner.id is not None
+        session.add(Sandbox(
+            id=sandbox_id, owner_id=owner.id, owner=caller.name,
+            status=SandboxStatus.STARTING, image=image.tag, image_digest=image.digest,
+            command=shlex.join(spec.command),
+            datasets=json.dumps([{"name": m.name, "digest": m.digest} for m in spec.datasets]),
+            code_digest=staged.code_digest, code_name=staged.code_name,
+            spec=json.dumps(spec.to_dict()), kind=parsed.kind, ranks=parsed.ranks,
+            gpus=parsed.gpus, cpus=limits.cpus, memory_mb=limits.memory_mb,
+            pids=limits.pids, timeout_s=limits.timeout_s, backend_state=json.dumps(state),
+            created_at=utc_now()))
+        append(session, EventDraft(
+            caller.actor, AuditAction.CODE_UPLOAD, f"sandbox:{sandbox_id}",
+            request_id=caller.request_id,
+            details={"code": staged.code_name, "digest": staged.code_digest}))
+        append(session, EventDraft(
+            caller.actor, AuditAction.SANDBOX_LAUNCH, f"sandbox:{sandbox_id}",
+            request_id=caller.request_id,
+            details={"spec": spec.to_dict(), "image_digest": image.digest,
+                     "code_digest": staged.code_digest, "rule": decision.rule,
+                     "policy_version": decision.policy_version,
+                     "network": decision.network}))
+
+
+def start(core: Sealroom, caller: Caller, sandbox_id: str, state: BackendState) -> Sandbox:
+    """Start the created sandbox; it is RUNNING, or FAILED if it cannot start."""
+    try:
+        core.backend.start(state)
+    except SandboxError as exc:
+        sandboxes.finish(core, sandbox_id, SandboxStatus.FAILED, AuditAction.SANDBOX_START,
+                         f"the sandbox could not start: {exc.user_message}",
+                         outcome=Outcome.FAILED)
+        raise EngineDown(f"the sandbox could not start: {exc.user_message}",
+                         detail=exc.detail) from exc
+    with core.transaction() as session:
+        started = session.get(Sandbox, sandbox_id)
+        assert started is not None
+        if started.status == SandboxStatus.STARTING:
+            started.status = SandboxStatus.RUNNING
+            started.started_at = utc_now()
+            session.add(started)
+            append(session, EventDraft(caller.actor, AuditAction.SANDBOX_START,
+                                       f"sandbox:{sandbox_id}", request_id=caller.request_id))
+    return started
+
+
+def _refusal(exc: BaseException) -> ServiceError | None:
+    """What a failure while staging, creating or recording tells the caller."""
+    if isinstance(exc, InvalidUpload | InvalidSpec):
+        return BadRequest(exc.user_message)
+    if isinstance(exc, EngineUnavailable):
+        return EngineDown("the container engine is not available; try again later",
+                          detail=exc.detail)
+    if isinstance(exc, SandboxError):
+        return EngineDown(f"the sandbox could not be created: {exc.user_message}",
+                          detail=exc.detail)
+    if isinstance(exc, AuditWriteFailed):
+        # The sandbox was created but never started; it went with the row.
+        return AuditUnavailable("the audit log cannot be written; the sandbox was not "
+                                "launched", detail=str(exc))
+    return None
+
+
+def _discard(core: Sealroom, sandbox_id: str, state: BackendState) -> None:
+    if state:
+        try:
+            core.backend.remove(state)
+        except SandboxError:
+            log.warning("could not remove the containers of %s; the reconciler will",
+                        sandbox_id)
+    core.storage.discard(sandbox_id)

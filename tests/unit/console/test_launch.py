@@ -1,0 +1,130 @@
+"""Launching as steps, with the fake backend: kind and ranks in the order, the policy's dry run
+deciding about a running sandbox exactly as a launch of the same order is decided (GPUs and
+MPI nodes included), and a launch refused after its container exists leaving nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlmodel import select
+
+from audit.events import Actor
+from console.core import Caller, Sealroom
+from console.models import Sandbox
+from console.services import launch as launch_service
+from console.services import policy as policy_service
+from console.services.errors import AuditUnavailable
+from tests.helpers import OPERATOR, bearer, change_policy, recorded
+
+
+@pytest.fixture
+def alice(make_user: Callable[..., tuple[str, str]], dataset: str) -> str:
+    return make_user("alice")[1]
+
+
+def _launch(client: FlaskClient, token: str, **body: Any) -> Any:
+    return client.post("/api/v1/sandboxes", headers=bearer(token),
+                       json={"dataset": "demo", "example": "mlp", **body})
+
+
+def _sandboxes(core: Sealroom) -> list[Sandbox]:
+    with core.transaction() as session:
+        return list(session.exec(select(Sandbox)).all())
+
+
+def test_a_launch_records_its_kind_ranks_and_gpus(client: FlaskClient, core: Sealroom,
+                                                  alice: str) -> None:
+    response = _launch(client, alice)
+    assert response.status_code == 201, response.get_json()
+    (row,) = _sandboxes(core)
+    assert (row.kind, row.ranks, row.gpus) == ("single", 1, 0)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"kind": "swarm"}, "kind must be 'single' or 'cluster', not 'swarm'"),
+    ({"kind": 3}, "kind must be 'single' or 'cluster'"),
+    ({"ranks": "two"}, "ranks must be a whole number"),
+    ({"ranks": 2}, "a single sandbox has one rank; ask for kind 'cluster' for more"),
+    ({"kind": "cluster", "ranks": 0}, "ranks must be at least 1"),
+])
+def test_bad_kinds_and_ranks_are_refused_and_audited(client: FlaskClient, core: Sealroom,
+                                                     alice: str, body: dict[str, Any],
+                                                     message: str) -> None:
+    response = _launch(client, alice, **body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["message"] == message
+    event = recorded(core, "sandbox:sandbox:launch")[-1]
+    assert (event.outcome, event.reason) == ("denied", message)
+    assert _sandboxes(core) == []
+
+
+def test_a_cluster_the_policy_allows_is_not_available_yet(client: FlaskClient, core: Sealroom,
+                                                         alice: str) -> None:
+    version = change_policy(core, {"resources": {"default": {"max_mpi_nodes": 4}}})
+    response = _launch(client, alice, kind="cluster", ranks=4)
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["message"] == "MPI clusters are not available on this installation yet"
+    assert (error["rule"], error["policy_version"]) == ("launch", version)
+    assert _sandboxes(core) == []
+    assert list(core.settings.sandboxes_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("launched_as, order, rule", [
+    ({"gpus": 2}, {"limits": {"gpus": 2}}, "resources.default.max_gpus"),
+    ({"kind": "cluster", "ranks": 3}, {"kind": "cluster", "ranks": 3},
+     "resources.default.max_mpi_nodes"),
+])
+def test_the_dry_run_decides_like_the_launch(client: FlaskClient, core: Sealroom, alice: str,
+                                             launched_as: dict[str, Any], order: dict[str, Any],
+                                             rule: str) -> None:
+    """A sandbox running as `launched_as` (as on an installation that can run it) and a new
+    launch of the same order: the policy's dry run and the launch name the same rule, for
+    the same reason."""
+    sandbox_id = _launch(client, alice).get_json()["id"]
+    with core.transaction() as session:
+        row = session.get(Sandbox, sandbox_id)
+        assert row is not None
+        for key, value in launched_as.items():
+            setattr(row, key, value)
+        session.add(row)
+    refused = _launch(client, alice, **order)
+    assert refused.status_code == 403, refused.get_json()
+    error = refused.get_json()["error"]
+    assert error["rule"] == rule
+
+    result = policy_service.dry_run(core, OPERATOR, policy_service.active_version(core).text)
+    assert [(f.id, f.rule, f.reason) for f in result.sandboxes] == \
+        [(sandbox_id, rule, error["message"])]
+    assert [f.id for f in policy_service.forbidden_sandboxes(core)] == [sandbox_id]
+
+
+def test_a_launch_that_cannot_be_recorded_leaves_nothing(core: Sealroom, alice: str,
+                                                         fake_backend: Any) -> None:
+    with core.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TRIGGER no_audit BEFORE INSERT ON audit_event "
+            "BEGIN SELECT RAISE(ABORT, 'audit store unwritable'); END")
+    caller = Caller(Actor("alice", "engineer", "token", "test"))
+    with pytest.raises(AuditUnavailable) as raised:
+        launch_service.launch(core, caller, launch_service.LaunchOrder(["demo"], example="mlp"))
+    assert raised.value.message == \
+        "the audit log cannot be written; the sandbox was not launched"
+    assert len(fake_backend.created_specs) == 1  # it got as far as the container
+    assert fake_backend.sandboxes == {}  # which went again
+    assert _sandboxes(core) == []
+    assert list(core.settings.sandboxes_dir.iterdir()) == []
+
+
+def test_the_launch_event_names_the_decision(client: FlaskClient, core: Sealroom,
+                                             alice: str) -> None:
+    sandbox_id = _launch(client, alice).get_json()["id"]
+    event = recorded(core, "sandbox:sandbox:launch")[-1]
+    details = json.loads(event.details)
+    assert event.target == f"sandbox:{sandbox_id}"
+    assert (details["rule"], details["network"]) == ("launch", "none")
+    assert details["spec"]["env"]["SEALROOM_DATA"] == "/data/demo"
