@@ -262,8 +262,9 @@ def dry_run(core: Sealroom, caller: Caller, text: str) -> DryRun:
             core.read() as session:
         checked = _check(session, text)
         _, result, _ = _findings(core, session, checked, _latest(session).version + 1)
-    core.record(caller.actor, AuditAction.POLICY_DRY_RUN, target="policy",
-                request_id=caller.request_id, **_summary(result))
+    with core.transaction() as session:
+        append(session, EventDraft(caller.actor, AuditAction.POLICY_DRY_RUN, "policy",
+                                   request_id=caller.request_id, details=_summary(result)))
     return result
 
 
