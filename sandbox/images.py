@@ -452,7 +452,7 @@ def ensure_wheelhouse(
     wheelhouse.mkdir(parents=True)
     log(f"images: downloading wheels into {wheelhouse}")
     # The host's pip (and its configuration) resolves; --only-binary keeps builds compiler-free.
-    selection = ["--only-binary=:all:"] if binary_only else ["--no-deps", "--no-binary=horovod"]
+    selection = ["--only-binary=:all:"] if binary_only else ["--no-deps"]
     _run_logged(
         [
             sys.executable,
