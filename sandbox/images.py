@@ -397,7 +397,10 @@ def ensure_horovod_wheel(
                 detail=f"found {[p.name for p in out.iterdir()]}",
             )
         cached.parent.mkdir(parents=True, exist_ok=True)
-        if cached.exists():  # a stale, empty or partial directory: never a wheel
+        raced = sorted(cached.glob("horovod-*.whl")) if cached.is_dir() else []
+        if raced:  # a concurrent build cached the same inputs first: keep its wheel
+            return raced[0]
+        if cached.exists():  # an empty directory left by hand: never a wheel
             shutil.rmtree(cached)
         os.replace(out, cached)
     log(f"images: compiled and cached the horovod wheel in {time.monotonic() - started:.0f} s")
