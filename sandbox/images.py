@@ -1,21 +1,29 @@
-"""The offline build of the images sandboxes run: `sealroom/base` and the base it builds on.
+"""The offline build of the images sandboxes run: `sealroom/base`, `sealroom/horovod` and the
+debootstrap base they build on.
 
 Images are tagged by a hash of their build inputs, so an unchanged input set is never rebuilt;
-Python packages come from a wheelhouse downloaded on the host, because builds have no network.
+Python packages come from a wheelhouse downloaded on the host, and Debian packages from .debs
+the host's apt resolves against the parent image's own package list, because builds have no
+network. The horovod wheel (PyPI has only an sdist) is compiled once in a throwaway container
+made from `sealroom/base` itself, so it is built against exactly the Python, torch and OpenMPI
+the image runs, with no compiler on the host or in any image; it is cached outside the
+repository under a hash of those inputs and reused by every later build.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +40,24 @@ INPUTS_LABEL = "sealroom.inputs"
 #: Label of the Dockerfile's build stage, removed once the final image exists.
 STAGE_LABEL = "sealroom.stage=build"
 
+#: Label of the throwaway containers a build runs (package lists, probes, the wheel build).
+BUILD_CONTAINER_LABEL = "sealroom.build"
+
 REPOSITORY_PREFIX = "sealroom/"
 MINBASE_NAME = "bookworm-minbase"
 DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
+#: The Debian release the images are made from; the host's apt resolves their packages.
+DEBIAN_CODENAME = "bookworm"
+#: Files of ``images/horovod/`` the horovod image's tag covers (the wheel's inputs included).
+HOROVOD_INPUTS = (
+    "Dockerfile",
+    "requirements.txt",
+    "packages.txt",
+    "build-wheel.sh",
+    "build-requirements.txt",
+    "build-packages.txt",
+)
+HOROVOD_SDIST = "horovod-0.28.1.tar.gz"
 
 _TAG_HEX = 12
 _LOG_TAIL = 30
@@ -91,6 +114,44 @@ def base_inputs_digest(dockerfile: bytes, requirements: bytes, base_image_id: st
     )
 
 
+def horovod_inputs_digest(files: Mapping[str, bytes], base_image_id: str) -> str:
+    """The hash that names ``sealroom/horovod``: every file of ``images/horovod/`` and its base."""
+    return inputs_digest([*sorted(files.items()), ("base-image-id", base_image_id.encode())])
+
+
+@dataclass(frozen=True)
+class HorovodWheelInputs:
+    """Everything the compiled horovod wheel depends on; its hash names the cached wheel.
+
+    The build script holds the C++17 patch and every build flag; ``build_debs`` names each
+    build package with its version (``libopenmpi-dev_4.1.4-3+b1_amd64.deb``), so a point
+    release of the compiler or of OpenMPI yields a new key as well.
+    """
+
+    sdist_sha256: str
+    build_script: bytes
+    python_version: str
+    torch_version: str
+    openmpi_version: str
+    build_debs: tuple[str, ...]
+
+    def key(self) -> str:
+        return inputs_digest(
+            [
+                ("sdist-sha256", self.sdist_sha256.encode()),
+                ("build-wheel.sh", self.build_script),
+                ("python", self.python_version.encode()),
+                ("torch", self.torch_version.encode()),
+                ("openmpi", self.openmpi_version.encode()),
+                ("build-debs", "\n".join(sorted(self.build_debs)).encode()),
+            ]
+        )
+
+    def cache_path(self, cache_dir: Path) -> Path:
+        """``<cache>/wheels/horovod-<first 16 hex of the key>/``, holding the one wheel."""
+        return cache_dir / "wheels" / f"horovod-{self.key()[:16]}"
+
+
 def minbase_inputs_digest(script: bytes, mirror: str) -> str:
     """The hash that names the debootstrap base: the script (holding every parameter) and mirror."""
     return inputs_digest([("minbase.sh", script), ("mirror", mirror.encode())])
@@ -112,10 +173,29 @@ def build_images(
     """Build (or find already built) every Sealroom image; return them by logical name.
 
     ``base_image`` selects a public base such as ``python:3.11-slim-bookworm``; without it a
-    debootstrap base is made (or reused) so that no registry is needed.
+    debootstrap base is made (or reused) so that no registry is needed. ``sealroom/base`` is
+    built first and ``sealroom/horovod`` from it, each skipped when its inputs are unchanged.
     """
     images_dir = images_dir or default_images_dir()
     client = client or _connect()
+    base = ensure_base_image(
+        cache_dir=cache_dir, images_dir=images_dir, base_image=base_image, client=client, log=log
+    )
+    horovod = ensure_horovod_image(
+        base, cache_dir=cache_dir, images_dir=images_dir, client=client, log=log
+    )
+    return {"base": base, "horovod": horovod}
+
+
+def ensure_base_image(
+    *,
+    cache_dir: Path,
+    images_dir: Path,
+    base_image: str | None,
+    client: docker.DockerClient,
+    log: Log = print,
+) -> BuiltImage:
+    """``sealroom/base``: Python 3.11 with CPU torch, from the debootstrap or a public base."""
     base_dir = images_dir / "base"
     dockerfile = _read(base_dir / "Dockerfile")
     requirements = _read(base_dir / "requirements.txt")
@@ -131,7 +211,7 @@ def build_images(
     existing = _image_if_present(client, "base", ref)
     if existing is not None:
         log(f"images: {ref} is up to date")
-        return {"base": existing}
+        return existing
 
     wheelhouse = ensure_wheelhouse(
         requirements_file=base_dir / "requirements.txt",
@@ -160,7 +240,171 @@ def build_images(
         raise ImageBuildError(f"the build of {ref} finished but the image is missing")
     _remove_build_stages(client, log)
     log(f"images: built {ref} in {time.monotonic() - started:.0f} s")
-    return {"base": built}
+    return built
+
+
+def ensure_horovod_image(
+    base: BuiltImage,
+    *,
+    cache_dir: Path,
+    images_dir: Path,
+    client: docker.DockerClient,
+    log: Log = print,
+) -> BuiltImage:
+    """``sealroom/horovod``: the base plus OpenMPI, the SSH launcher and horovod 0.28.1.
+
+    On a cold build: the runtime and build wheelhouses are downloaded on the host, the
+    horovod wheel is taken from the cache or compiled (:func:`ensure_horovod_wheel`), the
+    Debian packages are resolved against the base's own package list and downloaded, and
+    the image is built with no network.
+    """
+    horovod_dir = images_dir / "horovod"
+    files = {name: _read(horovod_dir / name) for name in HOROVOD_INPUTS}
+    digest = horovod_inputs_digest(files, base.image_id)
+    ref = image_reference("horovod", digest)
+    existing = _image_if_present(client, "horovod", ref)
+    if existing is not None:
+        log(f"images: {ref} is up to date")
+        return existing
+
+    _require_debian_host()
+    started = time.monotonic()
+    status_file_bytes = _image_file(client, base.image_id, "/var/lib/dpkg/status")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="build-", dir=cache_dir) as tmp:
+        work = Path(tmp)
+        status_file = work / "dpkg-status"
+        status_file.write_bytes(status_file_bytes)
+        wheel = ensure_horovod_wheel(
+            base,
+            cache_dir=cache_dir,
+            horovod_dir=horovod_dir,
+            status_file=status_file,
+            client=client,
+            log=log,
+        )
+        context = work / "context"
+        context.mkdir()
+        for name in ("Dockerfile", "requirements.txt"):
+            (context / name).write_bytes(files[name])
+        runtime_wheels = ensure_wheelhouse(
+            requirements_file=horovod_dir / "requirements.txt",
+            wheelhouse=cache_dir / "wheelhouse-horovod",
+            log=log,
+        )
+        _link_tree(runtime_wheels, context / "wheelhouse")
+        _link_file(wheel, context / "wheelhouse" / wheel.name)
+        download_debs(
+            _package_list(files["packages.txt"]),
+            status_file=status_file,
+            dest=context / "debs",
+            log=log,
+        )
+        log(f"images: building {ref} FROM {base.tag}")
+        _docker_build(
+            client,
+            context=context,
+            ref=ref,
+            buildargs={"BASE_IMAGE": base.image_id},
+            labels={IMAGE_LABEL: "horovod", INPUTS_LABEL: digest},
+            log=log,
+        )
+    built = _image_if_present(client, "horovod", ref)
+    if built is None:
+        raise ImageBuildError(f"the build of {ref} finished but the image is missing")
+    log(f"images: built {ref} in {time.monotonic() - started:.0f} s")
+    return built
+
+
+def ensure_horovod_wheel(
+    base: BuiltImage,
+    *,
+    cache_dir: Path,
+    horovod_dir: Path,
+    status_file: Path,
+    client: docker.DockerClient,
+    log: Log = print,
+) -> Path:
+    """The horovod wheel for ``base``, from the cache or compiled once and then cached.
+
+    It is compiled by ``build-wheel.sh`` in a throwaway container made from ``base`` (as
+    root, with no network), with the build packages (compiler, CMake, OpenMPI headers)
+    installed there from .debs; neither the host nor any image keeps a compiler. The wheel
+    lands in ``<cache>/wheels/horovod-<key>/`` only once complete, so an interrupted build
+    leaves nothing that a later build would take for a wheel.
+    """
+    build_wheels = ensure_wheelhouse(
+        requirements_file=horovod_dir / "build-requirements.txt",
+        wheelhouse=cache_dir / "wheelhouse-horovod-build",
+        binary_only=False,
+        log=log,
+    )
+    build_packages = _package_list(_read(horovod_dir / "build-packages.txt"))
+    build_debs = resolve_debs(build_packages, status_file=status_file, log=log)
+    python_version, torch_version = _probe_versions(client, base)
+    inputs = HorovodWheelInputs(
+        sdist_sha256=_sha256_file(build_wheels / HOROVOD_SDIST),
+        build_script=_read(horovod_dir / "build-wheel.sh"),
+        python_version=python_version,
+        torch_version=torch_version,
+        openmpi_version=_deb_version(build_debs, "libopenmpi-dev"),
+        build_debs=tuple(build_debs),
+    )
+    cached = inputs.cache_path(cache_dir)
+    wheels = sorted(cached.glob("horovod-*.whl")) if cached.is_dir() else []
+    if wheels:
+        log(f"images: horovod wheel {wheels[0].name} from the cache ({cached.name})")
+        return wheels[0]
+
+    log(
+        f"images: compiling the horovod wheel (Python {python_version}, torch {torch_version},"
+        f" OpenMPI {inputs.openmpi_version}); about ten minutes, once"
+    )
+    started = time.monotonic()
+    runtime_wheels = ensure_wheelhouse(
+        requirements_file=horovod_dir / "requirements.txt",
+        wheelhouse=cache_dir / "wheelhouse-horovod",
+        log=log,
+    )
+    with tempfile.TemporaryDirectory(prefix="wheel-", dir=cache_dir) as tmp:
+        work = Path(tmp)
+        inputs_dir = work / "in"
+        inputs_dir.mkdir()
+        (inputs_dir / "build-wheel.sh").write_bytes(inputs.build_script)
+        _link_tree(build_wheels, inputs_dir / "wheelhouse")
+        for path in sorted(runtime_wheels.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                _link_file(path, inputs_dir / "wheelhouse" / path.name)
+        download_debs(build_packages, status_file=status_file, dest=inputs_dir / "debs", log=log)
+        out = work / "out"
+        out.mkdir()
+        _run_build_container(
+            client,
+            base.image_id,
+            ["bash", "/in/build-wheel.sh"],
+            volumes={
+                str(inputs_dir): {"bind": "/in", "mode": "ro"},
+                str(out): {"bind": "/out", "mode": "rw"},
+            },
+            environment={"OUT_OWNER": f"{os.getuid()}:{os.getgid()}"},
+            log=log,
+            what="the horovod wheel build",
+        )
+        built = sorted(out.glob("horovod-*.whl"))
+        if len(built) != 1:
+            raise ImageBuildError(
+                "the horovod wheel build finished without exactly one wheel",
+                detail=f"found {[p.name for p in out.iterdir()]}",
+            )
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        raced = sorted(cached.glob("horovod-*.whl")) if cached.is_dir() else []
+        if raced:  # a concurrent build cached the same inputs first: keep its wheel
+            return raced[0]
+        if cached.exists():  # an empty directory left by hand: never a wheel
+            shutil.rmtree(cached)
+        os.replace(out, cached)
+    log(f"images: compiled and cached the horovod wheel in {time.monotonic() - started:.0f} s")
+    return cached / built[0].name
 
 
 def ensure_minbase(
@@ -188,11 +432,19 @@ def ensure_minbase(
     return made
 
 
-def ensure_wheelhouse(*, requirements_file: Path, wheelhouse: Path, log: Log = print) -> Path:
+def ensure_wheelhouse(
+    *,
+    requirements_file: Path,
+    wheelhouse: Path,
+    binary_only: bool = True,
+    log: Log = print,
+) -> Path:
     """Download the wheels ``requirements_file`` pins into ``wheelhouse``, unless already there.
 
     A stamp holding the hash of the requirements marks a complete download; a different hash
-    empties the directory first so stale wheels never reach a build context.
+    empties the directory first so stale wheels never reach a build context. With
+    ``binary_only=False`` exactly the listed files are fetched (sdists too, no dependencies),
+    for a hash-pinned build requirements file.
     """
     wanted = hashlib.sha256(_read(requirements_file)).hexdigest()
     stamp = wheelhouse / _WHEELHOUSE_STAMP
@@ -203,6 +455,7 @@ def ensure_wheelhouse(*, requirements_file: Path, wheelhouse: Path, log: Log = p
     wheelhouse.mkdir(parents=True)
     log(f"images: downloading wheels into {wheelhouse}")
     # The host's pip (and its configuration) resolves; --only-binary keeps builds compiler-free.
+    selection = ["--only-binary=:all:"] if binary_only else ["--no-deps"]
     _run_logged(
         [
             sys.executable,
@@ -210,7 +463,7 @@ def ensure_wheelhouse(*, requirements_file: Path, wheelhouse: Path, log: Log = p
             "pip",
             "download",
             "--disable-pip-version-check",
-            "--only-binary=:all:",
+            *selection,
             "--dest",
             str(wheelhouse),
             "--requirement",
@@ -242,6 +495,206 @@ def find_image(name: str, client: docker.DockerClient | None = None) -> BuiltIma
             image_id = str(summary["Id"])
             return BuiltImage(name=name, tag=sorted(tags)[-1], image_id=image_id, digest=image_id)
     return None
+
+
+def resolve_debs(packages: Sequence[str], *, status_file: Path, log: Log = print) -> list[str]:
+    """The .deb files (``name_version_arch.deb``) that install ``packages`` on an image.
+
+    ``status_file`` is the image's dpkg status; the host's apt resolves, downloading nothing.
+    """
+    with tempfile.TemporaryDirectory(prefix="apt-") as tmp:
+        output = _apt_get(
+            ["install", "--print-uris", *packages],
+            status_file=status_file,
+            archives=Path(tmp),
+            log=log,
+            what="resolving " + " ".join(packages),
+        )
+    debs = sorted(
+        line.split()[1] for line in output.splitlines() if line.startswith("'") and " " in line
+    )
+    if not debs:
+        raise ImageBuildError(f"apt resolved no packages for {' '.join(packages)}", detail=output)
+    return debs
+
+
+def download_debs(
+    packages: Sequence[str], *, status_file: Path, dest: Path, log: Log = print
+) -> list[Path]:
+    """Download into ``dest`` every .deb installing ``packages`` on the image needs."""
+    (dest / "partial").mkdir(parents=True, exist_ok=True)
+    _apt_get(
+        ["install", "--download-only", *packages],
+        status_file=status_file,
+        archives=dest,
+        log=log,
+        what="downloading " + " ".join(packages),
+    )
+    shutil.rmtree(dest / "partial", ignore_errors=True)
+    (dest / "lock").unlink(missing_ok=True)
+    debs = sorted(dest.glob("*.deb"))
+    log(f"images: {len(debs)} Debian packages for {' '.join(packages)}")
+    return debs
+
+
+def _apt_get(args: Sequence[str], *, status_file: Path, archives: Path, log: Log, what: str) -> str:
+    """Run the host's apt-get as if ``status_file`` were the installed-package list.
+
+    The host must run the images' Debian release. A failure (usually package lists older
+    than the mirror) is retried once after ``apt-get update`` when running as root.
+    """
+    (archives / "partial").mkdir(parents=True, exist_ok=True)
+    argv = [
+        "apt-get",
+        "-q",
+        "-y",
+        "--no-install-recommends",
+        "-o",
+        f"Dir::State::status={status_file}",
+        "-o",
+        f"Dir::Cache::archives={archives}",
+        # Only files under archives are written, so the host's dpkg lock is not needed.
+        "-o",
+        "Debug::NoLocking=1",
+        *args,
+    ]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
+    for attempt in (1, 2):
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, env=env, check=False, timeout=1800
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ImageBuildError(f"{what} with apt-get could not run", detail=str(exc)) from exc
+        if done.returncode == 0:
+            return done.stdout
+        if attempt == 1 and os.geteuid() == 0:
+            log(f"images: {what} failed; refreshing the host's package lists")
+            _run_logged(["apt-get", "update", "-qq"], log=log, what="apt-get update")
+            continue
+        raise ImageBuildError(
+            f"{what} with apt-get failed (exit {done.returncode})",
+            detail=(done.stdout + done.stderr)[-4000:],
+        )
+    raise AssertionError("unreachable")
+
+
+def _require_debian_host() -> None:
+    try:
+        release = Path("/etc/os-release").read_text()
+    except OSError:
+        release = ""
+    fields = dict(line.split("=", 1) for line in release.splitlines() if "=" in line)
+    codename = fields.get("VERSION_CODENAME", "").strip('"')
+    if codename != DEBIAN_CODENAME or shutil.which("apt-get") is None:
+        raise ImageBuildError(
+            f"the horovod image's Debian packages are resolved by the host's apt, so the host"
+            f" must run Debian {DEBIAN_CODENAME} like the images (found {codename or 'none'})"
+        )
+
+
+def _package_list(text: bytes) -> list[str]:
+    """Package names of a packages file: one a line, ``#`` starts a comment."""
+    names = [line.split("#", 1)[0].strip() for line in text.decode().splitlines()]
+    return [name for name in names if name]
+
+
+def _deb_version(debs: Iterable[str], package: str) -> str:
+    for deb in debs:
+        name, _, rest = deb.partition("_")
+        if name == package:
+            return rest.rsplit("_", 1)[0].replace("%3a", ":")
+    raise ImageBuildError(f"apt did not resolve {package}", detail="\n".join(debs))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise ImageBuildError(f"cannot read {path}", detail=str(exc)) from exc
+    return h.hexdigest()
+
+
+def _image_file(client: docker.DockerClient, image_id: str, path: str) -> bytes:
+    """One file of an image, read from a created (never started) container."""
+    try:
+        container = client.containers.create(
+            image_id, ["true"], network_disabled=True, labels={BUILD_CONTAINER_LABEL: "read"}
+        )
+        try:
+            chunks, _ = container.get_archive(path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+                member = archive.extractfile(os.path.basename(path))
+                if member is None:
+                    raise ImageBuildError(f"{path} in {image_id[:19]} is not a file")
+                return member.read()
+        finally:
+            container.remove(force=True)
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(f"cannot read {path} from {image_id[:19]}", detail=str(exc)) from exc
+
+
+def _probe_versions(client: docker.DockerClient, image: BuiltImage) -> tuple[str, str]:
+    """The Python and torch versions inside ``image`` (sealed: no network, uid 10001)."""
+    probe = (
+        "import importlib.metadata as m, platform;"
+        "print(platform.python_version(), m.version('torch'))"
+    )
+    lines: list[str] = []
+    _run_build_container(
+        client,
+        image.image_id,
+        ["python", "-c", probe],
+        log=lines.append,
+        what="the version probe",
+        user="10001:10001",
+    )
+    words = lines[-1].split() if lines else []
+    if len(words) != 2:
+        raise ImageBuildError("the version probe printed no versions", detail="\n".join(lines))
+    return words[0], words[1]
+
+
+def _run_build_container(
+    client: docker.DockerClient,
+    image_id: str,
+    command: list[str],
+    *,
+    log: Log,
+    what: str,
+    user: str = "0:0",
+    volumes: dict[str, dict[str, str]] | None = None,
+    environment: dict[str, str] | None = None,
+) -> None:
+    """Run a throwaway container with no network, streaming its output into ``log``."""
+    tail: deque[str] = deque(maxlen=_LOG_TAIL)
+    try:
+        container = client.containers.run(
+            image_id,
+            command,
+            detach=True,
+            user=user,
+            network_mode="none",
+            labels={BUILD_CONTAINER_LABEL: "run"},
+            volumes=volumes or {},
+            environment=environment or {},
+        )
+        try:
+            for raw in container.logs(stream=True, follow=True):
+                for line in raw.decode(errors="replace").splitlines():
+                    if line.strip():
+                        tail.append(line.rstrip())
+                        log(line.rstrip())
+            code = int(container.wait(timeout=_BUILD_TIMEOUT_S)["StatusCode"])
+        finally:
+            container.remove(force=True)
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(f"{what} could not run", detail=str(exc)) from exc
+    if code != 0:
+        raise ImageBuildError(f"{what} failed (exit {code})", detail="\n".join(tail))
 
 
 def _connect() -> docker.DockerClient:
@@ -313,10 +766,14 @@ def _link_tree(source: Path, target: Path) -> None:
     for path in sorted(source.iterdir()):
         if not path.is_file() or path.name.startswith("."):
             continue
-        try:
-            os.link(path, target / path.name)
-        except OSError:
-            shutil.copy2(path, target / path.name)
+        _link_file(path, target / path.name)
+
+
+def _link_file(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _build_lines(chunks: Iterable[dict[str, Any]]) -> Iterator[tuple[str, bool]]:

@@ -37,8 +37,18 @@ def client() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="module")
-def base(client: docker.DockerClient) -> BuiltImage:
-    return build_images(cache_dir=default_cache_dir(), client=client)["base"]
+def built(client: docker.DockerClient) -> dict[str, BuiltImage]:
+    return build_images(cache_dir=default_cache_dir(), client=client)
+
+
+@pytest.fixture(scope="module")
+def base(built: dict[str, BuiltImage]) -> BuiltImage:
+    return built["base"]
+
+
+@pytest.fixture(scope="module")
+def horovod(built: dict[str, BuiltImage]) -> BuiltImage:
+    return built["horovod"]
 
 
 def run_in(
@@ -73,13 +83,17 @@ def run_in(
         container.remove(force=True)
 
 
-def test_second_build_reuses_the_image(client: docker.DockerClient, base: BuiltImage) -> None:
+def test_second_build_reuses_the_images(
+    client: docker.DockerClient, built: dict[str, BuiltImage]
+) -> None:
     logged: list[str] = []
-    again = build_images(cache_dir=default_cache_dir(), client=client, log=logged.append)["base"]
+    again = build_images(cache_dir=default_cache_dir(), client=client, log=logged.append)
 
-    assert again == base
+    assert again == built
+    assert set(again) == {"base", "horovod"}
     assert not any(line.startswith("Step ") for line in logged), logged
-    assert any("up to date" in line for line in logged)
+    assert not any("compiling" in line for line in logged), logged
+    assert sum("up to date" in line for line in logged) == 2, logged
 
 
 def test_image_is_labelled_and_findable(client: docker.DockerClient, base: BuiltImage) -> None:
@@ -150,3 +164,87 @@ def test_example_trains_on_the_demo_dataset(
     assert metrics["n_train"] >= 10
     assert metrics["n_test"] >= 10
     assert metrics["epochs"] == 5
+
+
+ALLREDUCE = """
+import json
+import sys
+import horovod.torch as hvd
+import torch
+
+hvd.init()
+mine = torch.arange(6, dtype=torch.float64) * (hvd.rank() + 1) + 0.5
+summed = hvd.allreduce(mine, op=hvd.Sum)
+if hvd.rank() == 0:
+    alone = sum(torch.arange(6, dtype=torch.float64) * (r + 1) + 0.5 for r in range(hvd.size()))
+    facts = {"size": hvd.size(), "allreduced": summed.tolist(),
+             "summed_alone": alone.tolist(), "mpi": hvd.mpi_enabled()}
+    sys.stdout.write("RESULT " + json.dumps(facts) + "\\n")  # one write: one chunk for mpirun
+"""
+
+
+def test_horovod_image_is_labelled_and_findable(
+    client: docker.DockerClient, horovod: BuiltImage, base: BuiltImage
+) -> None:
+    labels = client.images.get(horovod.tag).labels
+    assert labels[IMAGE_LABEL] == "horovod"
+    assert horovod.tag.endswith(":" + labels[INPUTS_LABEL][:12])
+    found = find_image("horovod", client=client)
+    assert found is not None
+    assert found.tag == horovod.tag
+    assert found.digest == horovod.digest != base.digest
+    wheels = list(default_cache_dir().glob("wheels/horovod-*/horovod-0.28.1-*.whl"))
+    assert wheels, "the compiled wheel is cached outside the repository"
+
+
+def test_horovod_allreduces_over_two_ranks_sealed(
+    client: docker.DockerClient, horovod: BuiltImage, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "allreduce.py").write_text(ALLREDUCE)
+
+    code, output = run_in(
+        client,
+        horovod,
+        ["horovodrun", "-np", "2", "-H", "localhost:2", "python", "allreduce.py"],
+        volumes={str(workspace): {"bind": "/workspace", "mode": "ro"}},
+        timeout_s=300,
+    )
+
+    assert code == 0, output
+    lines = [ln for ln in output.splitlines() if "RESULT " in ln]
+    assert len(lines) == 1, output
+    # mpirun tags each rank's output and may run a tag on into the line: decode one object.
+    result, _ = json.JSONDecoder().raw_decode(lines[0].split("RESULT ", 1)[1])
+    assert result["size"] == 2
+    assert result["mpi"] is True
+    assert result["allreduced"] == result["summed_alone"]
+    assert result["allreduced"] == [3 * i + 1.0 for i in range(6)]
+
+
+def test_horovod_image_runs_as_10001_and_adds_no_setuid_program(
+    client: docker.DockerClient, horovod: BuiltImage, base: BuiltImage
+) -> None:
+    probe = (
+        "import json, os, horovod, horovod.torch, torch; print(json.dumps({"
+        "'uid': os.getuid(), 'horovod': horovod.__version__, 'torch': torch.__version__,"
+        "'ssh_host_keys': [f for f in os.listdir('/etc/ssh') if f.startswith('ssh_host_')],"
+        "'build_payload': os.path.exists('/var/tmp/build')}))"
+    )
+    code, output = run_in(client, horovod, ["python", "-c", probe])
+    assert code == 0, output
+    facts = json.loads(output.strip().splitlines()[-1])
+    assert facts == {
+        "uid": 10001,
+        "horovod": "0.28.1",
+        "torch": facts["torch"],
+        "ssh_host_keys": [],
+        "build_payload": False,
+    }
+    assert facts["torch"].split("+")[0] == "2.13.0"
+
+    find_setuid = ["sh", "-c", "find / -xdev -perm -4000 -type f 2>/dev/null; true"]
+    _, in_base = run_in(client, base, find_setuid)
+    _, in_horovod = run_in(client, horovod, find_setuid)
+    assert sorted(in_horovod.split()) == sorted(in_base.split())

@@ -145,3 +145,28 @@ def test_policy_validate_activate_show(cli: CliRunner, tmp_path: Path) -> None:
         event = session.exec(select(AuditEvent).where(
             AuditEvent.action == "policy:policy:restore")).one()
         assert event.actor.startswith("cli:") and event.reason == "undo"
+
+
+def test_images_build_registers_every_built_image(cli: CliRunner, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from console.models import Image
+    from console.services.images import current_image
+    from sandbox import images
+
+    built = {name: images.BuiltImage(name, f"sealroom/{name}:{tag}", digest, digest)
+             for name, tag, digest in [("base", "0" * 12, "sha256:" + "a" * 64),
+                                       ("horovod", "1" * 12, "sha256:" + "b" * 64)]}
+    monkeypatch.setattr(images, "build_images", lambda **kwargs: built)
+
+    for _ in range(2):  # a second build of the same images registers nothing new
+        result = cli.invoke(main, ["images", "build"])
+        assert result.exit_code == 0, result.output
+    assert "horovod: sealroom/horovod:111111111111" in result.output
+    core = _core(tmp_path)
+    horovod = current_image(core, "horovod")
+    assert horovod is not None and horovod.digest == "sha256:" + "b" * 64
+    with core.transaction() as session:
+        assert {i.name for i in session.exec(select(Image)).all()} == {"base", "horovod"}
+        events = session.exec(select(AuditEvent)
+                              .where(AuditEvent.action == "system:image:register")).all()
+    assert sorted(e.target for e in events) == ["image:base", "image:horovod"]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from sandbox import images
+from sandbox.errors import ImageBuildError
 from sandbox.examples.demo_dataset import write_demo_dataset
 
 DOCKERFILE = b"ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
@@ -133,3 +136,134 @@ def test_demo_dataset_is_deterministic(tmp_path: Path) -> None:
     labels = {ln.rsplit(",", 1)[1] for ln in lines[1:]}
     assert labels == {"0", "1"}
     assert (tmp_path / "a" / "README.txt").read_text().startswith("Sealroom demo dataset")
+
+
+# --- sealroom/horovod and its cached wheel ------------------------------------------------
+
+WHEEL_INPUTS = images.HorovodWheelInputs(
+    sdist_sha256="92a43f5a94c43907a56805bad15f19700c62ffc83b7ca483f9e104e229f67ef0",
+    build_script=b"sed -i 's/CMAKE_CXX_STANDARD 14/CMAKE_CXX_STANDARD 17/'\n",
+    python_version="3.11.2",
+    torch_version="2.13.0",
+    openmpi_version="4.1.4-3+b1",
+    build_debs=("cmake_3.25.1-1_amd64.deb", "libopenmpi-dev_4.1.4-3+b1_amd64.deb"),
+)
+
+
+def test_same_wheel_inputs_give_the_same_key_and_cache_path(tmp_path: Path) -> None:
+    again = dataclasses.replace(WHEEL_INPUTS, build_debs=tuple(reversed(WHEEL_INPUTS.build_debs)))
+    assert again.key() == WHEEL_INPUTS.key()
+    assert again.cache_path(tmp_path) == WHEEL_INPUTS.cache_path(tmp_path)
+    assert WHEEL_INPUTS.cache_path(tmp_path) == (
+        tmp_path / "wheels" / f"horovod-{WHEEL_INPUTS.key()[:16]}"
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sdist_sha256": "0" * 64},
+        {"build_script": b"sed -i 's/CMAKE_CXX_STANDARD 14/CMAKE_CXX_STANDARD 20/'\n"},
+        {"python_version": "3.11.7"},
+        {"torch_version": "2.14.0"},
+        {"openmpi_version": "4.1.5-1"},
+        {"build_debs": ("cmake_3.25.1-2_amd64.deb", "libopenmpi-dev_4.1.4-3+b1_amd64.deb")},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_any_changed_wheel_input_changes_the_key(tmp_path: Path, change: dict[str, Any]) -> None:
+    changed = dataclasses.replace(WHEEL_INPUTS, **change)
+    assert changed.key() != WHEEL_INPUTS.key()
+    assert changed.cache_path(tmp_path) != WHEEL_INPUTS.cache_path(tmp_path)
+
+
+def test_horovod_tag_follows_every_input_file_and_the_base() -> None:
+    files = {name: f"{name}\n".encode() for name in images.HOROVOD_INPUTS}
+    digest = images.horovod_inputs_digest(files, BASE_ID)
+    assert digest == images.horovod_inputs_digest(dict(reversed(files.items())), BASE_ID)
+    assert digest != images.horovod_inputs_digest(files, "sha256:" + "b" * 64)
+    for name in images.HOROVOD_INPUTS:
+        edited = {**files, name: files[name] + b"# edit\n"}
+        assert images.horovod_inputs_digest(edited, BASE_ID) != digest, name
+
+
+def test_a_cached_wheel_is_reused_without_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    horovod_dir = images.default_images_dir() / "horovod"
+    build_wheels = tmp_path / "build-wheels"
+    build_wheels.mkdir()
+    (build_wheels / images.HOROVOD_SDIST).write_bytes(b"the sdist")
+    monkeypatch.setattr(
+        images,
+        "ensure_wheelhouse",
+        lambda **kw: build_wheels if kw.get("binary_only") is False else tmp_path,
+    )
+    monkeypatch.setattr(
+        images, "resolve_debs", lambda packages, **kw: ["libopenmpi-dev_4.1.4-3+b1_amd64.deb"]
+    )
+    monkeypatch.setattr(images, "_probe_versions", lambda client, image: ("3.11.2", "2.13.0"))
+
+    def no_container(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached wheel must not be rebuilt")
+
+    monkeypatch.setattr(images, "_run_build_container", no_container)
+    monkeypatch.setattr(images, "download_debs", no_container)
+    inputs = images.HorovodWheelInputs(
+        sdist_sha256=hashlib.sha256(b"the sdist").hexdigest(),
+        build_script=(horovod_dir / "build-wheel.sh").read_bytes(),
+        python_version="3.11.2",
+        torch_version="2.13.0",
+        openmpi_version="4.1.4-3+b1",
+        build_debs=("libopenmpi-dev_4.1.4-3+b1_amd64.deb",),
+    )
+    cached = inputs.cache_path(tmp_path / "cache")
+    cached.mkdir(parents=True)
+    wheel = cached / "horovod-0.28.1-cp311-cp311-linux_x86_64.whl"
+    wheel.write_bytes(b"wheel")
+    base = images.BuiltImage("base", "sealroom/base:x", BASE_ID, BASE_ID)
+    logged: list[str] = []
+
+    found = images.ensure_horovod_wheel(
+        base,
+        cache_dir=tmp_path / "cache",
+        horovod_dir=horovod_dir,
+        status_file=tmp_path / "status",
+        client=cast(Any, object()),
+        log=logged.append,
+    )
+
+    assert found == wheel
+    assert any("from the cache" in line for line in logged), logged
+
+
+def test_package_lists_and_deb_versions_parse() -> None:
+    text = b"# comment\nopenmpi-bin\n\nlibopenmpi3  # runtime\n"
+    assert images._package_list(text) == ["openmpi-bin", "libopenmpi3"]
+    debs = ["libopenmpi3_4.1.4-3+b1_amd64.deb", "libc6_2%3a2.36-9_amd64.deb"]
+    assert images._deb_version(debs, "libopenmpi3") == "4.1.4-3+b1"
+    assert images._deb_version(debs, "libc6") == "2:2.36-9"
+    with pytest.raises(ImageBuildError):
+        images._deb_version(debs, "libopenmpi-dev")
+
+
+def test_horovod_inputs_are_pinned_and_the_image_drops_root() -> None:
+    horovod_dir = images.default_images_dir() / "horovod"
+    for name in images.HOROVOD_INPUTS:
+        assert (horovod_dir / name).is_file(), name
+    pins = [
+        ln.strip()
+        for ln in (horovod_dir / "requirements.txt").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert pins
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.]+", pin) for pin in pins), pins
+    build = (horovod_dir / "build-requirements.txt").read_text()
+    assert re.search(r"^horovod==0\.28\.1 --hash=sha256:[0-9a-f]{64}$", build, re.M)
+    lines = [
+        ln.strip()
+        for ln in (horovod_dir / "Dockerfile").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert [ln for ln in lines if ln.startswith("FROM ")] == ["FROM ${BASE_IMAGE}"]
+    assert [ln for ln in lines if ln.startswith("USER ")][-1] == "USER 10001:10001"
