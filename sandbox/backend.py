@@ -42,6 +42,9 @@ class SandboxStatus:
     started_at: str | None = None
     finished_at: str | None = None
     error: str = ""
+    #: The member whose ending ended the sandbox when it is not the launcher ("rank-1"): the
+    #: backend's own name, safe to show.
+    ended_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,10 +80,13 @@ class ContainerState:
     members: tuple[Member, ...]
     plan: NetworkPlan = NetworkPlan.NONE
     network: str = ""
+    #: The sandbox it belongs to (for what the backend keeps beside the containers: keys).
+    sandbox_id: str = ""
 
     def to_state(self) -> BackendState:
         return {"members": [{"name": m.name, "container": m.container} for m in self.members],
-                "plan": str(self.plan), "network": self.network}
+                "plan": str(self.plan), "network": self.network,
+                "sandbox": self.sandbox_id}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> ContainerState:
@@ -96,32 +102,41 @@ class ContainerState:
         except ValueError:
             plan = NetworkPlan.NONE
         network = state.get("network")
-        return cls(tuple(members), plan, network if isinstance(network, str) else "")
+        sandbox_id = state.get("sandbox")
+        return cls(tuple(members), plan, network if isinstance(network, str) else "",
+                   sandbox_id if isinstance(sandbox_id, str) else "")
 
     @property
     def objects(self) -> frozenset[str]:
-        """Every engine object the state names."""
-        found = {m.container for m in self.members}
-        if self.network:
-            found.add(self.network)
-        return frozenset(found)
+        """Every engine object the state names (a cluster's network is its launcher's)."""
+        return frozenset(m.container for m in self.members)
 
     def member(self, name: str) -> Member | None:
         name = name or LAUNCHER
         return next((m for m in self.members if m.name == name), None)
 
 
-def combine(statuses: Sequence[SandboxStatus]) -> SandboxStatus:
-    """One status for a sandbox of several members, the launcher's first.
+def combine(statuses: Sequence[SandboxStatus],
+            names: Sequence[str] = ()) -> SandboxStatus:
+    """One status for a sandbox of several members, the launcher's first (`names` in the
+    same order).
 
-    A missing member makes the sandbox missing (lost); the launcher's state and exit code
-    decide the rest; any member killed for memory marks the whole sandbox OOM-killed."""
+    A missing member makes the sandbox missing (lost); any member killed for memory marks the
+    whole sandbox OOM-killed. The launcher's state and exit code decide, except that a member
+    that has ended while the launcher still runs (ranks never end on their own) ends the
+    sandbox with its exit code, naming it in `ended_by`."""
     if not statuses:
         return SandboxStatus(state=RunState.MISSING)
     if any(s.state is RunState.MISSING for s in statuses):
         return SandboxStatus(state=RunState.MISSING)
     launcher = statuses[0]
     oom = any(s.oom_killed for s in statuses)
+    if launcher.state is not RunState.EXITED:
+        for number, member in enumerate(statuses[1:], start=1):
+            if member.state is RunState.EXITED:
+                name = names[number] if number < len(names) else f"member {number}"
+                return dataclasses.replace(member, oom_killed=oom, ended_by=name,
+                                           started_at=launcher.started_at)
     return dataclasses.replace(launcher, oom_killed=oom)
 
 

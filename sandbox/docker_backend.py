@@ -2,8 +2,9 @@
 
 Talks to the engine through the Docker SDK, selects what it owns by the installation label,
 and turns every engine or connection failure into a `SandboxError` with a user-safe message.
-A sandbox's state (`ContainerState`) names its members, launcher first; today every sandbox
-it creates is one member under the "none" network plan. Workspaces and outboxes live in a
+A sandbox's state (`ContainerState`) names its members, launcher first: one container under
+the "none" network plan, or an MPI cluster (`sandbox.cluster`) whose ranks share the
+launcher's loopback-only network namespace. Workspaces and outboxes live in a
 `LocalStorage` on the engine's host, bind-mounted.
 """
 
@@ -34,8 +35,9 @@ from sandbox.backend import (
     SandboxStatus,
     combine,
 )
+from sandbox.cluster import ClusterSecrets, member_name
 from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxError, SandboxNotFound
-from sandbox.hardening import assert_hardened, create_kwargs
+from sandbox.hardening import assert_hardened, create_kwargs, member_kwargs
 from sandbox.spec import NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
 
@@ -229,9 +231,8 @@ class DockerBackend:
     # -- lifecycle -------------------------------------------------------------------------
 
     def create(self, spec: SandboxSpec) -> BackendState:
-        if spec.network is not NetworkPlan.NONE:
-            raise InvalidSpec("This engine runs one-container sandboxes only.",
-                              detail=f"network plan {spec.network} not supported")
+        if spec.ranks > 1:
+            return self._create_cluster(spec)
         workspace, outbox = self._storage.host_paths(spec)
         kwargs = create_kwargs(spec, installation=self.installation, init=self.supports_init(),
                                workspace=workspace, outbox=outbox)
@@ -240,6 +241,33 @@ class DockerBackend:
         with _engine_errors("create the sandbox"):
             container = client.containers.create(**kwargs)
         return ContainerState((Member(LAUNCHER, str(container.id)),), spec.network).to_state()
+
+    def _create_cluster(self, spec: SandboxSpec) -> BackendState:
+        """The launcher first (it holds the loopback-only namespace), then each rank in it;
+        keys made for this launch. On any failure nothing made here is left behind."""
+        workspace, outbox = self._storage.host_paths(spec)
+        secrets = self._storage.write_secrets(spec.sandbox_id,
+                                              ClusterSecrets.generate(spec.ranks).files)
+        init = self.supports_init()
+        client = self._client()
+        members: list[Member] = []
+        try:
+            for rank in range(spec.ranks):
+                holder = members[0].container if members else ""
+                kwargs = member_kwargs(spec, rank, installation=self.installation, init=init,
+                                       workspace=workspace, outbox=outbox, secrets=secrets,
+                                       holder=holder)
+                name = member_name(rank)
+                kwargs["labels"] = {**kwargs["labels"], LABEL_MEMBER: name}
+                with _engine_errors("create the sandbox"):
+                    container = client.containers.create(**kwargs)
+                members.append(Member(name, str(container.id)))
+        except BaseException:
+            self.remove(ContainerState(tuple(members), spec.network, "",
+                                       spec.sandbox_id).to_state())
+            raise
+        return ContainerState(tuple(members), spec.network, members[0].container,
+                              spec.sandbox_id).to_state()
 
     def _inspect(self, handle: str) -> dict[str, Any] | None:
         """The container's attributes, or None when it is gone or not this installation's."""
@@ -278,6 +306,7 @@ class DockerBackend:
                     "The sandbox failed its hardening self-check and was not started.",
                     detail=f"start {member.container}: " + "; ".join(violations),
                 )
+        # The launcher first: the other members join its network namespace.
         for member in found.members:
             with _engine_errors("start the sandbox"):
                 self._client().api.start(member.container)
@@ -289,7 +318,7 @@ class DockerBackend:
             attrs = self._inspect(member.container)
             statuses.append(SandboxStatus(state=RunState.MISSING) if attrs is None
                             else status_from_attrs(attrs))
-        return combine(statuses)
+        return combine(statuses, [m.name for m in found.members])
 
     def members(self, state: BackendState) -> tuple[str, ...]:
         return tuple(m.name for m in ContainerState.from_state(state).members)
@@ -360,6 +389,7 @@ class DockerBackend:
         return LogChunk(b"".join(out), f"{last} {same}" if last else "")
 
     def stop(self, state: BackendState, *, timeout_s: int = 10) -> None:
+        # The launcher first, so mpirun sees its ranks go only after it was told to stop.
         for member in ContainerState.from_state(state).members:
             if self._inspect(member.container) is None:
                 continue
@@ -367,12 +397,16 @@ class DockerBackend:
                 self._client().api.stop(member.container, timeout=timeout_s)
 
     def remove(self, state: BackendState) -> None:
-        for member in ContainerState.from_state(state).members:
+        found = ContainerState.from_state(state)
+        # The ranks before the launcher whose namespace they share.
+        for member in reversed(found.members):
             if self._inspect(member.container) is None:
                 continue
             with _engine_errors("remove the sandbox", done=_gone_or_going):
                 # v=True: anonymous volumes an image declares go with the container.
                 self._client().api.remove_container(member.container, force=True, v=True)
+        if found.plan is NetworkPlan.MEMBERS_ONLY and found.sandbox_id:
+            self._storage.drop_secrets(found.sandbox_id)  # the keys go with the cluster
 
     def strays(self, held: BackendState, recorded: BackendState) -> BackendState | None:
         known = ContainerState.from_state(recorded).objects

@@ -13,6 +13,7 @@ from typing import Any
 from docker.types import LogConfig, Mount
 
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
+from sandbox.cluster import SECRETS_TARGET, launcher_command, member_name, rank_command
 from sandbox.spec import (
     DATA_ROOT,
     OUTBOX,
@@ -41,12 +42,12 @@ def tmpfs_options(tmp_mb: int) -> str:
 
 
 def network_mode(plan: NetworkPlan, network: str = "") -> str:
-    """The engine's network mode for a plan: "none", or the cluster's own network."""
-    if plan is NetworkPlan.NONE:
+    """The engine's network mode for a plan: "none" for one container and for a cluster's
+    launcher (which holds the cluster's loopback-only namespace), and for every other member
+    of a cluster the launcher's namespace (`network` is the launcher's container id)."""
+    if plan is NetworkPlan.NONE or not network:
         return "none"
-    if not network:
-        raise ValueError("a members-only plan needs the cluster's own network")
-    return network
+    return f"container:{network}"
 
 
 def create_kwargs(spec: SandboxSpec, *, installation: str, init: bool, workspace: Path,
@@ -102,11 +103,37 @@ def create_kwargs(spec: SandboxSpec, *, installation: str, init: bool, workspace
     }
 
 
+def member_kwargs(spec: SandboxSpec, rank: int, *, installation: str, init: bool,
+                  workspace: Path, outbox: Path, secrets: Path,
+                  holder: str = "") -> dict[str, Any]:
+    """`create_kwargs` for member `rank` of a cluster: the launcher (rank 0, `holder` empty)
+    runs the command under mpirun and holds the loopback-only namespace; every other rank runs
+    its sshd in the launcher's namespace (`holder`: the launcher's container id). Every
+    member has the same limits, datasets, workspace and outbox, and the cluster's keys
+    read-only."""
+    if spec.network is not NetworkPlan.MEMBERS_ONLY or not 0 <= rank < spec.ranks:
+        raise ValueError("member_kwargs is for the ranks of a cluster")
+    if (rank == 0) == bool(holder):
+        raise ValueError("the launcher holds the namespace; every other rank joins it")
+    kwargs = create_kwargs(spec, installation=installation, init=init, workspace=workspace,
+                           outbox=outbox, network=holder)
+    kwargs["command"] = (launcher_command(spec.ranks, spec.command) if rank == 0
+                         else rank_command(rank))
+    kwargs["mounts"] = [*kwargs["mounts"],
+                        Mount(target=SECRETS_TARGET, source=str(secrets), type="bind",
+                              read_only=True)]
+    if rank == 0:
+        kwargs["hostname"] = member_name(0)
+    else:
+        del kwargs["hostname"]  # the engine refuses a hostname with another's namespace
+    return kwargs
+
+
 def _host_mode(value: object) -> bool:
     return isinstance(value, str) and (value == "host" or value.startswith("container:"))
 
 
-def _mount_violations(attrs: Mapping[str, Any]) -> list[str]:
+def _mount_violations(attrs: Mapping[str, Any], plan: NetworkPlan) -> list[str]:
     found: list[str] = []
     host = attrs.get("HostConfig") or {}
     for bind in host.get("Binds") or []:
@@ -132,6 +159,10 @@ def _mount_violations(attrs: Mapping[str, Any]) -> list[str]:
             found.append(f"mount {target} propagates host mounts")
         if target in (WORKSPACE, OUTBOX):
             continue
+        if target == SECRETS_TARGET and plan is NetworkPlan.MEMBERS_ONLY:
+            if writable:
+                found.append(f"cluster keys at {target} are writable")
+            continue
         parent, _, name = target.rpartition("/")
         if parent == DATA_ROOT and name:
             if writable:
@@ -150,15 +181,11 @@ def _network_violations(attrs: Mapping[str, Any], plan: NetworkPlan,
             return [f"network mode is {mode!r}, not 'none'"]
         return []
     if not network:
-        return ["members-only plan without the cluster's own network"]
-    attached = set((attrs.get("NetworkSettings") or {}).get("Networks") or {})
-    found = []
-    if mode != network and attached != {network}:
-        found.append(f"network mode is {mode!r}, not the cluster's own network")
-    extra = attached - {network} - {mode}
-    if extra:
-        found.append(f"attached to other networks: {sorted(extra)}")
-    return found
+        return ["members-only plan without the cluster's own namespace"]
+    # The launcher holds the namespace with no network; the others join exactly it.
+    if mode not in ("none", f"container:{network}"):
+        return [f"network mode is {mode!r}, not 'none' nor the cluster's own namespace"]
+    return []
 
 
 def assert_hardened(attrs: Mapping[str, Any], plan: NetworkPlan,
@@ -219,7 +246,7 @@ def assert_hardened(attrs: Mapping[str, Any], plan: NetworkPlan,
         found.append("ports published")
     if host.get("Links"):
         found.append("links to other containers")
-    found.extend(_mount_violations(attrs))
+    found.extend(_mount_violations(attrs, plan))
 
     labels = config.get("Labels") or {}
     for label in (LABEL_SANDBOX, LABEL_OWNER, LABEL_INSTALLATION):

@@ -56,6 +56,7 @@ HOROVOD_INPUTS = (
     "build-wheel.sh",
     "build-requirements.txt",
     "build-packages.txt",
+    "sealroom-mpi",
 )
 HOROVOD_SDIST = "horovod-0.28.1.tar.gz"
 
@@ -285,7 +286,7 @@ def ensure_horovod_image(
         )
         context = work / "context"
         context.mkdir()
-        for name in ("Dockerfile", "requirements.txt"):
+        for name in ("Dockerfile", "requirements.txt", "sealroom-mpi"):
             (context / name).write_bytes(files[name])
         runtime_wheels = ensure_wheelhouse(
             requirements_file=horovod_dir / "requirements.txt",

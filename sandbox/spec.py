@@ -24,6 +24,9 @@ DATA_ROOT = "/data"
 WORKSPACE = "/workspace"
 OUTBOX = "/outbox"
 
+#: The most ranks a cluster may have (a rank's address is 127.0.0.<rank + 1>).
+MAX_RANKS = 64
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -97,12 +100,19 @@ class SandboxSpec:
     limits: Limits = field(default_factory=Limits)
     env: tuple[tuple[str, str], ...] = ()
     network: NetworkPlan = NetworkPlan.NONE
+    #: Members of an MPI cluster (1: one container). Each rank has `limits` of its own.
+    ranks: int = 1
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.sandbox_id):
             raise InvalidSpec(f"invalid sandbox id {self.sandbox_id!r}")
         if not self.command:
             raise InvalidSpec("command must not be empty")
+        if not 1 <= self.ranks <= MAX_RANKS:
+            raise InvalidSpec(f"ranks must be between 1 and {MAX_RANKS}")
+        if (self.ranks > 1) != (self.network is NetworkPlan.MEMBERS_ONLY):
+            raise InvalidSpec("a cluster (ranks > 1) and only a cluster has a members-only "
+                              "network")
         names = [d.name for d in self.datasets]
         if len(names) != len(set(names)):
             raise InvalidSpec("a dataset may be mounted only once")
@@ -130,4 +140,5 @@ class SandboxSpec:
             "limits": dataclasses.asdict(self.limits),
             "env": dict(self.env),
             "network": str(self.network),
+            "ranks": self.ranks,
         }

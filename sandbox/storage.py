@@ -9,7 +9,9 @@ storage. `LocalStorage` keeps them under one directory of this host
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -77,6 +79,26 @@ class LocalStorage:
     def host_paths(self, spec: SandboxSpec) -> tuple[Path, Path]:
         return self.workspace(spec.sandbox_id), self.outbox(spec.sandbox_id)
 
+    def secrets(self, sandbox_id: str) -> Path:
+        """The host directory of a cluster's own keys (for backends on this host only)."""
+        return self._dir(sandbox_id) / "mpi"
+
+    def write_secrets(self, sandbox_id: str, files: Mapping[str, bytes]) -> Path:
+        """Write a cluster's keys, readable by the sandbox user alone; a fresh directory
+        every time (an existing one is refused, so keys are never reused)."""
+        directory = self.secrets(sandbox_id)
+        directory.mkdir(mode=0o700)
+        for name, data in files.items():
+            descriptor = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+        chown_tree(directory, SANDBOX_UID, SANDBOX_GID)
+        return directory
+
+    def drop_secrets(self, sandbox_id: str) -> None:
+        """Delete a cluster's keys; missing keys count as done."""
+        shutil.rmtree(self.secrets(sandbox_id), ignore_errors=True)
+
     def create(self, sandbox_id: str) -> None:
         self.workspace(sandbox_id).mkdir(parents=True)
         self.outbox(sandbox_id).mkdir()
@@ -104,6 +126,7 @@ class LocalStorage:
         return open_outbox_file(self.outbox(sandbox_id), path)
 
     def discard(self, sandbox_id: str) -> None:
+        self.drop_secrets(sandbox_id)
         shutil.rmtree(self.workspace(sandbox_id), ignore_errors=True)
         shutil.rmtree(self.outbox(sandbox_id), ignore_errors=True)
         with contextlib.suppress(OSError):  # kept while the console still holds files there

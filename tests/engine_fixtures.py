@@ -50,6 +50,16 @@ def base_image(docker_client: docker.DockerClient) -> Any:
 
 
 @pytest.fixture(scope="session")
+def horovod_image(docker_client: docker.DockerClient) -> Any:
+    from sandbox.images import find_image
+
+    image = find_image("horovod", client=docker_client)
+    if image is None:
+        need_engine("the horovod image is not built; run 'sealroom images build'")
+    return image
+
+
+@pytest.fixture(scope="session")
 def python_image(base_image: Any) -> str:
     """The image the red-team and backend tests run: $SEALROOM_TEST_IMAGE or the sandbox image."""
     return os.environ.get("SEALROOM_TEST_IMAGE") or str(base_image.tag)

@@ -25,7 +25,8 @@ from sandbox.backend import (
     SandboxStatus,
     combine,
 )
-from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxNotFound
+from sandbox.cluster import member_name
+from sandbox.errors import EngineUnavailable, SandboxNotFound
 from sandbox.spec import NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
 
@@ -166,14 +167,30 @@ class FakeBackend:
         self._engine()
 
     def create(self, spec: SandboxSpec) -> BackendState:
+        """One fake container per rank; the launcher (rank 0) plays the scripted outcome, the
+        other ranks run until stopped (as their sshd would)."""
         self._engine()
-        if spec.network is not NetworkPlan.NONE:
-            raise InvalidSpec("This engine runs one-container sandboxes only.")
-        handle = f"fake{next(self._ids):060x}"
         outcome = self._by_sandbox_id.get(spec.sandbox_id, self.default_outcome)
-        self.sandboxes[handle] = FakeSandbox(handle=handle, spec=spec, outcome=outcome)
+        members = []
+        for rank in range(spec.ranks):
+            handle = f"fake{next(self._ids):060x}"
+            self.sandboxes[handle] = FakeSandbox(
+                handle=handle, spec=spec,
+                outcome=outcome if rank == 0 else ScriptedOutcome(stays_running=True))
+            members.append(Member(member_name(rank), handle))
         self.created_specs.append(spec)
-        return ContainerState((Member(LAUNCHER, handle),)).to_state()
+        if spec.ranks == 1:
+            return ContainerState(tuple(members)).to_state()
+        return ContainerState(tuple(members), NetworkPlan.MEMBERS_ONLY, members[0].container,
+                              spec.sandbox_id).to_state()
+
+    def member_handle(self, sandbox_id: str, name: str) -> str:
+        """The fake container of one member ("main", "rank-1") of a sandbox."""
+        boxes = [b for b in self.sandboxes.values() if b.spec.sandbox_id == sandbox_id]
+        for rank, box in enumerate(boxes):
+            if member_name(rank) == name:
+                return box.handle
+        raise KeyError(name)
 
     def start(self, state: BackendState) -> None:
         self._engine()
@@ -197,11 +214,12 @@ class FakeBackend:
     def poll(self, state: BackendState) -> SandboxStatus:
         self._engine()
         statuses = []
-        for member in ContainerState.from_state(state).members:
+        found = ContainerState.from_state(state)
+        for member in found.members:
             box = self.sandboxes.get(member.container)
             statuses.append(SandboxStatus(state=RunState.MISSING) if box is None
                             else box.status())
-        return combine(statuses)
+        return combine(statuses, [m.name for m in found.members])
 
     def logs(self, state: BackendState, member: str = "", *, tail: int | None = None) -> bytes:
         """A member's whole log, or its last `tail` lines (as `DockerBackend.logs`)."""

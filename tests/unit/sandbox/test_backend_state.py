@@ -18,9 +18,9 @@ def _exited(code: int, *, oom: bool = False) -> SandboxStatus:
 
 def test_state_round_trips_through_json_shaped_data() -> None:
     state = ContainerState((Member(LAUNCHER, "c0"), Member("rank-1", "c1")),
-                           NetworkPlan.MEMBERS_ONLY, "net0")
+                           NetworkPlan.MEMBERS_ONLY, "c0", "sb-1")
     assert ContainerState.from_state(state.to_state()) == state
-    assert state.objects == {"c0", "c1", "net0"}
+    assert state.objects == {"c0", "c1"}
     assert state.member("") == Member(LAUNCHER, "c0")
     assert state.member("rank-1") == Member("rank-1", "c1")
     assert state.member("rank-9") is None
@@ -39,7 +39,7 @@ def test_an_unknown_plan_reads_as_the_strictest() -> None:
 
 
 def test_the_launcher_decides_and_any_oom_is_oom() -> None:
-    assert combine([RUNNING, _exited(0)]).state is RunState.RUNNING
+    assert combine([RUNNING, RUNNING]).state is RunState.RUNNING
     done = combine([_exited(3), _exited(0)])
     assert (done.state, done.exit_code, done.oom_killed) == (RunState.EXITED, 3, False)
     killed = combine([_exited(1), _exited(137, oom=True)])
@@ -50,3 +50,11 @@ def test_the_launcher_decides_and_any_oom_is_oom() -> None:
 def test_a_missing_member_loses_the_whole_sandbox() -> None:
     assert combine([RUNNING, SandboxStatus(RunState.MISSING)]).state is RunState.MISSING
     assert combine([]).state is RunState.MISSING
+
+
+def test_a_rank_that_ends_while_the_launcher_runs_ends_the_cluster() -> None:
+    ended = combine([RUNNING, RUNNING, _exited(137)], ["main", "rank-1", "rank-2"])
+    assert (ended.state, ended.exit_code, ended.ended_by) == (RunState.EXITED, 137, "rank-2")
+    # Once the launcher has ended, its exit decides, whatever the ranks did.
+    done = combine([_exited(0), _exited(143)], ["main", "rank-1"])
+    assert (done.exit_code, done.ended_by) == (0, "")

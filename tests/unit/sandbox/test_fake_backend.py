@@ -5,13 +5,14 @@ Each behaviour here has a real-engine twin in tests/integration/test_docker_back
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from sandbox.backend import Backend, OwnedSandbox, RunState
 from sandbox.errors import EngineUnavailable, SandboxNotFound
-from sandbox.spec import SandboxSpec
+from sandbox.spec import NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
 from tests.mocking import OOM_EXIT_CODE, STOPPED_EXIT_CODE, FakeBackend, ScriptedOutcome
 
@@ -208,3 +209,17 @@ def test_engine_down_fails_every_call(fake: FakeBackend) -> None:
     fake.engine_up = True
     fake.ping()
     assert fake.poll(state).state is RunState.CREATED
+
+
+def test_a_cluster_is_one_sandbox_of_several_members(fake: FakeBackend) -> None:
+    spec = dataclasses.replace(_spec(), ranks=3, network=NetworkPlan.MEMBERS_ONLY)
+    state = fake.create(spec)
+    assert fake.members(state) == ("main", "rank-1", "rank-2")
+    fake.script_handle(state, ScriptedOutcome(stays_running=True))
+    fake.start(state)
+    assert fake.poll(state).state is RunState.RUNNING
+    fake.finish(fake.member_handle("sb-1", "rank-2"), exit_code=137)
+    ended = fake.poll(state)
+    assert (ended.state, ended.exit_code, ended.ended_by) == (RunState.EXITED, 137, "rank-2")
+    fake.remove(state)
+    assert fake.sandboxes == {}

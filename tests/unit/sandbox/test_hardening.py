@@ -16,7 +16,7 @@ import pytest
 from docker.types import Mount
 
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
-from sandbox.hardening import assert_hardened, create_kwargs
+from sandbox.hardening import assert_hardened, create_kwargs, member_kwargs
 from sandbox.spec import DatasetMount, Limits, NetworkPlan, SandboxSpec
 
 INSTALLATION = "inst-1"
@@ -306,35 +306,58 @@ def test_empty_inspect_is_not_hardened() -> None:
 # --- the network plan is an input -----------------------------------------------------------
 
 
-def _on_network(name: str, *, also: tuple[str, ...] = ()) -> dict[str, Any]:
+def _joined(holder: str) -> dict[str, Any]:
     attrs = _sealed()
-    attrs["HostConfig"]["NetworkMode"] = name
-    attrs["NetworkSettings"] = {"Networks": {n: {} for n in (name, *also)}}
+    attrs["HostConfig"]["NetworkMode"] = f"container:{holder}"
     return attrs
 
 
-def test_members_only_plan_puts_the_container_on_the_clusters_own_network(
+def test_a_clusters_launcher_holds_a_namespace_with_no_network_and_ranks_join_it(
         spec: SandboxSpec) -> None:
-    clustered = dataclasses.replace(spec, network=NetworkPlan.MEMBERS_ONLY)
-    kwargs = create_kwargs(clustered, installation=INSTALLATION, init=True,
-                           network="sealroom-sb-1", **HOST_DIRS)
-    assert kwargs["network_mode"] == "sealroom-sb-1"
-    with pytest.raises(ValueError, match="own network"):
-        create_kwargs(clustered, installation=INSTALLATION, init=True, **HOST_DIRS)
+    cluster = dataclasses.replace(spec, network=NetworkPlan.MEMBERS_ONLY, ranks=3)
+    launcher = member_kwargs(cluster, 0, installation=INSTALLATION, init=True,
+                             secrets=Path("/srv/sb-1/mpi"), **HOST_DIRS)
+    rank = member_kwargs(cluster, 2, installation=INSTALLATION, init=True,
+                         secrets=Path("/srv/sb-1/mpi"), holder="c0ffee", **HOST_DIRS)
+    assert launcher["network_mode"] == "none" and launcher["hostname"] == "main"
+    assert launcher["command"][:3] == ["sealroom-mpi", "launch", "3"]
+    assert launcher["command"][3:] == list(cluster.command)
+    assert rank["network_mode"] == "container:c0ffee" and "hostname" not in rank
+    assert rank["command"] == ["sealroom-mpi", "rank", "2"]
+    for kwargs in (launcher, rank):
+        keys = [m for m in kwargs["mounts"] if m["Target"] == "/etc/sealroom/mpi"]
+        assert len(keys) == 1 and keys[0]["ReadOnly"] is True
+        assert kwargs["cap_drop"] == ["ALL"] and kwargs["read_only"] is True
+    with pytest.raises(ValueError):
+        member_kwargs(cluster, 1, installation=INSTALLATION, init=True,
+                      secrets=Path("/k"), **HOST_DIRS)  # a rank must join the launcher
+    with pytest.raises(ValueError):
+        member_kwargs(spec, 0, installation=INSTALLATION, init=True, secrets=Path("/k"),
+                      **HOST_DIRS)  # not a cluster
 
 
 def test_the_check_follows_the_plan_it_is_given() -> None:
-    member = _on_network("sealroom-sb-1")
-    assert assert_hardened(member, NetworkPlan.MEMBERS_ONLY, "sealroom-sb-1") == []
-    # The same container is not sealed under the one-container plan...
+    member = _joined("c0ffee")
+    assert assert_hardened(member, NetworkPlan.MEMBERS_ONLY, "c0ffee") == []
+    assert assert_hardened(_sealed(), NetworkPlan.MEMBERS_ONLY, "c0ffee") == []  # launcher
+    # A joined member is not sealed under the one-container plan, nor in another cluster.
     assert any("not 'none'" in v for v in assert_hardened(member, NetworkPlan.NONE))
-    # ...nor is a "none" container a member of the cluster, nor a member of another one.
-    assert assert_hardened(_sealed(), NetworkPlan.MEMBERS_ONLY, "sealroom-sb-1")
-    assert assert_hardened(member, NetworkPlan.MEMBERS_ONLY, "sealroom-sb-2")
+    assert assert_hardened(member, NetworkPlan.MEMBERS_ONLY, "bad0")
     assert assert_hardened(member, NetworkPlan.MEMBERS_ONLY, "")
+    bridged = _sealed()
+    bridged["HostConfig"]["NetworkMode"] = "bridge"
+    assert assert_hardened(bridged, NetworkPlan.MEMBERS_ONLY, "c0ffee")
 
 
-def test_a_member_on_a_second_network_is_refused() -> None:
-    bridged = _on_network("sealroom-sb-1", also=("bridge",))
-    found = assert_hardened(bridged, NetworkPlan.MEMBERS_ONLY, "sealroom-sb-1")
-    assert any("other networks" in v and "bridge" in v for v in found)
+def test_cluster_keys_are_allowed_read_only_and_only_in_a_cluster() -> None:
+    keys = {"Type": "bind", "Source": "/srv/sb-1/mpi", "Destination": "/etc/sealroom/mpi",
+            "RW": False, "Propagation": "rprivate"}
+    member = _joined("c0ffee")
+    member["Mounts"].append(dict(keys))
+    assert assert_hardened(member, NetworkPlan.MEMBERS_ONLY, "c0ffee") == []
+    single = _sealed()
+    single["Mounts"].append(dict(keys))
+    assert any("unexpected mount" in v for v in assert_hardened(single, NetworkPlan.NONE))
+    member["Mounts"][-1]["RW"] = True
+    assert any("writable" in v for v in
+               assert_hardened(member, NetworkPlan.MEMBERS_ONLY, "c0ffee"))

@@ -139,3 +139,16 @@ def test_invalid_spec_is_a_sandbox_error_with_user_message() -> None:
         Limits(pids=1)
     assert caught.value.status == 400
     assert caught.value.user_message == str(caught.value)
+
+
+def test_a_cluster_and_only_a_cluster_has_a_members_only_network() -> None:
+    cluster = _spec(ranks=2, network=NetworkPlan.MEMBERS_ONLY)
+    assert cluster.to_dict()["ranks"] == 2
+    with pytest.raises(InvalidSpec):
+        _spec(ranks=2)
+    with pytest.raises(InvalidSpec):
+        _spec(network=NetworkPlan.MEMBERS_ONLY)
+    with pytest.raises(InvalidSpec):
+        _spec(ranks=0)
+    with pytest.raises(InvalidSpec):
+        _spec(ranks=65, network=NetworkPlan.MEMBERS_ONLY)
