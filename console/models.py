@@ -78,7 +78,7 @@ class Sandbox(SQLModel, table=True):
     code_digest: str
     code_name: str
     spec: str  # JSON of SandboxSpec.to_dict()
-    kind: str = "single"  # what was launched: "single", or "cluster" of `ranks` MPI nodes
+    kind: str = "single"  # what was launched: "single", or "mpi": a cluster of `ranks` MPI nodes
     ranks: int = 1
     gpus: int = 0
     cpus: float

@@ -26,7 +26,7 @@ class PolicyDecision:
 
 
 #: What a launch asks for: one sandbox, or an MPI cluster of `ranks` sandboxes.
-LaunchKind = Literal["single", "cluster"]
+LaunchKind = Literal["single", "mpi"]
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ def core(settings: Settings, fake_backend: FakeBackend) -> Iterator[Sealroom]:
     sealroom = Sealroom(settings, backend=fake_backend)
     images.register_image(sealroom, OPERATOR, "base", "sealroom/base:test",
                           "sha256:" + "ab" * 32)
+    images.register_image(sealroom, OPERATOR, "horovod", "sealroom/horovod:test",
+                          "sha256:" + "cd" * 32)
     yield sealroom
     sealroom.close()
 

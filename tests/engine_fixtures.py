@@ -68,8 +68,13 @@ def python_image(base_image: Any) -> str:
 @pytest.fixture
 def docker_core(settings: Settings, docker_client: docker.DockerClient,
                 base_image: Any) -> Iterator[Sealroom]:
+    from sandbox.images import find_image
+
     sealroom = Sealroom(settings)
     images.register_image(sealroom, OPERATOR, "base", base_image.tag, base_image.digest)
+    horovod = find_image("horovod", client=docker_client)
+    if horovod is not None:  # clusters run it; tests that need it ask for `horovod_image`
+        images.register_image(sealroom, OPERATOR, "horovod", horovod.tag, horovod.digest)
     yield sealroom
     label = f"{LABEL_INSTALLATION}={settings.installation_id()}"
     for container in docker_client.containers.list(all=True, filters={"label": label}):

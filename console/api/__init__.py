@@ -61,7 +61,7 @@ def _launch_order() -> launch_service.LaunchOrder:
         raise _Bad("command must be a string")
     kind = data.get("kind", "single")
     if not isinstance(kind, str):
-        raise _Bad("kind must be 'single' or 'cluster'")
+        raise _Bad("kind must be 'single' or 'mpi'")
     ranks = data.get("ranks", 1)
     if isinstance(ranks, bool) or not isinstance(ranks, int):
         raise _Bad("ranks must be a whole number")

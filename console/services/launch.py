@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 EXAMPLES = Path(sandbox_spec.__file__).with_name("examples")
 DEFAULT_COMMAND = "python train.py"
-KINDS: tuple[LaunchKind, ...] = ("single", "cluster")
+KINDS: tuple[LaunchKind, ...] = ("single", "mpi")
+#: The image each kind runs (by its logical name).
+IMAGE_FOR: dict[LaunchKind, str] = {"single": "base", "mpi": "horovod"}
 
 
 @dataclass
@@ -103,7 +105,7 @@ class ParsedLaunch:
     @classmethod
     def of_sandbox(cls, record: Sandbox) -> ParsedLaunch:
         """A launched sandbox as the order it was launched from (for a policy dry run)."""
-        kind: LaunchKind = "cluster" if record.kind == "cluster" else "single"
+        kind: LaunchKind = "mpi" if record.kind == "mpi" else "single"
         return cls(datasets=tuple(d["name"] for d in json.loads(record.datasets)),
                    command=tuple(shlex.split(record.command)),
                    limits=sandbox_spec.Limits(cpus=record.cpus, memory_mb=record.memory_mb,
@@ -190,7 +192,9 @@ def parse(order: LaunchOrder, policy: Policy) -> ParsedLaunch:
     if order.ranks < 1:
         raise BadRequest("ranks must be at least 1")
     if kind == "single" and order.ranks != 1:
-        raise BadRequest("a single sandbox has one rank; ask for kind 'cluster' for more")
+        raise BadRequest("a single sandbox has one rank; ask for kind 'mpi' for more")
+    if kind == "mpi" and not 2 <= order.ranks <= sandbox_spec.MAX_RANKS:
+        raise BadRequest(f"an MPI cluster has 2 to {sandbox_spec.MAX_RANKS} ranks")
     uploads = policy.uploads
     if order.code is not None and len(order.code) > uploads.max_code_mb * 1024 * 1024:
         raise PayloadTooLarge(f"the upload is larger than {uploads.max_code_mb} MB",
@@ -205,7 +209,7 @@ def _kind(value: str) -> LaunchKind:
     for kind in KINDS:
         if value == kind:
             return kind
-    raise BadRequest(f"kind must be 'single' or 'cluster', not {value[:40]!r}")
+    raise BadRequest(f"kind must be 'single' or 'mpi', not {value[:40]!r}")
 
 
 def judge(evaluator: PolicyEvaluator, parsed: ParsedLaunch, user: str, role: str, *,
@@ -218,10 +222,10 @@ def judge(evaluator: PolicyEvaluator, parsed: ParsedLaunch, user: str, role: str
 def decide(core: Sealroom, caller: Caller, parsed: ParsedLaunch, policy: Policy) -> Decision:
     """Read what the decision depends on once, and ask `policy`; refuse what this
     installation cannot run yet even where the policy would allow it."""
-    image = current_image(core)
+    image = current_image(core, IMAGE_FOR[parsed.kind])
     if image is None:
-        raise EngineDown("no sandbox image is installed; an operator must run "
-                         "'sealroom images build'")
+        raise EngineDown(f"no {IMAGE_FOR[parsed.kind]} sandbox image is installed; an "
+                         "operator must run 'sealroom images build'")
     with core.transaction() as session:
         mounts = []
         for name in parsed.datasets:
@@ -238,14 +242,11 @@ def decide(core: Sealroom, caller: Caller, parsed: ParsedLaunch, policy: Policy)
     if not decision:
         raise PolicyDenied(decision.reason, rule=decision.rule,
                            policy_version=decision.policy_version)
-    # A single sandbox has network mode "none", a cluster only its own network; the schema
+    # A single sandbox has network mode "none", a cluster only its own loopback; the schema
     # admits no other value, and the plan's name is recorded with the launch.
-    network = evaluator.network_for("mpi" if parsed.kind == "cluster" else "single")
+    network = evaluator.network_for(parsed.kind)
     if parsed.gpus:
         raise BadRequest("this installation cannot give sandboxes GPUs yet",
-                         rule=decision.rule)
-    if parsed.kind == "cluster":
-        raise BadRequest("MPI clusters are not available on this installation yet",
                          rule=decision.rule)
     return Decision(image=image, mounts=tuple(mounts), rule=decision.rule,
                     policy_version=decision.policy_version, network=network.reason)
@@ -285,6 +286,9 @@ def spec_for(owner: str, parsed: ParsedLaunch, decision: Decision,
     return sandbox_spec.SandboxSpec(
         sandbox_id=sandbox_id, owner=owner, image=decision.image.digest,
         command=parsed.command, datasets=decision.mounts, limits=parsed.limits,
+        ranks=parsed.ranks,
+        network=(sandbox_spec.NetworkPlan.MEMBERS_ONLY if parsed.kind == "mpi"
+                 else sandbox_spec.NetworkPlan.NONE),
         env=(("SEALROOM_SANDBOX", sandbox_id),
              ("SEALROOM_DATA", decision.mounts[0].target),
              ("SEALROOM_OUTBOX", sandbox_spec.OUTBOX),

@@ -18,6 +18,7 @@ from console.models import Sandbox
 from console.services import launch as launch_service
 from console.services import policy as policy_service
 from console.services.errors import AuditUnavailable
+from sandbox.spec import NetworkPlan
 from tests.helpers import OPERATOR, bearer, change_policy, recorded
 
 
@@ -45,11 +46,12 @@ def test_a_launch_records_its_kind_ranks_and_gpus(client: FlaskClient, core: Sea
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"kind": "swarm"}, "kind must be 'single' or 'cluster', not 'swarm'"),
-    ({"kind": 3}, "kind must be 'single' or 'cluster'"),
+    ({"kind": "swarm"}, "kind must be 'single' or 'mpi', not 'swarm'"),
+    ({"kind": 3}, "kind must be 'single' or 'mpi'"),
     ({"ranks": "two"}, "ranks must be a whole number"),
-    ({"ranks": 2}, "a single sandbox has one rank; ask for kind 'cluster' for more"),
-    ({"kind": "cluster", "ranks": 0}, "ranks must be at least 1"),
+    ({"ranks": 2}, "a single sandbox has one rank; ask for kind 'mpi' for more"),
+    ({"kind": "mpi", "ranks": 0}, "ranks must be at least 1"),
+    ({"kind": "mpi", "ranks": 1}, "an MPI cluster has 2 to 64 ranks"),
 ])
 def test_bad_kinds_and_ranks_are_refused_and_audited(client: FlaskClient, core: Sealroom,
                                                      alice: str, body: dict[str, Any],
@@ -62,22 +64,36 @@ def test_bad_kinds_and_ranks_are_refused_and_audited(client: FlaskClient, core: 
     assert _sandboxes(core) == []
 
 
-def test_a_cluster_the_policy_allows_is_not_available_yet(client: FlaskClient, core: Sealroom,
-                                                         alice: str) -> None:
-    version = change_policy(core, {"resources": {"default": {"max_mpi_nodes": 4}}})
-    response = _launch(client, alice, kind="cluster", ranks=4)
-    assert response.status_code == 400
-    error = response.get_json()["error"]
-    assert error["message"] == "MPI clusters are not available on this installation yet"
-    assert (error["rule"], error["policy_version"]) == ("launch", version)
+def test_a_cluster_launches_as_one_sandbox_of_ranks_on_the_mpi_image(
+        client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
+    response = _launch(client, alice, kind="mpi", ranks=3)
+    assert response.status_code == 201, response.get_json()
+    sandbox_id = response.get_json()["id"]
+    (spec,) = fake_backend.created_specs
+    assert (spec.ranks, spec.network, spec.image) == (3, NetworkPlan.MEMBERS_ONLY,
+                                                       "sha256:" + "cd" * 32)
+    row = _sandboxes(core)[0]
+    assert (row.kind, row.ranks, row.image) == ("mpi", 3, "sealroom/horovod:test")
+    state = json.loads(row.backend_state)
+    assert [m["name"] for m in state["members"]] == ["main", "rank-1", "rank-2"]
+    launch_event = recorded(core, "sandbox:sandbox:launch")[-1]
+    assert json.loads(launch_event.details)["network"] == "isolated"
+    assert sandbox_id == row.id
+
+
+def test_a_cluster_over_the_policys_size_is_refused_by_its_rule(
+        client: FlaskClient, core: Sealroom, alice: str) -> None:
+    response = _launch(client, alice, kind="mpi", ranks=5)
+    assert response.status_code == 403
+    assert response.get_json()["error"]["rule"] == "resources.roles.engineer.max_mpi_nodes"
     assert _sandboxes(core) == []
     assert list(core.settings.sandboxes_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize("launched_as, order, rule", [
     ({"gpus": 2}, {"limits": {"gpus": 2}}, "resources.default.max_gpus"),
-    ({"kind": "cluster", "ranks": 3}, {"kind": "cluster", "ranks": 3},
-     "resources.default.max_mpi_nodes"),
+    ({"kind": "mpi", "ranks": 5}, {"kind": "mpi", "ranks": 5},
+     "resources.roles.engineer.max_mpi_nodes"),
 ])
 def test_the_dry_run_decides_like_the_launch(client: FlaskClient, core: Sealroom, alice: str,
                                              launched_as: dict[str, Any], order: dict[str, Any],

@@ -154,7 +154,7 @@ def test_within_limits_is_allowed_and_names_the_version() -> None:
     ({"timeout_s": 10**6}, "resources.roles.engineer.max_timeout_s"),
     ({"pids": 10**5}, "resources.roles.engineer.max_pids"),
     ({"gpus": 1}, "resources.default.max_gpus"),
-    ({"kind": "cluster", "ranks": 2}, "resources.default.max_mpi_nodes"),
+    ({"kind": "mpi", "ranks": 5}, "resources.roles.engineer.max_mpi_nodes"),
     ({"running_sandboxes": 4}, "resources.roles.engineer.max_concurrent"),
     ({"datasets": ("secret",)}, "datasets.secret.allow"),
     ({"datasets": ("unknown",)}, "datasets.unknown.allow"),
