@@ -19,7 +19,7 @@ from console.services import launch as launch_service
 from console.services import policy as policy_service
 from console.services.errors import AuditUnavailable
 from sandbox.spec import NetworkPlan
-from tests.helpers import OPERATOR, bearer, change_policy, recorded
+from tests.helpers import OPERATOR, bearer, recorded
 
 
 @pytest.fixture
