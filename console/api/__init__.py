@@ -111,10 +111,18 @@ def get_sandbox(sandbox_id: str) -> Any:
 @api_requires(Permission.LOGS_READ)
 def sandbox_logs(sandbox_id: str) -> Any:
     offset = request.args.get("offset", default=0, type=int)
-    chunk, start, total = sandbox_service.logs(core(), caller(), sandbox_id, offset=offset)
+    rank = request.args.get("rank")
+    if rank is None:
+        chunk, start, total = sandbox_service.logs(core(), caller(), sandbox_id, offset=offset)
+        end = start + len(chunk)
+    else:
+        if not rank.isdigit():
+            raise _Bad("rank must be a whole number")
+        chunk, start, end, total = sandbox_service.rank_logs(core(), caller(), sandbox_id,
+                                                             int(rank), offset=offset)
     if request.args.get("format") == "json":
         return jsonify({"log": chunk.decode("utf-8", "replace"), "start": start,
-                        "offset": start + len(chunk), "total": total})
+                        "offset": end, "total": total})
     response = Response(chunk, mimetype="text/plain; charset=utf-8")
     response.headers["X-Log-Start"] = str(start)
     response.headers["X-Log-Total"] = str(total)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 
 from sqlmodel import Session, col, select
@@ -19,7 +20,7 @@ from console.core import Caller, Sealroom
 from console.models import Sandbox, SandboxStatus
 from console.services import outbox as outbox_service
 from console.services import sandbox_log
-from console.services.errors import EngineDown, NotFound
+from console.services.errors import BadRequest, EngineDown, NotFound
 from sandbox.backend import BackendState, RunState
 from sandbox.errors import EngineUnavailable, SandboxError
 
@@ -101,15 +102,21 @@ def refresh(core: Sealroom, sandbox_id: str) -> Sandbox | None:
                       "the container vanished from the engine", outcome=Outcome.FAILED,
                       remove=False)
     if status.state == RunState.EXITED:
+        # A rank that ended before its launcher ends the cluster; the name is the backend's.
+        by = f"{status.ended_by} " if status.ended_by else ""
+        ended: dict[str, object] | None = {"ended_by": status.ended_by} if status.ended_by \
+            else None
         if status.oom_killed:
             return finish(core, record.id, SandboxStatus.OOM_KILLED, AuditAction.SANDBOX_OOM,
-                          f"killed: out of memory (limit {record.memory_mb} MB)",
-                          exit_code=status.exit_code, outcome=Outcome.FAILED)
-        ok = status.exit_code == 0
+                          f"killed: {by}out of memory (limit {record.memory_mb} MB)",
+                          exit_code=status.exit_code, outcome=Outcome.FAILED, details=ended)
+        ok = status.exit_code == 0 and not status.ended_by
+        reason = (f"{status.ended_by} exited with code {status.exit_code}; the cluster was "
+                  "stopped" if status.ended_by else f"exited with code {status.exit_code}")
         return finish(core, record.id,
                       SandboxStatus.SUCCEEDED if ok else SandboxStatus.FAILED,
-                      AuditAction.SANDBOX_EXIT, f"exited with code {status.exit_code}",
-                      exit_code=status.exit_code, outcome=Outcome.OK if ok else Outcome.FAILED)
+                      AuditAction.SANDBOX_EXIT, reason, exit_code=status.exit_code,
+                      outcome=Outcome.OK if ok else Outcome.FAILED, details=ended)
     started = _parse(record.started_at)
     if status.state == RunState.RUNNING and started is not None and \
             (_now() - started).total_seconds() > record.timeout_s:
@@ -227,6 +234,30 @@ def logs(core: Sealroom, caller: Caller, sandbox_id: str, *, offset: int = 0,
                             offset=offset, limit=limit)
 
 
+_RANK_TAG = re.compile(rb"\[\d+,(\d+)\]<std(?:out|err)>:")
+
+
+def rank_logs(core: Sealroom, caller: Caller, sandbox_id: str, rank: int, *,
+              offset: int = 0, limit: int = LOG_VIEW_MAX) -> tuple[bytes, int, int, int]:
+    """One rank's lines of a cluster's log: the launcher's output (mpirun tags each line with
+    its rank) from `offset`, as `logs` shows and charges it, with the other ranks' lines and
+    the tags left out. Returns (bytes, start, end of what was read, the log's length)."""
+    record = get(core, caller, sandbox_id)
+    if not 0 <= rank < record.ranks:
+        raise BadRequest(f"rank must be between 0 and {record.ranks - 1} for this sandbox")
+    chunk, start, total = logs(core, caller, sandbox_id, offset=offset, limit=limit)
+    if record.ranks == 1:
+        return chunk, start, start + len(chunk), total
+    wanted = str(rank).encode()
+    kept = []
+    for line in chunk.splitlines(keepends=True):
+        tags = list(_RANK_TAG.finditer(line))
+        if tags and tags[0].start() == 0 and tags[0].group(1) == wanted:
+            end = tags[1].start() if len(tags) > 1 else len(line)
+            kept.append(line[tags[0].end():end].rstrip(b"\r\n") + b"\n")
+    return b"".join(kept), start, start + len(chunk), total
+
+
 def outbox(core: Sealroom, caller: Caller, sandbox_id: str) -> dict[str, object]:
     """The outbox as the owner may see it (see `console.services.outbox`)."""
     record = get(core, caller, sandbox_id)
@@ -251,6 +282,8 @@ def to_dict(record: Sandbox) -> dict[str, object]:
         "code": {"name": record.code_name, "digest": record.code_digest},
         "limits": {"cpus": record.cpus, "memory_mb": record.memory_mb, "pids": record.pids,
                    "timeout_s": record.timeout_s},
+        "kind": record.kind,
+        "ranks": record.ranks,
         "created_at": record.created_at,
         "started_at": record.started_at,
         "finished_at": record.finished_at,

@@ -19,7 +19,7 @@ from console.services import launch as launch_service
 from console.services import policy as policy_service
 from console.services.errors import AuditUnavailable
 from sandbox.spec import NetworkPlan
-from tests.helpers import OPERATOR, bearer, recorded
+from tests.helpers import OPERATOR, bearer, recorded, supervisor_pass
 
 
 @pytest.fixture
@@ -144,3 +144,38 @@ def test_the_launch_event_names_the_decision(client: FlaskClient, core: Sealroom
     assert event.target == f"sandbox:{sandbox_id}"
     assert (details["rule"], details["network"]) == ("launch", "none")
     assert details["spec"]["env"]["SEALROOM_DATA"] == "/data/demo"
+
+
+def test_a_rank_that_ends_ends_the_cluster_with_a_clear_reason(
+        client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
+    sandbox_id = _launch(client, alice, kind="mpi", ranks=2).get_json()["id"]
+    fake_backend.finish(fake_backend.member_handle(sandbox_id, "rank-1"), exit_code=137)
+    supervisor_pass(core)
+    body = client.get(f"/api/v1/sandboxes/{sandbox_id}", headers=bearer(alice)).get_json()
+    assert (body["status"], body["kind"], body["ranks"]) == ("failed", "mpi", 2)
+    assert body["reason"] == "rank-1 exited with code 137; the cluster was stopped"
+    assert fake_backend.sandboxes == {}  # every member removed
+    event = recorded(core, "sandbox:sandbox:exit")[-1]
+    assert json.loads(event.details)["ended_by"] == "rank-1"
+
+
+def test_one_ranks_log_is_its_tagged_lines_charged_as_the_whole_log(
+        client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
+    """Sandbox bytes through the ledger (the one rule): a rank's view is cut from the
+    launcher's log, and the bytes read for it are charged like any log view."""
+    sandbox_id = _launch(client, alice, kind="mpi", ranks=2).get_json()["id"]
+    fake_backend.emit(fake_backend.member_handle(sandbox_id, "main"),
+                      b"[1,0]<stdout>:epoch 1\n[1,1]<stdout>:rank 1/2[1,0]<stdout>:\n"
+                      b"[1,1]<stderr>:warning\n")
+    one = client.get(f"/api/v1/sandboxes/{sandbox_id}/logs?rank=1&format=json",
+                     headers=bearer(alice)).get_json()
+    assert one["log"] == "rank 1/2\nwarning\n"
+    whole = client.get(f"/api/v1/sandboxes/{sandbox_id}/logs?format=json",
+                       headers=bearer(alice)).get_json()
+    assert one["offset"] == whole["offset"] == whole["total"]
+    assert client.get(f"/api/v1/sandboxes/{sandbox_id}/logs?rank=2",
+                      headers=bearer(alice)).status_code == 400
+    assert client.get(f"/api/v1/sandboxes/{sandbox_id}/logs?rank=x",
+                      headers=bearer(alice)).status_code == 400
+    views = recorded(core, "sandbox:logs:view")
+    assert views and all(e.outcome == "ok" for e in views)
