@@ -24,6 +24,7 @@ BENCHMARKS = (
     "tests.benchmarks.bench_sealing",
     "tests.benchmarks.bench_audit",
     "tests.benchmarks.bench_audit_paging",
+    "tests.benchmarks.bench_cluster",
     "tests.benchmarks.bench_console_load",
 )
 RESULTS_DIR = Path(__file__).resolve().parents[2] / ".bench"
