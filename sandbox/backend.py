@@ -82,11 +82,13 @@ class ContainerState:
     network: str = ""
     #: The sandbox it belongs to (for what the backend keeps beside the containers: keys).
     sandbox_id: str = ""
+    #: GPUs each member was given (its self-check expects exactly these device requests).
+    gpus: int = 0
 
     def to_state(self) -> BackendState:
         return {"members": [{"name": m.name, "container": m.container} for m in self.members],
                 "plan": str(self.plan), "network": self.network,
-                "sandbox": self.sandbox_id}
+                "sandbox": self.sandbox_id, "gpus": self.gpus}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> ContainerState:
@@ -103,8 +105,10 @@ class ContainerState:
             plan = NetworkPlan.NONE
         network = state.get("network")
         sandbox_id = state.get("sandbox")
+        gpus = state.get("gpus")
         return cls(tuple(members), plan, network if isinstance(network, str) else "",
-                   sandbox_id if isinstance(sandbox_id, str) else "")
+                   sandbox_id if isinstance(sandbox_id, str) else "",
+                   gpus if isinstance(gpus, int) and not isinstance(gpus, bool) else 0)
 
     @property
     def objects(self) -> frozenset[str]:
@@ -160,6 +164,9 @@ class Backend(Protocol):
 
     def ping(self) -> None:
         """Raise `EngineUnavailable` when the engine does not answer."""
+
+    def supports_gpus(self) -> bool:
+        """Whether the engine can give sandboxes NVIDIA GPUs (device requests)."""
 
     def create(self, spec: SandboxSpec) -> BackendState:
         """Create (not start) the sandbox under `spec.network`; return its state. On failure

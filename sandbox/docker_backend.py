@@ -215,6 +215,12 @@ class DockerBackend:
                 _ENGINE_DOWN, detail=f"ping answered {response.status_code}: {response.text!r}"
             )
 
+    def supports_gpus(self) -> bool:
+        """The engine has the NVIDIA runtime registered (what device requests need)."""
+        with _engine_errors("read the engine info"):
+            info = self._client().info()
+        return "nvidia" in (info.get("Runtimes") or {})
+
     def supports_init(self) -> bool:
         """Whether containers get `docker-init` as pid 1.
 
@@ -240,7 +246,8 @@ class DockerBackend:
         client = self._client()
         with _engine_errors("create the sandbox"):
             container = client.containers.create(**kwargs)
-        return ContainerState((Member(LAUNCHER, str(container.id)),), spec.network).to_state()
+        return ContainerState((Member(LAUNCHER, str(container.id)),), spec.network,
+                              gpus=spec.gpus).to_state()
 
     def _create_cluster(self, spec: SandboxSpec) -> BackendState:
         """The launcher first (it holds the loopback-only namespace), then each rank in it;
@@ -267,7 +274,7 @@ class DockerBackend:
                                        spec.sandbox_id).to_state())
             raise
         return ContainerState(tuple(members), spec.network, members[0].container,
-                              spec.sandbox_id).to_state()
+                              spec.sandbox_id, spec.gpus).to_state()
 
     def _inspect(self, handle: str) -> dict[str, Any] | None:
         """The container's attributes, or None when it is gone or not this installation's."""
@@ -300,7 +307,7 @@ class DockerBackend:
         found = self._members(state, "start")
         for member in found.members:
             violations = assert_hardened(self._require(member.container, "start"),
-                                         found.plan, found.network)
+                                         found.plan, found.network, gpus=found.gpus)
             if violations:
                 raise SandboxError(
                     "The sandbox failed its hardening self-check and was not started.",

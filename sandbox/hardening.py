@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from docker.types import LogConfig, Mount
+from docker.types import DeviceRequest, LogConfig, Mount
 
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
 from sandbox.cluster import SECRETS_TARGET, launcher_command, member_name, rank_command
@@ -39,6 +39,26 @@ _UNSAFE_SECURITY_OPTS = ("unconfined", "label=disable", "label:disable")
 
 def tmpfs_options(tmp_mb: int) -> str:
     return f"rw,nosuid,nodev,size={tmp_mb}m"
+
+
+def gpu_request(count: int) -> DeviceRequest:
+    """`count` NVIDIA GPUs (the engine picks which), and nothing else a device request can
+    carry (no driver options, no other capabilities)."""
+    return DeviceRequest(driver="nvidia", count=count, capabilities=[["gpu"]])
+
+
+def _gpu_violations(host: Mapping[str, Any], gpus: int) -> list[str]:
+    requests = host.get("DeviceRequests") or []
+    if gpus == 0:
+        return ["device requests (GPUs) passed in"] if requests else []
+    expected = {"Driver": "nvidia", "Count": gpus, "DeviceIDs": [],
+                "Capabilities": [["gpu"]], "Options": {}}
+    seen = [{"Driver": r.get("Driver"), "Count": r.get("Count"),
+             "DeviceIDs": r.get("DeviceIDs") or [], "Capabilities": r.get("Capabilities"),
+             "Options": r.get("Options") or {}} for r in requests]
+    if seen != [expected]:
+        return [f"device requests are not exactly {gpus} GPU(s)"]
+    return []
 
 
 def network_mode(plan: NetworkPlan, network: str = "") -> str:
@@ -96,6 +116,7 @@ def create_kwargs(spec: SandboxSpec, *, installation: str, init: bool, workspace
         "init": init,
         "stdin_open": False,
         "tty": False,
+        **({"device_requests": [gpu_request(spec.gpus)]} if spec.gpus else {}),
         "log_config": LogConfig(
             type=LogConfig.types.JSON,
             config={"max-size": _LOG_MAX_SIZE, "max-file": _LOG_MAX_FILES},
@@ -189,7 +210,7 @@ def _network_violations(attrs: Mapping[str, Any], plan: NetworkPlan,
 
 
 def assert_hardened(attrs: Mapping[str, Any], plan: NetworkPlan,
-                    network: str = "") -> list[str]:
+                    network: str = "", *, gpus: int = 0) -> list[str]:
     """Every way a `docker inspect` result falls short of `create_kwargs` under the network
     plan it was given (and the cluster's own network, for members-only); [] when sealed."""
     found: list[str] = []
@@ -234,8 +255,7 @@ def assert_hardened(attrs: Mapping[str, Any], plan: NetworkPlan,
             found.append(f"{key} shares the host's namespace ({host.get(key)!r})")
     if host.get("Devices"):
         found.append("host devices passed in")
-    if host.get("DeviceRequests"):
-        found.append("device requests (GPUs) passed in")
+    found.extend(_gpu_violations(host, gpus))
     if host.get("DeviceCgroupRules"):
         found.append("extra device cgroup rules")
     if "MaskedPaths" in host and not host["MaskedPaths"]:

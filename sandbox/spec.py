@@ -26,6 +26,8 @@ OUTBOX = "/outbox"
 
 #: The most ranks a cluster may have (a rank's address is 127.0.0.<rank + 1>).
 MAX_RANKS = 64
+#: The most GPUs one member may ask for.
+MAX_GPUS = 16
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -102,12 +104,16 @@ class SandboxSpec:
     network: NetworkPlan = NetworkPlan.NONE
     #: Members of an MPI cluster (1: one container). Each rank has `limits` of its own.
     ranks: int = 1
+    #: NVIDIA GPUs each member gets (device requests), where the host has them.
+    gpus: int = 0
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.sandbox_id):
             raise InvalidSpec(f"invalid sandbox id {self.sandbox_id!r}")
         if not self.command:
             raise InvalidSpec("command must not be empty")
+        if not 0 <= self.gpus <= MAX_GPUS:
+            raise InvalidSpec(f"gpus must be between 0 and {MAX_GPUS}")
         if not 1 <= self.ranks <= MAX_RANKS:
             raise InvalidSpec(f"ranks must be between 1 and {MAX_RANKS}")
         if (self.ranks > 1) != (self.network is NetworkPlan.MEMBERS_ONLY):
@@ -141,4 +147,5 @@ class SandboxSpec:
             "env": dict(self.env),
             "network": str(self.network),
             "ranks": self.ranks,
+            "gpus": self.gpus,
         }

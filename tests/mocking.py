@@ -109,6 +109,8 @@ class FakeBackend:
 
     store: LocalStorage | None = None
     engine_up: bool = True
+    #: Whether the pretend host has GPUs.
+    gpus: bool = False
     default_outcome: ScriptedOutcome = field(default_factory=ScriptedOutcome)
     created_specs: list[SandboxSpec] = field(default_factory=list)
     sandboxes: dict[str, FakeSandbox] = field(default_factory=dict)
@@ -166,6 +168,10 @@ class FakeBackend:
     def ping(self) -> None:
         self._engine()
 
+    def supports_gpus(self) -> bool:
+        self._engine()
+        return self.gpus
+
     def create(self, spec: SandboxSpec) -> BackendState:
         """One fake container per rank; the launcher (rank 0) plays the scripted outcome, the
         other ranks run until stopped (as their sshd would)."""
@@ -180,9 +186,9 @@ class FakeBackend:
             members.append(Member(member_name(rank), handle))
         self.created_specs.append(spec)
         if spec.ranks == 1:
-            return ContainerState(tuple(members)).to_state()
+            return ContainerState(tuple(members), gpus=spec.gpus).to_state()
         return ContainerState(tuple(members), NetworkPlan.MEMBERS_ONLY, members[0].container,
-                              spec.sandbox_id).to_state()
+                              spec.sandbox_id, spec.gpus).to_state()
 
     def member_handle(self, sandbox_id: str, name: str) -> str:
         """The fake container of one member ("main", "rank-1") of a sandbox."""

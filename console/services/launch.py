@@ -245,11 +245,19 @@ def decide(core: Sealroom, caller: Caller, parsed: ParsedLaunch, policy: Policy)
     # A single sandbox has network mode "none", a cluster only its own loopback; the schema
     # admits no other value, and the plan's name is recorded with the launch.
     network = evaluator.network_for(parsed.kind)
-    if parsed.gpus:
-        raise BadRequest("this installation cannot give sandboxes GPUs yet",
+    if parsed.gpus and not _host_has_gpus(core):
+        raise BadRequest("this installation has no GPUs to give sandboxes",
                          rule=decision.rule)
     return Decision(image=image, mounts=tuple(mounts), rule=decision.rule,
                     policy_version=decision.policy_version, network=network.reason)
+
+
+def _host_has_gpus(core: Sealroom) -> bool:
+    try:
+        return core.backend.supports_gpus()
+    except EngineUnavailable as exc:
+        raise EngineDown("the container engine is not available; try again later",
+                         detail=exc.detail) from exc
 
 
 def _require_engine(core: Sealroom) -> None:
@@ -286,7 +294,7 @@ def spec_for(owner: str, parsed: ParsedLaunch, decision: Decision,
     return sandbox_spec.SandboxSpec(
         sandbox_id=sandbox_id, owner=owner, image=decision.image.digest,
         command=parsed.command, datasets=decision.mounts, limits=parsed.limits,
-        ranks=parsed.ranks,
+        ranks=parsed.ranks, gpus=parsed.gpus,
         network=(sandbox_spec.NetworkPlan.MEMBERS_ONLY if parsed.kind == "mpi"
                  else sandbox_spec.NetworkPlan.NONE),
         env=(("SEALROOM_SANDBOX", sandbox_id),

@@ -19,7 +19,7 @@ from console.services import launch as launch_service
 from console.services import policy as policy_service
 from console.services.errors import AuditUnavailable
 from sandbox.spec import NetworkPlan
-from tests.helpers import OPERATOR, bearer, recorded, supervisor_pass
+from tests.helpers import OPERATOR, bearer, change_policy, recorded, supervisor_pass
 
 
 @pytest.fixture
@@ -179,3 +179,17 @@ def test_one_ranks_log_is_its_tagged_lines_charged_as_the_whole_log(
                       headers=bearer(alice)).status_code == 400
     views = recorded(core, "sandbox:logs:view")
     assert views and all(e.outcome == "ok" for e in views)
+
+
+def test_gpus_where_the_host_has_them_and_the_policy_allows(
+        client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
+    change_policy(core, {"resources": {"default": {"max_gpus": 2}}})
+    fake_backend.gpus = True
+    response = _launch(client, alice, kind="mpi", ranks=2, limits={"gpus": 2})
+    assert response.status_code == 201, response.get_json()
+    (spec,) = fake_backend.created_specs
+    assert (spec.gpus, spec.ranks) == (2, 2)
+    assert json.loads(_sandboxes(core)[0].backend_state)["gpus"] == 2
+    over = _launch(client, alice, limits={"gpus": 3})
+    assert over.status_code == 403
+    assert over.get_json()["error"]["rule"] == "resources.default.max_gpus"

@@ -16,6 +16,7 @@ import pytest
 from docker.types import Mount
 
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
+from sandbox.errors import InvalidSpec
 from sandbox.hardening import assert_hardened, create_kwargs, member_kwargs
 from sandbox.spec import DatasetMount, Limits, NetworkPlan, SandboxSpec
 
@@ -361,3 +362,28 @@ def test_cluster_keys_are_allowed_read_only_and_only_in_a_cluster() -> None:
     member["Mounts"][-1]["RW"] = True
     assert any("writable" in v for v in
                assert_hardened(member, NetworkPlan.MEMBERS_ONLY, "c0ffee"))
+
+
+# --- GPUs -------------------------------------------------------------------------------------
+
+
+def test_gpus_are_exactly_the_device_requests_the_spec_asked_for(spec: SandboxSpec) -> None:
+    assert "device_requests" not in create_kwargs(spec, installation=INSTALLATION, init=True,
+                                                  **HOST_DIRS)
+    with_gpus = dataclasses.replace(spec, gpus=2)
+    kwargs = create_kwargs(with_gpus, installation=INSTALLATION, init=True, **HOST_DIRS)
+    (request,) = kwargs["device_requests"]
+    assert dict(request) == {"Driver": "nvidia", "Count": 2, "DeviceIDs": [],
+                             "Capabilities": [["gpu"]], "Options": {}}
+    attrs = _sealed()
+    attrs["HostConfig"]["DeviceRequests"] = [dict(request)]
+    assert assert_hardened(attrs, NetworkPlan.NONE, gpus=2) == []
+    # More, fewer, or none expected: refused. So is any other device request.
+    assert assert_hardened(attrs, NetworkPlan.NONE, gpus=1)
+    assert assert_hardened(attrs, NetworkPlan.NONE)
+    attrs["HostConfig"]["DeviceRequests"] = [{**dict(request), "Count": -1}]
+    assert assert_hardened(attrs, NetworkPlan.NONE, gpus=2)
+    attrs["HostConfig"]["DeviceRequests"] = [{**dict(request), "Options": {"x": "y"}}]
+    assert assert_hardened(attrs, NetworkPlan.NONE, gpus=2)
+    with pytest.raises(InvalidSpec):
+        dataclasses.replace(spec, gpus=-1)
