@@ -87,6 +87,9 @@ class Sandbox(SQLModel, table=True):
     timeout_s: int
     #: The backend's own state of the sandbox (JSON; opaque here): its members, its network.
     backend_state: str = "{}"
+    #: Each member's last observed status, as the supervisor saw it (JSON list of
+    #: {name, state, exit_code}): the backend's names and states, the console's words.
+    members: str = "[]"
     exit_code: int | None = None
     reason: str = ""
     created_at: str

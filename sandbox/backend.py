@@ -33,6 +33,17 @@ class RunState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class MemberStatus:
+    """One member's part of a sandbox's status: its name (the backend's, safe to show), its
+    state and, once it has ended, its exit code."""
+
+    name: str
+    state: RunState
+    exit_code: int | None = None
+    oom_killed: bool = False
+
+
+@dataclass(frozen=True)
 class SandboxStatus:
     """What the backend observes about one sandbox right now."""
 
@@ -45,6 +56,8 @@ class SandboxStatus:
     #: The member whose ending ended the sandbox when it is not the launcher ("rank-1"): the
     #: backend's own name, safe to show.
     ended_by: str = ""
+    #: Each member's own status, the launcher first (filled by `combine`).
+    members: tuple[MemberStatus, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,19 +142,20 @@ def combine(statuses: Sequence[SandboxStatus],
     whole sandbox OOM-killed. The launcher's state and exit code decide, except that a member
     that has ended while the launcher still runs (ranks never end on their own) ends the
     sandbox with its exit code, naming it in `ended_by`."""
+    named = tuple(MemberStatus(names[n] if n < len(names) else f"member {n}", s.state,
+                               s.exit_code, s.oom_killed) for n, s in enumerate(statuses))
     if not statuses:
         return SandboxStatus(state=RunState.MISSING)
     if any(s.state is RunState.MISSING for s in statuses):
-        return SandboxStatus(state=RunState.MISSING)
+        return SandboxStatus(state=RunState.MISSING, members=named)
     launcher = statuses[0]
     oom = any(s.oom_killed for s in statuses)
     if launcher.state is not RunState.EXITED:
         for number, member in enumerate(statuses[1:], start=1):
             if member.state is RunState.EXITED:
-                name = names[number] if number < len(names) else f"member {number}"
-                return dataclasses.replace(member, oom_killed=oom, ended_by=name,
-                                           started_at=launcher.started_at)
-    return dataclasses.replace(launcher, oom_killed=oom)
+                return dataclasses.replace(member, oom_killed=oom, ended_by=named[number].name,
+                                           started_at=launcher.started_at, members=named)
+    return dataclasses.replace(launcher, oom_killed=oom, members=named)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ it reaches nothing outside: there is no interface but `lo` (docs/architecture.md
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -41,6 +42,24 @@ def rank_of(name: str) -> int | None:
 
 def rank_address(rank: int) -> str:
     return f"127.0.0.{rank + 1}"
+
+
+#: mpirun's `--tag-output` mark: `[<job>,<rank>]<stdout>:` (or `<stderr>:`).
+_TAG = re.compile(rb"\[\d+,(\d+)\]<std(?:out|err)>:")
+
+
+def rank_output(output: bytes, rank: int) -> bytes:
+    """One rank's output from a launcher's tagged output, tags removed. mpirun tags each
+    chunk it forwards, not each line, so a tag may come in the middle of a line: the bytes
+    after a tag, up to the next tag, are that tag's rank's. Bytes before the first tag (a
+    chunk cut mid-way) belong to no rank we can name and are left out."""
+    tags = list(_TAG.finditer(output))
+    parts = []
+    for number, tag in enumerate(tags):
+        if int(tag.group(1)) == rank:
+            end = tags[number + 1].start() if number + 1 < len(tags) else len(output)
+            parts.append(output[tag.end():end])
+    return b"".join(parts)
 
 
 def launcher_command(ranks: int, command: tuple[str, ...]) -> list[str]:

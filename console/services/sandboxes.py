@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from datetime import UTC, datetime
 
 from sqlmodel import Session, col, select
@@ -22,6 +21,8 @@ from console.services import outbox as outbox_service
 from console.services import sandbox_log
 from console.services.errors import BadRequest, EngineDown, NotFound
 from sandbox.backend import BackendState, RunState
+from sandbox.backend import SandboxStatus as RunStatus
+from sandbox.cluster import rank_output
 from sandbox.errors import EngineUnavailable, SandboxError
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def refresh(core: Sealroom, sandbox_id: str) -> Sandbox | None:
         status = core.backend.poll(state)
     except SandboxError:
         return record  # engine unreachable: keep the last known state
+    record = _note_members(core, record, status)
     if status.state == RunState.MISSING:
         return finish(core, record.id, SandboxStatus.LOST, AuditAction.SANDBOX_LOST,
                       "the container vanished from the engine", outcome=Outcome.FAILED,
@@ -128,6 +130,21 @@ def refresh(core: Sealroom, sandbox_id: str) -> Sandbox | None:
                       f"stopped: time limit of {record.timeout_s} s reached",
                       outcome=Outcome.FAILED)
     return record
+
+
+def _note_members(core: Sealroom, record: Sandbox, status: RunStatus) -> Sandbox:
+    """Record each member's state when it changed (pages read it; they never poll)."""
+    seen = json.dumps([{"name": m.name, "state": str(m.state), "exit_code": m.exit_code}
+                       for m in status.members])
+    if not status.members or seen == record.members:
+        return record
+    with core.transaction() as session:
+        current = session.get(Sandbox, record.id)
+        if current is None or SandboxStatus(current.status).terminal:
+            return record
+        current.members = seen
+        session.add(current)
+    return current
 
 
 def refresh_all(core: Sealroom) -> None:
@@ -234,9 +251,6 @@ def logs(core: Sealroom, caller: Caller, sandbox_id: str, *, offset: int = 0,
                             offset=offset, limit=limit)
 
 
-_RANK_TAG = re.compile(rb"\[\d+,(\d+)\]<std(?:out|err)>:")
-
-
 def rank_logs(core: Sealroom, caller: Caller, sandbox_id: str, rank: int, *,
               offset: int = 0, limit: int = LOG_VIEW_MAX) -> tuple[bytes, int, int, int]:
     """One rank's lines of a cluster's log: the launcher's output (mpirun tags each line with
@@ -248,14 +262,7 @@ def rank_logs(core: Sealroom, caller: Caller, sandbox_id: str, rank: int, *,
     chunk, start, total = logs(core, caller, sandbox_id, offset=offset, limit=limit)
     if record.ranks == 1:
         return chunk, start, start + len(chunk), total
-    wanted = str(rank).encode()
-    kept = []
-    for line in chunk.splitlines(keepends=True):
-        tags = list(_RANK_TAG.finditer(line))
-        if tags and tags[0].start() == 0 and tags[0].group(1) == wanted:
-            end = tags[1].start() if len(tags) > 1 else len(line)
-            kept.append(line[tags[0].end():end].rstrip(b"\r\n") + b"\n")
-    return b"".join(kept), start, start + len(chunk), total
+    return rank_output(chunk, rank), start, start + len(chunk), total
 
 
 def outbox(core: Sealroom, caller: Caller, sandbox_id: str) -> dict[str, object]:
@@ -284,6 +291,7 @@ def to_dict(record: Sandbox) -> dict[str, object]:
                    "timeout_s": record.timeout_s},
         "kind": record.kind,
         "ranks": record.ranks,
+        "members": json.loads(record.members or "[]"),
         "created_at": record.created_at,
         "started_at": record.started_at,
         "finished_at": record.finished_at,

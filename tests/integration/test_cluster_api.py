@@ -1,6 +1,7 @@
 """An MPI cluster through the API on the real engine: the bundled Horovod example trains
 data-parallel on 2 ranks to completion, each rank in its own hardened container, and its
-model goes through the release gate's checks like a single sandbox's.
+model goes through the release gate (checks, two approvals, signed bundle) like a single
+sandbox's.
 
 Which of the two kinds of view (the one rule): the sandbox status and the list are the
 console's own words and numbers; the log is sandbox bytes, shown through the disclosure
@@ -18,6 +19,7 @@ from flask import Flask
 
 from console.core import Sealroom
 from console.services import accounts
+from sandbox.cluster import rank_output
 from sandbox.hardening import assert_hardened
 from sandbox.spec import NetworkPlan
 from tests.helpers import OPERATOR, PASSWORD, bearer, wait_for_outbox
@@ -30,7 +32,10 @@ def test_a_two_rank_horovod_job_trains_and_its_model_passes_the_gate(
     docker_app: Flask, engineer: str, docker_core: Sealroom,  # noqa: F811
     docker_client: docker.DockerClient, horovod_image: Any,
 ) -> None:
-    accounts.create_user(docker_core, OPERATOR, "bob", "approver", PASSWORD)
+    approvers = {}
+    for name in ("bob", "carol"):
+        accounts.create_user(docker_core, OPERATOR, name, "approver", PASSWORD)
+        approvers[name] = accounts.create_token(docker_core, OPERATOR, name)
     client = docker_app.test_client()
     created = client.post("/api/v1/sandboxes", headers=bearer(engineer), json={
         "dataset": "demo", "example": "mlp-horovod", "kind": "mpi", "ranks": 2,
@@ -53,7 +58,9 @@ def test_a_two_rank_horovod_job_trains_and_its_model_passes_the_gate(
     logs = client.get(f"/api/v1/sandboxes/{sandbox['id']}/logs", headers=bearer(engineer))
     text = logs.get_data(as_text=True)
     assert final["status"] == "succeeded", (final, text)
-    assert "[1,0]<stdout>:epoch 5/5" in text and "[1,1]<stdout>:rank 1/2" in text
+    assert b"epoch 5/5" in rank_output(logs.data, 0) and b"rank 1/2" in rank_output(logs.data, 1)
+    one = client.get(f"/api/v1/sandboxes/{sandbox['id']}/logs?rank=1", headers=bearer(engineer))
+    assert b"rank 1/2" in one.data and b"epoch" not in one.data and b"<stdout>" not in one.data
 
     outbox = wait_for_outbox(client, engineer, sandbox["id"])
     names = {f["name"]: f for f in outbox["files"]}
@@ -71,3 +78,10 @@ def test_a_two_rank_horovod_job_trains_and_its_model_passes_the_gate(
         "justification": "the data-parallel example"})
     assert release.status_code == 201, release.get_json()
     assert release.get_json()["status"] == "in_review", release.get_json()["checks"]
+    rid = release.get_json()["id"]
+    for token in approvers.values():
+        approved = client.post(f"/api/v1/releases/{rid}/approve", headers=bearer(token))
+        assert approved.status_code == 200, approved.get_json()
+    assert approved.get_json()["status"] == "released"
+    assert client.get(f"/api/v1/releases/{rid}/bundle",
+                      headers=bearer(engineer)).status_code == 200

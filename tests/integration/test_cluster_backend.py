@@ -16,6 +16,7 @@ import docker
 import pytest
 
 from sandbox.backend import LABEL_INSTALLATION, BackendState, ContainerState, RunState
+from sandbox.cluster import rank_output
 from sandbox.docker_backend import DockerBackend
 from sandbox.hardening import assert_hardened
 from sandbox.spec import Limits, NetworkPlan, SandboxSpec
@@ -75,10 +76,11 @@ def _wait(backend: DockerBackend, state: BackendState, timeout_s: float = 240) -
 
 def _results(output: bytes) -> dict[int, dict[str, Any]]:
     found = {}
-    for line in output.decode(errors="replace").splitlines():
-        if "RESULT " in line:
-            record, _ = json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])
-            found[record["rank"]] = record
+    for rank in range(8):
+        for line in rank_output(output, rank).decode(errors="replace").splitlines():
+            if line.startswith("RESULT "):
+                record = json.loads(line.removeprefix("RESULT "))
+                found[record["rank"]] = record
     return found
 
 

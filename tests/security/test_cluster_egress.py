@@ -7,7 +7,6 @@ running at the same time answers on the same loopback address in its own namespa
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import uuid
@@ -19,6 +18,7 @@ import docker
 import pytest
 
 from sandbox.backend import LABEL_INSTALLATION, BackendState
+from sandbox.cluster import rank_output
 from sandbox.docker_backend import DockerBackend
 from sandbox.spec import DatasetMount, Limits, NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
@@ -33,7 +33,6 @@ from tests.security.test_egress import (  # noqa: F401  (fixture)
 pytestmark = pytest.mark.docker
 
 INSTALLATION = f"test-cluster-egress-{uuid.uuid4().hex[:12]}"
-_TAG = re.compile(r"\[\d+,(\d+)\]<std(?:out|err)>:")
 
 
 @pytest.fixture
@@ -66,16 +65,13 @@ def _cluster(backend: DockerBackend, image: str, command: tuple[str, ...], tmp_p
 
 
 def _by_rank(output: bytes) -> dict[int, list[dict[str, Any]]]:
-    """The probe's JSON records by rank. mpirun tags each rank's output and may run a tag on
-    into the end of another line, so records are found after tags, not at line starts."""
+    """The probe's JSON records by rank, from each rank's own stream (`rank_output`: mpirun
+    tags chunks, not lines, so a tag may even split a record)."""
     found: dict[int, list[dict[str, Any]]] = {}
-    decoder = json.JSONDecoder()
-    for line in output.decode(errors="replace").splitlines():
-        for match in _TAG.finditer(line):
-            rest = line[match.end():]
-            if rest.startswith("{"):
-                record, _ = decoder.raw_decode(rest)
-                found.setdefault(int(match.group(1)), []).append(record)
+    for rank in (0, 1):
+        for line in rank_output(output, rank).decode(errors="replace").splitlines():
+            if line.startswith("{"):
+                found.setdefault(rank, []).append(json.loads(line))
     return found
 
 
@@ -83,7 +79,8 @@ def test_every_rank_is_contained_like_a_single_sandbox(
     backend: DockerBackend, horovod_image: Any, listeners: HostListeners,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    config = _config(listeners)
+    # Also the console's own port on every host address (`sealroom up` serves 8000).
+    config = {**_config(listeners), "extra_tcp_ports": [8000]}
     _, state = _cluster(backend, horovod_image.tag,
                         ("python", "egress_probe.py", json.dumps(config)), tmp_path,
                         {"egress_probe.py": PROBE.read_bytes()})

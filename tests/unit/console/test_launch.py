@@ -149,9 +149,14 @@ def test_the_launch_event_names_the_decision(client: FlaskClient, core: Sealroom
 def test_a_rank_that_ends_ends_the_cluster_with_a_clear_reason(
         client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
     sandbox_id = _launch(client, alice, kind="mpi", ranks=2).get_json()["id"]
+    supervisor_pass(core)
+    running = client.get(f"/api/v1/sandboxes/{sandbox_id}", headers=bearer(alice)).get_json()
+    assert running["members"] == [{"name": "main", "state": "running", "exit_code": None},
+                                  {"name": "rank-1", "state": "running", "exit_code": None}]
     fake_backend.finish(fake_backend.member_handle(sandbox_id, "rank-1"), exit_code=137)
     supervisor_pass(core)
     body = client.get(f"/api/v1/sandboxes/{sandbox_id}", headers=bearer(alice)).get_json()
+    assert body["members"][1] == {"name": "rank-1", "state": "exited", "exit_code": 137}
     assert (body["status"], body["kind"], body["ranks"]) == ("failed", "mpi", 2)
     assert body["reason"] == "rank-1 exited with code 137; the cluster was stopped"
     assert fake_backend.sandboxes == {}  # every member removed
@@ -165,8 +170,8 @@ def test_one_ranks_log_is_its_tagged_lines_charged_as_the_whole_log(
     launcher's log, and the bytes read for it are charged like any log view."""
     sandbox_id = _launch(client, alice, kind="mpi", ranks=2).get_json()["id"]
     fake_backend.emit(fake_backend.member_handle(sandbox_id, "main"),
-                      b"[1,0]<stdout>:epoch 1\n[1,1]<stdout>:rank 1/2[1,0]<stdout>:\n"
-                      b"[1,1]<stderr>:warning\n")
+                      b"[1,0]<stdout>:epoch 1\n[1,1]<stdout>:rank 1/2[1,1]<stdout>:\n"
+                      b"[1,1]<stderr>:warn[1,0]<stdout>:epoch 2\n[1,1]<stderr>:ing\n")
     one = client.get(f"/api/v1/sandboxes/{sandbox_id}/logs?rank=1&format=json",
                      headers=bearer(alice)).get_json()
     assert one["log"] == "rank 1/2\nwarning\n"

@@ -55,6 +55,19 @@ def test_a_missing_member_loses_the_whole_sandbox() -> None:
 def test_a_rank_that_ends_while_the_launcher_runs_ends_the_cluster() -> None:
     ended = combine([RUNNING, RUNNING, _exited(137)], ["main", "rank-1", "rank-2"])
     assert (ended.state, ended.exit_code, ended.ended_by) == (RunState.EXITED, 137, "rank-2")
+    assert [(m.name, m.state, m.exit_code) for m in ended.members] == [
+        ("main", RunState.RUNNING, None), ("rank-1", RunState.RUNNING, None),
+        ("rank-2", RunState.EXITED, 137)]
     # Once the launcher has ended, its exit decides, whatever the ranks did.
     done = combine([_exited(0), _exited(143)], ["main", "rank-1"])
     assert (done.exit_code, done.ended_by) == (0, "")
+
+
+def test_a_ranks_output_is_its_chunks_even_where_a_tag_splits_a_line() -> None:
+    from sandbox.cluster import rank_output
+
+    tagged = (b'cut[1,0]<stdout>:{"ok": tr[1,1]<stdout>:rank [1,0]<stdout>:ue}\n'
+              b"[1,1]<stdout>:1\n[1,0]<stderr>:warning\n")
+    assert rank_output(tagged, 0) == b'{"ok": true}\nwarning\n'
+    assert rank_output(tagged, 1) == b"rank 1\n"
+    assert rank_output(b"no tags at all\n", 0) == b""
