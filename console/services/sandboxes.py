@@ -248,6 +248,11 @@ def rank_logs(core: Sealroom, caller: Caller, sandbox_id: str, rank: int, *,
     chunk, start, total = logs(core, caller, sandbox_id, offset=offset, limit=limit)
     if record.ranks == 1:
         return chunk, start, start + len(chunk), total
+    if not SandboxStatus(record.status).terminal and not chunk.endswith(b"\n") \
+            and b"\n" in chunk:
+        # A line still being written would lose its rest (untagged) to the next read: stop
+        # before it; the next read starts there (a block shown once is free to show again).
+        chunk = chunk[:chunk.rindex(b"\n") + 1]
     wanted = str(rank).encode()
     kept = []
     for line in chunk.splitlines(keepends=True):
