@@ -262,6 +262,11 @@ def rank_logs(core: Sealroom, caller: Caller, sandbox_id: str, rank: int, *,
     chunk, start, total = logs(core, caller, sandbox_id, offset=offset, limit=limit)
     if record.ranks == 1:
         return chunk, start, start + len(chunk), total
+    if not SandboxStatus(record.status).terminal and not chunk.endswith(b"\n") \
+            and b"\n" in chunk:
+        # A line still being written: stop before it, so the next read starts at a tag (a
+        # block shown once is free to show again).
+        chunk = chunk[:chunk.rindex(b"\n") + 1]
     return rank_output(chunk, rank), start, start + len(chunk), total
 
 

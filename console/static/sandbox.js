@@ -1,4 +1,5 @@
-// Live view of one sandbox: appends new log bytes, updates status, refreshes the outbox.
+// Live view of one sandbox: appends new log bytes (of one rank's lines when a cluster's rank is
+// chosen), updates status, refreshes the outbox.
 (function () {
   "use strict";
   const log = document.getElementById("log");
@@ -8,6 +9,11 @@
   let done = false;
   let logRefused = false;
   let outboxPending = document.getElementById("outbox").dataset.state === "hashing";
+  const rankChoice = document.getElementById("log-rank");
+  let rank = "";
+  let view = 0;  // which choice of rank a reply belongs to: replies for an older one are dropped
+  let timer = null;
+  let more = false;  // a finished sandbox's log has more than one reply's worth
 
   function text(id, value) {
     const el = document.getElementById(id);
@@ -43,11 +49,15 @@
   }
 
   async function tick() {
+    timer = null;
+    const mine = view;
     try {
       const r = await fetch(url + "?offset=" + offset + (done && !outboxPending ? "" : "&outbox=1") +
-                            (logRefused ? "&log=0" : ""), {credentials: "same-origin"});
-      if (!r.ok) return;
+                            (logRefused ? "&log=0" : "") + (rank ? "&rank=" + rank : ""),
+                            {credentials: "same-origin"});
+      if (!r.ok || mine !== view) return;
       const body = await r.json();
+      if (mine !== view) return;
       if (body.log) log.textContent += body.log;
       if (body.log_refused && !logRefused) {
         logRefused = true;
@@ -61,6 +71,7 @@
         log.appendChild(document.createTextNode(
           "\n[Sealroom] " + body.skipped.toLocaleString("en") + " older bytes are no longer kept\n"));
       }
+      more = !logRefused && body.offset > offset && body.offset < body.total;
       offset = body.offset;
       const s = body.sandbox;
       const status = document.getElementById("status");
@@ -87,8 +98,20 @@
         if (stop) stop.remove();
       }
     } finally {
-      if (!done || outboxPending) setTimeout(tick, 1500);
+      if (mine === view && (!done || outboxPending || more)) timer = setTimeout(tick, done && more ? 100 : 1500);
     }
+  }
+
+  if (rankChoice) {
+    rankChoice.addEventListener("change", function () {
+      view += 1;
+      rank = rankChoice.value;
+      offset = 0;
+      logRefused = false;
+      log.replaceChildren();
+      if (timer !== null) clearTimeout(timer);
+      tick();
+    });
   }
   tick();
 })();

@@ -16,10 +16,14 @@ from console.permissions import Permission
 from console.services import datasets as dataset_service
 from console.services import launch as launch_service
 from console.services import sandboxes as sandbox_service
-from console.services.errors import PolicyDenied, ServiceError
+from console.services.errors import BadRequest, PolicyDenied, ServiceError
 from console.web.forms import LaunchForm
 
 engineer = Blueprint("engineer", __name__, url_prefix="/sandboxes")
+#: Bundled examples written for an MPI cluster (the form suggests them for one).
+CLUSTER_EXAMPLES = frozenset({"mlp-horovod"})
+#: At most this many log bytes per poll of the live view.
+LIVE_LOG_MAX = 256 * 1024
 
 
 @engineer.route("")
@@ -34,6 +38,9 @@ def _launch_form() -> LaunchForm:
     usable = dataset_service.usable_datasets(core(), current_user.name, current_user.role)
     form.dataset.choices = [SelectChoice(d.name, f"{d.name} ({d.files} files, "
                                                  f"{d.size_bytes:,} bytes)") for d in usable]
+    form.example.choices = [SelectChoice(name, name + (" (suggested for clusters)"
+                                                       if name in CLUSTER_EXAMPLES else ""))
+                            for name in launch_service.examples()]
     return form
 
 
@@ -51,7 +58,8 @@ def new() -> Any:
         order = launch_service.LaunchOrder(
             datasets=[form.dataset.data], command=form.command.data,
             cpus=float(form.cpus.data), memory_mb=form.memory_mb.data,
-            pids=form.pids.data or 256, timeout_s=form.timeout_s.data)
+            pids=form.pids.data or 256, timeout_s=form.timeout_s.data,
+            kind=form.kind.data, ranks=form.ranks.data)
         if form.source.data == "upload":
             upload = request.files.get("code")
             if upload is None or not upload.filename:
@@ -59,7 +67,7 @@ def new() -> Any:
                 return render_template("sandbox_new.html", form=form, maxima=maxima), 400
             order.code_name, order.code = upload.filename, upload.read()
         else:
-            order.example = "mlp"
+            order.example = form.example.data
         try:
             record = launch_service.launch(core(), caller(), order)
         except ServiceError as exc:
@@ -93,15 +101,25 @@ def detail(sandbox_id: str) -> Any:
 @engineer.route("/<sandbox_id>/live")
 @requires(Permission.LOGS_READ)
 def live(sandbox_id: str) -> Any:
-    """What the detail page polls: status, new log bytes since `offset`, and the outbox."""
+    """What the detail page polls: status, new log bytes since `offset` (of one rank's lines
+    with `rank`), and the outbox."""
     offset = request.args.get("offset", default=0, type=int)
+    rank_arg = request.args.get("rank")
     try:
+        if rank_arg is not None and not rank_arg.isdigit():
+            raise BadRequest("rank must be a whole number")
+        rank = None if rank_arg is None else int(rank_arg)
         body: dict[str, Any] = {"log": "", "offset": offset}
         if request.args.get("log", "1") != "0":
             try:
-                chunk, start, total = sandbox_service.logs(core(), caller(), sandbox_id,
-                                                           offset=offset, limit=256 * 1024)
-                body.update(log=chunk.decode("utf-8", "replace"), offset=start + len(chunk),
+                if rank is None:
+                    chunk, start, total = sandbox_service.logs(
+                        core(), caller(), sandbox_id, offset=offset, limit=LIVE_LOG_MAX)
+                    end = start + len(chunk)
+                else:
+                    chunk, start, end, total = sandbox_service.rank_logs(
+                        core(), caller(), sandbox_id, rank, offset=offset, limit=LIVE_LOG_MAX)
+                body.update(log=chunk.decode("utf-8", "replace"), offset=end,
                             total=total, skipped=start - offset)
             except PolicyDenied as exc:  # the viewing budget is used up: say so, once
                 body.update(log_refused=exc.message, rule=exc.rule)

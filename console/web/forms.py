@@ -19,7 +19,12 @@ class LaunchForm(FlaskForm):  # type: ignore[misc]
     source = RadioField("Code", choices=[SelectChoice("example", "Bundled example (MLP)"),
                                          SelectChoice("upload", "Upload a script (.py) or a zip")],
                         default="example")
+    example = SelectField("Example to run", default="mlp")
     code = FileField("Script or zip")
+    kind = RadioField("Run as", choices=[SelectChoice("single", "One container"),
+                                         SelectChoice("mpi", "An MPI cluster of N ranks")],
+                      default="single")
+    ranks = IntegerField("Ranks (N)", default=1, validators=[NumberRange(min=1)])
     command = StringField("Command", default="python train.py",
                           validators=[DataRequired(), Length(max=1000)])
     cpus = DecimalField("CPUs", default=1, places=2, validators=[NumberRange(min=0.1)])
