@@ -140,9 +140,12 @@ def member_kwargs(spec: SandboxSpec, rank: int, *, installation: str, init: bool
                            outbox=outbox, network=holder)
     kwargs["command"] = (launcher_command(spec.ranks, spec.command) if rank == 0
                          else rank_command(rank))
-    kwargs["mounts"] = [*kwargs["mounts"],
-                        Mount(target=SECRETS_TARGET, source=str(secrets), type="bind",
-                              read_only=True)]
+    mounts = kwargs["mounts"]
+    if rank > 0:  # one outbox, written by rank 0 only; the others may read it
+        mounts = [Mount(target=OUTBOX, source=str(outbox), type="bind", read_only=True)
+                  if m["Target"] == OUTBOX else m for m in mounts]
+    kwargs["mounts"] = [*mounts, Mount(target=SECRETS_TARGET, source=str(secrets),
+                                       type="bind", read_only=True)]
     if rank == 0:
         kwargs["hostname"] = member_name(0)
     else:

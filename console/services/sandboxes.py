@@ -51,8 +51,10 @@ def finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audit
            reason: str, *, exit_code: int | None = None, outcome: Outcome = Outcome.OK,
            caller: Caller | None = None, remove: bool = True,
            details: dict[str, object] | None = None) -> Sandbox | None:
-    """Move a sandbox to a terminal state once (compare-and-set), keep its log, free it,
-    and have its outbox listed and hashed in the background."""
+    """Move a sandbox to a terminal state once (compare-and-set), keep its log (`remove`:
+    its launcher still exists to read from), free everything of it the engine still holds
+    (a lost cluster's other members and keys too), and have its outbox listed and hashed in
+    the background."""
     with core.transaction() as session:
         record = session.get(Sandbox, sandbox_id)
     if record is None or SandboxStatus(record.status).terminal:
@@ -74,9 +76,9 @@ def finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audit
             actor, action, f"sandbox:{sandbox_id}", outcome, reason,
             caller.request_id if caller else "",
             details={"status": str(status), "exit_code": exit_code, **(details or {})}))
-    if remove and state:
+    if state:
         try:
-            core.backend.remove(state)
+            core.backend.remove(state)  # what is already gone counts as removed
         except SandboxError:
             log.warning("could not remove container of %s; the reconciler will", sandbox_id)
     outbox_service.schedule_manifest(core, sandbox_id)

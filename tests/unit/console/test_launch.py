@@ -19,7 +19,7 @@ from console.services import launch as launch_service
 from console.services import policy as policy_service
 from console.services.errors import AuditUnavailable
 from sandbox.spec import NetworkPlan
-from tests.helpers import OPERATOR, bearer, change_policy, recorded, supervisor_pass
+from tests.helpers import OPERATOR, bearer, change_policy, login, recorded, supervisor_pass
 
 
 @pytest.fixture
@@ -155,6 +155,10 @@ def test_a_rank_that_ends_ends_the_cluster_with_a_clear_reason(
                                   {"name": "rank-1", "state": "running", "exit_code": None}]
     fake_backend.finish(fake_backend.member_handle(sandbox_id, "rank-1"), exit_code=137)
     supervisor_pass(core)
+    login(client, "alice")
+    page = client.get(f"/sandboxes/{sandbox_id}").get_data(as_text=True)
+    # The console's own words and the backend's names and numbers (the one rule).
+    assert "rank 0 (launcher): running; rank 1: exited (exit code 137)" in page
     body = client.get(f"/api/v1/sandboxes/{sandbox_id}", headers=bearer(alice)).get_json()
     assert body["members"][1] == {"name": "rank-1", "state": "exited", "exit_code": 137}
     assert (body["status"], body["kind"], body["ranks"]) == ("failed", "mpi", 2)
@@ -198,3 +202,13 @@ def test_gpus_where_the_host_has_them_and_the_policy_allows(
     over = _launch(client, alice, limits={"gpus": 3})
     assert over.status_code == 403
     assert over.get_json()["error"]["rule"] == "resources.default.max_gpus"
+
+
+def test_a_cluster_that_lost_a_member_is_lost_and_freed_whole(
+        client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
+    sandbox_id = _launch(client, alice, kind="mpi", ranks=3).get_json()["id"]
+    fake_backend.vanish(fake_backend.member_handle(sandbox_id, "rank-2"))
+    supervisor_pass(core)
+    body = client.get(f"/api/v1/sandboxes/{sandbox_id}", headers=bearer(alice)).get_json()
+    assert body["status"] == "lost"
+    assert fake_backend.sandboxes == {}  # the launcher and rank 1 went too

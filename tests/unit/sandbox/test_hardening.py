@@ -325,6 +325,8 @@ def test_a_clusters_launcher_holds_a_namespace_with_no_network_and_ranks_join_it
     assert launcher["command"][3:] == list(cluster.command)
     assert rank["network_mode"] == "container:c0ffee" and "hostname" not in rank
     assert rank["command"] == ["sealroom-mpi", "rank", "2"]
+    outboxes = [[m for m in k["mounts"] if m["Target"] == "/outbox"] for k in (launcher, rank)]
+    assert [o[0]["ReadOnly"] for o in outboxes] == [False, True]  # written by rank 0 only
     for kwargs in (launcher, rank):
         keys = [m for m in kwargs["mounts"] if m["Target"] == "/etc/sealroom/mpi"]
         assert len(keys) == 1 and keys[0]["ReadOnly"] is True
