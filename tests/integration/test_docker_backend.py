@@ -486,8 +486,11 @@ def test_every_hardening_property_on_the_real_container(
     }
     assert not any("docker.sock" in str(m.get("Source")) for m in attrs["Mounts"])
     assert assert_hardened(attrs, NetworkPlan.NONE) == []
-    # Checked against a plan it was not made for, the same container is not sealed.
-    assert assert_hardened(attrs, NetworkPlan.MEMBERS_ONLY, "sealroom-other") != []
+    # Made with no network at all, it would even pass as a cluster's launcher; joined to
+    # another container's namespace it would not pass as a single sandbox.
+    assert assert_hardened(attrs, NetworkPlan.MEMBERS_ONLY, "c0ffee") == []
+    joined = {**attrs, "HostConfig": {**host, "NetworkMode": "container:c0ffee"}}
+    assert assert_hardened(joined, NetworkPlan.NONE) != []
 
 
 def test_hardening_seen_from_inside(
