@@ -92,6 +92,9 @@ def test_every_rank_is_contained_like_a_single_sandbox(
         assert records[-1]["probe"] == "summary", (rank, records[-3:])
         failures = [r for r in records[:-1] if not r["ok"]]
         assert failures == [], (rank, json.dumps(failures, indent=1))
+        # One outbox, written by rank 0 only (the probe expects that of the other ranks).
+        (outbox,) = [r for r in records if (r["probe"], r.get("target")) == ("write", "/outbox")]
+        assert outbox["expect"] == ("allowed" if rank == 0 else "blocked")
         assert len(records) > 100
     assert status.exit_code == 0, output[-2000:]
     assert listeners.accepted() == []

@@ -358,8 +358,10 @@ def try_write(directory: str, expect: str) -> None:
 
 
 def probe_filesystem(datasets: list[str]) -> None:
+    # In an MPI cluster only rank 0 writes the one outbox; the other ranks must not.
+    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
     for directory in ("/workspace", "/outbox", "/tmp"):
-        try_write(directory, "allowed")
+        try_write(directory, "blocked" if directory == "/outbox" and rank > 0 else "allowed")
     for directory in WRITE_TARGETS:
         if os.path.isdir(directory):
             try_write(directory, "blocked")
