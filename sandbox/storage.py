@@ -92,6 +92,7 @@ class LocalStorage:
             descriptor = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(data)
+        os.mkfifo(directory / "ready", 0o600)  # the ranks' readiness, read by the launcher
         chown_tree(directory, SANDBOX_UID, SANDBOX_GID)
         return directory
 

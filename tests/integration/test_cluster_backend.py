@@ -101,7 +101,7 @@ def test_three_ranks_allreduce_over_mpi_sealed_and_leave_nothing(
     keys = storage.secrets(spec.sandbox_id)
     assert sorted(p.name for p in keys.iterdir()) == sorted([
         "authorized_keys", "host_ed25519", "id_ed25519", "id_ed25519.pub", "known_hosts",
-        "ssh_config", "sshd_config"])
+        "ready", "ssh_config", "sshd_config"])
     assert all(p.stat().st_mode & 0o077 == 0 for p in keys.iterdir())
     backend.start(state)
     status = _wait(backend, state)
