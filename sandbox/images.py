@@ -310,11 +310,8 @@ def ensure_horovod_image(
             labels={IMAGE_LABEL: "horovod", INPUTS_LABEL: digest},
             log=log,
         )
-    built = _image_if_present(client, "horovod", ref)
-    if built is None:
-        raise ImageBuildError(f"the build of {ref} finished but the image is missing")
-    log(f"images: built {ref} in {time.monotonic() - started:.0f} s")
-    return built
+    return _present_after(client, "horovod", ref, started, log=log,
+                          missing=f"the build of {ref} finished but the image is missing")
 
 
 def ensure_horovod_wheel(
@@ -426,11 +423,8 @@ def ensure_minbase(
     log(f"images: making the debootstrap base {ref} (about two minutes)")
     started = time.monotonic()
     _run_logged(["bash", str(script), ref], log=log, what="the debootstrap base")
-    made = _image_if_present(client, MINBASE_NAME, ref)
-    if made is None:
-        raise ImageBuildError(f"{script.name} finished but {ref} is missing")
-    log(f"images: made {ref} in {time.monotonic() - started:.0f} s")
-    return made
+    return _present_after(client, MINBASE_NAME, ref, started, log=log, verb="made",
+                          missing=f"{script.name} finished but {ref} is missing")
 
 
 def ensure_wheelhouse(
@@ -725,6 +719,16 @@ def _image_if_present(client: docker.DockerClient, name: str, ref: str) -> Built
         raise EngineUnavailable("the container engine did not answer", detail=str(exc)) from exc
     image_id = str(image.id)
     return BuiltImage(name=name, tag=ref, image_id=image_id, digest=image_id)
+
+
+def _present_after(client: docker.DockerClient, name: str, ref: str, started: float, *,
+                   log: Log, missing: str, verb: str = "built") -> BuiltImage:
+    """The image a build just made, with how long it took; `missing` if the engine lacks it."""
+    image = _image_if_present(client, name, ref)
+    if image is None:
+        raise ImageBuildError(missing)
+    log(f"images: {verb} {ref} in {time.monotonic() - started:.0f} s")
+    return image
 
 
 def _local_image_id(client: docker.DockerClient, ref: str, *, pull: bool) -> str:

@@ -39,24 +39,23 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
 
 
-@pytest.fixture(scope="session")
-def base_image(docker_client: docker.DockerClient) -> Any:
+def _built_image(docker_client: docker.DockerClient, name: str, what: str) -> Any:
     from sandbox.images import find_image
 
-    image = find_image("base", client=docker_client)
+    image = find_image(name, client=docker_client)
     if image is None:
-        need_engine("the sandbox image is not built; run 'sealroom images build'")
+        need_engine(f"the {what} image is not built; run 'sealroom images build'")
     return image
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client: docker.DockerClient) -> Any:
+    return _built_image(docker_client, "base", "sandbox")
 
 
 @pytest.fixture(scope="session")
 def horovod_image(docker_client: docker.DockerClient) -> Any:
-    from sandbox.images import find_image
-
-    image = find_image("horovod", client=docker_client)
-    if image is None:
-        need_engine("the horovod image is not built; run 'sealroom images build'")
-    return image
+    return _built_image(docker_client, "horovod", "horovod")
 
 
 @pytest.fixture(scope="session")

@@ -171,3 +171,16 @@ def wait_for_outbox(client: FlaskClient, token: str, sandbox_id: str,
             return body
         time.sleep(0.05)
     raise AssertionError(f"the outbox of {sandbox_id} was never hashed")
+
+
+def staged_sandbox(storage: Any, prefix: str, files: dict[str, bytes]) -> str:
+    """A new sandbox id whose workspace holds `files`, staged in `storage` (a `LocalStorage`)
+    and handed to the sandbox user, as a launch would stage it."""
+    import uuid
+
+    sandbox_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    storage.create(sandbox_id)
+    for name, data in files.items():
+        (storage.workspace(sandbox_id) / name).write_bytes(data)
+    storage.seal_staging(sandbox_id)
+    return sandbox_id

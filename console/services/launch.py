@@ -12,7 +12,8 @@ import json
 import logging
 import secrets
 import shlex
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,20 +253,23 @@ def decide(core: Sealroom, caller: Caller, parsed: ParsedLaunch, policy: Policy)
                     policy_version=decision.policy_version, network=network.reason)
 
 
-def _host_has_gpus(core: Sealroom) -> bool:
+@contextmanager
+def _engine_answering() -> Iterator[None]:
     try:
-        return core.backend.supports_gpus()
+        yield
     except EngineUnavailable as exc:
         raise EngineDown("the container engine is not available; try again later",
                          detail=exc.detail) from exc
+
+
+def _host_has_gpus(core: Sealroom) -> bool:
+    with _engine_answering():
+        return core.backend.supports_gpus()
 
 
 def _require_engine(core: Sealroom) -> None:
-    try:
+    with _engine_answering():
         core.backend.ping()
-    except EngineUnavailable as exc:
-        raise EngineDown("the container engine is not available; try again later",
-                         detail=exc.detail) from exc
 
 
 def stage(storage: SandboxStorage, sandbox_id: str, parsed: ParsedLaunch,

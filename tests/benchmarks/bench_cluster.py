@@ -29,6 +29,7 @@ from sandbox.docker_backend import DockerBackend
 from sandbox.images import find_image
 from sandbox.spec import SANDBOX_UID, Limits, NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
+from tests.helpers import staged_sandbox
 
 NAME = "cluster"
 RUNS = 3
@@ -63,11 +64,8 @@ def _wait(backend: DockerBackend, state: BackendState) -> int | None:
 def _cluster(backend: DockerBackend, image: str, ranks: int, command: tuple[str, ...],
              files: dict[str, str]) -> tuple[float, bytes]:
     storage = backend.storage
-    sandbox_id = f"sb-bench-{uuid.uuid4().hex[:8]}"
-    storage.create(sandbox_id)
-    for name, text in files.items():
-        (storage.workspace(sandbox_id) / name).write_text(text)
-    storage.seal_staging(sandbox_id)
+    sandbox_id = staged_sandbox(storage, "sb-bench",
+                                {name: text.encode() for name, text in files.items()})
     spec = SandboxSpec(sandbox_id=sandbox_id, owner="bench", image=image, command=command,
                        ranks=ranks, network=NetworkPlan.MEMBERS_ONLY,
                        limits=Limits(cpus=1, memory_mb=1024, pids=256))

@@ -21,6 +21,7 @@ from sandbox.docker_backend import DockerBackend
 from sandbox.hardening import assert_hardened
 from sandbox.spec import Limits, NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
+from tests.helpers import staged_sandbox
 
 pytestmark = pytest.mark.docker
 
@@ -54,10 +55,7 @@ def backend(storage: LocalStorage, docker_client: docker.DockerClient) -> Iterat
 @pytest.fixture
 def make_cluster(storage: LocalStorage, horovod_image: Any) -> Callable[..., SandboxSpec]:
     def make(code: str, ranks: int) -> SandboxSpec:
-        sandbox_id = f"sb-mpi-{uuid.uuid4().hex[:8]}"
-        storage.create(sandbox_id)
-        (storage.workspace(sandbox_id) / "job.py").write_text(code)
-        storage.seal_staging(sandbox_id)
+        sandbox_id = staged_sandbox(storage, "sb-mpi", {"job.py": code.encode()})
         return SandboxSpec(sandbox_id=sandbox_id, owner="alice", image=horovod_image.tag,
                            command=("python", "job.py"), network=NetworkPlan.MEMBERS_ONLY,
                            ranks=ranks, limits=Limits(cpus=1, memory_mb=1024, pids=256))

@@ -22,6 +22,7 @@ from sandbox.cluster import rank_output
 from sandbox.docker_backend import DockerBackend
 from sandbox.spec import DatasetMount, Limits, NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
+from tests.helpers import staged_sandbox
 from tests.security.test_egress import (  # noqa: F401  (fixture)
     PROBE,
     HostListeners,
@@ -45,12 +46,7 @@ def backend(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Dock
 
 def _cluster(backend: DockerBackend, image: str, command: tuple[str, ...], tmp_path: Path,
              files: dict[str, bytes]) -> tuple[SandboxSpec, BackendState]:
-    storage = backend.storage
-    sandbox_id = f"sb-redteam-{uuid.uuid4().hex[:8]}"
-    storage.create(sandbox_id)
-    for name, data in files.items():
-        (storage.workspace(sandbox_id) / name).write_bytes(data)
-    storage.seal_staging(sandbox_id)
+    sandbox_id = staged_sandbox(backend.storage, "sb-redteam", files)
     dataset = tmp_path / f"demo-{sandbox_id}"
     dataset.mkdir()
     (dataset / "train.csv").write_text("x,y\n1,2\n")
