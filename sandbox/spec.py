@@ -23,6 +23,10 @@ SANDBOX_GID = 10001
 DATA_ROOT = "/data"
 WORKSPACE = "/workspace"
 OUTBOX = "/outbox"
+#: Where the outputs of earlier sandboxes are mounted, read-only, one directory each.
+INPUTS_ROOT = "/inputs"
+#: The most earlier sandboxes' outputs one sandbox may mount.
+MAX_INPUTS = 64
 
 #: The most ranks a cluster may have (a rank's address is 127.0.0.<rank + 1>).
 MAX_RANKS = 64
@@ -91,6 +95,23 @@ class DatasetMount:
 
 
 @dataclass(frozen=True)
+class InputMount:
+    """A finished sandbox's outputs (its outbox), mounted read-only at /inputs/<sandbox id>;
+    `digest` names what it held when it ended (the console's outbox manifest digest)."""
+
+    sandbox_id: str
+    digest: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.sandbox_id):
+            raise InvalidSpec(f"invalid input sandbox id {self.sandbox_id!r}")
+
+    @property
+    def target(self) -> str:
+        return f"{INPUTS_ROOT}/{self.sandbox_id}"
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """Everything a backend needs to start one sealed sandbox."""
 
@@ -106,6 +127,10 @@ class SandboxSpec:
     ranks: int = 1
     #: NVIDIA GPUs each member gets (device requests), where the host has them.
     gpus: int = 0
+    #: Outputs of earlier sandboxes, each mounted read-only under /inputs.
+    inputs: tuple[InputMount, ...] = ()
+    #: The project whose persistent volume is the workspace ("": a fresh workspace).
+    project: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.sandbox_id):
@@ -122,6 +147,13 @@ class SandboxSpec:
         names = [d.name for d in self.datasets]
         if len(names) != len(set(names)):
             raise InvalidSpec("a dataset may be mounted only once")
+        sources = [i.sandbox_id for i in self.inputs]
+        if len(sources) != len(set(sources)) or self.sandbox_id in sources:
+            raise InvalidSpec("an input may be mounted only once, and never a sandbox's own")
+        if len(sources) > MAX_INPUTS:
+            raise InvalidSpec(f"at most {MAX_INPUTS} inputs")
+        if self.project and not _NAME.match(self.project):
+            raise InvalidSpec(f"invalid project name {self.project!r}")
         for key, _ in self.env:
             if not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
                 raise InvalidSpec(f"invalid environment variable name {key!r}")
@@ -148,4 +180,8 @@ class SandboxSpec:
             "network": str(self.network),
             "ranks": self.ranks,
             "gpus": self.gpus,
+            # Only where used, so that specs recorded before inputs and projects read the same.
+            **({"inputs": [{"sandbox": i.sandbox_id, "digest": i.digest}
+                           for i in self.inputs]} if self.inputs else {}),
+            **({"project": self.project} if self.project else {}),
         }
