@@ -22,6 +22,12 @@ class AuditAction(enum.StrEnum):
     TOKEN_REVOKE = "admin:token:revoke"
     DATASET_REGISTER = "admin:dataset:register"
     DATASET_GRANT = "admin:dataset:grant"
+    DATASET_RETIRE = "admin:dataset:retire"
+    DATASET_REMOVE = "system:dataset:remove_files"
+    DATASET_VIEW = "admin:dataset:view"
+    PROJECT_CREATE = "sandbox:project:create"
+    PROJECT_DELETE = "sandbox:project:delete"
+    LINEAGE_VIEW = "sandbox:lineage:view"
     # sandboxes
     SANDBOX_LAUNCH = "sandbox:sandbox:launch"
     SANDBOX_START = "sandbox:sandbox:start"

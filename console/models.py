@@ -41,14 +41,26 @@ class ApiToken(SQLModel, table=True):
 
 
 class Dataset(SQLModel, table=True):
+    """One version of a dataset: registering under an existing name adds the next version.
+    A retired version takes no new mounts; its files go once no running sandbox uses them."""
+
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
     id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(unique=True, index=True)
+    name: str = Field(index=True)
+    version: int = 1
     path: str
     digest: str
     size_bytes: int
     files: int
     registered_by: str
     created_at: str
+    retired_at: str | None = None
+    removed_at: str | None = None  # its files were deleted (after it was retired)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
 
 
 class SandboxStatus(enum.StrEnum):
@@ -74,7 +86,7 @@ class Sandbox(SQLModel, table=True):
     image: str
     image_digest: str
     command: str
-    datasets: str  # JSON list of {name, digest}
+    datasets: str  # JSON list of {name, version, digest}
     code_digest: str
     code_name: str
     spec: str  # JSON of SandboxSpec.to_dict()
@@ -95,6 +107,38 @@ class Sandbox(SQLModel, table=True):
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
+    #: Earlier sandboxes whose outputs are mounted under /inputs (JSON list of
+    #: {sandbox, owner, digest}); `sandbox_input` holds the same edges for lookups.
+    inputs: str = "[]"
+    #: The project whose workspace this sandbox works in, and the sandbox before it there.
+    project: str = Field(default="", index=True)
+    project_parent: str = ""
+    #: Every dataset version this sandbox's outputs descend from: its own, its inputs' and
+    #: its project's (JSON list of {name, version, digest}).
+    lineage: str = "[]"
+
+
+class SandboxInput(SQLModel, table=True):
+    """One edge of the lineage graph: `sandbox_id` mounted the outputs of `source_id`."""
+
+    __tablename__ = "sandbox_input"
+
+    sandbox_id: str = Field(primary_key=True, foreign_key="sandbox.id")
+    source_id: str = Field(primary_key=True, foreign_key="sandbox.id", index=True)
+
+
+class Project(SQLModel, table=True):
+    """A named, quota'd workspace carried from sandbox to sandbox, one running at a time."""
+
+    name: str = Field(primary_key=True)
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    owner: str = Field(index=True)
+    quota_mb: int
+    created_at: str
+    #: Every dataset version any sandbox of the project mounted or descended from (JSON
+    #: list of {name, version, digest}): what its workspace may hold derivatives of.
+    lineage: str = "[]"
+    last_sandbox: str = ""  # the latest sandbox launched in the project
 
 
 class Image(SQLModel, table=True):

@@ -37,6 +37,11 @@ class Permission(enum.StrEnum):
     POLICY_WRITE = "policy:policy:write"
     SANDBOX_OVERSEE = "sandbox:any:stop"  # list every running sandbox, stop one policy forbids
     DISCLOSURE_READ = "policy:disclosure:read"  # what each user has been shown of sandboxes
+    PROJECT_USE = "sandbox:project:use"  # create projects, list one's own and shared ones
+    DATASET_READ = "data:dataset:read"  # datasets and their versions (not their files)
+    DATASET_REGISTER = "data:dataset:register"  # register a dataset or a new version
+    DATASET_RETIRE = "data:dataset:retire"
+    LINEAGE_READ = "audit:lineage:read"  # every sandbox and release descending from data
 
 
 _EVERYONE = frozenset({Permission.SELF_READ})
@@ -52,6 +57,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.RELEASE_READ,
         Permission.RELEASE_WITHDRAW,
         Permission.BUNDLE_DOWNLOAD,
+        Permission.PROJECT_USE,
+        Permission.DATASET_READ,
     },
     Role.APPROVER: _EVERYONE | {
         Permission.RELEASE_READ,
@@ -63,17 +70,27 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.POLICY_WRITE,
         Permission.SANDBOX_OVERSEE,
         Permission.DISCLOSURE_READ,
+        Permission.DATASET_READ,
+        Permission.DATASET_REGISTER,
+        Permission.DATASET_RETIRE,
+        Permission.LINEAGE_READ,
     },
     Role.AUDITOR: _EVERYONE | {
         Permission.AUDIT_READ,
         Permission.AUDIT_EXPORT,
         Permission.POLICY_READ,
         Permission.DISCLOSURE_READ,
+        Permission.DATASET_READ,
+        Permission.LINEAGE_READ,
     },
     Role.ADMIN: _EVERYONE | {
         Permission.METRICS_READ,
         Permission.AUDIT_READ,
         Permission.AUDIT_EXPORT,
+        Permission.DATASET_READ,
+        Permission.DATASET_REGISTER,
+        Permission.DATASET_RETIRE,
+        Permission.LINEAGE_READ,
     },
 }
 

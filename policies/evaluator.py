@@ -27,6 +27,28 @@ class PolicyDecision:
 
 #: What a launch asks for: one sandbox, or an MPI cluster of `ranks` sandboxes.
 LaunchKind = Literal["single", "mpi"]
+#: One version of a dataset: (name, version number).
+DatasetVersion = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class OutputsSource:
+    """A finished sandbox whose outputs a launch would mount: whose they are, and every
+    dataset version they descend from (its own, its inputs', its project's)."""
+
+    sandbox_id: str
+    owner: str
+    lineage: tuple[DatasetVersion, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProjectFacts:
+    """A project a launch would work in: its owner, and every dataset version any sandbox
+    of the project mounted (its workspace may hold derivatives of each)."""
+
+    name: str
+    owner: str
+    lineage: tuple[DatasetVersion, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,10 @@ class LaunchRequest:
     kind: LaunchKind = "single"
     ranks: int = 1
     gpus: int = 0
+    #: The version of each dataset that would be mounted (absent: decided by name only).
+    dataset_versions: tuple[DatasetVersion, ...] = ()
+    inputs: tuple[OutputsSource, ...] = ()
+    project: ProjectFacts | None = None
 
 
 class PolicyEvaluator:
@@ -61,14 +87,96 @@ class PolicyEvaluator:
         """Every name a rule may use for this user: the user, the role and the groups."""
         return {user, f"role:{role}", *(f"group:{g}" for g in self.policy.groups_of(user))}
 
-    def may_mount(self, user: str, role: str, dataset: str) -> PolicyDecision:
+    def may_mount(self, user: str, role: str, dataset: str,
+                  version: int | None = None) -> PolicyDecision:
+        """Whether `user` may use `dataset` (and, given one, that version of it)."""
         rule = f"datasets.{dataset}.allow"
         entry = self.policy.datasets.get(dataset)
         if entry is not None:
             granted = self.principals(user, role) & set(entry.allow)
             if granted:
+                if version is not None and entry.versions and version not in entry.versions:
+                    pinned = ", ".join(str(v) for v in entry.versions)
+                    return self._decide(False, f"datasets.{dataset}.versions",
+                                        f"only version(s) {pinned} of dataset {dataset!r} "
+                                        f"may be used, not version {version}")
                 return self._decide(True, rule, f"granted to {sorted(granted)[0]}")
         return self._decide(False, rule, f"you are not allowed to use dataset {dataset!r}")
+
+    def pinned_versions(self, dataset: str) -> tuple[int, ...]:
+        """The versions of `dataset` the policy pins (empty: any version not retired)."""
+        entry = self.policy.datasets.get(dataset)
+        return tuple(entry.versions) if entry is not None else ()
+
+    # --- earlier work: inputs and projects ----------------------------------------------
+
+    def _descends_from_allowed(self, user: str, role: str, what: str,
+                               lineage: tuple[DatasetVersion, ...]) -> PolicyDecision | None:
+        """The refusal if `what` descends from a dataset version `user` may not use."""
+        if not self.policy.inputs.require_dataset_grants:
+            return None
+        for name, version in sorted(set(lineage)):
+            decision = self.may_mount(user, role, name, version)
+            if not decision:
+                return self._decide(False, decision.rule,
+                                    f"{what} descends from dataset {name!r} (version "
+                                    f"{version}), which you may not use")
+        return None
+
+    def may_mount_outputs(self, user: str, role: str, source: OutputsSource) -> PolicyDecision:
+        """Whether `user` may mount the outputs of a finished sandbox as an input."""
+        inputs = self.policy.inputs
+        if not inputs.enabled:
+            return self._decide(False, "inputs.enabled",
+                                "mounting earlier sandboxes' outputs is turned off")
+        if source.owner != user:
+            shared = set(inputs.share_groups) & set(self.policy.groups_of(user)) \
+                & set(self.policy.groups_of(source.owner))
+            if not shared:
+                return self._decide(False, "inputs.share_groups",
+                                    f"the outputs of {source.sandbox_id} are not yours, and "
+                                    "its owner shares no group with you that the policy "
+                                    "lets share outputs")
+        refusal = self._descends_from_allowed(user, role, f"{source.sandbox_id}",
+                                              source.lineage)
+        if refusal is not None:
+            return refusal
+        return self._decide(True, "inputs", "the outputs may be mounted")
+
+    def may_use_project(self, user: str, role: str, project: ProjectFacts) -> PolicyDecision:
+        """Whether `user` may work in `project` (its owner, or those it is shared with)."""
+        projects = self.policy.projects
+        if not projects.enabled:
+            return self._decide(False, "projects.enabled", "projects are turned off")
+        if project.owner != user:
+            rule = projects.shared.get(project.name)
+            granted = self.principals(user, role) & set(rule.allow) if rule else set()
+            if not granted:
+                return self._decide(False, f"projects.shared.{project.name}.allow",
+                                    f"project {project.name!r} is not shared with you")
+        refusal = self._descends_from_allowed(user, role, f"project {project.name!r}",
+                                              project.lineage)
+        if refusal is not None:
+            return refusal
+        return self._decide(True, "projects", "the project may be used")
+
+    def may_create_project(self, user: str, role: str, *, quota_mb: int,
+                           owned: int) -> PolicyDecision:
+        """Whether `user`, who owns `owned` projects, may create one of `quota_mb`."""
+        projects = self.policy.projects
+        if not projects.enabled:
+            return self._decide(False, "projects.enabled", "projects are turned off")
+        if role not in self.policy.launch.roles:
+            return self._decide(False, "launch.roles",
+                                f"role {role!r} may not launch sandboxes, so has no projects")
+        if quota_mb > projects.max_quota_mb:
+            return self._decide(False, "projects.max_quota_mb",
+                                f"{quota_mb} MB asked, at most {projects.max_quota_mb} MB "
+                                "allowed")
+        if owned >= projects.max_per_user:
+            return self._decide(False, "projects.max_per_user",
+                                f"at most {projects.max_per_user} projects per user")
+        return self._decide(True, "projects", "within policy")
 
     def usable_datasets(self, user: str, role: str) -> list[str]:
         return sorted(name for name in self.policy.datasets
@@ -121,6 +229,22 @@ class PolicyEvaluator:
                                 f"at most {maxima.max_concurrent} sandboxes may run at once")
         for dataset in request.datasets:
             decision = self.may_mount(request.user, request.role, dataset)
+            if not decision:
+                return decision
+        for dataset, version in request.dataset_versions:
+            decision = self.may_mount(request.user, request.role, dataset, version)
+            if not decision:
+                return decision
+        if len(request.inputs) > self.policy.inputs.max_inputs:
+            return self._decide(False, "inputs.max_inputs",
+                                f"{len(request.inputs)} inputs asked, at most "
+                                f"{self.policy.inputs.max_inputs} allowed")
+        for source in request.inputs:
+            decision = self.may_mount_outputs(request.user, request.role, source)
+            if not decision:
+                return decision
+        if request.project is not None:
+            decision = self.may_use_project(request.user, request.role, request.project)
             if not decision:
                 return decision
         return self._decide(True, "launch", "within policy")

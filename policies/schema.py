@@ -113,6 +113,40 @@ class Resources(_Strict):
 class DatasetRule(_Strict):
     #: Who may mount the dataset; an empty list grants nobody.
     allow: list[Principal] = []
+    #: Only these versions (numbers, as registered) may be mounted; empty: every version
+    #: not retired. Outputs descending from another version cannot be mounted either.
+    versions: list[Annotated[int, Field(ge=1)]] = []
+
+
+class Inputs(_Strict):
+    """Outputs of finished sandboxes mounted read-only into later ones (/inputs/<id>)."""
+
+    enabled: bool = True
+    #: Besides its owner, a sandbox's outputs may be mounted by users who share one of
+    #: these groups with the owner.
+    share_groups: list[GroupName] = []
+    #: Outputs of a sandbox only feed sandboxes whose user may use every dataset version
+    #: it descends from (through its own datasets, its inputs and its project), so a
+    #: derivative of X never reaches someone not granted X.
+    require_dataset_grants: bool = True
+    max_inputs: int = Field(default=8, ge=0, le=64)
+
+
+class ProjectRule(_Strict):
+    #: Who besides its owner may work in the project.
+    allow: list[Principal] = []
+
+
+class Projects(_Strict):
+    """Projects: a named, quota'd workspace that carries over from sandbox to sandbox."""
+
+    enabled: bool = True
+    max_quota_mb: int = Field(default=10_240, ge=16)
+    max_per_user: int = Field(default=5, ge=0, le=1000)
+    #: Projects shared beyond their owner, by name. Sharing gives the project's contents,
+    #: which descend from every dataset its sandboxes mounted: the dataset grants still
+    #: decide (inputs.require_dataset_grants).
+    shared: dict[DatasetName, ProjectRule] = {}
 
 
 class Images(_Strict):
@@ -254,6 +288,8 @@ class Policy(_Strict):
     launch: Launch = Launch()
     release: Release = Release()
     sessions: Sessions = Sessions()
+    inputs: Inputs = Inputs()
+    projects: Projects = Projects()
 
     @model_validator(mode="before")
     @classmethod
@@ -286,6 +322,17 @@ class Policy(_Strict):
                         "contradiction", "dataset {dataset} allows group {group}, which the "
                         "groups section does not define",
                         {"field": "datasets", "dataset": name, "group": group})
+        for group in self.inputs.share_groups:
+            if group not in self.groups:
+                raise _contradiction("inputs", f"inputs.share_groups names group {group!r}, "
+                                     "which the groups section does not define")
+        for project, sharing in self.projects.shared.items():
+            for principal in sharing.allow:
+                group = principal.removeprefix("group:")
+                if principal.startswith("group:") and group not in self.groups:
+                    raise _contradiction("projects", f"project {project} is shared with group "
+                                         f"{group!r}, which the groups section does not "
+                                         "define")
         return self
 
     def groups_of(self, user: str) -> list[str]:

@@ -12,7 +12,9 @@ from flask import Response, jsonify, request, send_file
 
 # Routes kept in their own modules register on the same blueprint when imported.
 from console.api import audit as _audit_routes  # noqa: F401
+from console.api import datasets as _dataset_routes  # noqa: F401
 from console.api import policy as _policy_routes  # noqa: F401
+from console.api import projects as _project_routes  # noqa: F401
 from console.api.blueprint import BadApiRequest as _Bad
 from console.api.blueprint import api
 from console.guards import api_requires, caller, core, public
@@ -65,13 +67,20 @@ def _launch_order() -> launch_service.LaunchOrder:
     ranks = data.get("ranks", 1)
     if isinstance(ranks, bool) or not isinstance(ranks, int):
         raise _Bad("ranks must be a whole number")
+    inputs = data.get("inputs", [])
+    if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+        raise _Bad("inputs must be a list of sandbox ids")
+    project = data.get("project") or ""
+    if not isinstance(project, str):
+        raise _Bad("project must be a project name")
     order = launch_service.LaunchOrder(
         datasets=datasets, example=example, command=command,
         cpus=_number(limits, "cpus", float, 1.0),
         memory_mb=_number(limits, "memory_mb", int, 2048),
         pids=_number(limits, "pids", int, 256),
         timeout_s=_number(limits, "timeout_s", int, 1800),
-        gpus=_number(limits, "gpus", int, 0), kind=kind, ranks=ranks)
+        gpus=_number(limits, "gpus", int, 0), kind=kind, ranks=ranks, inputs=inputs,
+        project=project)
     if upload is not None and upload.filename:
         order.code_name, order.code = upload.filename, upload.read()
     return order

@@ -1,27 +1,36 @@
-"""Datasets: registered from a host path into the data directory with a content hash,
-mounted read-only into sandboxes, never downloadable. Who may mount one is policy: the
-access list given at registration is activated as a new policy version."""
+"""Datasets and their versions: registered from a host path into the data directory with a
+content hash (a known name gets its next version), mounted read-only into sandboxes, never
+downloadable; retired versions take no new mounts and their files go once no running
+sandbox uses them. Who may mount one is policy: the access list given at registration is
+activated as a new policy version."""
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from audit.chain import append, utc_now
 from audit.events import AuditAction, EventDraft
 from console.core import Caller, Sealroom
 from console.models import Dataset, Role, User
+from console.permissions import Permission, role_has
+from console.services import dataset_versions
+from console.services import lineage as lineage_service
 from console.services import policy as policy_service
 from console.services.auditing import refusals
-from console.services.errors import BadRequest, Conflict
+from console.services.errors import BadRequest, Conflict, NotFound
 from sandbox.errors import InvalidUpload
-from sandbox.files import tree_digest
+from sandbox.files import UploadLimits, tree_digest, unpack_code
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+log = logging.getLogger(__name__)
 
 
 def _principal(core: Sealroom, session: Session, text: str) -> str:
@@ -55,8 +64,7 @@ def _register(core: Sealroom, caller: Caller, source: Path, name: str,
     if not source.exists():
         raise BadRequest(f"no such path: {source}")
     with core.read() as session:
-        if session.exec(select(Dataset).where(Dataset.name == name)).first():
-            raise Conflict(f"dataset {name!r} already exists")
+        versions = list(session.exec(select(Dataset).where(Dataset.name == name)))
         principals = list(dict.fromkeys(_principal(core, session, a) for a in allow))
     # Copy first (outside the transaction), then record; a failure leaves no row and no copy.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=core.settings.datasets_dir))
@@ -70,21 +78,31 @@ def _register(core: Sealroom, caller: Caller, source: Path, name: str,
             digest, size, files = tree_digest(staging / "d")
         except InvalidUpload as exc:
             raise BadRequest(f"dataset refused: {exc.user_message}") from exc
-        final = core.settings.datasets_dir / f"{name}-{digest[7:19]}"
+        for known in versions:
+            if known.digest == digest:
+                raise Conflict(f"these files are already version {known.version} of "
+                               f"dataset {name!r}")
+        version = max((v.version for v in versions), default=0) + 1
+        final = core.settings.datasets_dir / f"{name}-v{version}-{digest[7:19]}"
         if final.exists():
             shutil.rmtree(final)
         (staging / "d").rename(final)
         _make_read_only(final)
         with core.transaction() as session:
-            dataset = Dataset(name=name, path=str(final), digest=digest, size_bytes=size,
-                              files=files, registered_by=caller.name, created_at=utc_now())
+            if session.exec(select(Dataset).where(Dataset.name == name)
+                            .where(Dataset.version == version)).first() is not None:
+                raise Conflict(f"version {version} of dataset {name!r} was registered at the "
+                               "same time; register again")
+            dataset = Dataset(name=name, version=version, path=str(final), digest=digest,
+                              size_bytes=size, files=files, registered_by=caller.name,
+                              created_at=utc_now())
             session.add(dataset)
             session.flush()
             append(session, EventDraft(
                 caller.actor, AuditAction.DATASET_REGISTER, f"dataset:{name}",
                 request_id=caller.request_id,
-                details={"digest": digest, "bytes": size, "files": files,
-                         "source": str(source), "allow": principals}))
+                details={"digest": digest, "version": version, "bytes": size,
+                         "files": files, "source": str(source), "allow": principals}))
             if principals:
                 policy_service.grant_dataset(core, session, caller, name, principals)
         return dataset
@@ -102,12 +120,139 @@ def _make_read_only(root: Path) -> None:
 
 
 def usable_datasets(core: Sealroom, user: str, role: str) -> list[Dataset]:
-    """The datasets the active policy lets `user` mount, for the launch form."""
+    """The newest usable version of each dataset the active policy lets `user` mount, for
+    the launch form."""
     allowed = set(core.evaluator.usable_datasets(user, role))
     with core.read() as session:
-        rows = session.exec(select(Dataset).order_by(Dataset.name)).all()
-        return [d for d in rows if d.name in allowed]
+        rows = session.exec(select(Dataset).order_by(Dataset.name,
+                                                     col(Dataset.version).desc())).all()
+    newest: dict[str, Dataset] = {}
+    for row in rows:
+        if row.name in allowed and row.name not in newest and _mountable(core, row):
+            newest[row.name] = row
+    return list(newest.values())
+
+
+def versions_of(session: Session, name: str) -> list[Dataset]:
+    return dataset_versions.versions_of(session, name)
+
+
+def _mountable(core: Sealroom, row: Dataset) -> bool:
+    pinned = core.evaluator.pinned_versions(row.name)
+    return row.retired_at is None and (not pinned or row.version in pinned)
 
 
 def find_dataset(session: Session, name: str) -> Dataset | None:
-    return session.exec(select(Dataset).where(Dataset.name == name)).first()
+    """The newest version of dataset `name`."""
+    return session.exec(select(Dataset).where(Dataset.name == name)
+                        .order_by(col(Dataset.version).desc())).first()
+
+
+# --- retiring a version ---------------------------------------------------------------------
+
+
+def retire(core: Sealroom, caller: Caller, name: str, version: int) -> Dataset:
+    """Retire a version: no new mounts from now on; its files are removed once no running
+    sandbox mounts it (now, or when the last one ends)."""
+    with refusals(core, caller, AuditAction.DATASET_RETIRE, f"dataset:{name[:64]}@{version}"), \
+            core.transaction() as session:
+        row = session.exec(select(Dataset).where(Dataset.name == name)
+                           .where(Dataset.version == version)).first()
+        if row is None:
+            raise NotFound(f"dataset {name!r} has no version {version}")
+        if row.retired_at is not None:
+            raise Conflict(f"version {version} of dataset {name!r} is already retired")
+        row.retired_at = utc_now()
+        session.add(row)
+        append(session, EventDraft(
+            caller.actor, AuditAction.DATASET_RETIRE, f"dataset:{name}@{version}",
+            request_id=caller.request_id,
+            details={"digest": row.digest, "version": version}))
+    dataset_versions.remove_unused_files(core)
+    return row
+
+
+# --- from the console: an upload, and what people see -------------------------------------
+
+#: A dataset sent through the console: a zip unpacks, any other file is kept as it is.
+UPLOAD_LIMITS = UploadLimits(max_bytes=1 << 30, max_unpacked_bytes=4 << 30, max_files=100_000)
+_SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def register_upload(core: Sealroom, caller: Caller, name: str, filename: str, data: bytes,
+                    allow: list[str]) -> Dataset:
+    """Register `data` (a zip of files, or one file) as dataset `name` or its next version."""
+    with refusals(core, caller, AuditAction.DATASET_REGISTER, f"dataset:{name[:64]}"), \
+            tempfile.TemporaryDirectory(prefix=".upload-", dir=core.settings.datasets_dir) as tmp:
+        root = Path(tmp) / "upload"
+        root.mkdir()
+        base = PurePosixPath(filename.replace("\\", "/")).name
+        if base.lower().endswith(".zip"):
+            try:
+                unpack_code(base, data, root, UPLOAD_LIMITS)
+            except InvalidUpload as exc:
+                raise BadRequest(f"dataset refused: {exc.user_message}") from exc
+        elif _SAFE_FILE.match(base):
+            (root / base).write_bytes(data)
+        else:
+            raise BadRequest("send a .zip of the dataset's files, or one file whose name is "
+                             "letters, digits, '.', '-' and '_'")
+        return _register(core, caller, root, name, allow)
+
+
+def version_dict(row: Dataset) -> dict[str, object]:
+    return {"name": row.name, "version": row.version, "label": row.label,
+            "digest": row.digest, "bytes": row.size_bytes, "files": row.files,
+            "registered_by": row.registered_by, "created_at": row.created_at,
+            "retired_at": row.retired_at, "files_removed": row.removed_at is not None}
+
+
+def catalogue(core: Sealroom, caller: Caller) -> list[dict[str, object]]:
+    """Every dataset with its versions, for officers, auditors and admins; an engineer sees
+    the datasets the policy lets them use."""
+    everything = role_has(caller.role, Permission.LINEAGE_READ)
+    allowed = set(core.evaluator.usable_datasets(caller.name, caller.role))
+    with core.read() as session:
+        rows = session.exec(select(Dataset).order_by(Dataset.name,
+                                                     col(Dataset.version).desc())).all()
+    found: dict[str, dict[str, object]] = {}
+    for row in rows:
+        if not everything and row.name not in allowed:
+            continue
+        entry = found.setdefault(row.name, {
+            "name": row.name, "versions": [],
+            "pinned_versions": list(core.evaluator.pinned_versions(row.name)),
+            "usable": row.name in allowed})
+        versions = entry["versions"]
+        assert isinstance(versions, list)
+        versions.append(version_dict(row))
+    return list(found.values())
+
+
+def dataset_detail(core: Sealroom, caller: Caller, name: str) -> dict[str, object]:
+    for entry in catalogue(core, caller):
+        if entry["name"] == name:
+            return entry
+    raise NotFound("no such dataset")
+
+
+def version_lineage(core: Sealroom, caller: Caller, name: str,
+                    version: int) -> dict[str, object]:
+    """Every sandbox and release descending from one dataset version (audited)."""
+    with core.read() as session:
+        row = session.exec(select(Dataset).where(Dataset.name == name)
+                           .where(Dataset.version == version)).first()
+        if row is None:
+            raise NotFound(f"dataset {name!r} has no version {version}")
+        sandboxes, releases = lineage_service.descendants(session, name, version)
+    core.record(caller.actor, AuditAction.LINEAGE_VIEW, target=f"dataset:{name}@{version}",
+                request_id=caller.request_id,
+                sandboxes=len(sandboxes), releases=len(releases))
+    direct = {s.id for s in sandboxes
+              if any(d["digest"] == row.digest for d in json.loads(s.datasets))}
+    return {"dataset": version_dict(row),
+            "sandboxes": [{"id": s.id, "owner": s.owner, "status": s.status,
+                           "created_at": s.created_at, "mounted": s.id in direct}
+                          for s in sandboxes],
+            "releases": [{"id": r.id, "sandbox": r.sandbox_id, "status": r.status,
+                          "requester": r.requester} for r in releases]}

@@ -1,6 +1,10 @@
 """Launching a sandbox, as steps: parse the order, decide under the active policy, stage the
 code, create the container, record the sandbox with its audit events, start it.
 
+A launch may build on earlier work: exact dataset versions, the outputs of finished
+sandboxes mounted read-only (inputs), and a project whose workspace carries over; the policy
+decides on all of them with the lineage they carry (`console.services.lineage`).
+
 One policy version decides the whole launch. Every refusal is audited (`refusals`); a
 failure before the row exists leaves no row, no directories and no container. The policy's
 dry run decides about running sandboxes with the same `ParsedLaunch.request` and `judge`.
@@ -14,7 +18,7 @@ import secrets
 import shlex
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlmodel import col, select
@@ -23,7 +27,9 @@ from audit.chain import append, utc_now
 from audit.errors import AuditWriteFailed
 from audit.events import AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
-from console.models import Dataset, Image, Sandbox, SandboxStatus, User
+from console.models import Image, Sandbox, SandboxInput, SandboxStatus, User
+from console.services import dataset_versions as versions_service
+from console.services import lineage as lineage_service
 from console.services import sandboxes
 from console.services.auditing import refusals
 from console.services.errors import (
@@ -35,7 +41,15 @@ from console.services.errors import (
     ServiceError,
 )
 from console.services.images import current_image
-from policies.evaluator import LaunchKind, LaunchRequest, PolicyDecision, PolicyEvaluator
+from policies.evaluator import (
+    DatasetVersion,
+    LaunchKind,
+    LaunchRequest,
+    OutputsSource,
+    PolicyDecision,
+    PolicyEvaluator,
+    ProjectFacts,
+)
 from policies.schema import Policy, Uploads
 from sandbox import spec as sandbox_spec
 from sandbox.backend import BackendState
@@ -69,6 +83,10 @@ class LaunchOrder:
     kind: str = "single"
     ranks: int = 1  # MPI nodes of a cluster
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Finished sandboxes whose outputs are mounted read-only under /inputs.
+    inputs: list[str] = field(default_factory=list)
+    #: The project whose workspace the sandbox works in ("": a fresh workspace).
+    project: str = ""
 
 
 def examples() -> list[str]:
@@ -76,6 +94,16 @@ def examples() -> list[str]:
 
 
 # --- the values passed from step to step ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchFacts:
+    """What a launch builds on, as the policy must see it: the dataset versions it mounts,
+    the outputs it reads and the project it works in, each with its lineage."""
+
+    dataset_versions: tuple[DatasetVersion, ...] = ()
+    inputs: tuple[OutputsSource, ...] = ()
+    project: ProjectFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -92,26 +120,43 @@ class ParsedLaunch:
     code_name: str = ""
     code: bytes | None = None
     extra_env: tuple[tuple[str, str], ...] = ()
+    #: Versions asked for by number (`name@3`); other datasets get their newest usable one.
+    versions: tuple[tuple[str, int], ...] = ()
+    inputs: tuple[str, ...] = ()
+    project: str = ""
+    #: What it builds on, once resolved (`decide`), or as recorded (`of_sandbox`).
+    facts: LaunchFacts = LaunchFacts()
 
     def request(self, user: str, role: str, *, running: int,
                 image_digest: str) -> LaunchRequest:
         """The launch as the policy sees it: the one way a `LaunchRequest` is made."""
-        limits = self.limits
+        limits, facts = self.limits, self.facts
         return LaunchRequest(user=user, role=role, datasets=self.datasets, cpus=limits.cpus,
                              memory_mb=limits.memory_mb, pids=limits.pids,
                              timeout_s=limits.timeout_s, running_sandboxes=running,
                              image_digest=image_digest, kind=self.kind, ranks=self.ranks,
-                             gpus=self.gpus)
+                             gpus=self.gpus, dataset_versions=facts.dataset_versions,
+                             inputs=facts.inputs, project=facts.project)
 
     @classmethod
-    def of_sandbox(cls, record: Sandbox) -> ParsedLaunch:
+    def of_sandbox(cls, record: Sandbox, project_owner: str = "") -> ParsedLaunch:
         """A launched sandbox as the order it was launched from (for a policy dry run)."""
         kind: LaunchKind = "mpi" if record.kind == "mpi" else "single"
-        return cls(datasets=tuple(d["name"] for d in json.loads(record.datasets)),
+        datasets = json.loads(record.datasets)
+        inputs = tuple(OutputsSource(i["sandbox"], i["owner"], tuple(
+            (d["name"], int(d["version"])) for d in i.get("lineage", [])))
+            for i in json.loads(record.inputs))
+        project = ProjectFacts(record.project, project_owner or record.owner,
+                               lineage_service.versions_of(record.lineage)) \
+            if record.project else None
+        return cls(datasets=tuple(d["name"] for d in datasets),
                    command=tuple(shlex.split(record.command)),
                    limits=sandbox_spec.Limits(cpus=record.cpus, memory_mb=record.memory_mb,
                                               pids=record.pids, timeout_s=record.timeout_s),
-                   kind=kind, ranks=record.ranks, gpus=record.gpus)
+                   kind=kind, ranks=record.ranks, gpus=record.gpus,
+                   inputs=tuple(i.sandbox_id for i in inputs), project=record.project,
+                   facts=LaunchFacts(tuple((d["name"], int(d.get("version", 1)))
+                                           for d in datasets), inputs, project))
 
 
 @dataclass(frozen=True)
@@ -123,6 +168,13 @@ class Decision:
     rule: str
     policy_version: int
     network: str  # the network plan the policy gives this kind of launch
+    #: The mounted dataset versions, each {name, version, digest}.
+    versions: tuple[dict[str, object], ...] = ()
+    inputs: tuple[sandbox_spec.InputMount, ...] = ()
+    facts: LaunchFacts = LaunchFacts()
+    #: Every dataset version the new sandbox's outputs descend from ({name, version, digest}).
+    lineage: tuple[dict[str, object], ...] = ()
+    project_parent: str = ""
 
 
 @dataclass(frozen=True)
@@ -200,10 +252,28 @@ def parse(order: LaunchOrder, policy: Policy) -> ParsedLaunch:
     if order.code is not None and len(order.code) > uploads.max_code_mb * 1024 * 1024:
         raise PayloadTooLarge(f"the upload is larger than {uploads.max_code_mb} MB",
                               rule="uploads.max_code_mb")
-    return ParsedLaunch(datasets=tuple(dict.fromkeys(order.datasets)), command=command,
+    chosen: dict[str, int | None] = {}
+    for name, version in map(versions_service.parse_choice, order.datasets):
+        if chosen.get(name, version) != version:
+            raise BadRequest(f"dataset {name!r} may be mounted only once (one version)")
+        chosen[name] = version
+    names = tuple(chosen)
+    versions = {name: version for name, version in chosen.items() if version is not None}
+    inputs = tuple(dict.fromkeys(i.strip() for i in order.inputs if i.strip()))
+    for source in inputs:
+        if not sandbox_spec.valid_sandbox_id(source):
+            raise BadRequest(f"{source[:80]!r} is not a sandbox id")
+    if len(inputs) > sandbox_spec.MAX_INPUTS:
+        raise BadRequest(f"at most {sandbox_spec.MAX_INPUTS} inputs")
+    project = order.project.strip()
+    if project and not sandbox_spec.valid_sandbox_id(project):
+        raise BadRequest(f"{project[:80]!r} is not a project name")
+    return ParsedLaunch(datasets=names, command=command,
                         limits=limits, kind=kind, ranks=order.ranks, gpus=order.gpus,
                         example=order.example, code_name=order.code_name, code=order.code,
-                        extra_env=tuple(sorted(order.extra_env.items())))
+                        extra_env=tuple(sorted(order.extra_env.items())),
+                        versions=tuple(sorted(versions.items())), inputs=inputs,
+                        project=project)
 
 
 def _kind(value: str) -> LaunchKind:
@@ -227,17 +297,24 @@ def decide(core: Sealroom, caller: Caller, parsed: ParsedLaunch, policy: Policy)
     if image is None:
         raise EngineDown(f"no {IMAGE_FOR[parsed.kind]} sandbox image is installed; an "
                          "operator must run 'sealroom images build'")
+    evaluator = PolicyEvaluator(policy)
+    asked = dict(parsed.versions)
     with core.transaction() as session:
         mounts = []
+        versions: list[dict[str, object]] = []
         for name in parsed.datasets:
-            dataset = session.exec(select(Dataset).where(Dataset.name == name)).first()
-            if dataset is None:
-                raise BadRequest(f"unknown dataset {name!r}")
+            dataset = versions_service.resolve(session, name, asked.get(name),
+                                              evaluator.pinned_versions(name))
             mounts.append(sandbox_spec.DatasetMount(name, Path(dataset.path), dataset.digest))
+            versions.append({"name": name, "version": dataset.version,
+                             "digest": dataset.digest})
+        built_on = lineage_service.built_on(session, parsed.inputs, parsed.project)
         running = len(session.exec(select(Sandbox.id).where(Sandbox.owner == caller.name).where(
             col(Sandbox.status).in_([SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all())
         registered = set(session.exec(select(Image.digest)).all())
-    evaluator = PolicyEvaluator(policy)
+    facts = LaunchFacts(tuple((str(v["name"]), int(str(v["version"]))) for v in versions),
+                        built_on.sources, built_on.project)
+    parsed = replace(parsed, facts=facts)
     decision = judge(evaluator, parsed, caller.name, caller.role, running=running,
                      image_digest=image.digest, registered=registered)
     if not decision:
@@ -250,7 +327,10 @@ def decide(core: Sealroom, caller: Caller, parsed: ParsedLaunch, policy: Policy)
         raise BadRequest("this installation has no GPUs to give sandboxes",
                          rule=decision.rule)
     return Decision(image=image, mounts=tuple(mounts), rule=decision.rule,
-                    policy_version=decision.policy_version, network=network.reason)
+                    policy_version=decision.policy_version, network=network.reason,
+                    versions=tuple(versions), inputs=built_on.mounts, facts=facts,
+                    lineage=lineage_service.union(versions, built_on.lineage),
+                    project_parent=built_on.project_parent)
 
 
 @contextmanager
@@ -274,8 +354,9 @@ def _require_engine(core: Sealroom) -> None:
 
 def stage(storage: SandboxStorage, sandbox_id: str, parsed: ParsedLaunch,
           uploads: Uploads) -> Staged:
-    """Make the sandbox's workspace and outbox and put its code in the workspace, handed to
-    the sandbox user. The caller discards the storage if this fails."""
+    """Make the sandbox's workspace and outbox and put its code in the workspace (and the
+    project's, for a sandbox of a project), handed to the sandbox user. The caller discards
+    the storage if this fails."""
     storage.create(sandbox_id)
     if parsed.example is not None:
         code_digest = storage.stage_tree(sandbox_id, EXAMPLES / parsed.example)
@@ -288,6 +369,8 @@ def stage(storage: SandboxStorage, sandbox_id: str, parsed: ParsedLaunch,
                                                         uploads.max_files))
         code_name = parsed.code_name
     storage.seal_staging(sandbox_id)
+    if parsed.project:
+        storage.stage_into_project(sandbox_id, parsed.project)
     return Staged(sandbox_id, code_name, code_digest)
 
 
@@ -298,7 +381,8 @@ def spec_for(owner: str, parsed: ParsedLaunch, decision: Decision,
     return sandbox_spec.SandboxSpec(
         sandbox_id=sandbox_id, owner=owner, image=decision.image.digest,
         command=parsed.command, datasets=decision.mounts, limits=parsed.limits,
-        ranks=parsed.ranks, gpus=parsed.gpus,
+        ranks=parsed.ranks, gpus=parsed.gpus, inputs=decision.inputs,
+        project=parsed.project,
         network=(sandbox_spec.NetworkPlan.MEMBERS_ONLY if parsed.kind == "mpi"
                  else sandbox_spec.NetworkPlan.NONE),
         env=(("SEALROOM_SANDBOX", sandbox_id),
@@ -320,16 +404,26 @@ def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decis
     with core.transaction() as session:
         owner = session.exec(select(User).where(User.name == caller.name)).one()
         assert owner.id is not None
+        # Decided on in an earlier read; checked again where the row is written.
+        versions_service.require_mountable(session, decision.versions)
+        if parsed.project:
+            lineage_service.claim_project(session, parsed.project, sandbox_id,
+                                          decision.project_parent, decision.lineage)
         session.add(Sandbox(
             id=sandbox_id, owner_id=owner.id, owner=caller.name,
             status=SandboxStatus.STARTING, image=image.tag, image_digest=image.digest,
             command=shlex.join(spec.command),
-            datasets=json.dumps([{"name": m.name, "digest": m.digest} for m in spec.datasets]),
+            datasets=json.dumps(list(decision.versions)),
             code_digest=staged.code_digest, code_name=staged.code_name,
             spec=json.dumps(spec.to_dict()), kind=parsed.kind, ranks=parsed.ranks,
             gpus=parsed.gpus, cpus=limits.cpus, memory_mb=limits.memory_mb,
             pids=limits.pids, timeout_s=limits.timeout_s, backend_state=json.dumps(state),
-            created_at=utc_now()))
+            created_at=utc_now(), inputs=json.dumps(lineage_service.inputs_json(decision)),
+            project=parsed.project, project_parent=decision.project_parent,
+            lineage=json.dumps(list(decision.lineage))))
+        session.flush()  # the edges reference the row
+        for mount in decision.inputs:
+            session.add(SandboxInput(sandbox_id=sandbox_id, source_id=mount.sandbox_id))
         append(session, EventDraft(
             caller.actor, AuditAction.CODE_UPLOAD, f"sandbox:{sandbox_id}",
             request_id=caller.request_id,
@@ -340,7 +434,14 @@ def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decis
             details={"spec": spec.to_dict(), "image_digest": image.digest,
                      "code_digest": staged.code_digest, "rule": decision.rule,
                      "policy_version": decision.policy_version,
-                     "network": decision.network}))
+                     "network": decision.network,
+                     "datasets": list(decision.versions),
+                     **({"inputs": lineage_service.inputs_json(decision)}
+                        if decision.inputs else {}),
+                     **({"project": parsed.project,
+                         "project_parent": decision.project_parent}
+                        if parsed.project else {}),
+                     "lineage": list(decision.lineage)}))
 
 
 def start(core: Sealroom, caller: Caller, sandbox_id: str, state: BackendState) -> Sandbox:

@@ -11,7 +11,6 @@ import difflib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlmodel import Session, col, select
 
@@ -22,6 +21,7 @@ from console.models import (
     Dataset,
     Image,
     PolicyVersion,
+    Project,
     ReleaseFile,
     ReleaseRequest,
     ReleaseStatus,
@@ -30,6 +30,7 @@ from console.models import (
     SandboxStatus,
     User,
 )
+from console.services import lineage as lineage_service
 from console.services import releases as release_service
 from console.services import sandboxes as sandbox_service
 from console.services.auditing import refusals
@@ -199,7 +200,9 @@ def _sandbox_findings(session: Session, policy: Policy) -> list[tuple[Sandbox, P
     earlier: Counter[str] = Counter()
     found = []
     for sandbox, role in rows:
-        decision = judge(evaluator, ParsedLaunch.of_sandbox(sandbox), sandbox.owner, role,
+        project = session.get(Project, sandbox.project) if sandbox.project else None
+        parsed = ParsedLaunch.of_sandbox(sandbox, project.owner if project else "")
+        decision = judge(evaluator, parsed, sandbox.owner, role,
                          running=earlier[sandbox.owner], image_digest=sandbox.image_digest,
                          registered=registered)
         earlier[sandbox.owner] += 1
@@ -225,9 +228,7 @@ def _release_findings(core: Sealroom, session: Session, policy: Policy,
             files = session.exec(select(ReleaseFile).where(
                 ReleaseFile.release_id == record.id).order_by(col(ReleaseFile.name))).all()
             sandbox = session.get(Sandbox, record.sandbox_id)
-            names = [d["name"] for d in json.loads(sandbox.datasets)] if sandbox else []
-            mounted = {row.name: Path(row.path) for row in session.exec(
-                select(Dataset).where(col(Dataset.name).in_(names))).all()}
+            mounted = lineage_service.scan_datasets(session, sandbox) if sandbox else {}
             report = run_checks([CandidateFile(f.name, store.path(f.sha256), f.size, f.sha256)
                                  for f in files], rules, mounted)
             if not report.passed:

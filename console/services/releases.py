@@ -29,7 +29,6 @@ from audit.events import Actor, AuditAction, EventDraft, Outcome
 from audit.models import AuditEvent
 from console.core import Caller, Sealroom
 from console.models import (
-    Dataset,
     ReleaseDecision,
     ReleaseFile,
     ReleaseRequest,
@@ -38,6 +37,7 @@ from console.models import (
     SandboxStatus,
 )
 from console.permissions import Permission, role_has
+from console.services import lineage as lineage_service
 from console.services import outbox as outbox_service
 from console.services.auditing import refusals
 from console.services.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError
@@ -153,9 +153,9 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
             raise NotFound("no such sandbox")
         if not SandboxStatus(sandbox.status).terminal:
             raise Conflict("stop the sandbox (or let it finish) before requesting a release")
-        dataset_rows = {d["name"]: d for d in json.loads(sandbox.datasets)}
-        mounted = {row.name: Path(row.path) for row in session.exec(
-            select(Dataset).where(col(Dataset.name).in_(list(dataset_rows)))).all()}
+        # The leak scan looks for every dataset version the files descend from: the
+        # sandbox's own, and those of every input and project workspace it built on.
+        mounted = lineage_service.scan_datasets(session, sandbox)
     policy = core.policy  # one version decides the whole request
     rules = check_rules(policy)
     store = blob_store(core)
@@ -497,6 +497,7 @@ def seal(core: Sealroom, release_id: str) -> ReleaseRequest:
             return record
         sandbox = session.get(Sandbox, record.sandbox_id)
         assert sandbox is not None
+        ancestors = lineage_service.ancestors(session, sandbox)
     files = files_of(core, release_id)
     approvers = [d.approver for d in decisions_of(core, release_id) if d.decision == "approve"]
     started = utc_now()
@@ -504,6 +505,9 @@ def seal(core: Sealroom, release_id: str) -> ReleaseRequest:
         [(f.name, f.sha256) for f in files], release_id=release_id,
         sandbox_spec=json.loads(sandbox.spec), image_digest=sandbox.image_digest,
         datasets=json.loads(sandbox.datasets), code_digest=sandbox.code_digest,
+        ancestors=ancestors, project=sandbox.project, project_parent=sandbox.project_parent,
+        inputs=[{"sandbox": i["sandbox"], "digest": i["digest"]}
+                for i in json.loads(sandbox.inputs)],
         policy_version=record.policy_version, requester=record.requester,
         approvers=approvers, checks=json.loads(record.checks), started_on=started,
         finished_on=utc_now(), builder_id=f"https://sealroom.dev/gate/"

@@ -17,8 +17,10 @@ from audit.chain import append, utc_now
 from audit.events import Actor, AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
 from console.models import Sandbox, SandboxStatus
+from console.permissions import Permission, role_has
+from console.services import dataset_versions, sandbox_log
+from console.services import lineage as lineage_service
 from console.services import outbox as outbox_service
-from console.services import sandbox_log
 from console.services.errors import BadRequest, EngineDown, NotFound
 from sandbox.backend import BackendState, RunState
 from sandbox.backend import SandboxStatus as RunStatus
@@ -82,6 +84,10 @@ def finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audit
         except SandboxError:
             log.warning("could not remove container of %s; the reconciler will", sandbox_id)
     outbox_service.schedule_manifest(core, sandbox_id)
+    try:  # a retired dataset version this sandbox kept in use can go now
+        dataset_versions.remove_unused_files(core)
+    except Exception:  # noqa: BLE001 - retried when the next sandbox ends or a version retires
+        log.exception("could not remove the files of retired dataset versions")
     return record
 
 
@@ -278,6 +284,21 @@ def outbox(core: Sealroom, caller: Caller, sandbox_id: str) -> dict[str, object]
     return outbox_service.listing(core, caller, record)
 
 
+def lineage(core: Sealroom, caller: Caller, sandbox_id: str) -> dict[str, object]:
+    """What a sandbox builds on and what builds on it: for its owner, and for the roles that
+    follow lineage across users (officers, auditors, admins); audited."""
+
+    with core.read() as session:
+        record = session.get(Sandbox, sandbox_id)
+        if record is None or (record.owner != caller.name
+                              and not role_has(caller.role, Permission.LINEAGE_READ)):
+            raise NotFound("no such sandbox")
+        body = lineage_service.sandbox_lineage(session, record)
+    core.record(caller.actor, AuditAction.LINEAGE_VIEW, target=f"sandbox:{sandbox_id}",
+                request_id=caller.request_id)
+    return body
+
+
 def to_dict(record: Sandbox) -> dict[str, object]:
     started, finished = _parse(record.started_at), _parse(record.finished_at)
     duration = None
@@ -293,6 +314,9 @@ def to_dict(record: Sandbox) -> dict[str, object]:
         "image_digest": record.image_digest,
         "command": record.command,
         "datasets": json.loads(record.datasets),
+        "inputs": [{"sandbox": i["sandbox"], "digest": i["digest"]}
+                   for i in json.loads(record.inputs)],
+        "project": record.project or None,
         "code": {"name": record.code_name, "digest": record.code_digest},
         "limits": {"cpus": record.cpus, "memory_mb": record.memory_mb, "pids": record.pids,
                    "timeout_s": record.timeout_s},
