@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -210,8 +210,8 @@ class LineageNode:
     project_parent: str = ""
     owner: str = ""
 
-    FIELDS = ("sandbox", "outputs", "code", "image", "datasets", "inputs", "project_parent",
-              "owner")
+    FIELDS: ClassVar[tuple[str, ...]] = ("sandbox", "outputs", "code", "image", "datasets",
+                                         "inputs", "project_parent", "owner")
 
     @property
     def parents(self) -> tuple[str, ...]:
@@ -292,7 +292,11 @@ class Lineage:
         return (*self.input_ids, *((self.project_parent,) if self.project_parent else ()))
 
     def node(self, sandbox: str) -> LineageNode:
-        return next(n for n in self.nodes if n.sandbox == sandbox)
+        """The ancestor with this id; KeyError if the lineage has none."""
+        for node in self.nodes:
+            if node.sandbox == sandbox:
+                return node
+        raise KeyError(sandbox)
 
     def walk(self) -> Iterator[LineageNode]:
         """Each ancestor once, nearest first (breadth-first from the release)."""

@@ -193,7 +193,7 @@ def _provenance_statement(evidence: _Evidence) -> None:
         evidence.facts = _facts(evidence.provenance)
     except ProvenanceError as exc:
         raise ProvenanceStatementInvalid(exc.user_message, detail=exc.detail) from exc
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ProvenanceStatementInvalid("the provenance lacks a Sealroom release's facts",
                                          detail=f"{type(exc).__name__}: {exc}") from exc
 
