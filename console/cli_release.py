@@ -1,5 +1,6 @@
 """`sealroom release`: check a downloaded release bundle offline, without the server, and
-print what it vouches for. Exit 0 only when every step holds, 1 when one fails, 2 for usage.
+print what it vouches for, the earlier sandboxes it builds on included. Exit 0 only when
+every step holds, 1 when one fails, 2 for usage.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 import click
 
 from sandbox.gate.keys import UnsupportedKey
+from sandbox.gate.provenance import Lineage, LineageNode
 from sandbox.gate.verify import (
     STEP_NAMES,
     BundleVerification,
@@ -23,6 +25,7 @@ _STEP_LABELS = {
     "model_signature": "model.sig is an OpenSSF model signature by this key",
     "provenance_signature": "provenance.intoto.jsonl is signed by this key",
     "provenance_statement": "the provenance is a Sealroom release's SLSA v1 provenance",
+    "provenance_lineage": "the earlier sandboxes it names form a DAG, every digest well-formed",
     "provenance_subjects": "both statements name the same files and digests",
     "file_hashes": "every file in the bundle has its signed SHA-256, none extra or missing",
 }
@@ -87,5 +90,36 @@ def _facts(result: BundleVerification) -> None:
         f"Files       {len(result.files)}",
     ]
     lines += [f"  {name:<{size}}  sha256:{digest}" for name, digest in result.files]
+    if not result.lineage.empty:
+        lines += _lineage(result.lineage)
     click.echo("\n".join(lines))
     click.echo("VERIFIED: both signatures and every file hash hold.")
+
+
+def _lineage(lineage: Lineage) -> list[str]:
+    """The earlier sandboxes as a tree read from the release back, each once, nearest first;
+    `<-` names a node's parents: whose outputs it mounted (inputs) and whose workspace it
+    continued (project)."""
+    lines = ["Lineage", f"  this release{_parents(lineage.input_ids, lineage.project_parent)}"]
+    if lineage.project:
+        lines[-1] += f"  [project {lineage.project}]"
+    for node in lineage.walk():
+        lines += _node(node)
+    return lines
+
+
+def _node(node: LineageNode) -> list[str]:
+    owner = f"  by {node.owner}" if node.owner else ""
+    lines = [f"  {node.sandbox}{owner}{_parents(node.inputs, node.project_parent)}"]
+    if node.outputs:
+        lines.append(f"      outputs   {node.outputs}")
+    lines += [f"      code      {node.code}", f"      image     {node.image}"]
+    lines += [f"      dataset   {d.label}  {d.digest}" for d in node.datasets]
+    return lines
+
+
+def _parents(inputs: tuple[str, ...], project_parent: str) -> str:
+    named = [f"{i} (inputs)" for i in inputs]
+    if project_parent:
+        named.append(f"{project_parent} (project)")
+    return f"  <- {', '.join(named)}" if named else ""

@@ -109,8 +109,13 @@ def suffix_of(name: str) -> str:
 
 
 def run_checks(files: Sequence[CandidateFile], rules: CheckRules,
-               datasets: Mapping[str, Path]) -> CheckReport:
-    """Run every check on every file; the report passes only if all of them do."""
+               datasets: Mapping[str, Path | None]) -> CheckReport:
+    """Run every check on every file; the report passes only if all of them do.
+
+    `datasets` maps each dataset (version) the sandbox or any sandbox it built on mounted,
+    labelled `name` or `name@version`, to its directory; None (or a directory that is gone)
+    says its files were removed, and then the leak scan fails closed: it cannot tell what
+    the outputs may not contain."""
     if not files:
         return CheckReport((CheckResult(Check.FILES.value, "", False,
                                         "the request names no files; nothing can be released"),))
@@ -263,14 +268,21 @@ class _LeakScan:
     summary: str
 
     @classmethod
-    def prepare(cls, rules: CheckRules, datasets: Mapping[str, Path]) -> _LeakScan:
+    def prepare(cls, rules: CheckRules, datasets: Mapping[str, Path | None]) -> _LeakScan:
         if not rules.leak_scan:
             return cls(None, "not run: this policy turns the dataset leak scan off", True, "")
         if not datasets:
             return cls(None, "no dataset was mounted into the sandbox, so none can leak", True,
                        "")
+        removed = sorted(label for label, root in datasets.items() if _removed(root))
+        if removed:
+            which = (f"dataset {removed[0]}" if len(removed) == 1
+                     else f"datasets {', '.join(removed)}")
+            return cls(None, f"not run: the leak scan needs {which}, whose files were removed",
+                       False, "")
+        present = {label: root for label, root in datasets.items() if root is not None}
         try:
-            scanner = LeakScanner.from_datasets(datasets, rules.leak_min_row_bytes)
+            scanner = LeakScanner.from_datasets(present, rules.leak_min_row_bytes)
         except GateError as exc:
             log.error("release gate: leak-scan index failed: %s", exc.detail)
             return cls(None, f"not run: {exc.user_message}", False, "")
@@ -321,6 +333,13 @@ class _LeakScan:
         text = "\n".join(strings).encode("utf-8", "surrogatepass")
         return [f"in the header once JSON-decoded: {hit.length} bytes equal to {hit.record}"
                 for hit in self.scanner.scan_bytes(text, max_hits=MAX_HITS)]
+
+
+def _removed(root: Path | None) -> bool:
+    try:
+        return root is None or not root.exists()
+    except OSError:  # there but unreadable: building the index says so
+        return False
 
 
 def _bytes(count: int) -> str:

@@ -1,6 +1,7 @@
 """Offline verification of a released bundle: the OpenSSF model signature, the signed SLSA
-provenance, and every file's hash, as a flat list of named steps that each raise their own
-error. Needs only the bundle and the gate's public key, never the server.
+provenance with the lineage of earlier sandboxes it records, and every file's hash, as a
+flat list of named steps that each raise their own error. Needs only the bundle and the
+gate's public key, never the server.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from sandbox.gate.keys import keyid_of, load_public_key
 from sandbox.gate.provenance import (
     BUILD_TYPE,
     PROVENANCE_FILE,
+    Lineage,
     ProvenanceError,
+    lineage_of,
     read_envelope,
     statement_subjects,
     verify_envelope,
@@ -72,6 +75,13 @@ class ProvenanceStatementInvalid(BundleVerificationError):
     step = "provenance_statement"
 
 
+class ProvenanceLineageInvalid(BundleVerificationError):
+    """The signed lineage of earlier sandboxes is not a well-formed DAG, or disagrees with
+    the resolved dependencies."""
+
+    step = "provenance_lineage"
+
+
 class ProvenanceSubjectsMismatch(BundleVerificationError):
     step = "provenance_subjects"
 
@@ -99,6 +109,8 @@ class BundleVerification:
     started_on: str
     finished_on: str
     steps: list[str] = field(default_factory=list)
+    #: The earlier sandboxes the release builds on; empty when it built on none.
+    lineage: Lineage = field(default_factory=Lineage)
 
 
 @dataclass
@@ -112,6 +124,7 @@ class _Evidence:
     provenance: dict[str, Any] = field(default_factory=dict)
     provenance_files: dict[str, str] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
+    lineage: Lineage = field(default_factory=Lineage)
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -180,9 +193,19 @@ def _provenance_statement(evidence: _Evidence) -> None:
         evidence.facts = _facts(evidence.provenance)
     except ProvenanceError as exc:
         raise ProvenanceStatementInvalid(exc.user_message, detail=exc.detail) from exc
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ProvenanceStatementInvalid("the provenance lacks a Sealroom release's facts",
                                          detail=f"{type(exc).__name__}: {exc}") from exc
+
+
+def _provenance_lineage(evidence: _Evidence) -> None:
+    """The lineage it records is a DAG of earlier sandboxes, every parent present, each
+    digest well-formed, and the resolved dependencies name exactly its digests."""
+    try:
+        evidence.lineage = lineage_of(evidence.provenance)
+    except ProvenanceError as exc:
+        raise ProvenanceLineageInvalid(f"the provenance's lineage is malformed: "
+                                       f"{exc.user_message}", detail=exc.detail) from exc
 
 
 def _provenance_subjects(evidence: _Evidence) -> None:
@@ -220,6 +243,7 @@ STEPS: tuple[tuple[str, Callable[[_Evidence], None]], ...] = (
     ("model_signature", _model_signature),
     ("provenance_signature", _provenance_signature),
     ("provenance_statement", _provenance_statement),
+    ("provenance_lineage", _provenance_lineage),
     ("provenance_subjects", _provenance_subjects),
     ("file_hashes", _file_hashes),
 )
@@ -244,7 +268,8 @@ def verify_bundle(bundle: Path, public_key_pem: bytes, *,
     facts = evidence.facts
     return BundleVerification(
         bundle=bundle, keyid=keyid_of(public_key),
-        files=sorted(evidence.signed_files.items()), steps=list(STEP_NAMES), **facts)
+        files=sorted(evidence.signed_files.items()), steps=list(STEP_NAMES),
+        lineage=evidence.lineage, **facts)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -262,6 +287,8 @@ def _facts(statement: Mapping[str, Any]) -> dict[str, Any]:
     dependencies: dict[str, str] = {}
     datasets: list[tuple[str, str]] = []
     for dependency in build["resolvedDependencies"]:
+        if dependency["name"].startswith(("input:", "ancestor:")):
+            continue  # the lineage step reads these
         algorithm, value = next(iter(sorted(dependency["digest"].items())))
         digest = f"{algorithm}:{value}"
         if dependency["name"].startswith("dataset:"):

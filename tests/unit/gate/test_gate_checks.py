@@ -300,9 +300,31 @@ def test_leak_scan_switched_off_or_without_datasets_says_so(tmp_path: Path,
 
 
 def test_unreadable_dataset_fails_the_leak_scan_closed(tmp_path: Path) -> None:
-    report = run_checks(example_outputs(tmp_path), CheckRules(), {"gone": tmp_path / "missing"})
+    os.mkfifo(tmp_path / "fifo")  # there, but neither a directory nor a file
+    report = run_checks(example_outputs(tmp_path), CheckRules(), {"odd": tmp_path / "fifo"})
     leak = results(report, "model.safetensors")["leak_scan"]
-    assert not leak.passed and "'gone'" in leak.reason
+    assert not leak.passed and "'odd'" in leak.reason
+    assert not report.passed
+
+
+def test_a_removed_dataset_version_fails_the_leak_scan_closed(tmp_path: Path,
+                                                              dataset: Path) -> None:
+    """A version retired and purged (None) or whose directory is gone: the scan cannot know
+    what the outputs may not hold, so every file fails it, naming the version."""
+    files = example_outputs(tmp_path / "outbox")
+    for removed in (None, tmp_path / "purged"):
+        report = run_checks(files, CheckRules(), {"demo@2": dataset, "x@1": removed})
+        assert not report.passed
+        for name in ("model.safetensors", "metrics.json"):
+            leak = results(report, name)["leak_scan"]
+            assert not leak.passed
+            assert "the leak scan needs dataset x@1, whose files were removed" in leak.reason
+    both = run_checks(files, CheckRules(), {"x@1": None, "a@3": None})
+    assert "needs datasets a@3, x@1, whose files were removed" in \
+        results(both, "metrics.json")["leak_scan"].reason
+    # The versions still present are scanned as before; a policy without the scan ignores it.
+    assert run_checks(files, CheckRules(), {"demo@2": dataset}).passed
+    assert run_checks(files, CheckRules(leak_scan=False), {"x@1": None}).passed
 
 
 def test_a_crashing_check_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

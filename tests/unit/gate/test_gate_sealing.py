@@ -110,7 +110,7 @@ def test_sealed_bundle_verifies_three_ways(tmp_path: Path, key: GateKey) -> None
     out = CliRunner().invoke(release, ["verify", str(bundle), "--key", str(pem)])
     assert out.exit_code == 0, out.output
     assert "alice" in out.output and "bob, carol" in out.output and "demo" in out.output
-    assert out.output.count("✓") == 5 and "VERIFIED" in out.output
+    assert out.output.count("✓") == 6 and "VERIFIED" in out.output
 
     stock = _model_signing_verify(bundle, pem)
     assert stock.returncode == 0, stock.stderr

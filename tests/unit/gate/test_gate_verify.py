@@ -242,6 +242,16 @@ def test_provenance_that_is_not_sealroom_release_fails_its_step(
         verify_bundle(sealed.path, keys[0].public_pem)
 
 
+def test_a_dependency_without_a_name_fails_the_statement_step(
+        sealed: SealedBundle, keys: tuple[GateKey, GateKey]) -> None:
+    def unnamed(statement: dict[str, Any]) -> None:
+        statement["predicate"]["buildDefinition"]["resolvedDependencies"][0]["name"] = 7
+
+    _resign_provenance(sealed.path, keys[0], unnamed)
+    with pytest.raises(ProvenanceStatementInvalid):
+        verify_bundle(sealed.path, keys[0].public_pem)
+
+
 def test_usage_mistakes_exit_2(tmp_path: Path, sealed: SealedBundle) -> None:
     runner = CliRunner()
     assert runner.invoke(release, ["verify", str(sealed.path)]).exit_code == 2
