@@ -17,6 +17,7 @@ import click
 
 from audit.events import Actor, AuditAction
 from console.cli_audit import audit
+from console.cli_client import project, sandbox
 from console.cli_policy import policy
 from console.cli_release import release
 from console.core import Caller, Sealroom
@@ -168,16 +169,46 @@ def dataset() -> None:
 @dataset.command("add")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", required=True)
-@click.option("--allow", "allow", multiple=True, required=True,
-              help="a user name or a role (repeatable)")
+@click.option("--allow", "allow", multiple=True,
+              help="a user name, role or group:<name> (repeatable); a new version of a known "
+                   "dataset keeps its grants")
 @_refusals
 def dataset_add(path: Path, name: str, allow: tuple[str, ...]) -> None:
-    """Register the file or directory PATH as dataset NAME."""
+    """Register the file or directory PATH as dataset NAME (or as its next version)."""
     from console.services import datasets
 
-    record = datasets.register_dataset(_core(), _caller(), path, name, list(allow))
-    click.echo(f"dataset {record.name} registered: {record.files} files, "
-               f"{record.size_bytes} bytes, {record.digest}")
+    core = _core()
+    record = datasets.register_dataset(core, _caller(), path, name, list(allow))
+    click.echo(f"dataset {record.name} version {record.version} registered: {record.files} "
+               f"files, {record.size_bytes} bytes, {record.digest}")
+    if record.name not in core.policy.datasets or not core.policy.datasets[record.name].allow:
+        click.echo(f"note: the policy grants {record.name} to nobody yet (--allow)", err=True)
+
+
+@dataset.command("list")
+@_refusals
+def dataset_list() -> None:
+    """Every dataset and its versions."""
+    from console.services import datasets
+
+    for row in datasets.all_versions(_core()):
+        state = "removed" if row.removed_at else "retired" if row.retired_at else "active"
+        click.echo(f"{row.label:<32} {state:<8} {row.files:>7} files {row.size_bytes:>14,} "
+                   f"bytes  {row.digest}")
+
+
+@dataset.command("retire")
+@click.argument("name")
+@click.argument("version", type=int)
+@_refusals
+def dataset_retire(name: str, version: int) -> None:
+    """Retire VERSION of dataset NAME: no new mounts; its files go once unused."""
+    from console.services import datasets
+
+    record = datasets.retire(_core(), _caller(), name, version)
+    state = "its files were removed" if record.removed_at else \
+        "its files go when the last running sandbox using it ends"
+    click.echo(f"dataset {record.label} retired; {state}")
 
 
 @main.group()
@@ -272,6 +303,8 @@ def demo_seed() -> None:
 main.add_command(release)
 main.add_command(audit)
 main.add_command(policy)
+main.add_command(sandbox)
+main.add_command(project)
 
 if __name__ == "__main__":
     main()

@@ -169,7 +169,15 @@ def retire(core: Sealroom, caller: Caller, name: str, version: int) -> Dataset:
             request_id=caller.request_id,
             details={"digest": row.digest, "version": version}))
     dataset_versions.remove_unused_files(core)
-    return row
+    with core.read() as session:
+        return session.get(Dataset, row.id) or row
+
+
+def all_versions(core: Sealroom) -> list[Dataset]:
+    """Every version of every dataset, by name then version."""
+    with core.read() as session:
+        return list(session.exec(select(Dataset).order_by(col(Dataset.name),
+                                                          col(Dataset.version))))
 
 
 # --- from the console: an upload, and what people see -------------------------------------

@@ -1,0 +1,151 @@
+"""`sealroom sandbox ...` and `sealroom project ...`: an engineer's commands, spoken to a
+running console over the JSON API with their token (`SEALROOM_URL`, `SEALROOM_TOKEN`), so
+they pass through the same policy, audit and errors as the web console."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+
+EXIT_REFUSED = 1
+EXIT_UNAVAILABLE = 3
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class _Api:
+    def __init__(self, url: str, token: str) -> None:
+        if not token:
+            click.echo("error: set SEALROOM_TOKEN (or --token) to an API token", err=True)
+            sys.exit(EXIT_REFUSED)
+        self.base = url.rstrip("/") + "/api/v1"
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = requests.request(method, self.base + path, headers=self.headers,
+                                        timeout=600, **kwargs)
+        except requests.RequestException as exc:
+            click.echo(f"error: the console at {self.base} does not answer ({exc})", err=True)
+            sys.exit(EXIT_UNAVAILABLE)
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code >= 400:
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            rule = f" (rule {error['rule']})" if error.get("rule") else ""
+            click.echo(f"error: {error.get('message') or response.reason}{rule}", err=True)
+            sys.exit(EXIT_UNAVAILABLE if response.status_code >= 500 else EXIT_REFUSED)
+        return body
+
+
+_url = click.option("--url", envvar="SEALROOM_URL", default=DEFAULT_URL, show_default=True,
+                    help="the console (SEALROOM_URL)")
+_token = click.option("--token", envvar="SEALROOM_TOKEN", default="",
+                      help="your API token (SEALROOM_TOKEN)")
+
+
+@click.group()
+def sandbox() -> None:
+    """Launch and inspect your sandboxes through the console's API."""
+
+
+@sandbox.command("launch")
+@click.option("--dataset", "datasets", multiple=True, required=True,
+              help="NAME or NAME@VERSION (repeatable)")
+@click.option("--example", help="a bundled example (instead of --code)")
+@click.option("--code", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="a .py script or a .zip of code")
+@click.option("--command", "command", default="python train.py", show_default=True)
+@click.option("--input", "inputs", multiple=True,
+              help="a finished sandbox whose outputs are mounted at /inputs/<id> (repeatable)")
+@click.option("--project", default="", help="work in this project's workspace")
+@click.option("--kind", type=click.Choice(["single", "mpi"]), default="single")
+@click.option("--ranks", type=int, default=1)
+@click.option("--cpus", type=float, default=1.0)
+@click.option("--memory-mb", type=int, default=2048)
+@click.option("--timeout-s", type=int, default=1800)
+@_url
+@_token
+def sandbox_launch(datasets: tuple[str, ...], example: str | None, code: Path | None,
+                   command: str, inputs: tuple[str, ...], project: str, kind: str, ranks: int,
+                   cpus: float, memory_mb: int, timeout_s: int, url: str, token: str) -> None:
+    """Launch a sandbox; prints its id."""
+    if (example is None) == (code is None):
+        click.echo("error: give --example or --code", err=True)
+        sys.exit(EXIT_REFUSED)
+    order: dict[str, Any] = {
+        "datasets": list(datasets), "command": command, "inputs": list(inputs),
+        "project": project, "kind": kind, "ranks": ranks,
+        "limits": {"cpus": cpus, "memory_mb": memory_mb, "timeout_s": timeout_s}}
+    api = _Api(url, token)
+    if code is not None:
+        body = api.call("POST", "/sandboxes", data={"request": json.dumps(order)},
+                        files={"code": (code.name, code.read_bytes())})
+    else:
+        body = api.call("POST", "/sandboxes", json={**order, "example": example})
+    click.echo(body["id"])
+
+
+@sandbox.command("show")
+@click.argument("sandbox_id")
+@_url
+@_token
+def sandbox_show(sandbox_id: str, url: str, token: str) -> None:
+    """A sandbox's state, as JSON."""
+    click.echo(json.dumps(_Api(url, token).call("GET", f"/sandboxes/{sandbox_id}"), indent=2))
+
+
+@sandbox.command("lineage")
+@click.argument("sandbox_id")
+@_url
+@_token
+def sandbox_lineage(sandbox_id: str, url: str, token: str) -> None:
+    """What a sandbox builds on and what builds on it."""
+    body = _Api(url, token).call("GET", f"/sandboxes/{sandbox_id}/lineage")
+    click.echo(f"sandbox {body['sandbox']}")
+    for d in body["datasets"]:
+        click.echo(f"  dataset   {d['name']}@{d.get('version', 1)}  {d['digest']}")
+    for i in body["inputs"]:
+        click.echo(f"  input     {i['sandbox']} ({i['owner']})  {i['digest']}")
+    if body["project"]:
+        parent = body["project_parent"] or "none"
+        click.echo(f"  project   {body['project']} (continues {parent})")
+    for node in body["ancestors"]:
+        click.echo(f"  ancestor  {node['sandbox']} ({node['owner']})  code {node['code']}")
+    for d in body["descends_from"]:
+        click.echo(f"  descends from {d['name']}@{d['version']}")
+    for s in body["used_by"]:
+        click.echo(f"  used by   {s['sandbox']} ({s['owner']}, via {s['via']})")
+
+
+@click.group()
+def project() -> None:
+    """Your projects: a workspace carried from sandbox to sandbox."""
+
+
+@project.command("create")
+@click.argument("name")
+@click.option("--quota-mb", type=int, default=1024, show_default=True)
+@_url
+@_token
+def project_create(name: str, quota_mb: int, url: str, token: str) -> None:
+    """Create project NAME with a workspace of QUOTA MB."""
+    body = _Api(url, token).call("POST", "/projects", json={"name": name,
+                                                            "quota_mb": quota_mb})
+    click.echo(f"project {body['name']} created ({body['quota_mb']} MB)")
+
+
+@project.command("list")
+@_url
+@_token
+def project_list(url: str, token: str) -> None:
+    """Your projects and those shared with you."""
+    for p in _Api(url, token).call("GET", "/projects")["projects"]:
+        busy = f"in use by {p['in_use_by']}" if p["in_use_by"] else "free"
+        click.echo(f"{p['name']:<24} {p['owner']:<16} {p['quota_mb']:>7} MB  {busy}")
