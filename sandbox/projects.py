@@ -174,6 +174,18 @@ class ProjectVolumes:
         except OSError:
             return False
 
+    def _attached(self, image: Path) -> bool:
+        """Whether some loop device still reads `image`: a sandbox that has not ended still
+        holds the filesystem after the host's own mount went."""
+        wanted = str(image.resolve())
+        for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+            try:
+                if backing.read_text().strip() == wanted:
+                    return True
+            except OSError:
+                continue
+        return False
+
     def _capacity(self, mountpoint: Path) -> tuple[int, int]:
         found = os.statvfs(mountpoint)
         used = (found.f_blocks - found.f_bfree) * found.f_frsize
@@ -196,7 +208,8 @@ class ProjectVolumes:
         """Make and mount an empty volume of `quota_mb` megabytes for a new project. Refuses
         an existing project; on any failure nothing made here is left behind."""
         directory = self._dir(name)
-        if isinstance(quota_mb, bool) or not MIN_QUOTA_MB <= quota_mb <= MAX_QUOTA_MB:
+        if not isinstance(quota_mb, int) or isinstance(quota_mb, bool) \
+                or not MIN_QUOTA_MB <= quota_mb <= MAX_QUOTA_MB:
             raise InvalidProject(
                 f"a project's quota must be between {MIN_QUOTA_MB} and {MAX_QUOTA_MB} MB")
         with self._locked():
@@ -219,7 +232,9 @@ class ProjectVolumes:
             return self._ensure_mounted(name)
 
     def usage(self, name: str) -> tuple[int, int]:
-        """(bytes used, bytes the volume can hold) of the project's filesystem."""
+        """(bytes used, bytes the volume can hold) of the project's filesystem: the second is
+        used plus what the sandbox user can still write, a little under the quota (ext4's
+        own metadata)."""
         with self._locked():
             self._ensure_mounted(name)
             return self._capacity(self.mountpoint(name))
@@ -250,8 +265,8 @@ class ProjectVolumes:
                 os.close(source_fd)
 
     def unmount(self, name: str) -> None:
-        """Unmount the project's volume (it is mounted again when next needed); an unmounted
-        or missing project counts as done."""
+        """Unmount the project's volume, freeing its loop device once no sandbox holds it (it
+        is mounted again when next needed); an unmounted or missing project counts as done."""
         with self._locked():
             mountpoint = self.mountpoint(name)
             if self._is_mounted(mountpoint):
@@ -288,6 +303,11 @@ class ProjectVolumes:
             raise ProjectVolumeError(f"The project {name}'s volume is missing.",
                                      detail=f"{image} is not a regular file")
         if not self._is_mounted(mountpoint):
+            if self._attached(image):  # a second mount of one ext4 image would corrupt it
+                raise ProjectVolumeError(
+                    f"The project {name}'s volume is still in use by a sandbox that has not "
+                    f"ended.", detail=f"{image} is attached to a loop device but not mounted "
+                    f"at {mountpoint}")
             mountpoint.mkdir(mode=0o700, exist_ok=True)
             self._mount(image, mountpoint)
         if not self._backed_by(mountpoint, image):

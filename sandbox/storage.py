@@ -66,6 +66,10 @@ class SandboxStorage(Protocol):
     def remove_project(self, name: str) -> None:
         """Delete a project's workspace and every file in it; a missing one counts as done."""
 
+    def unmount_project(self, name: str) -> None:
+        """Let go of a project's workspace while none of its sandboxes runs (it comes back
+        when next used); safe to repeat."""
+
     def project_usage(self, name: str) -> tuple[int, int]:
         """(bytes used, bytes it can hold) of a project's workspace."""
 
@@ -169,6 +173,9 @@ class LocalStorage:
 
     def remove_project(self, name: str) -> None:
         self.projects.remove(name)
+
+    def unmount_project(self, name: str) -> None:
+        self.projects.unmount(name)
 
     def project_usage(self, name: str) -> tuple[int, int]:
         return self.projects.usage(name)

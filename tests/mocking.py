@@ -364,6 +364,9 @@ class FakeProjectVolumes(ProjectVolumes):
     def _backed_by(self, mountpoint: Path, image: Path) -> bool:
         return True
 
+    def _attached(self, image: Path) -> bool:
+        return False
+
     def _capacity(self, mountpoint: Path) -> tuple[int, int]:
         used = sum(os.lstat(os.path.join(top, name)).st_size
                    for top, dirs, files in os.walk(mountpoint) for name in dirs + files)

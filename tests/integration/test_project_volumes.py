@@ -27,7 +27,13 @@ import pytest
 from sandbox.backend import LABEL_INSTALLATION, BackendState, ContainerState, RunState
 from sandbox.docker_backend import DockerBackend
 from sandbox.hardening import assert_hardened
-from sandbox.projects import ProjectExists, ProjectFull, ProjectNotFound, ProjectVolumes
+from sandbox.projects import (
+    ProjectExists,
+    ProjectFull,
+    ProjectNotFound,
+    ProjectVolumeError,
+    ProjectVolumes,
+)
 from sandbox.spec import SANDBOX_GID, SANDBOX_UID, NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
 from tests.engine_fixtures import need_engine
@@ -282,3 +288,38 @@ def test_a_missing_project_fails_the_create_and_leaves_nothing(
     with pytest.raises(ProjectNotFound):
         backend.create(spec)
     assert backend.list_owned() == []
+
+
+HOLDER = """
+import signal
+with open("/workspace/alive", "w") as handle:
+    handle.write("yes")
+signal.pause()
+"""
+
+
+def _until(condition: Any, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_volume_a_running_sandbox_holds_is_never_mounted_twice(
+        backend: DockerBackend, storage: LocalStorage, python_image: str) -> None:
+    """Unmounted on the host while a sandbox still runs on it, the filesystem lives on in
+    the container: mounting the image again (a second loop device) would corrupt it."""
+    project = _project()
+    storage.create_project(project, QUOTA_MB)
+    image, workspace = storage.projects.image(project), storage.projects.workspace(project)
+    state = backend.create(_in_project(storage, python_image, project, HOLDER))
+    backend.start(state)
+    _until(lambda: (workspace / "alive").exists(), "the sandbox never wrote its file")
+    storage.unmount_project(project)
+    assert _loops_over(image)  # the container still holds it
+    with pytest.raises(ProjectVolumeError, match="still in use"):
+        storage.projects.workspace(project)
+    backend.stop(state, timeout_s=1)
+    backend.remove(state)
+    _until(lambda: not _loops_over(image), "the loop device outlived the sandbox")
+    assert (storage.projects.workspace(project) / "alive").read_text() == "yes"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,9 +58,9 @@ def test_names_share_the_sandbox_id_alphabet(volumes: FakeProjectVolumes, name: 
             call(name)
 
 
-@pytest.mark.parametrize("quota", [0, MIN_QUOTA_MB - 1, -5, 1 << 40, True])
+@pytest.mark.parametrize("quota", [0, MIN_QUOTA_MB - 1, -5, 1 << 40, True, 16.5, "32"])
 def test_quota_out_of_bounds_is_refused_and_makes_nothing(volumes: FakeProjectVolumes,
-                                                          quota: int) -> None:
+                                                          quota: Any) -> None:
     with pytest.raises(InvalidProject):
         volumes.create("proj", quota)
     assert not volumes.exists("proj")

@@ -98,6 +98,9 @@ def test_a_project_spec_gets_the_projects_workspace_and_its_own_outbox(
     assert workspace == storage.projects.workspace("proj") != storage.workspace("sb-1")
     assert outbox == storage.outbox("sb-1")
     assert storage.project_usage("proj")[1] == 64 * 1024 * 1024
+    storage.unmount_project("proj")
+    storage.unmount_project("proj")
+    assert storage.host_paths(in_project)[0] == workspace  # mounted again
     storage.remove_project("proj")
     storage.remove_project("proj")
     assert not storage.projects.exists("proj")
