@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from sandbox.spec import NetworkPlan, SandboxSpec
+from sandbox.spec import NetworkPlan, SandboxSpec, valid_sandbox_id
 from sandbox.storage import SandboxStorage
 
 #: Labels every container, network and volume of ours carries.
@@ -97,11 +97,16 @@ class ContainerState:
     sandbox_id: str = ""
     #: GPUs each member was given (its self-check expects exactly these device requests).
     gpus: int = 0
+    #: The sandboxes whose outputs each member mounts under /inputs (its self-check expects
+    #: exactly these, read-only).
+    inputs: tuple[str, ...] = ()
 
     def to_state(self) -> BackendState:
         return {"members": [{"name": m.name, "container": m.container} for m in self.members],
                 "plan": str(self.plan), "network": self.network,
-                "sandbox": self.sandbox_id, "gpus": self.gpus}
+                "sandbox": self.sandbox_id, "gpus": self.gpus,
+                # Only where used, so that states stored before inputs read the same.
+                **({"inputs": list(self.inputs)} if self.inputs else {})}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> ContainerState:
@@ -119,9 +124,13 @@ class ContainerState:
         network = state.get("network")
         sandbox_id = state.get("sandbox")
         gpus = state.get("gpus")
+        raw_inputs = state.get("inputs")
+        inputs = tuple(i for i in raw_inputs if isinstance(i, str) and valid_sandbox_id(i)) \
+            if isinstance(raw_inputs, list) else ()
         return cls(tuple(members), plan, network if isinstance(network, str) else "",
                    sandbox_id if isinstance(sandbox_id, str) else "",
-                   gpus if isinstance(gpus, int) and not isinstance(gpus, bool) else 0)
+                   gpus if isinstance(gpus, int) and not isinstance(gpus, bool) else 0,
+                   inputs)
 
     @property
     def objects(self) -> frozenset[str]:

@@ -4,8 +4,9 @@ Talks to the engine through the Docker SDK, selects what it owns by the installa
 and turns every engine or connection failure into a `SandboxError` with a user-safe message.
 A sandbox's state (`ContainerState`) names its members, launcher first: one container under
 the "none" network plan, or an MPI cluster (`sandbox.cluster`) whose ranks share the
-launcher's loopback-only network namespace. Workspaces and outboxes live in a
-`LocalStorage` on the engine's host, bind-mounted.
+launcher's loopback-only network namespace. Workspaces, outboxes and projects' volumes live
+in a `LocalStorage` on the engine's host, bind-mounted, as are the outboxes of the earlier
+sandboxes a spec takes as inputs (read-only).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -236,22 +238,36 @@ class DockerBackend:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _inputs(self, spec: SandboxSpec) -> dict[str, Path]:
+        """The host directory of each input's outputs; a sandbox whose outputs are not
+        kept (never made, or discarded) cannot be an input."""
+        found: dict[str, Path] = {}
+        for item in spec.inputs:
+            path = self._storage.input_path(item.sandbox_id)
+            if path.is_symlink() or not path.is_dir():
+                raise InvalidSpec(f"The outputs of sandbox {item.sandbox_id} are not kept, "
+                                  f"so they cannot be an input.", detail=f"{path} is missing")
+            found[item.sandbox_id] = path
+        return found
+
     def create(self, spec: SandboxSpec) -> BackendState:
         if spec.ranks > 1:
             return self._create_cluster(spec)
+        inputs = self._inputs(spec)
         workspace, outbox = self._storage.host_paths(spec)
         kwargs = create_kwargs(spec, installation=self.installation, init=self.supports_init(),
-                               workspace=workspace, outbox=outbox)
+                               workspace=workspace, outbox=outbox, inputs=inputs)
         kwargs["labels"] = {**kwargs["labels"], LABEL_MEMBER: LAUNCHER}
         client = self._client()
         with _engine_errors("create the sandbox"):
             container = client.containers.create(**kwargs)
         return ContainerState((Member(LAUNCHER, str(container.id)),), spec.network,
-                              gpus=spec.gpus).to_state()
+                              gpus=spec.gpus, inputs=tuple(inputs)).to_state()
 
     def _create_cluster(self, spec: SandboxSpec) -> BackendState:
         """The launcher first (it holds the loopback-only namespace), then each rank in it;
         keys made for this launch. On any failure nothing made here is left behind."""
+        inputs = self._inputs(spec)
         workspace, outbox = self._storage.host_paths(spec)
         secrets = self._storage.write_secrets(spec.sandbox_id,
                                               ClusterSecrets.generate(spec.ranks).files)
@@ -263,7 +279,7 @@ class DockerBackend:
                 holder = members[0].container if members else ""
                 kwargs = member_kwargs(spec, rank, installation=self.installation, init=init,
                                        workspace=workspace, outbox=outbox, secrets=secrets,
-                                       holder=holder)
+                                       holder=holder, inputs=inputs)
                 name = member_name(rank)
                 kwargs["labels"] = {**kwargs["labels"], LABEL_MEMBER: name}
                 with _engine_errors("create the sandbox"):
@@ -274,7 +290,7 @@ class DockerBackend:
                                        spec.sandbox_id).to_state())
             raise
         return ContainerState(tuple(members), spec.network, members[0].container,
-                              spec.sandbox_id, spec.gpus).to_state()
+                              spec.sandbox_id, spec.gpus, tuple(inputs)).to_state()
 
     def _inspect(self, handle: str) -> dict[str, Any] | None:
         """The container's attributes, or None when it is gone or not this installation's."""
@@ -307,7 +323,8 @@ class DockerBackend:
         found = self._members(state, "start")
         for member in found.members:
             violations = assert_hardened(self._require(member.container, "start"),
-                                         found.plan, found.network, gpus=found.gpus)
+                                         found.plan, found.network, gpus=found.gpus,
+                                         inputs=found.inputs)
             if violations:
                 raise SandboxError(
                     "The sandbox failed its hardening self-check and was not started.",

@@ -45,3 +45,7 @@ class InvalidUpload(SandboxError):
 
 class ImageBuildError(SandboxError):
     """An image could not be built."""
+
+
+class ProjectVolumeError(SandboxError):
+    """A project's volume could not be made, mounted, filled or removed (or is full)."""

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,14 @@ from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
 from sandbox.cluster import SECRETS_TARGET, launcher_command, member_name, rank_command
 from sandbox.spec import (
     DATA_ROOT,
+    INPUTS_ROOT,
     OUTBOX,
     SANDBOX_GID,
     SANDBOX_UID,
     WORKSPACE,
     NetworkPlan,
     SandboxSpec,
+    valid_sandbox_id,
 )
 
 SANDBOX_USER = f"{SANDBOX_UID}:{SANDBOX_GID}"
@@ -70,20 +72,37 @@ def network_mode(plan: NetworkPlan, network: str = "") -> str:
     return f"container:{network}"
 
 
+def _input_mounts(spec: SandboxSpec, inputs: Mapping[str, Path]) -> list[Mount]:
+    """One read-only bind per input, from the host path given for exactly that input."""
+    wanted = {i.sandbox_id for i in spec.inputs}
+    if set(inputs) != wanted:
+        raise ValueError(f"host paths given for inputs {sorted(inputs)}, the spec has "
+                         f"{sorted(wanted)}")
+    for sandbox_id, path in inputs.items():
+        if not path.is_absolute():
+            raise ValueError(f"the host path of input {sandbox_id} must be absolute")
+    return [Mount(target=i.target, source=str(inputs[i.sandbox_id]), type="bind",
+                  read_only=True) for i in spec.inputs]
+
+
 def create_kwargs(spec: SandboxSpec, *, installation: str, init: bool, workspace: Path,
-                  outbox: Path, network: str = "") -> dict[str, Any]:
+                  outbox: Path, network: str = "",
+                  inputs: Mapping[str, Path] | None = None) -> dict[str, Any]:
     """Keyword arguments for `DockerClient.containers.create` that run `spec` sealed.
 
     `init` says whether the engine has a working `docker-init`; the backend asks the engine,
     since an `init=True` container on an engine without one is created but never starts.
-    `workspace` and `outbox` are the host directories the backend's storage keeps; `network`
-    names the cluster's own network under a members-only plan.
+    `workspace` and `outbox` are the host directories the backend's storage keeps (the
+    workspace is a project's when the spec names one); `inputs` maps each of `spec.inputs`
+    to the host directory of that sandbox's outputs, mounted read-only at /inputs/<id>;
+    `network` names the cluster's own network under a members-only plan.
     """
     memory = spec.limits.memory_mb * 1024 * 1024
     mounts = [
         Mount(target=d.target, source=str(d.host_path), type="bind", read_only=True)
         for d in spec.datasets
     ]
+    mounts.extend(_input_mounts(spec, inputs or {}))
     mounts.append(Mount(target=WORKSPACE, source=str(workspace), type="bind"))
     mounts.append(Mount(target=OUTBOX, source=str(outbox), type="bind"))
     environment = {"HOME": TMP_DIR, **dict(spec.env)}
@@ -126,18 +145,18 @@ def create_kwargs(spec: SandboxSpec, *, installation: str, init: bool, workspace
 
 def member_kwargs(spec: SandboxSpec, rank: int, *, installation: str, init: bool,
                   workspace: Path, outbox: Path, secrets: Path,
-                  holder: str = "") -> dict[str, Any]:
+                  holder: str = "", inputs: Mapping[str, Path] | None = None) -> dict[str, Any]:
     """`create_kwargs` for member `rank` of a cluster: the launcher (rank 0, `holder` empty)
     runs the command under mpirun and holds the loopback-only namespace; every other rank runs
     its sshd in the launcher's namespace (`holder`: the launcher's container id). Every
-    member has the same limits, datasets, workspace and outbox, and the cluster's keys
-    read-only."""
+    member has the same limits, datasets, inputs, workspace and outbox, and the cluster's
+    keys read-only."""
     if spec.network is not NetworkPlan.MEMBERS_ONLY or not 0 <= rank < spec.ranks:
         raise ValueError("member_kwargs is for the ranks of a cluster")
     if (rank == 0) == bool(holder):
         raise ValueError("the launcher holds the namespace; every other rank joins it")
     kwargs = create_kwargs(spec, installation=installation, init=init, workspace=workspace,
-                           outbox=outbox, network=holder)
+                           outbox=outbox, network=holder, inputs=inputs)
     kwargs["command"] = (launcher_command(spec.ranks, spec.command) if rank == 0
                          else rank_command(rank))
     mounts = kwargs["mounts"]
@@ -157,8 +176,10 @@ def _host_mode(value: object) -> bool:
     return isinstance(value, str) and (value == "host" or value.startswith("container:"))
 
 
-def _mount_violations(attrs: Mapping[str, Any], plan: NetworkPlan) -> list[str]:
+def _mount_violations(attrs: Mapping[str, Any], plan: NetworkPlan,
+                      inputs: Collection[str] | None) -> list[str]:
     found: list[str] = []
+    mounted_inputs: set[str] = set()
     host = attrs.get("HostConfig") or {}
     for bind in host.get("Binds") or []:
         found.append(f"bind mount {bind!r} outside the declared mounts")
@@ -191,8 +212,16 @@ def _mount_violations(attrs: Mapping[str, Any], plan: NetworkPlan) -> list[str]:
         if parent == DATA_ROOT and name:
             if writable:
                 found.append(f"dataset mount {target} is writable")
+        elif parent == INPUTS_ROOT and valid_sandbox_id(name):
+            mounted_inputs.add(name)
+            if writable:
+                found.append(f"input mount {target} is writable")
+            if inputs is not None and name not in inputs:
+                found.append(f"input mount {target} was not asked for")
         else:
             found.append(f"unexpected mount at {target}")
+    for missing in sorted(set(inputs or ()) - mounted_inputs):
+        found.append(f"input {missing} is not mounted")
     return found
 
 
@@ -213,9 +242,13 @@ def _network_violations(attrs: Mapping[str, Any], plan: NetworkPlan,
 
 
 def assert_hardened(attrs: Mapping[str, Any], plan: NetworkPlan,
-                    network: str = "", *, gpus: int = 0) -> list[str]:
+                    network: str = "", *, gpus: int = 0,
+                    inputs: Collection[str] | None = None) -> list[str]:
     """Every way a `docker inspect` result falls short of `create_kwargs` under the network
-    plan it was given (and the cluster's own network, for members-only); [] when sealed."""
+    plan it was given (and the cluster's own network, for members-only); [] when sealed.
+
+    Every mount under /inputs must be exactly /inputs/<sandbox id>, read-only; given
+    `inputs` (the sandbox ids the spec asked for), exactly those."""
     found: list[str] = []
     host = attrs.get("HostConfig") or {}
     config = attrs.get("Config") or {}
@@ -269,7 +302,7 @@ def assert_hardened(attrs: Mapping[str, Any], plan: NetworkPlan,
         found.append("ports published")
     if host.get("Links"):
         found.append("links to other containers")
-    found.extend(_mount_violations(attrs, plan))
+    found.extend(_mount_violations(attrs, plan, inputs))
 
     labels = config.get("Labels") or {}
     for label in (LABEL_SANDBOX, LABEL_OWNER, LABEL_INSTALLATION):

@@ -1,9 +1,11 @@
-"""Where a sandbox's workspace and outbox live, behind one small interface.
+"""Where a sandbox's workspace and outbox live, and projects' persistent workspaces,
+behind one small interface.
 
-Services stage code into a sandbox and read its outbox through `SandboxStorage`, never
-through a host path, so a backend whose volumes live on another machine can bring its own
-storage. `LocalStorage` keeps them under one directory of this host
-(`<root>/<sandbox id>/workspace` and `.../outbox`); the Docker backend bind-mounts them.
+Services stage code into a sandbox, read its outbox and manage projects through
+`SandboxStorage`, never through a host path, so a backend whose volumes live on another
+machine can bring its own storage. `LocalStorage` keeps them under directories of this host
+(`<root>/<sandbox id>/workspace` and `.../outbox`; projects as `sandbox.projects` volumes);
+the Docker backend bind-mounts them, and an earlier sandbox's outbox as an input.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sandbox.outbox import (
     list_outbox,
     open_outbox_file,
 )
+from sandbox.projects import ProjectVolumes
 from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec, valid_sandbox_id
 
 
@@ -56,12 +59,35 @@ class SandboxStorage(Protocol):
     def discard(self, sandbox_id: str) -> None:
         """Delete the workspace and outbox; a missing sandbox counts as done."""
 
+    def create_project(self, name: str, quota_mb: int) -> None:
+        """Make an empty persistent workspace of `quota_mb` MB for a new project (refuses an
+        existing one: `ProjectExists`)."""
+
+    def remove_project(self, name: str) -> None:
+        """Delete a project's workspace and every file in it; a missing one counts as done."""
+
+    def unmount_project(self, name: str) -> None:
+        """Let go of a project's workspace while none of its sandboxes runs (it comes back
+        when next used); safe to repeat."""
+
+    def project_usage(self, name: str) -> tuple[int, int]:
+        """(bytes used, bytes it can hold) of a project's workspace."""
+
+    def stage_into_project(self, sandbox_id: str, project: str) -> None:
+        """Copy the code staged in a sandbox's own workspace into its project's workspace,
+        replacing same-named files (`ProjectFull` when there is no room)."""
+
 
 class LocalStorage:
-    """Workspaces and outboxes as directories under `root` on this host."""
+    """Workspaces and outboxes as directories under `root` on this host; projects' volumes
+    under `projects_root` (by default `projects` beside `root`)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, projects_root: Path | None = None, *,
+                 projects: ProjectVolumes | None = None) -> None:
         self.root = root
+        #: `projects` stands in for the volumes in tests that must not mount anything.
+        self.projects = projects if projects is not None else ProjectVolumes(
+            projects_root if projects_root is not None else root.parent / "projects")
 
     def _dir(self, sandbox_id: str) -> Path:
         if not valid_sandbox_id(sandbox_id):
@@ -77,7 +103,16 @@ class LocalStorage:
         return self._dir(sandbox_id) / "outbox"
 
     def host_paths(self, spec: SandboxSpec) -> tuple[Path, Path]:
-        return self.workspace(spec.sandbox_id), self.outbox(spec.sandbox_id)
+        """The host directories bound at /workspace and /outbox: the workspace is the
+        project's (its volume mounted first) when the spec names one."""
+        workspace = (self.projects.workspace(spec.project) if spec.project
+                     else self.workspace(spec.sandbox_id))
+        return workspace, self.outbox(spec.sandbox_id)
+
+    def input_path(self, sandbox_id: str) -> Path:
+        """The host directory a later sandbox mounts read-only at /inputs/<sandbox id>: this
+        sandbox's outbox (for backends on this host only)."""
+        return self.outbox(sandbox_id)
 
     def secrets(self, sandbox_id: str) -> Path:
         """The host directory of a cluster's own keys (for backends on this host only)."""
@@ -132,3 +167,18 @@ class LocalStorage:
         shutil.rmtree(self.outbox(sandbox_id), ignore_errors=True)
         with contextlib.suppress(OSError):  # kept while the console still holds files there
             self._dir(sandbox_id).rmdir()
+
+    def create_project(self, name: str, quota_mb: int) -> None:
+        self.projects.create(name, quota_mb)
+
+    def remove_project(self, name: str) -> None:
+        self.projects.remove(name)
+
+    def unmount_project(self, name: str) -> None:
+        self.projects.unmount(name)
+
+    def project_usage(self, name: str) -> tuple[int, int]:
+        return self.projects.usage(name)
+
+    def stage_into_project(self, sandbox_id: str, project: str) -> None:
+        self.projects.copy_in(project, self.workspace(sandbox_id))

@@ -18,9 +18,8 @@ from console.app import create_app
 from console.core import Sealroom
 from console.services import accounts, datasets, images
 from console.settings import Settings, register_backend
-from sandbox.storage import LocalStorage
 from tests.helpers import OPERATOR, PASSWORD, UNTIMED_HEALTH_CHECKS, write_dataset
-from tests.mocking import FakeBackend, ScriptedOutcome
+from tests.mocking import FakeBackend, ScriptedOutcome, fake_storage
 
 pytest_plugins = ["tests.engine_fixtures"]
 
@@ -57,8 +56,9 @@ def settings(tmp_path: Path) -> Settings:
 
 def make_fake_backend(settings: Settings) -> FakeBackend:
     # Console tests watch sandboxes while they run; tests that need an exit script one.
-    # Workspaces and outboxes are real directories, as on the engine's host.
-    return FakeBackend(store=LocalStorage(settings.sandboxes_dir),
+    # Workspaces and outboxes are real directories, as on the engine's host; projects'
+    # volumes are plain directories too (unit tests mount nothing).
+    return FakeBackend(store=fake_storage(settings.sandboxes_dir),
                        default_outcome=ScriptedOutcome(stays_running=True, logs=b"epoch 1/1\n"))
 
 

@@ -1,18 +1,22 @@
 """Test doubles: `FakeBackend`, an in-memory `Backend` that stands in for the real engine in
 fast, hermetic unit tests of the console (registered as `SEALROOM_BACKEND=fake` by
-tests/conftest.py; the product itself knows only `docker`).
+tests/conftest.py; the product itself knows only `docker`), and `FakeProjectVolumes`,
+projects' volumes as plain directories (no loop device, no mount, no quota enforced).
 
 It mirrors what `DockerBackend` was observed to do on a real engine (exit codes, OOM, stop,
 idempotent stop/remove, lost containers, log cursors and rotation); each of those behaviours
-has a real-engine test too (tests/integration/test_docker_backend.py).
+has a real-engine test too (tests/integration/test_docker_backend.py; projects and inputs:
+tests/integration/test_project_volumes.py, tests/security/test_input_mounts.py).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sandbox.backend import (
     LAUNCHER,
@@ -26,7 +30,8 @@ from sandbox.backend import (
     combine,
 )
 from sandbox.cluster import member_name
-from sandbox.errors import EngineUnavailable, SandboxNotFound
+from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxNotFound
+from sandbox.projects import ProjectVolumes
 from sandbox.spec import NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
 
@@ -174,8 +179,16 @@ class FakeBackend:
 
     def create(self, spec: SandboxSpec) -> BackendState:
         """One fake container per rank; the launcher (rank 0) plays the scripted outcome, the
-        other ranks run until stopped (as their sshd would)."""
+        other ranks run until stopped (as their sshd would). As `DockerBackend`, refuses an
+        input whose outputs are not kept and mounts (finds) the project's volume."""
         self._engine()
+        if self.store is not None:
+            for item in spec.inputs:
+                path = self.store.input_path(item.sandbox_id)
+                if path.is_symlink() or not path.is_dir():
+                    raise InvalidSpec(f"The outputs of sandbox {item.sandbox_id} are not "
+                                      f"kept, so they cannot be an input.")
+            self.store.host_paths(spec)
         outcome = self._by_sandbox_id.get(spec.sandbox_id, self.default_outcome)
         members = []
         for rank in range(spec.ranks):
@@ -185,10 +198,11 @@ class FakeBackend:
                 outcome=outcome if rank == 0 else ScriptedOutcome(stays_running=True))
             members.append(Member(member_name(rank), handle))
         self.created_specs.append(spec)
+        inputs = tuple(i.sandbox_id for i in spec.inputs)
         if spec.ranks == 1:
-            return ContainerState(tuple(members), gpus=spec.gpus).to_state()
+            return ContainerState(tuple(members), gpus=spec.gpus, inputs=inputs).to_state()
         return ContainerState(tuple(members), NetworkPlan.MEMBERS_ONLY, members[0].container,
-                              spec.sandbox_id, spec.gpus).to_state()
+                              spec.sandbox_id, spec.gpus, inputs).to_state()
 
     def member_handle(self, sandbox_id: str, name: str) -> str:
         """The fake container of one member ("main", "rank-1") of a sandbox."""
@@ -323,3 +337,43 @@ class FakeBackend:
         box.exit_code = code
         box.oom_killed = oom_killed
         box.finished_at = self._now()
+
+
+class FakeProjectVolumes(ProjectVolumes):
+    """`ProjectVolumes` whose volumes are plain directories: "mounting" is remembered in
+    memory, the quota only reported (`usage`), never enforced. Naming, locking, copying in
+    and removal are the real code. Quotas, ENOSPC and remounting have real tests in
+    tests/integration/test_project_volumes.py."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.mounted: set[Path] = set()
+
+    def _make_filesystem(self, image: Path, quota_mb: int) -> None:
+        image.write_text(f"{quota_mb}\n")
+
+    def _mount(self, image: Path, mountpoint: Path) -> None:
+        self.mounted.add(mountpoint)
+
+    def _unmount(self, mountpoint: Path) -> None:
+        self.mounted.discard(mountpoint)
+
+    def _is_mounted(self, mountpoint: Path) -> bool:
+        return mountpoint in self.mounted
+
+    def _backed_by(self, mountpoint: Path, image: Path) -> bool:
+        return True
+
+    def _attached(self, image: Path) -> bool:
+        return False
+
+    def _capacity(self, mountpoint: Path) -> tuple[int, int]:
+        used = sum(os.lstat(os.path.join(top, name)).st_size
+                   for top, dirs, files in os.walk(mountpoint) for name in dirs + files)
+        quota_mb = int((mountpoint.parent / "volume.ext4").read_text())
+        return used, quota_mb * 1024 * 1024
+
+
+def fake_storage(root: Path) -> LocalStorage:
+    """A `LocalStorage` under `root` whose projects are `FakeProjectVolumes` beside it."""
+    return LocalStorage(root, projects=FakeProjectVolumes(root.parent / "projects"))

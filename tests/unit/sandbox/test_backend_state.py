@@ -20,6 +20,9 @@ def test_state_round_trips_through_json_shaped_data() -> None:
     state = ContainerState((Member(LAUNCHER, "c0"), Member("rank-1", "c1")),
                            NetworkPlan.MEMBERS_ONLY, "c0", "sb-1")
     assert ContainerState.from_state(state.to_state()) == state
+    with_inputs = ContainerState((Member(LAUNCHER, "c0"),), inputs=("sb-0", "sb-9"))
+    assert ContainerState.from_state(with_inputs.to_state()) == with_inputs
+    assert "inputs" not in state.to_state()  # states stored before inputs read the same
     assert state.objects == {"c0", "c1"}
     assert state.member("") == Member(LAUNCHER, "c0")
     assert state.member("rank-1") == Member("rank-1", "c1")
@@ -71,3 +74,9 @@ def test_a_ranks_output_is_its_chunks_even_where_a_tag_splits_a_line() -> None:
     assert rank_output(tagged, 0) == b'{"ok": true}\nwarning\n'
     assert rank_output(tagged, 1) == b"rank 1\n"
     assert rank_output(b"no tags at all\n", 0) == b""
+
+
+@pytest.mark.parametrize("stored", ["sb-0", ["../x", 3, None], {"sb-0": 1}])
+def test_malformed_inputs_read_as_none(stored: Any) -> None:
+    """No inputs expected: the self-check then refuses any mount under /inputs."""
+    assert ContainerState.from_state({"inputs": stored}).inputs == ()

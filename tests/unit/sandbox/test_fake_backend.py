@@ -10,11 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.backend import Backend, OwnedSandbox, RunState
-from sandbox.errors import EngineUnavailable, SandboxNotFound
-from sandbox.spec import NetworkPlan, SandboxSpec
-from sandbox.storage import LocalStorage
-from tests.mocking import OOM_EXIT_CODE, STOPPED_EXIT_CODE, FakeBackend, ScriptedOutcome
+from sandbox.backend import Backend, ContainerState, OwnedSandbox, RunState
+from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxNotFound
+from sandbox.projects import ProjectNotFound
+from sandbox.spec import InputMount, NetworkPlan, SandboxSpec
+from tests.mocking import (
+    OOM_EXIT_CODE,
+    STOPPED_EXIT_CODE,
+    FakeBackend,
+    ScriptedOutcome,
+    fake_storage,
+)
 
 
 def _spec(sandbox_id: str = "sb-1", owner: str = "alice") -> SandboxSpec:
@@ -28,7 +34,7 @@ def _spec(sandbox_id: str = "sb-1", owner: str = "alice") -> SandboxSpec:
 
 @pytest.fixture
 def fake(tmp_path: Path) -> FakeBackend:
-    return FakeBackend(store=LocalStorage(tmp_path))
+    return FakeBackend(store=fake_storage(tmp_path / "sandboxes"))
 
 
 def test_is_a_backend(fake: FakeBackend) -> None:
@@ -223,3 +229,19 @@ def test_a_cluster_is_one_sandbox_of_several_members(fake: FakeBackend) -> None:
     assert (ended.state, ended.exit_code, ended.ended_by) == (RunState.EXITED, 137, "rank-2")
     fake.remove(state)
     assert fake.sandboxes == {}
+
+
+def test_inputs_must_be_kept_outputs_and_a_project_must_exist(fake: FakeBackend) -> None:
+    """As on the engine (tests/integration/test_project_volumes.py)."""
+    with_input = dataclasses.replace(_spec("sb-2"), inputs=(InputMount("sb-1"),))
+    with pytest.raises(InvalidSpec, match="not kept"):
+        fake.create(with_input)
+    fake.storage.create("sb-1")
+    state = fake.create(with_input)
+    assert ContainerState.from_state(state).inputs == ("sb-1",)
+    in_project = dataclasses.replace(_spec("sb-3"), project="proj")
+    with pytest.raises(ProjectNotFound):
+        fake.create(in_project)
+    fake.storage.create_project("proj", 16)
+    fake.create(in_project)
+    assert fake.storage.host_paths(in_project)[0] == fake.storage.projects.workspace("proj")

@@ -18,7 +18,7 @@ from docker.types import Mount
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
 from sandbox.errors import InvalidSpec
 from sandbox.hardening import assert_hardened, create_kwargs, member_kwargs
-from sandbox.spec import DatasetMount, Limits, NetworkPlan, SandboxSpec
+from sandbox.spec import DatasetMount, InputMount, Limits, NetworkPlan, SandboxSpec
 
 INSTALLATION = "inst-1"
 HOST_DIRS = {"workspace": Path("/srv/sb-1/workspace"), "outbox": Path("/srv/sb-1/outbox")}
@@ -389,3 +389,85 @@ def test_gpus_are_exactly_the_device_requests_the_spec_asked_for(spec: SandboxSp
     assert assert_hardened(attrs, NetworkPlan.NONE, gpus=2)
     with pytest.raises(InvalidSpec):
         dataclasses.replace(spec, gpus=-1)
+
+
+# --- inputs: earlier sandboxes' outputs, read-only under /inputs -----------------------------
+
+INPUTS = {"sb-0": Path("/srv/sb-0/outbox"), "sb-9": Path("/srv/sb-9/outbox")}
+
+
+def _with_inputs(spec: SandboxSpec) -> SandboxSpec:
+    return dataclasses.replace(spec, inputs=(InputMount("sb-0", "sha256:aa"),
+                                             InputMount("sb-9")))
+
+
+def _input(name: str, *, rw: bool = False, target: str = "") -> dict[str, Any]:
+    return {"Type": "bind", "Source": f"/srv/{name}/outbox",
+            "Destination": target or f"/inputs/{name}", "RW": rw, "Propagation": "rprivate"}
+
+
+def test_each_input_is_a_read_only_bind_of_that_sandboxs_outputs(spec: SandboxSpec) -> None:
+    kwargs = create_kwargs(_with_inputs(spec), installation=INSTALLATION, init=True,
+                           inputs=INPUTS, **HOST_DIRS)
+    table = {(m["Target"], m["Source"], m["Type"], bool(m.get("ReadOnly")))
+             for m in kwargs["mounts"] if m["Target"].startswith("/inputs")}
+    assert table == {("/inputs/sb-0", "/srv/sb-0/outbox", "bind", True),
+                     ("/inputs/sb-9", "/srv/sb-9/outbox", "bind", True)}
+    # Without inputs, no mount under /inputs at all.
+    plain = create_kwargs(spec, installation=INSTALLATION, init=True, **HOST_DIRS)
+    assert not [m for m in plain["mounts"] if m["Target"].startswith("/inputs")]
+
+
+def test_input_paths_must_match_the_spec_exactly(spec: SandboxSpec) -> None:
+    with_inputs = _with_inputs(spec)
+    for given in ({}, {"sb-0": INPUTS["sb-0"]}, {**INPUTS, "sb-7": Path("/srv/sb-7/outbox")},
+                  {**INPUTS, "sb-0": Path("relative/outbox")}):
+        with pytest.raises(ValueError):
+            create_kwargs(with_inputs, installation=INSTALLATION, init=True, inputs=given,
+                          **HOST_DIRS)
+    with pytest.raises(ValueError):  # paths for inputs the spec does not have
+        create_kwargs(spec, installation=INSTALLATION, init=True, inputs=INPUTS, **HOST_DIRS)
+
+
+def test_every_cluster_member_gets_the_inputs_read_only(spec: SandboxSpec) -> None:
+    cluster = dataclasses.replace(_with_inputs(spec), network=NetworkPlan.MEMBERS_ONLY, ranks=3)
+    for rank in range(3):
+        kwargs = member_kwargs(cluster, rank, installation=INSTALLATION, init=True,
+                               secrets=Path("/srv/sb-1/mpi"), holder="" if rank == 0 else "c0",
+                               inputs=INPUTS, **HOST_DIRS)
+        found = {m["Target"]: m for m in kwargs["mounts"] if m["Target"].startswith("/inputs")}
+        assert set(found) == {"/inputs/sb-0", "/inputs/sb-9"}
+        assert all(m["ReadOnly"] is True for m in found.values())
+
+
+def test_a_read_only_input_passes_the_check() -> None:
+    attrs = _sealed()
+    attrs["Mounts"] += [_input("sb-0"), _input("sb-9")]
+    assert assert_hardened(attrs, NetworkPlan.NONE) == []
+    assert assert_hardened(attrs, NetworkPlan.NONE, inputs=["sb-0", "sb-9"]) == []
+
+
+@pytest.mark.parametrize(("mount", "expected"), [
+    (_input("sb-0", rw=True), "input mount /inputs/sb-0 is writable"),
+    (_input("sb-0", target="/inputs"), "unexpected mount at /inputs"),
+    (_input("sb-0", target="/inputs/sb-0/deeper"), "unexpected mount at /inputs/sb-0/deeper"),
+    (_input("sb-0", target="/inputs/Not_An_Id"), "unexpected mount at /inputs/Not_An_Id"),
+    (_input("sb-0", target="/inputs/.."), "unexpected mount at /inputs/.."),
+    (_input("sb-0", target="/inputs/"), "unexpected mount at /inputs/"),
+    ({**_input("sb-0"), "Type": "volume"}, "volume mount at /inputs/sb-0"),
+    ({**_input("sb-0"), "Propagation": "rslave"}, "propagates"),
+])
+def test_each_weakening_of_an_input_is_reported(mount: dict[str, Any], expected: str) -> None:
+    attrs = _sealed()
+    attrs["Mounts"].append(mount)
+    found = assert_hardened(attrs, NetworkPlan.NONE)
+    assert any(expected in v for v in found), found
+
+
+def test_given_the_inputs_asked_for_the_check_wants_exactly_those() -> None:
+    attrs = _sealed()
+    attrs["Mounts"].append(_input("sb-0"))
+    assert any("/inputs/sb-0 was not asked for" in v
+               for v in assert_hardened(attrs, NetworkPlan.NONE, inputs=()))
+    assert any("input sb-9 is not mounted" in v
+               for v in assert_hardened(attrs, NetworkPlan.NONE, inputs=["sb-0", "sb-9"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import zipfile
 from pathlib import Path
@@ -11,7 +12,10 @@ import pytest
 from sandbox.errors import InvalidUpload
 from sandbox.files import UploadLimits
 from sandbox.outbox import OutboxError, OutboxRules
+from sandbox.projects import ProjectNotFound
+from sandbox.spec import SandboxSpec
 from sandbox.storage import LocalStorage, SandboxStorage
+from tests.mocking import fake_storage
 
 LIMITS = UploadLimits(1 << 20, 1 << 20, 10)
 
@@ -64,3 +68,58 @@ def test_a_sandbox_id_never_becomes_a_path_outside_the_root(storage: LocalStorag
                                                            bad: str) -> None:
     with pytest.raises(ValueError):
         storage.create(bad)
+
+
+# --- projects and inputs --------------------------------------------------------------------
+
+
+@pytest.fixture
+def with_projects(tmp_path: Path) -> LocalStorage:
+    return fake_storage(tmp_path / "sandboxes")
+
+
+def test_projects_live_beside_the_sandboxes_by_default(tmp_path: Path) -> None:
+    assert LocalStorage(tmp_path / "sandboxes").projects.root == tmp_path / "projects"
+    assert LocalStorage(tmp_path / "s", tmp_path / "p").projects.root == tmp_path / "p"
+
+
+def test_a_project_spec_gets_the_projects_workspace_and_its_own_outbox(
+        with_projects: LocalStorage, tmp_path: Path) -> None:
+    storage = with_projects
+    assert isinstance(storage, SandboxStorage)
+    spec = SandboxSpec(sandbox_id="sb-1", owner="alice", image="i", command=("true",))
+    storage.create("sb-1")
+    assert storage.host_paths(spec) == (storage.workspace("sb-1"), storage.outbox("sb-1"))
+    in_project = dataclasses.replace(spec, project="proj")
+    with pytest.raises(ProjectNotFound):
+        storage.host_paths(in_project)
+    storage.create_project("proj", 64)
+    workspace, outbox = storage.host_paths(in_project)
+    assert workspace == storage.projects.workspace("proj") != storage.workspace("sb-1")
+    assert outbox == storage.outbox("sb-1")
+    assert storage.project_usage("proj")[1] == 64 * 1024 * 1024
+    storage.unmount_project("proj")
+    storage.unmount_project("proj")
+    assert storage.host_paths(in_project)[0] == workspace  # mounted again
+    storage.remove_project("proj")
+    storage.remove_project("proj")
+    assert not storage.projects.exists("proj")
+
+
+def test_staging_into_a_project_copies_the_sandboxs_code(with_projects: LocalStorage,
+                                                         tmp_path: Path) -> None:
+    storage = with_projects
+    storage.create("sb-1")
+    storage.stage_upload("sb-1", "train.py", b"print(2)\n", LIMITS)
+    storage.seal_staging("sb-1")
+    storage.create_project("proj", 64)
+    storage.stage_into_project("sb-1", "proj")
+    assert (storage.projects.workspace("proj") / "train.py").read_bytes() == b"print(2)\n"
+    storage.discard("sb-1")  # the sandbox goes, the project's files stay
+    assert (storage.projects.workspace("proj") / "train.py").exists()
+
+
+def test_an_input_is_the_earlier_sandboxs_outbox(storage: LocalStorage) -> None:
+    assert storage.input_path("sb-0") == storage.outbox("sb-0")
+    with pytest.raises(ValueError):
+        storage.input_path("../sb-0")
