@@ -35,6 +35,7 @@ from console.services.auditing import refusals
 from console.services.errors import (
     AuditUnavailable,
     BadRequest,
+    Conflict,
     EngineDown,
     PayloadTooLarge,
     PolicyDenied,
@@ -55,6 +56,7 @@ from sandbox import spec as sandbox_spec
 from sandbox.backend import BackendState
 from sandbox.errors import EngineUnavailable, InvalidSpec, InvalidUpload, SandboxError
 from sandbox.files import UploadLimits
+from sandbox.projects import ProjectFull, ProjectNotFound
 from sandbox.storage import SandboxStorage
 
 log = logging.getLogger(__name__)
@@ -388,6 +390,8 @@ def spec_for(owner: str, parsed: ParsedLaunch, decision: Decision,
         env=(("SEALROOM_SANDBOX", sandbox_id),
              ("SEALROOM_DATA", decision.mounts[0].target),
              ("SEALROOM_OUTBOX", sandbox_spec.OUTBOX),
+             *((("SEALROOM_INPUTS", sandbox_spec.INPUTS_ROOT),) if decision.inputs else ()),
+             *((("SEALROOM_PROJECT", parsed.project),) if parsed.project else ()),
              *parsed.extra_env))
 
 
@@ -469,6 +473,11 @@ def start(core: Sealroom, caller: Caller, sandbox_id: str, state: BackendState) 
 def _refusal(exc: BaseException) -> ServiceError | None:
     """What a failure while staging, creating or recording tells the caller."""
     if isinstance(exc, InvalidUpload | InvalidSpec):
+        return BadRequest(exc.user_message)
+    if isinstance(exc, ProjectFull):
+        return Conflict(f"{exc.user_message}: make room in it from a sandbox of the project, "
+                        "or use another project", detail=exc.detail)
+    if isinstance(exc, ProjectNotFound):
         return BadRequest(exc.user_message)
     if isinstance(exc, EngineUnavailable):
         return EngineDown("the container engine is not available; try again later",

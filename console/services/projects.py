@@ -18,6 +18,7 @@ from console.services.errors import BadRequest, Conflict, EngineDown, NotFound, 
 from console.services.lineage import versions_of
 from policies.evaluator import ProjectFacts
 from sandbox.errors import SandboxError
+from sandbox.projects import InvalidProject, ProjectExists
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MIN_QUOTA_MB = 16
@@ -50,6 +51,10 @@ def _create(core: Sealroom, caller: Caller, name: str, quota_mb: int) -> Project
                            policy_version=decision.policy_version)
     try:
         core.storage.create_project(name, quota_mb)
+    except ProjectExists as exc:
+        raise Conflict(f"a project named {name!r} already exists") from exc
+    except InvalidProject as exc:
+        raise BadRequest(exc.user_message) from exc
     except SandboxError as exc:
         raise EngineDown(f"the project's volume could not be made: {exc.user_message}",
                          detail=exc.detail) from exc

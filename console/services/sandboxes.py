@@ -83,6 +83,12 @@ def finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audit
             core.backend.remove(state)  # what is already gone counts as removed
         except SandboxError:
             log.warning("could not remove container of %s; the reconciler will", sandbox_id)
+    if record.project:  # a mounted project holds one of the host's few loop devices
+        try:
+            core.storage.unmount_project(record.project)
+        except SandboxError:
+            log.warning("could not unmount project %s; it is mounted again when used",
+                        record.project)
     outbox_service.schedule_manifest(core, sandbox_id)
     try:  # a retired dataset version this sandbox kept in use can go now
         dataset_versions.remove_unused_files(core)

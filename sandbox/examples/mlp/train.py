@@ -3,6 +3,11 @@
 Reads ``train.csv`` (features ``f0..f15``, ``label`` 0/1) from ``$SEALROOM_DATA`` (default: the
 only directory under /data), writes ``model.safetensors`` and ``metrics.json`` to
 ``$SEALROOM_OUTBOX`` (default /outbox). Runs on one CPU in a few seconds.
+
+Resumes from a checkpoint when one is there: ``$SEALROOM_RESUME``, else the
+``model.safetensors`` of the one earlier sandbox mounted under /inputs that has one, else
+``/workspace/checkpoint.safetensors`` (a project's workspace keeps it between runs). Every
+run also saves its model there, so the next run of a project goes on from it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 EPOCHS = int(os.environ.get("SEALROOM_EPOCHS", "5"))
@@ -58,6 +63,21 @@ class Standardise(nn.Module):
         return (x - self.mean) / self.std
 
 
+def checkpoint() -> Path | None:
+    """The checkpoint to resume from, if any (see the module docstring)."""
+    configured = os.environ.get("SEALROOM_RESUME")
+    if configured:
+        return Path(configured)
+    inputs = Path(os.environ.get("SEALROOM_INPUTS", "/inputs"))
+    found = sorted(inputs.glob("*/model.safetensors")) if inputs.is_dir() else []
+    if len(found) > 1:
+        sys.exit("more than one input holds model.safetensors: set SEALROOM_RESUME")
+    if found:
+        return found[0]
+    kept = Path("/workspace/checkpoint.safetensors")
+    return kept if kept.is_file() else None
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(dim=1) == y).float().mean().item()
@@ -86,6 +106,11 @@ def main() -> None:
     model = nn.Sequential(
         Standardise(mean, std), nn.Linear(x.shape[1], 32), nn.ReLU(), nn.Linear(32, 2)
     )
+    resume = checkpoint()
+    if resume is not None:
+        model.load_state_dict(load_file(str(resume)))
+        model.eval()
+        print(f"resumed from {resume}: acc={accuracy(model, x_test, y_test):.4f}", flush=True)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -117,10 +142,14 @@ def main() -> None:
     outbox.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(outbox / "model.safetensors"), metadata={"format": "pt"})
+    kept = Path("/workspace/checkpoint.safetensors")
+    if os.access(kept.parent, os.W_OK):
+        save_file(tensors, str(kept), metadata={"format": "pt"})
     metrics = {
         "accuracy": round(test_accuracy, 6),
         "loss": round(loss_value, 6),
         "epochs": EPOCHS,
+        "resumed": int(resume is not None),
         "n_train": len(y_train),
         "n_test": len(y_test),
         "seconds": round(time.monotonic() - started, 3),
