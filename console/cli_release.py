@@ -77,6 +77,7 @@ def _facts(result: BundleVerification) -> None:
     size = max(len(name) for name, _ in result.files)
     lines = [
         f"Release     {result.release_id}",
+        *([f"Sandbox     {result.sandbox_id}"] if result.sandbox_id else []),
         f"Signed by   gate key {result.keyid}",
         f"Requester   {result.requester}",
         f"Approvers   {', '.join(result.approvers) or '(none)'}",

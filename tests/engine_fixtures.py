@@ -78,6 +78,10 @@ def docker_core(settings: Settings, docker_client: docker.DockerClient,
     label = f"{LABEL_INSTALLATION}={settings.installation_id()}"
     for container in docker_client.containers.list(all=True, filters={"label": label}):
         container.remove(force=True)
+    if sealroom.backend_built:  # projects' volumes hold loop devices: give them back
+        volumes = sealroom.backend.storage.projects
+        for name in volumes.names():
+            volumes.remove(name)
     sealroom.close()
 
 

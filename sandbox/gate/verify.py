@@ -109,6 +109,8 @@ class BundleVerification:
     started_on: str
     finished_on: str
     steps: list[str] = field(default_factory=list)
+    #: The sandbox the released files came from (as its spec names it).
+    sandbox_id: str = ""
     #: The earlier sandboxes the release builds on; empty when it built on none.
     lineage: Lineage = field(default_factory=Lineage)
 
@@ -310,6 +312,7 @@ def _facts(statement: Mapping[str, Any]) -> dict[str, Any]:
         "builder_id": str(run["builder"]["id"]),
         "started_on": str(run["metadata"]["startedOn"]),
         "finished_on": str(run["metadata"]["finishedOn"]),
+        "sandbox_id": str((external.get("sandboxSpec") or {}).get("sandbox_id", "")),
     }
 
 
