@@ -24,6 +24,7 @@ from tests.helpers import (
     bearer,
     change_policy,
     recorded,
+    safetensors_bytes,
     supervisor_pass,
     wait_for_outbox,
     write_dataset,
@@ -53,12 +54,14 @@ def finished(client: FlaskClient, people: dict[str, str], core: Sealroom,
              fake_backend: Any) -> Callable[..., str]:
     """A finished sandbox whose outbox holds a checkpoint, hashed."""
 
-    def make(who: str = "alice", **body: Any) -> str:
+    def make(who: str = "alice", files: dict[str, bytes] | None = None, **body: Any) -> str:
         created = _launch(client, people[who], **body)
         assert created.status_code == 201, created.get_json()
         sandbox_id = str(created.get_json()["id"])
-        (core.settings.sandboxes_dir / sandbox_id / "outbox" / "ckpt.safetensors"
-         ).write_bytes(b"weights of " + sandbox_id.encode())
+        outbox = core.settings.sandboxes_dir / sandbox_id / "outbox"
+        for name, data in (files or {"ckpt.safetensors": b"weights of " +
+                                     sandbox_id.encode()}).items():
+            (outbox / name).write_bytes(data)
         fake_backend.finish(fake_backend.handle_of(sandbox_id), exit_code=0)
         supervisor_pass(core)
         assert wait_for_outbox(client, people[who], sandbox_id)["state"] == "ready"
@@ -260,3 +263,60 @@ def test_the_auditor_follows_a_dataset_version_to_its_descendants(
     names = [d["name"] for d in client.get("/api/v1/datasets",
                                            headers=bearer(people["bob"])).get_json()["datasets"]]
     assert names == ["demo"]
+
+
+def _release(client: FlaskClient, token: str, sandbox_id: str, files: list[str]) -> Any:
+    return client.post("/api/v1/releases", headers=bearer(token), json={
+        "sandbox": sandbox_id, "files": files, "justification": "built on earlier work"})
+
+
+def test_the_leak_scan_catches_rows_of_a_dataset_only_an_ancestor_mounted(
+        client: FlaskClient, people: dict[str, str], core: Sealroom,
+        finished: Callable[..., str]) -> None:
+    with core.read() as session:
+        secret = session.exec(select(Dataset).where(Dataset.name == "secret")).one()
+    rows = (Path(secret.path) / "train.csv").read_text().splitlines()[3:6]
+    first = finished(datasets=["secret"])
+    # the second sandbox mounts only demo, and copies rows of secret out of its input
+    second = finished(inputs=[first], files={
+        "metrics.csv": ("epoch,loss\n" + "\n".join(rows) + "\n").encode(),
+        "model.safetensors": safetensors_bytes({"w": [0.5]})})
+    release = _release(client, people["alice"], second,
+                       ["metrics.csv", "model.safetensors"]).get_json()
+    assert release["status"] == "checks_failed"
+    leaks = [r for r in release["checks"]["results"]
+             if r["check"] == "leak_scan" and not r["passed"]]
+    assert [r["file"] for r in leaks] == ["metrics.csv"]
+    assert not any(rows[0] in r["reason"] for r in release["checks"]["results"])
+
+
+def test_a_new_version_leaves_an_open_release_on_the_old_one_untouched(
+        client: FlaskClient, people: dict[str, str], core: Sealroom,
+        make_user: Callable[..., tuple[str, str]], finished: Callable[..., str],
+        tmp_path: Path) -> None:
+    approvers = [make_user(name, "approver")[1] for name in ("bob2", "carol2")]
+    sandbox_id = finished(files={"model.safetensors": safetensors_bytes({"w": [0.5, 1.5]})})
+    release = _release(client, people["alice"], sandbox_id, ["model.safetensors"]).get_json()
+    assert release["status"] == "in_review", release["checks"]
+    dataset_service.register_dataset(core, OPERATOR, write_dataset(tmp_path / "v2", 70),
+                                     "demo", [])
+    for token in approvers:
+        answer = client.post(f"/api/v1/releases/{release['id']}/approve", headers=bearer(token))
+        assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["status"] == "released"
+    statement = _statement(core, release["id"])
+    names = {d["name"] for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    assert "dataset:demo@1" in names and "dataset:demo@2" not in names
+
+
+def _statement(core: Sealroom, release_id: str) -> dict[str, Any]:
+    import base64
+
+    from console.models import ReleaseRequest
+
+    with core.read() as session:
+        record = session.get(ReleaseRequest, release_id)
+    assert record is not None and record.bundle_path
+    envelope = json.loads((Path(record.bundle_path) / "provenance.intoto.jsonl").read_text())
+    statement: dict[str, Any] = json.loads(base64.b64decode(envelope["payload"]))
+    return statement
