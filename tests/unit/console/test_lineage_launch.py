@@ -320,3 +320,24 @@ def _statement(core: Sealroom, release_id: str) -> dict[str, Any]:
     envelope = json.loads((Path(record.bundle_path) / "provenance.intoto.jsonl").read_text())
     statement: dict[str, Any] = json.loads(base64.b64decode(envelope["payload"]))
     return statement
+
+
+def test_a_policy_dry_run_judges_running_sandboxes_on_their_inputs_and_project(
+        client: FlaskClient, people: dict[str, str], core: Sealroom,
+        finished: Callable[..., str]) -> None:
+    """Taking the shared group away, or a dataset an input descends from, shows up in the
+    dry run for the sandboxes running on them, with the rule that would refuse them."""
+    import yaml
+
+    from console.services import policy as policy_service
+
+    source = finished(datasets=["secret"])
+    reading = finished(inputs=[source])  # alice's, on demo, carrying secret along
+    running = _launch(client, people["bob"], inputs=[finished()]).get_json()["id"]
+    mine = _launch(client, people["alice"], inputs=[reading]).get_json()["id"]
+    policy = core.policy.model_dump(mode="json", exclude={"version"})
+    policy["inputs"]["share_groups"] = []
+    policy["datasets"]["secret"]["allow"] = ["carol"]
+    result = policy_service.dry_run(core, OPERATOR, yaml.safe_dump(policy))
+    findings = {(f.id, f.rule) for f in result.sandboxes}
+    assert findings == {(running, "inputs.share_groups"), (mine, "datasets.secret.allow")}
