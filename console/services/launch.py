@@ -20,6 +20,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import col, select
 
@@ -422,7 +423,7 @@ def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decis
             spec=json.dumps(spec.to_dict()), kind=parsed.kind, ranks=parsed.ranks,
             gpus=parsed.gpus, cpus=limits.cpus, memory_mb=limits.memory_mb,
             pids=limits.pids, timeout_s=limits.timeout_s, backend_state=json.dumps(state),
-            created_at=utc_now(), inputs=json.dumps(lineage_service.inputs_json(decision)),
+            created_at=utc_now(), inputs=json.dumps(inputs_json(decision)),
             project=parsed.project, project_parent=decision.project_parent,
             lineage=json.dumps(list(decision.lineage))))
         session.flush()  # the edges reference the row
@@ -440,7 +441,7 @@ def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decis
                      "policy_version": decision.policy_version,
                      "network": decision.network,
                      "datasets": list(decision.versions),
-                     **({"inputs": lineage_service.inputs_json(decision)}
+                     **({"inputs": inputs_json(decision)}
                         if decision.inputs else {}),
                      **({"project": parsed.project,
                          "project_parent": decision.project_parent}
@@ -468,6 +469,15 @@ def start(core: Sealroom, caller: Caller, sandbox_id: str, state: BackendState) 
             append(session, EventDraft(caller.actor, AuditAction.SANDBOX_START,
                                        f"sandbox:{sandbox_id}", request_id=caller.request_id))
     return started
+
+
+def inputs_json(decision: Decision) -> list[dict[str, Any]]:
+    """The inputs as recorded with the sandbox: whose they were, what they held, and the
+    dataset versions they descend from (for a later policy's dry run)."""
+    digests = {m.sandbox_id: m.digest for m in decision.inputs}
+    return [{"sandbox": s.sandbox_id, "owner": s.owner, "digest": digests[s.sandbox_id],
+             "lineage": [{"name": n, "version": v} for n, v in s.lineage]}
+            for s in decision.facts.inputs]
 
 
 def _refusal(exc: BaseException) -> ServiceError | None:

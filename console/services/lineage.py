@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -26,9 +26,6 @@ from console.models import (
 from console.services.errors import BadRequest, Conflict
 from policies.evaluator import DatasetVersion, OutputsSource, ProjectFacts
 from sandbox.spec import InputMount
-
-if TYPE_CHECKING:
-    from console.services.launch import Decision
 
 _LIVE = (SandboxStatus.STARTING, SandboxStatus.RUNNING)
 
@@ -128,15 +125,6 @@ def claim_project(session: Session, project: str, sandbox_id: str, parent: str,
     record.last_sandbox = sandbox_id
     record.lineage = json.dumps(list(union(json.loads(record.lineage), lineage)))
     session.add(record)
-
-
-def inputs_json(decision: Decision) -> list[dict[str, Any]]:
-    """The inputs as recorded with the sandbox: whose they were, what they held, and the
-    dataset versions they descend from (for a later policy's dry run)."""
-    digests = {m.sandbox_id: m.digest for m in decision.inputs}
-    return [{"sandbox": s.sandbox_id, "owner": s.owner, "digest": digests[s.sandbox_id],
-             "lineage": [{"name": n, "version": v} for n, v in s.lineage]}
-            for s in decision.facts.inputs]
 
 
 # --- reading the graph ----------------------------------------------------------------------
