@@ -56,6 +56,9 @@ class AuditAction(enum.StrEnum):
     # system
     CONSOLE_START = "system:console:start"
     ORPHAN_REMOVE = "system:container:remove_orphan"
+    CONTAINER_REMOVE = "system:container:remove"  # a removal retried once the engine answered
+    ENGINE_DOWN = "system:engine:down"
+    ENGINE_UP = "system:engine:up"
     IMAGE_REGISTER = "system:image:register"
     AUDIT_VERIFY = "audit:chain:verify"
     # audit review ("audit the auditors")

@@ -17,6 +17,7 @@ from audit.checkpoints import PENDING_KEY, Checkpoint, CheckpointFile, Checkpoin
 from audit.events import Actor, AuditAction, EventDraft, Outcome
 from audit.keys import AuditKey, AuditKeyRing, PublicKeys
 from console.db import make_engine, read, transaction, upgrade
+from console.engine_watch import EngineWatch
 from console.settings import Settings, build_backend
 from policies.evaluator import PolicyEvaluator
 from policies.schema import Policy, default_policy_text, load_policy, policy_sha256
@@ -69,6 +70,8 @@ class Sealroom:
         self._background_lock = threading.Lock()
         #: Set by `close`: the console's own threads (the supervisor) end at their next wait.
         self.closing = threading.Event()
+        #: The engine's outages and the removals to retry, as the supervisor saw them.
+        self.engine_watch = EngineWatch()
         self._ensure_policy()
 
     # --- the sandbox backend -----------------------------------------------------------------

@@ -67,7 +67,8 @@ def _row(core: Sealroom, sandbox_id: str) -> SandboxLog:
 def pull(core: Sealroom, sandbox_id: str, state: BackendState, *,
          final: bool = False) -> SandboxLog:
     """Copy what the sandbox's launcher wrote since the last pull (`final`: all of it, then
-    mark the copy complete); `state` is the backend's state of the sandbox. Engine calls
+    mark the copy complete, unless the engine did not answer); `state` is the backend's
+    state of the sandbox. Engine calls
     happen outside any transaction; a crash between writing the file and recording it is
     undone by the next pull, which cuts the file back first."""
     with _lock(sandbox_id):
@@ -76,12 +77,14 @@ def pull(core: Sealroom, sandbox_id: str, state: BackendState, *,
             return row
         cursor, base, size = row.cursor, row.base, row.size
         chunks: list[bytes] = []
+        unread = False
         while True:
             try:
                 chunk = core.backend.logs_since(state, LAUNCHER, cursor,
                                                 max_bytes=PULL_BYTES)
             except SandboxError as exc:
                 log.warning("could not read the log of %s: %s", sandbox_id, exc.detail)
+                unread = True
                 break
             if chunk.data:
                 chunks.append(chunk.data)
@@ -94,7 +97,9 @@ def pull(core: Sealroom, sandbox_id: str, state: BackendState, *,
             stored = session.get(SandboxLog, sandbox_id)
             assert stored is not None
             stored.cursor, stored.base, stored.size = cursor, base, size
-            stored.complete = final
+            # Never complete on a read that failed: the engine may be restarting, and the
+            # rest of the log is fetched once it answers again.
+            stored.complete = final and not unread
             session.add(stored)
         if base != row.base:
             _forget_old_segments(core, sandbox_id, base)

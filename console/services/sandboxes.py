@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 LOG_VIEW_MAX = 1 << 20
 
 
+#: Exit codes of a container the engine stopped (SIGTERM, then SIGKILL) when it shut down.
+ENGINE_STOP_CODES = (143, 137)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -62,8 +66,8 @@ def finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audit
     if record is None or SandboxStatus(record.status).terminal:
         return record
     state = state_of(record)
-    if remove and state:
-        sandbox_log.pull(core, sandbox_id, state, final=True)  # before it is removed
+    if remove and state and not sandbox_log.pull(core, sandbox_id, state, final=True).complete:
+        return record  # the engine did not answer: finish on a later pass, with the whole log
     with core.transaction() as session:
         record = session.get(Sandbox, sandbox_id)
         if record is None or SandboxStatus(record.status).terminal:
@@ -82,7 +86,9 @@ def finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audit
         try:
             core.backend.remove(state)  # what is already gone counts as removed
         except SandboxError:
-            log.warning("could not remove container of %s; the reconciler will", sandbox_id)
+            log.warning("could not remove the containers of %s; retried on the next pass",
+                        sandbox_id)
+            core.engine_watch.remove_later(sandbox_id, state)
     if record.project:  # a mounted project holds one of the host's few loop devices
         try:
             core.storage.unmount_project(record.project)
@@ -126,6 +132,13 @@ def refresh(core: Sealroom, sandbox_id: str) -> Sandbox | None:
             return finish(core, record.id, SandboxStatus.OOM_KILLED, AuditAction.SANDBOX_OOM,
                           f"killed: {by}out of memory (limit {record.memory_mb} MB)",
                           exit_code=status.exit_code, outcome=Outcome.FAILED, details=ended)
+        if status.exit_code in ENGINE_STOP_CODES and \
+                core.engine_watch.covers(_parse(status.finished_at)):
+            return finish(core, record.id, SandboxStatus.FAILED, AuditAction.SANDBOX_EXIT,
+                          f"ended when the container engine stopped (exit code "
+                          f"{status.exit_code}); its log was kept",
+                          exit_code=status.exit_code, outcome=Outcome.FAILED,
+                          details={"ended_by": "engine"})
         ok = status.exit_code == 0 and not status.ended_by
         reason = (f"{status.ended_by} exited with code {status.exit_code}; the cluster was "
                   "stopped" if status.ended_by else f"exited with code {status.exit_code}")
@@ -162,9 +175,36 @@ def _note_members(core: Sealroom, record: Sandbox, status: RunStatus) -> Sandbox
 
 
 def refresh_all(core: Sealroom) -> None:
+    """One supervisor pass: see whether the engine answers (recording when it stops and
+    comes back), retry the removals that failed, then look at every live sandbox."""
     with core.transaction() as session:
         ids = session.exec(select(Sandbox.id).where(col(Sandbox.status).in_(
             [SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all()
+    watch = core.engine_watch
+    if not ids and not watch.removals() and watch.down_since is None:
+        return
+    try:
+        core.backend.ping()
+    except EngineUnavailable as exc:
+        if watch.down(_now()):
+            core.record(_system(), AuditAction.ENGINE_DOWN, target="engine",
+                        outcome=Outcome.FAILED, reason="the container engine does not answer",
+                        detail=exc.detail, running=len(ids))
+        return
+    outage = watch.up(_now())
+    if outage is not None:
+        core.record(_system(), AuditAction.ENGINE_UP, target="engine",
+                    reason="the container engine answers again",
+                    down_s=round((outage[1] - outage[0]).total_seconds(), 1))
+    for sandbox_id, state in watch.removals().items():
+        try:
+            core.backend.remove(state)
+        except SandboxError:
+            continue
+        watch.removed(sandbox_id)
+        core.record(_system(), AuditAction.CONTAINER_REMOVE, target=f"sandbox:{sandbox_id}",
+                    reason="removed once the engine answered again",
+                    members=list(core.backend.members(state)))
     for sandbox_id in ids:
         refresh(core, sandbox_id)
 
