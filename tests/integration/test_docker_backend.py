@@ -618,7 +618,12 @@ def test_logs_since_reads_each_message_once_in_order(
             time.sleep(0.02)
         chunk = backend.logs_since(_naming(container.id), "", cursor)
         copied, cursor = copied + chunk.data, chunk.cursor
-        assert backend.logs_since(_naming(container.id), "", cursor).data == b""  # nothing twice
+        # Reading again at once gives nothing already taken. It may give the unterminated
+        # "no newline": the engine logs a partial line when its copier gets round to it, on
+        # its own time, so this read is not asserted empty; the whole copy is checked below.
+        again = backend.logs_since(_naming(container.id), "", cursor)
+        assert not copied.endswith(again.data) or not again.data
+        copied, cursor = copied + again.data, again.cursor
         (tmp_path / f"go{burst}").touch()
     _wait_exited(docker_client, container)
     copied += backend.logs_since(_naming(container.id), "", cursor).data
