@@ -10,9 +10,11 @@ has a real-engine test too (tests/integration/test_docker_backend.py).
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sandbox.backend import (
     LAUNCHER,
@@ -323,3 +325,26 @@ class FakeBackend:
         box.exit_code = code
         box.oom_killed = oom_killed
         box.finished_at = self._now()
+
+
+class ProjectDirStorage(LocalStorage):
+    """`LocalStorage` with projects' workspaces as plain directories beside the sandboxes'
+    (no volume, no quota), for console page tests until `LocalStorage` has projects of its
+    own (the real volumes are tested against the engine)."""
+
+    def project_dir(self, name: str) -> Path:
+        return self.root.parent / "projects" / name
+
+    def create_project(self, name: str, quota_mb: int) -> None:
+        self.project_dir(name).mkdir(parents=True)
+
+    def remove_project(self, name: str) -> None:
+        shutil.rmtree(self.project_dir(name), ignore_errors=True)
+
+    def project_usage(self, name: str) -> tuple[int, int]:
+        used = sum(p.stat().st_size for p in self.project_dir(name).rglob("*") if p.is_file())
+        return used, 0
+
+    def stage_into_project(self, sandbox_id: str, project: str) -> None:
+        shutil.copytree(self.workspace(sandbox_id), self.project_dir(project),
+                        dirs_exist_ok=True)
