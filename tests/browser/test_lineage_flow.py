@@ -5,8 +5,10 @@ through the upload form and opens the pages of its versions."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -23,6 +25,21 @@ OFFICER = "sam"
 # A cold start of the example (torch import, 5 epochs on one CPU) takes well under a minute.
 TRAINING_TIMEOUT_MS = 120_000
 _SANDBOX_URL = re.compile(r"/sandboxes/(sb-[0-9a-f]+)$")
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
+
+
+def _screenshot(page: Page, name: str, tmp_path: Path) -> None:
+    """Into docs/img with SEALROOM_SCREENSHOTS=1 (for the guides), else into tmp_path."""
+    folder = IMAGES if os.environ.get("SEALROOM_SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name), full_page=True)
+
+
+@pytest.fixture
+def project(docker_core: Sealroom) -> Iterator[str]:
+    """The project the engineer creates; its volume (a loop mount) is removed afterwards."""
+    yield "study"
+    docker_core.storage.remove_project("study")
 
 
 @pytest.fixture
@@ -48,20 +65,21 @@ def _train(page: Page) -> str:
 
 
 def test_engineer_builds_on_a_project_and_an_earlier_sandbox_and_follows_the_lineage(
-        page: Page, engineer: str, officer_page: Page) -> None:  # noqa: F811
+        project: str, page: Page, engineer: str, officer_page: Page,  # noqa: F811
+        tmp_path: Path) -> None:
     log_in(page, engineer)
     page.get_by_role("navigation").get_by_role("link", name="Projects").click()
-    page.get_by_label("Name").fill("study")
+    page.get_by_label("Name").fill(project)
     page.get_by_label("Quota (MB)").fill("64")
     page.get_by_role("button", name="Create project").click()
-    expect(page).to_have_url(re.compile(r"/projects/study$"))
+    expect(page).to_have_url(re.compile(rf"/projects/{project}$"))
     expect(page.locator("#project-owner")).to_have_text(engineer)
 
     page.get_by_role("link", name="Launch a sandbox in this project").click()
-    expect(page.get_by_label("Project")).to_have_value("study")
+    expect(page.get_by_label("Project")).to_have_value(project)
     expect(page.get_by_label("Dataset version")).to_have_value("demo")
     first = _train(page)
-    expect(page.locator("#lineage-project")).to_have_text("study")
+    expect(page.locator("#lineage-project")).to_have_text(project)
 
     page.get_by_role("link", name="Build on this sandbox").click()
     expect(page.get_by_label("Outputs of my finished sandboxes")).to_have_values([first])
@@ -73,10 +91,13 @@ def test_engineer_builds_on_a_project_and_an_earlier_sandbox_and_follows_the_lin
     expect(page).to_have_url(re.compile(rf"/sandboxes/{first}$"))
     used_by = page.locator("#lineage-used-by")
     expect(used_by).to_contain_text("mounted its outputs")
+    _screenshot(page, "lineage.png", tmp_path)
     used_by.get_by_role("link", name=second).click()
     expect(page).to_have_url(re.compile(rf"/sandboxes/{second}$"))
+    expect(page.locator("#lineage-project")).to_contain_text("none")
 
-    page.locator("#lineage-project").get_by_role("link", name="study").click()
+    page.go_back()
+    page.locator("#lineage-project").get_by_role("link", name=project).click()
     rows = page.locator("#project-sandboxes tbody tr")
     expect(rows).to_have_count(1)  # the second sandbox worked in a fresh workspace
     expect(rows.first).to_contain_text(first)
@@ -99,5 +120,6 @@ def test_engineer_builds_on_a_project_and_an_earlier_sandbox_and_follows_the_lin
     descendants = officer.locator("#descendants")
     expect(descendants).to_contain_text(first)
     expect(descendants).to_contain_text(second)
+    _screenshot(officer, "dataset-version.png", tmp_path)
     descendants.get_by_role("link", name=second).click()
     expect(officer.locator("#lineage-inputs").get_by_role("link", name=first)).to_be_visible()
