@@ -62,12 +62,16 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
 
     from console.api import api
     from console.metrics import metrics
+    from console.web import may
     from console.web.audit import audit_pages
     from console.web.auth import auth
+    from console.web.datasets import dataset_pages
     from console.web.disclosure import disclosure_pages
     from console.web.engineer import engineer
     from console.web.home import home
+    from console.web.lineage import lineage_pages
     from console.web.policy import policy_pages
+    from console.web.projects import project_pages
     from console.web.releases import releases
 
     app.register_blueprint(auth)
@@ -77,6 +81,10 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     app.register_blueprint(audit_pages)
     app.register_blueprint(policy_pages)
     app.register_blueprint(disclosure_pages)
+    app.register_blueprint(project_pages)
+    app.register_blueprint(dataset_pages)
+    app.register_blueprint(lineage_pages)
+    app.jinja_env.globals["may"] = may  # templates show links only where they lead
     app.register_blueprint(api)
     app.register_blueprint(metrics)
     _install_session_timeouts(app)

@@ -1,4 +1,6 @@
-"""Engineer pages: my sandboxes, launch a sandbox, and a sandbox's live detail page.
+"""Engineer pages: my sandboxes, launch a sandbox (on a dataset version, with earlier
+sandboxes' outputs as inputs, in a project), and a sandbox's live detail page with its
+lineage.
 
 There is no download link anywhere: the outbox is listed by name, size and hash only.
 """
@@ -12,12 +14,16 @@ from flask_login import current_user
 from wtforms.fields.choices import SelectChoice
 
 from console.guards import caller, core, requires
+from console.models import SandboxStatus
 from console.permissions import Permission
 from console.services import datasets as dataset_service
 from console.services import launch as launch_service
+from console.services import projects as project_service
 from console.services import sandboxes as sandbox_service
 from console.services.errors import BadRequest, PolicyDenied, ServiceError
-from console.web.forms import LaunchForm
+from console.web import lineage as lineage_web
+from console.web import refusal
+from console.web.forms import LaunchForm, split_ids
 
 engineer = Blueprint("engineer", __name__, url_prefix="/sandboxes")
 #: Bundled examples written for an MPI cluster (the form suggests them for one).
@@ -33,14 +39,66 @@ def sandboxes() -> Any:
     return render_template("sandboxes.html", sandboxes=rows)
 
 
+#: At most this many of one's own finished sandboxes are offered as inputs (newest first).
+INPUT_CHOICES_MAX = 50
+
+
+def _dataset_choices() -> list[SelectChoice]:
+    """Each usable dataset's newest mountable version first (`name`: resolved to the newest
+    at launch), then its older mountable versions by number (`name@version`)."""
+    choices = []
+    for entry in dataset_service.catalogue(core(), caller()):
+        if not entry["usable"]:
+            continue
+        name, pinned = str(entry["name"]), entry["pinned_versions"]
+        assert isinstance(pinned, list)
+        versions = entry["versions"]
+        assert isinstance(versions, list)
+        mountable = [v for v in versions
+                     if v["retired_at"] is None and (not pinned or v["version"] in pinned)]
+        for position, v in enumerate(mountable):
+            size = f"{v['files']} files, {v['bytes']:,} bytes"
+            choices.append(
+                SelectChoice(name, f"{name} — version {v['version']} (newest), {size}")
+                if position == 0 else SelectChoice(f"{name}@{v['version']}",
+                                                   f"{name}@{v['version']}, {size}"))
+    return choices
+
+
+def _input_choices() -> list[SelectChoice]:
+    """The caller's own finished sandboxes, newest first, in the console's own words (id,
+    status, launch time, code name: nothing the sandbox wrote)."""
+    finished = [r for r in sandbox_service.list_for(core(), caller())
+                if SandboxStatus(r.status).terminal][:INPUT_CHOICES_MAX]
+    return [SelectChoice(r.id, f"{r.id} — {r.status.replace('_', ' ')}, launched "
+                               f"{r.created_at[:16].replace('T', ' ')} UTC, {r.code_name}")
+            for r in finished]
+
+
+def _project_choices() -> list[SelectChoice]:
+    choices = [SelectChoice("", "None: a fresh workspace")]
+    for row in project_service.listing(core(), caller()):
+        shown = project_service.to_dict(core(), row)
+        busy = f", in use by {shown['in_use_by']}" if shown["in_use_by"] else ""
+        choices.append(SelectChoice(row.name, f"{row.name} (owner {row.owner}, "
+                                              f"{row.quota_mb:,} MB{busy})"))
+    return choices
+
+
 def _launch_form() -> LaunchForm:
     form = LaunchForm()
-    usable = dataset_service.usable_datasets(core(), current_user.name, current_user.role)
-    form.dataset.choices = [SelectChoice(d.name, f"{d.name} ({d.files} files, "
-                                                 f"{d.size_bytes:,} bytes)") for d in usable]
+    form.dataset.choices = _dataset_choices()
     form.example.choices = [SelectChoice(name, name + (" (suggested for clusters)"
                                                        if name in CLUSTER_EXAMPLES else ""))
                             for name in launch_service.examples()]
+    form.inputs.choices = _input_choices()
+    form.project.choices = _project_choices()
+    if not form.is_submitted():  # "build on this" and "launch in this project" links
+        offered = {c.value for c in form.inputs.choices}
+        form.inputs.data = [i for i in request.args.getlist("input") if i in offered]
+        asked = request.args.get("project", "")
+        if asked in {c.value for c in form.project.choices}:
+            form.project.data = asked
     return form
 
 
@@ -59,7 +117,9 @@ def new() -> Any:
             datasets=[form.dataset.data], command=form.command.data,
             cpus=float(form.cpus.data), memory_mb=form.memory_mb.data,
             pids=form.pids.data or 256, timeout_s=form.timeout_s.data,
-            kind=form.kind.data, ranks=form.ranks.data)
+            kind=form.kind.data, ranks=form.ranks.data,
+            inputs=[*(form.inputs.data or []), *split_ids(form.other_inputs.data or "")],
+            project=form.project.data or "")
         if form.source.data == "upload":
             upload = request.files.get("code")
             if upload is None or not upload.filename:
@@ -71,9 +131,7 @@ def new() -> Any:
         try:
             record = launch_service.launch(core(), caller(), order)
         except ServiceError as exc:
-            rule = f" (policy version {exc.policy_version}, rule {exc.rule})" \
-                if exc.rule and exc.policy_version else ""
-            flash(exc.message + rule, "error")
+            flash(refusal(exc), "error")
             return render_template("sandbox_new.html", form=form, maxima=maxima), exc.status
         flash(f"Sandbox {record.id} launched.", "info")
         return redirect(url_for("engineer.detail", sandbox_id=record.id))
@@ -93,9 +151,14 @@ def detail(sandbox_id: str) -> Any:
         outbox = sandbox_service.outbox(core(), caller(), sandbox_id)
     except PolicyDenied as exc:
         outbox_note = f"{exc.message} (policy rule {exc.rule})"
-    return render_template("sandbox_detail.html", sandbox=sandbox_service.to_dict(record),
-                           outbox=outbox, outbox_note=outbox_note,
-                           approvals_needed=core().policy.release.approvals_needed)
+    lineage = sandbox_service.lineage(core(), caller(), sandbox_id)
+    me = current_user.name
+    return render_template(
+        "sandbox_detail.html", sandbox=sandbox_service.to_dict(record), outbox=outbox,
+        outbox_note=outbox_note, approvals_needed=core().policy.release.approvals_needed,
+        lineage=lineage, links=lineage_web.links(
+            lineage, lambda other, owner: url_for("engineer.detail", sandbox_id=other)
+            if owner == me else None))
 
 
 @engineer.route("/<sandbox_id>/live")

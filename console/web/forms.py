@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
-from wtforms import DecimalField, IntegerField, PasswordField, RadioField, SelectField, StringField
+from wtforms import (
+    BooleanField,
+    DecimalField,
+    IntegerField,
+    PasswordField,
+    RadioField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+)
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
@@ -14,8 +23,20 @@ class LoginForm(FlaskForm):  # type: ignore[misc]
     password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
 
 
+def split_ids(text: str) -> list[str]:
+    """Ids typed into a free text field, separated by commas and/or white space."""
+    return [part for part in text.replace(",", " ").split() if part]
+
+
 class LaunchForm(FlaskForm):  # type: ignore[misc]
-    dataset = SelectField("Dataset", validators=[DataRequired()])
+    #: `name` (its newest usable version) or `name@version`.
+    dataset = SelectField("Dataset version", validators=[DataRequired()])
+    #: The caller's own finished sandboxes whose outputs to mount under /inputs.
+    inputs = SelectMultipleField("Outputs of my finished sandboxes", default=[])
+    #: Other sandboxes' ids (outputs shared with the caller's group), comma or space separated.
+    other_inputs = StringField("Other sandboxes' outputs (ids)",
+                               validators=[Optional(), Length(max=2000)])
+    project = SelectField("Project", default="")
     source = RadioField("Code", choices=[SelectChoice("example", "Bundled example (MLP)"),
                                          SelectChoice("upload", "Upload a script (.py) or a zip")],
                         default="example")
@@ -31,3 +52,22 @@ class LaunchForm(FlaskForm):  # type: ignore[misc]
     memory_mb = IntegerField("Memory (MB)", default=2048, validators=[NumberRange(min=64)])
     pids = IntegerField("Max processes", default=256, validators=[Optional(), NumberRange(min=16)])
     timeout_s = IntegerField("Time limit (s)", default=1800, validators=[NumberRange(min=1)])
+
+
+class ProjectForm(FlaskForm):  # type: ignore[misc]
+    name = StringField("Name", validators=[DataRequired(), Length(max=63)])
+    quota_mb = IntegerField("Quota (MB)", default=1024, validators=[NumberRange(min=1)])
+
+
+class DatasetUploadForm(FlaskForm):  # type: ignore[misc]
+    """A dataset, or a new version of one: a .zip of its files, or one file."""
+
+    name = StringField("Dataset name", validators=[DataRequired(), Length(max=63)])
+    data = FileField("Files (a .zip, or one file)")
+    allow = StringField("Allow (users, role:<role>, group:<group>; optional)",
+                        validators=[Optional(), Length(max=2000)])
+
+
+class RetireForm(FlaskForm):  # type: ignore[misc]
+    confirm = BooleanField("Yes, retire it: no new sandbox may mount this version",
+                           validators=[DataRequired()])
