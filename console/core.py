@@ -69,6 +69,7 @@ class Sealroom:
         self._background_lock = threading.Lock()
         #: Set by `close`: the console's own threads (the supervisor) end at their next wait.
         self.closing = threading.Event()
+        self._at_close: list[Callable[[], object]] = []
         self._ensure_policy()
 
     # --- the sandbox backend -----------------------------------------------------------------
@@ -271,12 +272,19 @@ class Sealroom:
         return verify_database(self.read_engine, self.audit_verifier_keys(),
                                checkpoint_file=self.settings.audit_checkpoint_file)
 
+    def at_close(self, work: Callable[[], object]) -> None:
+        """Run `work` when the installation is closed, while its database is still open:
+        the console records there what it holds only in memory (counted refusals)."""
+        self._at_close.append(work)
+
     def close(self) -> None:
         self.closing.set()
         with self._background_lock:
             if self._background is not None:
                 self._background.shutdown(wait=True, cancel_futures=True)
                 self._background = None
+        for work in self._at_close:
+            work()
         self.engine.dispose()
         self.read_engine.dispose()
 
