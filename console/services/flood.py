@@ -258,15 +258,25 @@ class RefusalLedger:
             return False
 
     def due(self, *, everything: bool = False) -> list[RefusalCount]:
-        """Take the counts of periods that are over (`everything`: of the current one too)."""
+        """Take the counts of periods that are over (`everything`: of the current one too,
+        as at shutdown; the sources keep their budgets), one per actor and period."""
         with self._lock:
             period = self._period(self._clock())
-            if everything:
-                self._close_periods(period + 1)
-            elif period > self._swept:
+            if period > self._swept:
                 self._close_periods(period)
+            if everything:
+                for state in self._sources.values():
+                    self._due.extend(state.counted.values())
+                    state.counted = {}
             taken, self._due = self._due, []
-        return taken
+        merged: dict[tuple[Actor, int], RefusalCount] = {}
+        for count in taken:
+            key = (count.actor, count.period)
+            if key in merged:
+                merged[key].merge(count)
+            else:
+                merged[key] = count
+        return list(merged.values())
 
     def retry_after_s(self) -> int:
         """Seconds until the current period ends (a refused source's `Retry-After`)."""
@@ -281,14 +291,7 @@ class RefusalLedger:
     def put_back(self, counts: list[RefusalCount]) -> None:
         """Counts whose events could not be written: kept for the next attempt."""
         with self._lock:
-            merged: dict[tuple[Actor, int], RefusalCount] = {}
-            for count in [*counts, *self._due]:
-                key = (count.actor, count.period)
-                if key in merged:
-                    merged[key].merge(count)
-                else:
-                    merged[key] = count
-            self._due = list(merged.values())
+            self._due[:0] = counts
 
     def _close_periods(self, current: int) -> None:
         """Move every count of a period before `current` to the due list; forget sources
