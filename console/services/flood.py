@@ -242,10 +242,8 @@ class RefusalLedger:
             period = self._period(now)
             if period > self._swept:
                 self._close_periods(period)
-            state = self._sources.get(actor.source)
-            if state is None or state.period != period:
-                if state is not None:
-                    self._due.extend(state.counted.values())
+            state = self._sources.get(actor.source)  # (only sources of this period are kept)
+            if state is None:
                 state = self._sources[actor.source] = _SourcePeriod(period)
             if state.recorded < self.rate.amount:
                 state.recorded += 1
