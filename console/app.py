@@ -13,17 +13,26 @@ from flask import Flask, flash, g, jsonify, redirect, render_template, request, 
 from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from flask_login import current_user, logout_user
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, TooManyRequests
 
 from audit.errors import AuditWriteFailed
-from audit.events import Actor, AuditAction, Outcome
+from audit.events import Actor, AuditAction
 from console.core import Sealroom
-from console.extensions import csrf, limiter, login_manager
-from console.guards import SessionUser, api_error, caller, core
+from console.extensions import csrf, limits, login_manager
+from console.guards import (
+    TOO_MANY_REFUSALS,
+    SessionUser,
+    api_error,
+    caller,
+    core,
+    refusal_recorded,
+    too_many,
+)
 from console.permissions import PUBLIC, declare, declared_permission
 from console.services import accounts
 from console.services import sandboxes as sandbox_service
 from console.services.audit_log import record_unaudited_request
+from console.services.flood import RefusalLedger, record_counted
 from console.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,7 +62,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     login_manager.session_protection = "strong"
-    limiter.init_app(app)
+    limits.init_app(app)  # login and refusal limits (console.services.flood)
 
     @login_manager.user_loader  # type: ignore[untyped-decorator]  # flask-login is untyped
     def _load(user_id: str) -> SessionUser | None:
@@ -94,7 +103,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
 
     _install_error_handlers(app)
     if supervise:
-        _start_supervisor(sealroom)
+        _start_supervisor(sealroom, limits.of(app).refusals)
     return app
 
 
@@ -111,8 +120,8 @@ def _install_request_hooks(app: Flask) -> None:
         a refused or malformed request) gets a generic event here. If even that cannot be
         written, the response is withheld: reads fail closed like writes."""
         view = app.view_functions.get(request.endpoint or "")
-        if view is None or declared_permission(view) == PUBLIC:
-            return response
+        if view is None or declared_permission(view) == PUBLIC or g.get("refusal_counted"):
+            return response  # (a refusal counted in a flood is on record in its count)
         try:
             record_unaudited_request(core(), caller(), request.method, request.path,
                                      response.status_code, declared_permission(view) or "")
@@ -188,30 +197,26 @@ def _install_error_handlers(app: Flask) -> None:
     def _too_large(exc: RequestEntityTooLarge) -> Any:
         limit = app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
         message = f"the request is larger than {limit} MB"
-        core().record(caller().actor, AuditAction.CODE_UPLOAD, target=request.path[:200],
-                      outcome=Outcome.DENIED, reason=message, request_id=g.request_id)
+        if not refusal_recorded(AuditAction.CODE_UPLOAD, request.path, message):
+            return too_many(TOO_MANY_REFUSALS, limits.refusals.retry_after_s())
         if _wants_json():
             return api_error(413, "payload_too_large", message)
         return render_template("error.html", status=413, message=message), 413
 
     @app.errorhandler(CSRFError)
     def _csrf(exc: CSRFError) -> Any:
-        core().record(caller().actor, AuditAction.REQUEST_DENIED, target=request.path[:200],
-                      outcome=Outcome.DENIED, reason=f"CSRF: {exc.description}",
-                      request_id=g.request_id)
+        if not refusal_recorded(AuditAction.REQUEST_DENIED, request.path,
+                                f"CSRF: {exc.description}"):
+            return too_many(TOO_MANY_REFUSALS, limits.refusals.retry_after_s())
         return render_template("error.html", status=400,
                                message="The form expired or was not sent from this console. "
                                        "Reload the page and try again."), 400
 
-    @app.errorhandler(429)
-    def _rate_limited(exc: HTTPException) -> Any:
-        core().record(caller().actor, AuditAction.LOGIN, target=request.path[:200],
-                      outcome=Outcome.DENIED, reason="too many attempts (rate limited)",
-                      request_id=g.request_id)
-        message = "Too many attempts. Wait a minute and try again."
-        if _wants_json():
-            return api_error(429, "rate_limited", message)
-        return render_template("error.html", status=429, message=message), 429
+    @app.errorhandler(TooManyRequests)
+    def _rate_limited(exc: TooManyRequests) -> Any:
+        # Raised only once the refusal is accounted for (console.guards.refusal_recorded).
+        retry_after = exc.retry_after if isinstance(exc.retry_after, int) else 60
+        return too_many(exc.description or TOO_MANY_REFUSALS, retry_after)
 
     @app.errorhandler(AuditWriteFailed)
     def _audit_down(exc: AuditWriteFailed) -> Any:
@@ -237,10 +242,11 @@ def _install_error_handlers(app: Flask) -> None:
     declare(app.view_functions["healthz"], PUBLIC)
 
 
-def _start_supervisor(sealroom: Sealroom) -> threading.Thread:
+def _start_supervisor(sealroom: Sealroom, refusals: RefusalLedger) -> threading.Thread:
     """Watch running sandboxes: exits, OOM kills, time limits, lost containers. This is the
     only place the console polls the engine (pages read the database); it ends when the
-    installation is closed."""
+    installation is closed. Each pass also records refusals counted in a period that is
+    over, so a flood that stops is on record without waiting for another request."""
     stop = sealroom.closing
 
     def loop() -> None:
@@ -249,6 +255,10 @@ def _start_supervisor(sealroom: Sealroom) -> threading.Thread:
                 sandbox_service.refresh_all(sealroom)
             except Exception:  # keep watching; the error is logged, not lost
                 log.exception("supervisor pass failed")
+            try:
+                record_counted(sealroom, refusals)
+            except Exception:  # counts stay in the ledger; the next pass tries again
+                log.exception("recording counted refusals failed")
             try:
                 sealroom.checkpoint_if_due()
             except Exception:  # the next pass tries again; events are kept meanwhile

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import os
 import secrets
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -115,7 +116,13 @@ def up(host: str | None, port: int | None, threads: int) -> None:
     app = create_app(sealroom=core, supervise=True)
     bind_host, bind_port = host or settings.host, port or settings.port
     click.echo(f"Sealroom console on http://{bind_host}:{bind_port}/  (Ctrl-C stops it)")
-    waitress.serve(app, host=bind_host, port=bind_port, threads=threads, ident="sealroom")
+    # SIGTERM (docker stop, systemd) ends the server as Ctrl-C does, so the close below runs:
+    # it records what the console holds only in memory (refusals counted in a flood).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        waitress.serve(app, host=bind_host, port=bind_port, threads=threads, ident="sealroom")
+    finally:
+        core.close()
 
 
 @main.group()

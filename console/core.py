@@ -72,6 +72,7 @@ class Sealroom:
         self.closing = threading.Event()
         #: The engine's outages and the removals to retry, as the supervisor saw them.
         self.engine_watch = EngineWatch()
+        self._at_close: list[Callable[[], object]] = []
         self._ensure_policy()
 
     # --- the sandbox backend -----------------------------------------------------------------
@@ -274,12 +275,19 @@ class Sealroom:
         return verify_database(self.read_engine, self.audit_verifier_keys(),
                                checkpoint_file=self.settings.audit_checkpoint_file)
 
+    def at_close(self, work: Callable[[], object]) -> None:
+        """Run `work` when the installation is closed, while its database is still open:
+        the console records there what it holds only in memory (counted refusals)."""
+        self._at_close.append(work)
+
     def close(self) -> None:
         self.closing.set()
         with self._background_lock:
             if self._background is not None:
                 self._background.shutdown(wait=True, cancel_futures=True)
                 self._background = None
+        for work in self._at_close:
+            work()
         self.engine.dispose()
         self.read_engine.dispose()
 

@@ -1,20 +1,25 @@
 """Who is calling and may they: session and token authentication, permission decorators,
-and the audit record of every denied request."""
+the caller's real address behind trusted proxies, and the audit record of every denied
+request (one by one, or counted per source in a flood: `console.services.flood`)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import ipaddress
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from flask import current_app, g, jsonify, redirect, render_template, request, url_for
 from flask_login import UserMixin, current_user
+from werkzeug.exceptions import TooManyRequests
 
 from audit.events import Actor, AuditAction, Outcome
 from console.core import Caller, Sealroom
+from console.extensions import limits
 from console.models import User
 from console.permissions import PUBLIC, Permission, declare, role_has
 from console.services import accounts
+from console.services.flood import record_counted
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,8 +47,59 @@ def core() -> Sealroom:
     return sealroom
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
+def _ip(text: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_address(peer: str, forwarded_for: Iterable[str], trusted: tuple[str, ...]) -> str:
+    """The client's address. The direct peer's, unless the peer is a trusted proxy: then
+    X-Forwarded-For (every such header, in order) is read from the right, each hop a proxy
+    appended, and the first address that is not a trusted proxy is the client. A hop that is
+    not an address was not written by a trusted proxy, so the walk stops at the last
+    trusted one. Unlike Werkzeug's ProxyFix (a fixed number of hops), only addresses named
+    in SEALROOM_TRUSTED_PROXIES are believed, however many hops there are."""
+    networks = _networks(trusted)
+
+    def is_trusted(address: IPAddress) -> bool:
+        return any(address in network for network in networks)
+
+    current = _ip(peer)
+    if current is None or not is_trusted(current):
+        return str(current) if current is not None else peer
+    hops = [hop for header in forwarded_for for hop in header.split(",")]
+    for hop in reversed(hops):
+        address = _ip(hop)
+        if address is None:
+            break
+        current = address
+        if not is_trusted(address):
+            break
+    return str(current)
+
+
 def source_address() -> str:
-    return request.remote_addr or ""
+    """The current request's client address (`client_address`), worked out once."""
+    if "source_address" not in g:
+        g.source_address = client_address(request.remote_addr or "",
+                                          request.headers.getlist("X-Forwarded-For"),
+                                          core().settings.trusted_proxies)
+    address: str = g.source_address
+    return address
 
 
 def caller() -> Caller:
@@ -59,9 +115,40 @@ def caller() -> Caller:
 
 
 def _deny(permission: str, reason: str) -> None:
-    core().record(caller().actor, AuditAction.REQUEST_DENIED,
-                  target=f"{request.method} {request.path}"[:200], outcome=Outcome.DENIED,
-                  reason=reason, request_id=g.request_id, permission=permission)
+    """Account for a refused request; a source over its refusal budget is answered 429."""
+    if not refusal_recorded(AuditAction.REQUEST_DENIED, f"{request.method} {request.path}",
+                            reason, permission=permission):
+        raise TooManyRequests(TOO_MANY_REFUSALS, retry_after=limits.refusals.retry_after_s())
+
+
+TOO_MANY_REFUSALS = "Too many refused requests from your address. Wait a minute and try again."
+
+
+def refusal_recorded(action: AuditAction, target: str, reason: str, **details: object) -> bool:
+    """Account for one refused request. While its source is within SEALROOM_REFUSAL_RATE it
+    is recorded as its own audit event (True); beyond that it is counted into the source's
+    one event for the period (False), and the caller answers 429. Counts of periods that
+    are over are recorded first, so a flood is on record by the next refusal after it."""
+    who, ledger = caller(), limits.refusals
+    if ledger.has_due():
+        record_counted(core(), ledger)
+    if ledger.refuse(who.actor, action, target[:200], reason):
+        core().record(who.actor, action, target=target[:200], outcome=Outcome.DENIED,
+                      reason=reason, request_id=who.request_id, **details)
+        return True
+    g.refusal_counted = True  # the completeness check in console.app knows it is on record
+    return False
+
+
+def too_many(message: str, retry_after_s: float) -> Any:
+    """The 429 answer: JSON for the API, a page otherwise, with Retry-After."""
+    if request.path.startswith("/api/"):
+        response = api_error(429, "rate_limited", message)
+    else:
+        response = current_app.make_response(
+            (render_template("error.html", status=429, message=message), 429))
+    response.headers["Retry-After"] = str(max(1, int(retry_after_s + 0.999)))
+    return response
 
 
 def public(view: F) -> F:

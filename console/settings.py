@@ -6,7 +6,9 @@ Every path lives under the data directory (`SEALROOM_HOME`, default `./var`).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -56,6 +58,34 @@ def build_backend(settings: Settings) -> Backend:
     return _BACKENDS[settings.backend](settings)
 
 
+@dataclass(frozen=True)
+class Rate:
+    """At most `amount` in any `seconds`: a limit as the `SEALROOM_*_RATE` settings write it."""
+
+    amount: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"{self.amount} per {self.seconds:g} seconds"
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*(?:per|/)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$")
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def parse_rate(text: str) -> Rate:
+    """`10 per minute`, `10/minute`, `100 per 5 minutes` (the syntax Flask-Limiter uses)."""
+    match = _RATE.match(text.lower())
+    if match is None:
+        raise ValueError("write a rate as '<number> per <unit>' (second, minute, hour, day), "
+                         "e.g. '10 per minute'")
+    amount, count, unit = match.groups()
+    seconds = int(count or 1) * _UNIT_SECONDS[unit]
+    if int(amount) < 1 or seconds < 1:
+        raise ValueError("a rate allows at least 1 in at least one second")
+    return Rate(int(amount), float(seconds))
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"SEALROOM_{name}", default)
 
@@ -78,7 +108,24 @@ class Settings:
     https: bool = field(default_factory=lambda: _env("HTTPS", "0") == "1")
     supervise_interval_s: float = field(
         default_factory=lambda: float(_env("SUPERVISE_INTERVAL", "1.0")))
+    # Login attempts (wrong passwords; a success gives its attempt back): per source address
+    # and user name, per source address whatever the name, and per user name from anywhere
+    # (addresses the user last logged in from are exempt from the last). See
+    # console/services/flood.py and docs/operator-guide.md.
     login_rate: str = field(default_factory=lambda: _env("LOGIN_RATE", "10 per minute"))
+    login_rate_per_address: str = field(
+        default_factory=lambda: _env("LOGIN_RATE_PER_ADDRESS", "30 per minute"))
+    login_rate_per_user: str = field(
+        default_factory=lambda: _env("LOGIN_RATE_PER_USER", "30 per minute"))
+    # Refused requests (not logged in, bad token, wrong role, bad CSRF token) recorded one
+    # by one per source and period; beyond it a source is answered 429 and its refusals are
+    # counted into one audit event per source and period.
+    refusal_rate: str = field(default_factory=lambda: _env("REFUSAL_RATE", "60 per minute"))
+    # Proxies whose X-Forwarded-For is believed (addresses or CIDR blocks, comma-separated;
+    # default none): only a request whose peer is one of them has its client address taken
+    # from the header.
+    trusted_proxies: tuple[str, ...] = field(
+        default_factory=lambda: tuple(_env("TRUSTED_PROXIES", "").split(",")))
     # Audit checkpoints: every N events, every T seconds when new events exist, and a copy
     # in a directory meant for another volume (default: under the data directory).
     audit_checkpoint_every: int = field(
@@ -95,6 +142,7 @@ class Settings:
     testing: bool = False
 
     def __post_init__(self) -> None:
+        self._check_limits()
         if self.backend not in _BACKENDS:
             raise SettingsError(f"SEALROOM_BACKEND={self.backend!r} is not a sandbox backend; "
                                 f"use one of: {', '.join(backend_names())}")
@@ -102,6 +150,24 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'sealroom.db'}")
         if self.audit_checkpoint_dir is None:
             object.__setattr__(self, "audit_checkpoint_dir", self.home / "audit-checkpoints")
+
+    def _check_limits(self) -> None:
+        for variable, text in (("LOGIN_RATE", self.login_rate),
+                               ("LOGIN_RATE_PER_ADDRESS", self.login_rate_per_address),
+                               ("LOGIN_RATE_PER_USER", self.login_rate_per_user),
+                               ("REFUSAL_RATE", self.refusal_rate)):
+            try:
+                parse_rate(text)
+            except ValueError as exc:
+                raise SettingsError(f"SEALROOM_{variable}={text!r}: {exc}") from None
+        entries = tuple(e.strip() for e in self.trusted_proxies if e.strip())
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise SettingsError(f"SEALROOM_TRUSTED_PROXIES: {entry!r} is not an IP "
+                                    "address or CIDR block") from None
+        object.__setattr__(self, "trusted_proxies", entries)
 
     @property
     def audit_checkpoint_file(self) -> Path:

@@ -50,8 +50,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
+    # Tests refuse many requests from one address (127.0.0.1): the limits are tested where
+    # they are set low (tests/unit/console/test_limits.py).
     return Settings.from_env(home=tmp_path / "home", testing=True,
-                             login_rate="1000 per minute", supervise_interval_s=0.5)
+                             login_rate="1000 per minute", refusal_rate="100000 per minute",
+                             supervise_interval_s=0.5)
 
 
 def make_fake_backend(settings: Settings) -> FakeBackend:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from audit.chain import append, utc_now
 from audit.errors import AuditWriteFailed
@@ -401,6 +401,21 @@ def create(core: Sealroom, spec: sandbox_spec.SandboxSpec) -> BackendState:
     return core.backend.create(spec)
 
 
+def require_room(core: Sealroom, session: Session, caller: Caller) -> None:
+    """The concurrency cap, counted again inside the write transaction that inserts the
+    sandbox: `decide` counted in an earlier one, so launches decided at the same moment
+    could all have seen room. Writers are serialised (BEGIN IMMEDIATE), so this count and
+    the insert are one step. The active policy's cap applies."""
+    policy = core.policy
+    effective = PolicyEvaluator(policy).limits_for(caller.name, caller.role)
+    cap = effective.limits.max_concurrent
+    running = len(session.exec(select(Sandbox.id).where(Sandbox.owner == caller.name).where(
+        col(Sandbox.status).in_([SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all())
+    if running >= cap:
+        raise PolicyDenied(f"at most {cap} sandboxes may run at once",
+                           rule=effective.rule("max_concurrent"), policy_version=policy.version)
+
+
 def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decision,
            staged: Staged, spec: sandbox_spec.SandboxSpec, state: BackendState) -> None:
     """Insert the sandbox, STARTING, with its code upload and launch events, in one
@@ -411,6 +426,7 @@ def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decis
         assert owner.id is not None
         # Decided on in an earlier read; checked again where the row is written.
         versions_service.require_mountable(session, decision.versions)
+        require_room(core, session, caller)
         if parsed.project:
             lineage_service.claim_project(session, parsed.project, sandbox_id,
                                           decision.project_parent, decision.lineage)

@@ -137,6 +137,21 @@ def _labelled(report: CheckReport, labels: dict[str, str]) -> CheckReport:
                              for r in report.results))
 
 
+def _sealable_name(name: str, label: str) -> None:
+    """Refuse at request time a name sealing would refuse: the one rule for release names is
+    `sandbox.gate.sealing.check_release_name`, used here and when the bundle is sealed, so
+    an approved request can never fail to seal (and be retried at every start) for its
+    names. A name the policy withholds is not repeated in the message."""
+    from sandbox.gate.sealing import InvalidReleaseName, check_release_name  # loads signing
+
+    try:
+        check_release_name(name)
+    except InvalidReleaseName as exc:
+        message = exc.user_message if label == name else \
+            f"{label} cannot be released: its name is not a plain relative file name"
+        raise BadRequest(message) from None
+
+
 def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
             justification: str) -> ReleaseRequest:
     justification = justification.strip()
@@ -147,6 +162,9 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
     names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
     if not names:
         raise BadRequest("choose at least one file from the outbox")
+    for name in names:
+        if not name.startswith("#"):  # `#17` is a position in the listing, not a name
+            _sealable_name(name, name)
     with core.read() as session:
         sandbox = session.get(Sandbox, sandbox_id)
         if sandbox is None or sandbox.owner != caller.name:
@@ -163,6 +181,8 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
     if len({c.path for c in chosen}) != len(chosen):
         raise BadRequest("the request names the same file more than once")
     labels = {c.path: c.label for c in chosen}
+    for file in chosen:
+        _sealable_name(file.path, file.label)
     candidates = []
     try:
         for file in chosen:

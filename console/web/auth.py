@@ -1,4 +1,5 @@
-"""Log in and log out. Failed logins are audited and rate-limited."""
+"""Log in and log out. Failed logins are audited and rate-limited (`console.services.flood`:
+an attempt is counted before its password is checked)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,17 @@ from flask import Blueprint, flash, redirect, render_template, request, session,
 from flask_login import current_user, login_user, logout_user
 
 from audit.events import AuditAction
-from console.extensions import limiter
-from console.guards import SessionUser, caller, core, public, requires
+from console.extensions import limits
+from console.guards import (
+    SessionUser,
+    caller,
+    core,
+    public,
+    refusal_recorded,
+    requires,
+    source_address,
+    too_many,
+)
 from console.permissions import Permission
 from console.services import accounts
 from console.web.forms import LoginForm
@@ -34,16 +44,23 @@ def _safe_next(target: str | None) -> str:
     return url_for("home.index")
 
 
+TOO_MANY_ATTEMPTS = "Too many attempts. Wait a minute and try again."
+
+
 @auth.route("/login", methods=["GET", "POST"])
-@limiter.limit(lambda: core().settings.login_rate, methods=["POST"],
-               deduct_when=lambda response: response.status_code != 302)
 @public
 def login() -> Any:
     form = LoginForm()
     if form.validate_on_submit():
-        user = accounts.authenticate(core(), caller(), form.username.data.strip(),
-                                     form.password.data)
+        name = form.username.data.strip()
+        admission = limits.login.admit(name, source_address())
+        if not admission:
+            refusal_recorded(AuditAction.LOGIN, f"user:{name[:64]}",
+                             "too many attempts (rate limited)", limit=admission.refused_by)
+            return too_many(TOO_MANY_ATTEMPTS, admission.retry_after_s)
+        user = accounts.authenticate(core(), caller(), name, form.password.data)
         if user is not None:
+            limits.login.succeeded(admission)
             session.clear()
             login_user(SessionUser(user))
             session.permanent = True

@@ -165,7 +165,8 @@ def installation(tmp_path_factory: pytest.TempPathFactory, docker_client: docker
 
     home = tmp_path_factory.mktemp("insider")
     settings = Settings.from_env(home=home / "home", testing=True,
-                                 login_rate="1000 per minute", supervise_interval_s=0.5)
+                                 login_rate="1000 per minute", refusal_rate="100000 per minute",
+                                 supervise_interval_s=0.5)
     core = Sealroom(settings)
     images.register_image(core, OPERATOR, "base", base_image.tag, base_image.digest)
     tokens = {}

@@ -260,7 +260,8 @@ def test_request_refusals_leave_nothing(client: FlaskClient, people: dict[str, s
                                         fake_backend: Any) -> None:
     sandbox_id = finished()
     not_listed = "not in the outbox listing"
-    for files, fragment in [(["../../secret_key"], not_listed), (["missing.json"], not_listed),
+    for files, fragment in [(["../../secret_key"], "not a plain relative file name"),
+                            (["missing.json"], not_listed),
                             (["#99"], not_listed), ([], "at least one")]:
         response = _request(client, people["alice"], sandbox_id, files)
         assert response.status_code == 400 and fragment in response.get_json()["error"]["message"]
