@@ -19,7 +19,7 @@ from audit.errors import AuditWriteFailed
 from audit.events import Actor, AuditAction, Outcome
 from console.core import Sealroom
 from console.extensions import csrf, limiter, login_manager
-from console.guards import SessionUser, api_error, caller, core, load_session_user
+from console.guards import SessionUser, api_error, caller, core
 from console.permissions import PUBLIC, declare, declared_permission
 from console.services import sandboxes as sandbox_service
 from console.services.audit_log import record_unaudited_request
@@ -55,8 +55,8 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     limiter.init_app(app)
 
     @login_manager.user_loader  # type: ignore[untyped-decorator]  # flask-login is untyped
-    def _load(session_id: str) -> SessionUser | None:
-        return load_session_user(sealroom, session_id)
+    def _load(user_id: str) -> SessionUser | None:
+        return SessionUser.load(sealroom, user_id)
 
     from console.api import api
     from console.metrics import metrics

@@ -49,6 +49,11 @@ class SessionUser(UserMixin):  # type: ignore[misc]
     def get_id(self) -> str:
         return f"{self.id}.{self.epoch}"
 
+    @classmethod
+    def load(cls, sealroom: Sealroom, session_id: str) -> SessionUser | None:
+        """Flask-Login's user loader: `load_session_user`."""
+        return load_session_user(sealroom, session_id)
+
 
 def load_session_user(sealroom: Sealroom, session_id: str) -> SessionUser | None:
     """Flask-Login's user loader, run on every request that carries a session: the user
