@@ -21,10 +21,18 @@ from sqlmodel import Session, col, func, select
 
 from audit.chain import append, utc_now
 from audit.events import AuditAction, EventDraft, Outcome
+from audit.models import AuditEvent
 from console.core import Caller, Sealroom
 from console.models import ApiToken, Role, User
 from console.services.auditing import refusals
-from console.services.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from console.services.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceError,
+    Unauthorized,
+)
 
 _hasher = PasswordHasher()
 _USER_NAME = re.compile(r"^[a-z][a-z0-9_.-]{1,31}$")
@@ -36,6 +44,17 @@ MAX_PASSWORD = 1024
 LAST_USED_GRAIN = timedelta(minutes=1)
 # Verifying against this keeps a login for an unknown user as slow as for a known one.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+#: Wrong current passwords allowed per user in `PASSWORD_GUESS_WINDOW` on the password form:
+#: a stolen session must not become a way to guess the password.
+PASSWORD_GUESSES = 5
+PASSWORD_GUESS_WINDOW = timedelta(minutes=15)
+WRONG_CURRENT_PASSWORD = "the current password is wrong"
+
+
+class TooManyGuesses(ServiceError):
+    status, code = 429, "rate_limited"
 
 
 class TokenRefused(Unauthorized):
@@ -122,8 +141,13 @@ def change_own_password(core: Sealroom, caller: Caller, current: str, new: str) 
             raise BadRequest("the new password is the same as the current one")
         with core.read() as session:
             user = session.get(User, caller.user_id)
+            guesses = _wrong_guesses(session, target)
+        if guesses >= PASSWORD_GUESSES:
+            raise TooManyGuesses(f"{guesses} wrong current passwords in the last "
+                                 f"{PASSWORD_GUESS_WINDOW.seconds // 60} minutes; wait and "
+                                 "try again")
         if user is None or not _verify(user.password_hash, current):
-            raise Forbidden("the current password is wrong")
+            raise Forbidden(WRONG_CURRENT_PASSWORD)
         with core.transaction() as session:
             row = session.get(User, caller.user_id)
             if row is None or row.password_hash != user.password_hash:
@@ -135,6 +159,19 @@ def change_own_password(core: Sealroom, caller: Caller, current: str, new: str) 
                                        request_id=caller.request_id,
                                        details={"by": "self", "other_sessions_ended": True}))
     return row
+
+
+def _wrong_guesses(session: Session, target: str) -> int:
+    """Wrong current passwords for `target` lately, counted in the audit log (where each is
+    recorded anyway): the count holds across processes and restarts."""
+    since = _iso(datetime.now(UTC) - PASSWORD_GUESS_WINDOW)
+    return int(session.exec(
+        select(func.count()).select_from(AuditEvent)
+        .where(AuditEvent.target == target)
+        .where(AuditEvent.action == AuditAction.USER_PASSWORD_SET.value)
+        .where(AuditEvent.outcome == Outcome.DENIED.value)
+        .where(AuditEvent.reason == WRONG_CURRENT_PASSWORD)
+        .where(AuditEvent.time >= since)).one())
 
 
 def set_active(core: Sealroom, caller: Caller, name: str, active: bool) -> User:

@@ -8,7 +8,6 @@ from typing import Any
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_user
 
-from console.extensions import limiter
 from console.guards import SessionUser, caller, core, requires
 from console.permissions import Permission
 from console.services import accounts
@@ -33,7 +32,6 @@ def index() -> Any:
 
 
 @account_pages.route("/password", methods=["POST"])
-@limiter.limit(lambda: core().settings.login_rate, methods=["POST"])
 @requires(Permission.PASSWORD_SELF)
 def change_password() -> Any:
     current = request.form.get("current", "")

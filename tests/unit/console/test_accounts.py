@@ -347,3 +347,18 @@ def test_an_admin_creates_a_user_with_a_role(app: Flask, core: Sealroom, admin: 
     assert login(app.test_client(), "eve").status_code == 401  # nothing half-made
     assert [e.outcome for e in recorded(core, "admin:user:create")
             if e.actor == "root"] == ["ok", "denied", "denied", "denied"]
+
+
+def test_the_password_form_is_no_way_to_guess_the_password(app: Flask, core: Sealroom,
+                                                          alice: str) -> None:
+    client = _logged_in(app, "alice")
+    form = {"current": "a guess at it", "new": NEW_PASSWORD, "again": NEW_PASSWORD}
+    statuses = [_post(client, "/account/password", form).status_code
+                for _ in range(accounts.PASSWORD_GUESSES)]
+    assert statuses == [403] * accounts.PASSWORD_GUESSES
+    # even the right password is refused now, and the refusal is on record
+    blocked = _post(client, "/account/password", {**form, "current": PASSWORD})
+    assert blocked.status_code == 429 and "wrong current passwords" in blocked.get_data(
+        as_text=True)
+    assert recorded(core, "admin:user:set_password")[-1].outcome == "denied"
+    assert login(app.test_client(), "alice", NEW_PASSWORD).status_code == 401
