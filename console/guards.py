@@ -55,6 +55,9 @@ class SessionUser(UserMixin):  # type: ignore[misc]
         return load_session_user(sealroom, session_id)
 
 
+_ENDED_SESSIONS_KEPT = 10_000
+
+
 def load_session_user(sealroom: Sealroom, session_id: str) -> SessionUser | None:
     """Flask-Login's user loader, run on every request that carries a session: the user
     must still exist, be active, and have the epoch the session began under. A session
@@ -67,9 +70,16 @@ def load_session_user(sealroom: Sealroom, session_id: str) -> SessionUser | None
         return SessionUser(user)
     reason = "the account was deactivated" if not user.active else \
         "the password was changed, or the account deactivated, since it began"
-    sealroom.record(Actor(user.name, user.role, "session", source_address()),
-                    AuditAction.LOGOUT, target=f"user:{user.name}",
-                    reason=f"session ended: {reason}", request_id=g.get("request_id", ""))
+    # Recorded once per stale epoch (per process): a replayed old cookie is refused every
+    # time, but does not write an event every time (its refusals are `_deny`'s).
+    ended: set[str] = current_app.extensions.setdefault("sealroom_ended_sessions", set())
+    if session_id not in ended:
+        if len(ended) >= _ENDED_SESSIONS_KEPT:
+            ended.clear()
+        ended.add(session_id)
+        sealroom.record(Actor(user.name, user.role, "session", source_address()),
+                        AuditAction.LOGOUT, target=f"user:{user.name}",
+                        reason=f"session ended: {reason}", request_id=g.get("request_id", ""))
     session.clear()
     flash(f"Your session has ended: {reason}. Log in again.", "info")
     return None

@@ -262,7 +262,14 @@ def test_changing_ones_password_ends_other_sessions_and_the_old_one_stops_workin
                     {"current": PASSWORD, "new": NEW_PASSWORD, "again": NEW_PASSWORD})
     assert changed.status_code == 303
     assert here.get("/sandboxes").status_code == 200  # this session goes on
+    stale = elsewhere.get_cookie("sealroom_session")
+    assert stale is not None
     assert elsewhere.get("/sandboxes").status_code == 302  # the other one has ended
+    for _ in range(3):  # its cookie replayed: refused each time, its end recorded once
+        elsewhere.set_cookie("sealroom_session", stale.value)
+        assert elsewhere.get("/sandboxes").status_code == 302
+    assert [e.reason for e in recorded(core, "auth:session:logout")] == [
+        "session ended: the password was changed, or the account deactivated, since it began"]
     assert login(app.test_client(), "alice", PASSWORD).status_code == 401
     assert login(app.test_client(), "alice", NEW_PASSWORD).status_code == 302
     events = [(e.actor, e.outcome) for e in recorded(core, "admin:user:set_password")]
