@@ -20,6 +20,8 @@ class AuditAction(enum.StrEnum):
     USER_PASSWORD_SET = "admin:user:set_password"
     TOKEN_CREATE = "admin:token:create"
     TOKEN_REVOKE = "admin:token:revoke"
+    USER_DEACTIVATE = "admin:user:deactivate"  # sessions and tokens stop working at once
+    USER_ACTIVATE = "admin:user:activate"
     DATASET_REGISTER = "admin:dataset:register"
     DATASET_GRANT = "admin:dataset:grant"
     DATASET_RETIRE = "admin:dataset:retire"

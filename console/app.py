@@ -29,7 +29,6 @@ from console.guards import (
     too_many,
 )
 from console.permissions import PUBLIC, declare, declared_permission
-from console.services import accounts
 from console.services import sandboxes as sandbox_service
 from console.services.audit_log import record_unaudited_request
 from console.services.flood import RefusalLedger, record_counted
@@ -66,8 +65,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
 
     @login_manager.user_loader  # type: ignore[untyped-decorator]  # flask-login is untyped
     def _load(user_id: str) -> SessionUser | None:
-        user = accounts.get_user(sealroom, int(user_id))
-        return SessionUser(user) if user and user.active else None
+        return SessionUser.load(sealroom, user_id)
 
     from console.api import api
     from console.metrics import metrics
@@ -100,6 +98,11 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     csrf.exempt(api)  # token auth only: the API never reads the session cookie
     csrf.exempt(metrics)
     declare(app.view_functions["static"], PUBLIC)
+    from console.web.account import account_pages
+    from console.web.admin import admin_pages
+
+    app.register_blueprint(account_pages)  # one's own password and API tokens
+    app.register_blueprint(admin_pages)  # users, everyone's tokens, datasets from the host
 
     _install_error_handlers(app)
     if supervise:

@@ -144,6 +144,39 @@ def user_add(name: str, role: str) -> None:
     click.echo(f"user {name} ({role}) created")
 
 
+@user.command("deactivate")
+@click.argument("name")
+@_refusals
+def user_deactivate(name: str) -> None:
+    """Deactivate NAME: their sessions end and their API tokens are revoked, at once."""
+    from console.services import accounts
+
+    accounts.set_active(_core(), _caller(), name, False)
+    click.echo(f"user {name} deactivated; sessions ended, API tokens revoked")
+
+
+@user.command("activate")
+@click.argument("name")
+@_refusals
+def user_activate(name: str) -> None:
+    """Let deactivated user NAME log in again (old sessions and tokens stay dead)."""
+    from console.services import accounts
+
+    accounts.set_active(_core(), _caller(), name, True)
+    click.echo(f"user {name} reactivated")
+
+
+@user.command("password")
+@click.argument("name")
+@_refusals
+def user_password(name: str) -> None:
+    """Set NAME's password (read from standard input); their sessions end."""
+    from console.services import accounts
+
+    accounts.set_password(_core(), _caller(), name, _read_password())
+    click.echo(f"password of {name} set; their sessions have ended")
+
+
 def _read_password() -> str:
     if sys.stdin.isatty():
         first = getpass.getpass("Password: ")
@@ -160,12 +193,43 @@ def token() -> None:
 
 @token.command("create")
 @click.argument("user_name")
+@click.option("--name", default="", help="what the token is for (e.g. laptop, ci)")
+@click.option("--expires-in-days", type=int, default=None,
+              help="lifetime in days (default SEALROOM_TOKEN_TTL_DAYS, at most "
+                   "SEALROOM_TOKEN_MAX_DAYS)")
 @_refusals
-def token_create(user_name: str) -> None:
+def token_create(user_name: str, name: str, expires_in_days: int | None) -> None:
     """Make an API token for USER_NAME and print it (it is shown only once)."""
     from console.services import accounts
 
-    click.echo(accounts.create_token(_core(), _caller(), user_name))
+    made = accounts.issue_token(_core(), _caller(), user_name, name=name,
+                                expires_in_days=expires_in_days)
+    click.echo(made.secret)
+    click.echo(f"token {made.info.id} ({made.info.name}) expires {made.info.expires_at}",
+               err=True)
+
+
+@token.command("list")
+@click.argument("user_name", required=False)
+@_refusals
+def token_list(user_name: str | None) -> None:
+    """Every API token (or USER_NAME's): id, owner, name, state and dates; never the token."""
+    from console.services import accounts
+
+    for t in accounts.list_tokens(_core(), user_name):
+        click.echo(f"{t.id:>5} {t.owner:<16} {t.name[:24]:<24} {t.prefix}… {t.state:<8} "
+                   f"expires {t.expires_at[:16]}  last used {(t.last_used_at or 'never')[:16]}")
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+@_refusals
+def token_revoke(token_id: int) -> None:
+    """Revoke token TOKEN_ID (see `token list`): it is refused from the next request on."""
+    from console.services import accounts
+
+    info = accounts.revoke_token(_core(), _caller(), token_id, any_owner=True)
+    click.echo(f"token {info.id} ({info.name}) of {info.owner} revoked")
 
 
 @main.group()

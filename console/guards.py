@@ -9,7 +9,17 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from flask import current_app, g, jsonify, redirect, render_template, request, url_for
+from flask import (
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import UserMixin, current_user
 from werkzeug.exceptions import TooManyRequests
 
@@ -25,7 +35,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class SessionUser(UserMixin):  # type: ignore[misc]
-    """The Flask-Login view of a user row."""
+    """The Flask-Login view of a user row. The id kept in the session is `<id>.<epoch>`
+    (Flask-Login's "alternative token"): a password change or a deactivation raises the
+    user's epoch, and every session begun under an older one ends."""
 
     def __init__(self, user: User) -> None:
         assert user.id is not None
@@ -33,13 +45,49 @@ class SessionUser(UserMixin):  # type: ignore[misc]
         self.name = user.name
         self.role = user.role
         self.active = user.active
+        self.epoch = user.session_epoch
 
     @property
     def is_active(self) -> bool:
         return self.active
 
     def get_id(self) -> str:
-        return str(self.id)
+        return f"{self.id}.{self.epoch}"
+
+    @classmethod
+    def load(cls, sealroom: Sealroom, session_id: str) -> SessionUser | None:
+        """Flask-Login's user loader: `load_session_user`."""
+        return load_session_user(sealroom, session_id)
+
+
+_ENDED_SESSIONS_KEPT = 10_000
+
+
+def load_session_user(sealroom: Sealroom, session_id: str) -> SessionUser | None:
+    """Flask-Login's user loader, run on every request that carries a session: the user
+    must still exist, be active, and have the epoch the session began under. A session
+    that no longer holds is ended here, audited, and its owner told why."""
+    number, _, epoch = session_id.partition(".")
+    user = accounts.get_user(sealroom, int(number)) if number.isdigit() else None
+    if user is None:
+        return None
+    if user.active and epoch == str(user.session_epoch):
+        return SessionUser(user)
+    reason = "the account was deactivated" if not user.active else \
+        "the password was changed, or the account deactivated, since it began"
+    # Recorded once per stale epoch (per process): a replayed old cookie is refused every
+    # time, but does not write an event every time (its refusals are `_deny`'s).
+    ended: set[str] = current_app.extensions.setdefault("sealroom_ended_sessions", set())
+    if session_id not in ended:
+        if len(ended) >= _ENDED_SESSIONS_KEPT:
+            ended.clear()
+        ended.add(session_id)
+        sealroom.record(Actor(user.name, user.role, "session", source_address()),
+                        AuditAction.LOGOUT, target=f"user:{user.name}",
+                        reason=f"session ended: {reason}", request_id=g.get("request_id", ""))
+    session.clear()
+    flash(f"Your session has ended: {reason}. Log in again.", "info")
+    return None
 
 
 def core() -> Sealroom:
@@ -190,13 +238,16 @@ def api_requires(permission: Permission) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
-            user = accounts.user_for_token(core(), token.strip()) \
-                if scheme.lower() == "bearer" else None
-            if user is None:
-                _deny(permission, "missing or invalid API token")
-                return api_error(401, "unauthorized", "a valid API token is required "
-                                 "(Authorization: Bearer <token>)")
-            g.api_user = user
+            try:
+                if scheme.lower() != "bearer":
+                    raise accounts.TokenRefused("unauthorized", "a valid API token is "
+                                                "required (Authorization: Bearer <token>)")
+                user, api_token = accounts.authenticate_token(core(), token.strip())
+            except accounts.TokenRefused as exc:
+                _deny(permission, "missing or invalid API token" if exc.code == "unauthorized"
+                      else exc.detail)
+                return api_error(401, exc.code, exc.message)
+            g.api_user, g.api_token = user, api_token
             if not role_has(user.role, permission):
                 _deny(permission, f"role {user.role} lacks {permission}")
                 return api_error(403, "forbidden", f"your role may not {permission}")

@@ -25,11 +25,17 @@ class User(SQLModel, table=True):
     name: str = Field(unique=True, index=True)
     role: str
     password_hash: str
-    active: bool = True
+    active: bool = True  # an inactive user's sessions and tokens are refused at once
     created_at: str
+    #: Raised when the password changes or the user is deactivated: a console session
+    #: carries the number it began under, and one from an older number is ended.
+    session_epoch: int = 0
 
 
 class ApiToken(SQLModel, table=True):
+    """A bearer token for /api/v1: only its hash is kept. It works until it expires or is
+    revoked, and only while its user is active."""
+
     __tablename__ = "api_token"
 
     id: int | None = Field(default=None, primary_key=True)
@@ -37,7 +43,11 @@ class ApiToken(SQLModel, table=True):
     prefix: str = Field(index=True)
     token_hash: str = Field(unique=True)
     created_at: str
-    revoked: bool = False
+    name: str = ""  # what its owner calls it ("laptop", "ci")
+    expires_at: str  # every token expires (UTC, the same ISO form as created_at)
+    last_used_at: str | None = None  # to the minute: updated at most once a minute
+    revoked_at: str | None = None
+    revoked_by: str = ""
 
 
 class Dataset(SQLModel, table=True):

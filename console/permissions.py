@@ -42,9 +42,14 @@ class Permission(enum.StrEnum):
     DATASET_REGISTER = "data:dataset:register"  # register a dataset or a new version
     DATASET_RETIRE = "data:dataset:retire"
     LINEAGE_READ = "audit:lineage:read"  # every sandbox and release descending from data
+    TOKEN_SELF = "account:token:manage"  # list, make and revoke one's own API tokens
+    PASSWORD_SELF = "account:password:change"  # change one's own password
+    USER_ADMIN = "admin:user:manage"  # create users, (de)activate them, reset passwords
+    TOKEN_ADMIN = "admin:token:manage"  # list and revoke anyone's API tokens
+    DATASET_IMPORT = "admin:dataset:import"  # register from the host's import directory
 
 
-_EVERYONE = frozenset({Permission.SELF_READ})
+_EVERYONE = frozenset({Permission.SELF_READ, Permission.TOKEN_SELF, Permission.PASSWORD_SELF})
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ENGINEER: _EVERYONE | {
@@ -84,6 +89,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.LINEAGE_READ,
     },
     Role.ADMIN: _EVERYONE | {
+        Permission.USER_ADMIN,
+        Permission.TOKEN_ADMIN,
+        Permission.DATASET_IMPORT,
         Permission.METRICS_READ,
         Permission.AUDIT_READ,
         Permission.AUDIT_EXPORT,

@@ -139,6 +139,14 @@ class Settings:
     audit_checkpoint_dir: Path | None = field(
         default_factory=lambda: Path(v).resolve()
         if (v := os.environ.get("SEALROOM_AUDIT_CHECKPOINT_DIR")) else None)
+    # API tokens: the lifetime of a new token unless its maker chooses, and the longest
+    # anyone may choose (days).
+    token_ttl_days: int = field(default_factory=lambda: int(_env("TOKEN_TTL_DAYS", "90")))
+    token_max_days: int = field(default_factory=lambda: int(_env("TOKEN_MAX_DAYS", "365")))
+    # The only host directory the admin pages register datasets from (default: <home>/imports).
+    import_dir: Path | None = field(
+        default_factory=lambda: Path(v).resolve()
+        if (v := os.environ.get("SEALROOM_IMPORT_DIR")) else None)
     testing: bool = False
 
     def __post_init__(self) -> None:
@@ -150,6 +158,11 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'sealroom.db'}")
         if self.audit_checkpoint_dir is None:
             object.__setattr__(self, "audit_checkpoint_dir", self.home / "audit-checkpoints")
+        if self.import_dir is None:
+            object.__setattr__(self, "import_dir", self.home / "imports")
+        if not 1 <= self.token_ttl_days <= self.token_max_days:
+            raise SettingsError(f"SEALROOM_TOKEN_TTL_DAYS={self.token_ttl_days} must be between 1 "
+                                f"and SEALROOM_TOKEN_MAX_DAYS ({self.token_max_days})")
 
     def _check_limits(self) -> None:
         for variable, text in (("LOGIN_RATE", self.login_rate),
@@ -183,6 +196,9 @@ class Settings:
         if "home" in overrides and "audit_checkpoint_dir" not in overrides and \
                 not os.environ.get("SEALROOM_AUDIT_CHECKPOINT_DIR"):
             overrides["audit_checkpoint_dir"] = Path(overrides["home"]) / "audit-checkpoints"
+        if "home" in overrides and "import_dir" not in overrides and \
+                not os.environ.get("SEALROOM_IMPORT_DIR"):
+            overrides["import_dir"] = Path(overrides["home"]) / "imports"
         return replace(settings, **overrides)
 
     @property
