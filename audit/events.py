@@ -55,6 +55,7 @@ class AuditAction(enum.StrEnum):
     KEY_ROTATE = "admin:key:rotate"
     # system
     CONSOLE_START = "system:console:start"
+    FILES_REPAIR = "system:files:repair"  # wrong modes under the data directory put right
     ORPHAN_REMOVE = "system:container:remove_orphan"
     IMAGE_REGISTER = "system:image:register"
     AUDIT_VERIFY = "audit:chain:verify"

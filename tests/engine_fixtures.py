@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -82,7 +83,15 @@ def docker_core(settings: Settings, docker_client: docker.DockerClient,
         volumes = sealroom.backend.storage.projects
         for name in volumes.names():
             volumes.remove(name)
+        storage = sealroom.backend.storage  # so do sandboxes' workspaces and outboxes
+        for sandbox_id in _sandbox_ids(storage.root):
+            storage.volumes.remove(sandbox_id)
     sealroom.close()
+
+
+def _sandbox_ids(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if root.is_dir() else []
 
 
 @pytest.fixture
