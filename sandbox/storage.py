@@ -191,6 +191,7 @@ class LocalStorage:
         with _fits(sandbox_id):
             shutil.copytree(source, workspace, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("__pycache__"))
+        workspace.chmod(0o700)  # copytree gave it the source's mode
         return tree_digest(workspace)[0]
 
     def stage_upload(self, sandbox_id: str, filename: str, data: bytes,

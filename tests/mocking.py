@@ -32,7 +32,7 @@ from sandbox.backend import (
 from sandbox.cluster import member_name
 from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxNotFound
 from sandbox.projects import ProjectVolumes
-from sandbox.spec import NetworkPlan, SandboxSpec
+from sandbox.spec import SANDBOX_GID, SANDBOX_UID, NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
 from sandbox.volumes import LoopFilesystems, SandboxVolumes
 
@@ -353,7 +353,9 @@ class FakeLoopHooks(LoopFilesystems):
         self.read_only: set[Path] = set()
 
     def _make_filesystem(self, image: Path, size_mb: int) -> None:
-        image.write_text(f"{size_mb}\n")
+        descriptor = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:  # private, as the real image is
+            handle.write(f"{size_mb}\n")
 
     def _mount(self, image: Path, mountpoint: Path, *, read_only: bool = False) -> None:
         self.mounts.add(mountpoint)
@@ -389,11 +391,20 @@ class FakeProjectVolumes(FakeLoopHooks, ProjectVolumes):
 
 class FakeSandboxVolumes(FakeLoopHooks, SandboxVolumes):
     """Each sandbox's workspace and outbox volumes as plain directories (`FakeLoopHooks`),
-    "mounted" on the sandbox's own directory, so each is `<id>/workspace` and `<id>/outbox`
-    as without volumes (tests write a sandbox's outputs there)."""
+    each "mounted" at `<id>/workspace` and `<id>/outbox` and shown whole (a fake volume has
+    no `lost+found` to hide), so they are where they are without volumes (tests write a
+    sandbox's outputs there)."""
 
     def mountpoint(self, sandbox_id: str, kind: str) -> Path:
-        return self._dir(sandbox_id)
+        return self._dir(sandbox_id) / kind
+
+    def path(self, sandbox_id: str, kind: str) -> Path:
+        return self.mountpoint(sandbox_id, kind)
+
+    def _top_directory(self, mountpoint: Path, name: str) -> Path:
+        if os.geteuid() == 0 and mountpoint.stat().st_uid != SANDBOX_UID:
+            os.chown(mountpoint, SANDBOX_UID, SANDBOX_GID)
+        return mountpoint
 
 
 def fake_storage(root: Path) -> LocalStorage:

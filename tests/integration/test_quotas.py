@@ -9,11 +9,13 @@ still holds one.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from console.files import secure_data_dir
 from console.services import accounts, datasets
 from sandbox.backend import LABEL_INSTALLATION, BackendState, RunState
 from sandbox.docker_backend import DockerBackend
+from sandbox.errors import InvalidUpload
+from sandbox.files import UploadLimits
 from sandbox.hardening import ULIMITS, assert_hardened
 from sandbox.outbox import OutboxRules
 from sandbox.spec import SANDBOX_UID, Limits, NetworkPlan, SandboxSpec
@@ -252,3 +256,17 @@ def test_a_sandbox_filling_its_quotas_leaves_the_console_working(
 
     # Everything the launches made under the data directory is private already.
     assert [str(r) for r in secure_data_dir(docker_core.settings.home, repair=False)] == []
+
+
+def test_code_larger_than_the_workspace_is_refused_as_the_uploads_fault(
+        storage: LocalStorage) -> None:
+    sandbox_id = f"sb-big-{uuid.uuid4().hex[:8]}"
+    storage.create(sandbox_id, Limits(workspace_mb=WORKSPACE_MB, outbox_mb=OUTBOX_MB))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("weights.bin", b"\0" * (WORKSPACE_MB + 8) * 1024 * 1024)
+    with pytest.raises(InvalidUpload, match="does not fit in the sandbox's workspace"):
+        storage.stage_upload(sandbox_id, "code.zip", buffer.getvalue(),
+                             UploadLimits(1 << 20, 64 << 20, 10))
+    storage.discard(sandbox_id)
+    assert _mounted_under(storage.root) == []
