@@ -5,6 +5,7 @@ served for real, and cleanup of every container the installation labelled."""
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +88,30 @@ def docker_core(settings: Settings, docker_client: docker.DockerClient,
         for sandbox_id in _sandbox_ids(storage.root):
             storage.volumes.remove(sandbox_id)
     sealroom.close()
+
+
+def _mounted_under(root: Path) -> list[str]:
+    """Mount points at or below `root` (/proc/self/mountinfo, octal escapes undone)."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point == str(root) or point.startswith(f"{root}/"):
+            found.append(point)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_volume_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Sandboxes' and projects' volumes are loop mounts under a test's tmp_path: whatever a
+    test left mounted (a console it served in another process, a failed assertion before
+    teardown) is let go of, so no loop device outlives the test."""
+    if "tmp_path" not in request.fixturenames or os.geteuid() != 0:
+        yield
+        return
+    root: Path = request.getfixturevalue("tmp_path")
+    yield
+    for point in reversed(_mounted_under(root)):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 def _sandbox_ids(root: Path) -> list[str]:
