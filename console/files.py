@@ -13,7 +13,7 @@ import enum
 import fnmatch
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,11 +132,11 @@ def _walk(path: Path, relative: str, parent_rule: FileRule, *, inherited: bool,
     if stat.S_ISLNK(found.st_mode):
         return  # never followed, never changed: a link's own mode means nothing
     directory = stat.S_ISDIR(found.st_mode)
+    if directory and relative and os.path.ismount(path):
+        return  # a volume's own filesystem (perhaps read-only): its owner looks after it
     yield from _fix(path, relative, found, rule, directory, repair=repair)
     if not directory or rule.reach is Reach.TOP:
         return
-    if relative and os.path.ismount(path):
-        return  # a volume's own filesystem: its owner looks after it
     try:
         names = sorted(os.listdir(path))
     except FileNotFoundError:
@@ -151,17 +151,24 @@ def _walk(path: Path, relative: str, parent_rule: FileRule, *, inherited: bool,
 def _fix(path: Path, relative: str, found: os.stat_result, rule: FileRule,
          directory: bool, *, repair: bool) -> Iterator[Repair]:
     shown = relative or "."
-    if rule.owner is not None and (found.st_uid, found.st_gid) != rule.owner \
-            and os.geteuid() == 0:
-        if repair:
-            os.chown(path, *rule.owner, follow_symlinks=False)
-        yield Repair(shown, f"owner {found.st_uid}:{found.st_gid} -> "
-                            f"{rule.owner[0]}:{rule.owner[1]}")
+    owner = rule.owner
+    if owner is not None and (found.st_uid, found.st_gid) != owner and os.geteuid() == 0:
+        change = f"owner {found.st_uid}:{found.st_gid} -> {owner[0]}:{owner[1]}"
+        yield Repair(shown, _applied(change, repair, lambda: os.chown(
+            path, owner[0], owner[1], follow_symlinks=False)))
     mode = rule.dir_mode if directory else rule.file_mode
-    if not directory and not stat.S_ISREG(found.st_mode):
-        mode = 0o600 if rule.owner is None else rule.file_mode  # a fifo or socket
     current = stat.S_IMODE(found.st_mode)
     if current != mode:
-        if repair:
-            os.chmod(path, mode)
-        yield Repair(shown, f"mode {current:04o} -> {mode:04o}")
+        yield Repair(shown, _applied(f"mode {current:04o} -> {mode:04o}", repair,
+                                     lambda: os.chmod(path, mode)))
+
+
+def _applied(change: str, repair: bool, action: Callable[[], None]) -> str:
+    """`change`, made unless only asked what is wrong; said so when it cannot be made (a
+    start must not fail on one path, and the operator must see it)."""
+    if repair:
+        try:
+            action()
+        except OSError as exc:
+            return f"{change} FAILED ({exc.strerror})"
+    return change
