@@ -49,6 +49,8 @@ class LoopFilesystems:
 
     error: type[SandboxError] = SandboxVolumeError
     what = "volume"
+    #: Extra `mkfs.ext4` options.
+    mkfs_options: tuple[str, ...] = ()
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -84,7 +86,7 @@ class LoopFilesystems:
         finally:
             os.close(descriptor)
         self._run(f"make the {self.what}'s filesystem",
-                  ["mkfs.ext4", "-q", "-F", "-m", "0", str(image)])
+                  ["mkfs.ext4", "-q", "-F", "-m", "0", *self.mkfs_options, str(image)])
 
     def _mount(self, image: Path, mountpoint: Path, *, read_only: bool = False) -> None:
         # The engine bind-mounts a directory that exists only on the mounted filesystem: an
@@ -191,6 +193,9 @@ class SandboxVolumes(LoopFilesystems):
     sandbox no running sandbox needs."""
 
     what = "sandbox's workspace or outbox"
+    # A 4 MiB journal: ext4's default (up to 64 MiB for a few GiB) would be written into
+    # every sandbox's images, and kept with each outbox.
+    mkfs_options = ("-J", "size=4")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -79,7 +79,12 @@ def docker_core(settings: Settings, docker_client: docker.DockerClient,
     yield sealroom
     label = f"{LABEL_INSTALLATION}={settings.installation_id()}"
     for container in docker_client.containers.list(all=True, filters={"label": label}):
-        container.remove(force=True)
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError as exc:  # the supervisor may be removing it too
+            if exc.status_code not in (404, 409):
+                raise
+    sealroom.close()  # first: its background work mounts outboxes to hash them
     if sealroom.backend_built:  # projects' volumes hold loop devices: give them back
         volumes = sealroom.backend.storage.projects
         for name in volumes.names():
@@ -87,7 +92,6 @@ def docker_core(settings: Settings, docker_client: docker.DockerClient,
         storage = sealroom.backend.storage  # so do sandboxes' workspaces and outboxes
         for sandbox_id in _sandbox_ids(storage.root):
             storage.volumes.remove(sandbox_id)
-    sealroom.close()
 
 
 def _mounted_under(root: Path) -> list[str]:
@@ -112,6 +116,15 @@ def _no_volume_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[Non
     yield
     for point in reversed(_mounted_under(root)):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_volume_outlives_the_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for what fixtures wider than a test (a module's installation) mounted."""
+    yield
+    if os.geteuid() == 0:
+        for point in reversed(_mounted_under(tmp_path_factory.getbasetemp())):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 def _sandbox_ids(root: Path) -> list[str]:
