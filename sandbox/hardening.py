@@ -41,10 +41,11 @@ _UNSAFE_SECURITY_OPTS = ("unconfined", "label=disable", "label:disable")
 
 #: Resource limits of every process in a sandbox, soft = hard so nothing inside raises them.
 #: `core` 0: a crash never writes a core dump (the process's memory, datasets' rows
-#: included) anywhere. `nproc` counts every process of the sandbox uid on the host, across
-#: all sandboxes (the kernel counts per user, not per container): a backstop against a fork
-#: bomb; each container's own cap is its pids limit.
-ULIMITS: Mapping[str, int] = {"nofile": 4096, "nproc": 8192, "core": 0}
+#: included) anywhere. `nproc` counts every process and thread of the sandbox uid on the
+#: host, across all sandboxes (the kernel counts per user, not per container): a host-wide
+#: backstop above what the sandboxes a policy allows use together; each container's own cap
+#: is its pids limit.
+ULIMITS: Mapping[str, int] = {"nofile": 4096, "nproc": 32768, "core": 0}
 
 
 def ulimits() -> list[Ulimit]:

@@ -119,7 +119,7 @@ def test_kwargs_are_accepted_by_the_sdk(kwargs: dict[str, Any]) -> None:
     assert host["ReadonlyRootfs"] is True
     assert host["Memory"] == host["MemorySwap"] == 256 * 1024 * 1024
     assert {u["Name"]: (u["Soft"], u["Hard"]) for u in host["Ulimits"]} == {
-        "nofile": (4096, 4096), "nproc": (8192, 8192), "core": (0, 0)}
+        "nofile": (4096, 4096), "nproc": (32768, 32768), "core": (0, 0)}
 
 
 # --- assert_hardened ------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def _sealed() -> dict[str, Any]:
             "NanoCpus": 1000000000,
             "PidsLimit": 64,
             "Ulimits": [{"Name": "nofile", "Soft": 4096, "Hard": 4096},
-                        {"Name": "nproc", "Soft": 8192, "Hard": 8192},
+                        {"Name": "nproc", "Soft": 32768, "Hard": 32768},
                         {"Name": "core", "Soft": 0, "Hard": 0}],
             "IpcMode": "private",
             "PidMode": "",
