@@ -161,9 +161,9 @@ class CheckpointFile:
         wanted = sorted(checkpoints, key=lambda c: c.tree_size)
         if not wanted:
             return 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # several console processes share the file
             last = _last_tree_size(fd)

@@ -57,6 +57,7 @@ class AuditAction(enum.StrEnum):
     KEY_ROTATE = "admin:key:rotate"
     # system
     CONSOLE_START = "system:console:start"
+    FILES_REPAIR = "system:files:repair"  # wrong modes under the data directory put right
     ORPHAN_REMOVE = "system:container:remove_orphan"
     CONTAINER_REMOVE = "system:container:remove"  # a removal retried once the engine answered
     ENGINE_DOWN = "system:engine:down"

@@ -219,7 +219,7 @@ class KeyRing:
         # Order matters for a crash: key files first (unreferenced files are harmless), then
         # the index that makes the new key active, then the old private key goes.
         write_atomically(self.directory / f"{keyid}.key.pem", private_pem, 0o600)
-        write_atomically(self.directory / f"{keyid}.pub.pem", public_pem, 0o644)
+        write_atomically(self.directory / f"{keyid}.pub.pem", public_pem, 0o600)
         for entry in index["keys"]:
             if entry["keyid"] == index["active"]:
                 entry["retired_at"] = now.isoformat()
@@ -227,7 +227,7 @@ class KeyRing:
                               "retired_at": None})
         index["active"] = keyid
         write_atomically(self.directory / _INDEX,
-                          json.dumps(index, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+                          json.dumps(index, indent=2, sort_keys=True).encode() + b"\n", 0o600)
         self._drop_retired_private_keys(index)
         return SigningKey(keyid=keyid, private_pem=private_pem, public_pem=public_pem,
                        created_at=now)

@@ -22,6 +22,7 @@ from console.cli_client import project, sandbox
 from console.cli_policy import policy
 from console.cli_release import release
 from console.core import Caller, Sealroom
+from console.files import Repair
 from console.services.errors import ServiceError
 from console.settings import Settings, SettingsError
 
@@ -79,14 +80,36 @@ def main() -> None:
     """Sealroom: sealed training sandboxes."""
 
 
+_REPAIRS_SHOWN = 50
+
+
+def _say_repairs(repairs: list[Repair]) -> None:
+    """Tell the operator which modes under the data directory were wrong (and are fixed)."""
+    if not repairs:
+        click.echo("file modes under the data directory: all private, nothing to repair")
+        return
+    click.echo(f"repaired {len(repairs)} file mode(s) under the data directory "
+               "(recorded as system:files:repair):")
+    for repair in repairs[:_REPAIRS_SHOWN]:
+        click.echo(f"  {repair}")
+    if len(repairs) > _REPAIRS_SHOWN:
+        click.echo(f"  ... and {len(repairs) - _REPAIRS_SHOWN} more")
+
+
 @main.command()
 def init() -> None:
-    """Create the data directory, migrate the database and make the installation keys."""
-    core = _core()
-    core.settings.secret_key()
-    key = core.gate_key().key
-    audit_key = core.audit_key()
-    core.settings.audit_checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
+    """Create the data directory, migrate the database and make the installation keys;
+    repair (and list) any mode under it that is not private."""
+    previous = os.umask(0o077)  # what init makes is the console's alone (console/files.py)
+    try:
+        core = _core()
+        core.settings.secret_key()
+        key = core.gate_key().key
+        audit_key = core.audit_key()
+        core.settings.audit_checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
+        _say_repairs(core.secure_files())
+    finally:
+        os.umask(previous)
     click.echo(f"initialised {core.settings.home} (release gate key {key.keyid[:16]}, "
                f"audit key {audit_key.keyid[:16]})")
 
@@ -104,9 +127,11 @@ def up(host: str | None, port: int | None, threads: int) -> None:
     from console.services import sandboxes as sandbox_service
 
     settings = Settings.from_env()
+    os.umask(0o077)  # whatever the console makes is its own alone (see console/files.py)
     core = Sealroom(settings)
     core.record(Actor.system(), AuditAction.CONSOLE_START, target="console",
                 home=str(settings.home))
+    _say_repairs(core.secure_files())
     try:
         sandbox_service.reconcile(core)
     except Exception as exc:  # a dead engine must not keep the console down

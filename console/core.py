@@ -18,6 +18,7 @@ from audit.events import Actor, AuditAction, EventDraft, Outcome
 from audit.keys import AuditKey, AuditKeyRing, PublicKeys
 from console.db import make_engine, read, transaction, upgrade
 from console.engine_watch import EngineWatch
+from console.files import Repair, secure_data_dir
 from console.settings import Settings, build_backend
 from policies.evaluator import PolicyEvaluator
 from policies.schema import Policy, default_policy_text, load_policy, policy_sha256
@@ -28,6 +29,9 @@ from sandbox.storage import SandboxStorage
 
 if TYPE_CHECKING:
     from audit.verify import VerificationReport
+
+#: How many repairs one `system:files:repair` event lists (the count is always exact).
+_REPAIRS_RECORDED = 200
 
 
 class GateSigningKey:
@@ -185,6 +189,19 @@ class Sealroom:
         with self.transaction() as session:
             append(session, EventDraft(actor, action, target, outcome, reason, request_id,
                                        dict(details)))
+
+    def secure_files(self) -> list[Repair]:
+        """Put every mode and owner under the data directory (and the checkpoints' copy)
+        right by `console.files.RULES`, and audit what was wrong; the repairs, for the
+        caller to show."""
+        extra = [self.settings.audit_checkpoint_dir] if self.settings.audit_checkpoint_dir \
+            else []
+        repairs = secure_data_dir(self.settings.home, *extra)
+        if repairs:
+            self.record(Actor.system(), AuditAction.FILES_REPAIR, target="files",
+                        home=str(self.settings.home), count=len(repairs),
+                        repairs=[str(r) for r in repairs[:_REPAIRS_RECORDED]])
+        return repairs
 
     # --- the release gate's signing key ---------------------------------------------------
 

@@ -210,9 +210,12 @@ class Settings:
         return self.home / "datasets"
 
     def ensure_dirs(self) -> None:
-        for path in (self.home, self.sandboxes_dir, self.datasets_dir):
-            path.mkdir(parents=True, exist_ok=True)
-        self.home.chmod(0o711)
+        """Make the data directory's top directories, private (`console.files` repairs
+        what is below them at init and at every start)."""
+        for path in (self.home, self.sandboxes_dir, self.datasets_dir,
+                     self.audit_checkpoint_file.parent):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.home.chmod(0o700)
 
     def secret_key(self) -> str:
         """Flask's session key: made once per installation, kept in the data directory."""
@@ -227,4 +230,5 @@ class Settings:
         path = self.home / "installation_id"
         if not path.exists():
             path.write_text(secrets.token_hex(8))
+            path.chmod(0o600)
         return path.read_text().strip()

@@ -46,7 +46,12 @@ class _Strict(BaseModel):
 # --- resources ------------------------------------------------------------------------------
 
 RESOURCE_FIELDS = ("max_cpus", "max_memory_mb", "max_pids", "max_timeout_s", "max_concurrent",
-                   "max_gpus", "max_mpi_nodes")
+                   "max_gpus", "max_mpi_nodes",
+                   # disk: the size each sandbox gets, and cannot write past (ENOSPC)
+                   "max_workspace_mb", "max_outbox_mb", "max_tmp_mb")
+
+#: Bounds of the disk sizes: ext4 needs a few MB of its own; 1 TiB; /tmp is memory.
+_MIN_DISK_MB, _MAX_DISK_MB, _MAX_TMP_MB = 16, 1024 * 1024, 64 * 1024
 
 
 class ResourceLimits(_Strict):
@@ -59,6 +64,10 @@ class ResourceLimits(_Strict):
     max_concurrent: int = Field(default=2, ge=0)
     max_gpus: int = Field(default=0, ge=0, le=64)
     max_mpi_nodes: int = Field(default=1, ge=1, le=256)
+    # Disk: every sandbox gets exactly these sizes (a launch does not ask for them).
+    max_workspace_mb: int = Field(default=1024, ge=_MIN_DISK_MB, le=_MAX_DISK_MB)
+    max_outbox_mb: int = Field(default=256, ge=_MIN_DISK_MB, le=_MAX_DISK_MB)
+    max_tmp_mb: int = Field(default=512, ge=1, le=_MAX_TMP_MB)
 
 
 class ResourceOverride(_Strict):
@@ -71,6 +80,9 @@ class ResourceOverride(_Strict):
     max_concurrent: int | None = Field(default=None, ge=0)
     max_gpus: int | None = Field(default=None, ge=0, le=64)
     max_mpi_nodes: int | None = Field(default=None, ge=1, le=256)
+    max_workspace_mb: int | None = Field(default=None, ge=_MIN_DISK_MB, le=_MAX_DISK_MB)
+    max_outbox_mb: int | None = Field(default=None, ge=_MIN_DISK_MB, le=_MAX_DISK_MB)
+    max_tmp_mb: int | None = Field(default=None, ge=1, le=_MAX_TMP_MB)
 
 
 @dataclass(frozen=True)

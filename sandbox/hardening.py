@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from docker.types import DeviceRequest, LogConfig, Mount
+from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
 from sandbox.cluster import SECRETS_TARGET, launcher_command, member_name, rank_command
@@ -37,6 +37,32 @@ _LOG_MAX_FILES = "2"
 
 _DOCKER_SOCKETS = ("docker.sock", "containerd.sock", "podman.sock", "dockershim.sock")
 _UNSAFE_SECURITY_OPTS = ("unconfined", "label=disable", "label:disable")
+
+
+#: Resource limits of every process in a sandbox, soft = hard so nothing inside raises them.
+#: `core` 0: a crash never writes a core dump (the process's memory, datasets' rows
+#: included) anywhere. `nproc` counts every process and thread of the sandbox uid on the
+#: host, across all sandboxes (the kernel counts per user, not per container): a host-wide
+#: backstop above what the sandboxes a policy allows use together; each container's own cap
+#: is its pids limit.
+ULIMITS: Mapping[str, int] = {"nofile": 4096, "nproc": 32768, "core": 0}
+
+
+def ulimits() -> list[Ulimit]:
+    return [Ulimit(name=name, soft=value, hard=value) for name, value in ULIMITS.items()]
+
+
+def _ulimit_violations(host: Mapping[str, Any]) -> list[str]:
+    found: list[str] = []
+    seen = {str(u.get("Name")): (int(u.get("Soft", -1)), int(u.get("Hard", -1)))
+            for u in host.get("Ulimits") or []}
+    for name, value in ULIMITS.items():
+        soft, hard = seen.get(name, (-1, -1))
+        if name not in seen:
+            found.append(f"ulimit {name} not set")
+        elif not 0 <= soft <= hard <= value:
+            found.append(f"ulimit {name} is {soft}/{hard}, not at most {value}")
+    return found
 
 
 def tmpfs_options(tmp_mb: int) -> str:
@@ -132,6 +158,7 @@ def create_kwargs(spec: SandboxSpec, *, installation: str, init: bool, workspace
         "memswap_limit": memory,
         "nano_cpus": int(spec.limits.cpus * 1_000_000_000),
         "pids_limit": spec.limits.pids,
+        "ulimits": ulimits(),
         "init": init,
         "stdin_open": False,
         "tty": False,
@@ -283,6 +310,7 @@ def assert_hardened(attrs: Mapping[str, Any], plan: NetworkPlan,
         found.append("no CPU limit")
     if int(host.get("PidsLimit") or 0) <= 0:
         found.append("no pids limit")
+    found.extend(_ulimit_violations(host))
 
     if host.get("IpcMode") != "private":
         found.append(f"IPC mode is {host.get('IpcMode')!r}, not 'private'")

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import shutil
 import stat
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 from sandbox.errors import ProjectVolumeError, SandboxError
 from sandbox.spec import SANDBOX_GID, SANDBOX_UID, valid_sandbox_id
+from sandbox.volumes import MIN_VOLUME_MB, LoopFilesystems
 
 __all__ = [
     "MAX_QUOTA_MB",
@@ -37,20 +35,14 @@ __all__ = [
 ]
 
 #: ext4 with its journal needs a few megabytes of its own; below this little is left.
-MIN_QUOTA_MB = 16
+MIN_QUOTA_MB = MIN_VOLUME_MB
 #: 16 TiB: the most one sparse image is allowed to grow to.
 MAX_QUOTA_MB = 16 * 1024 * 1024
-
-#: What `mount` is given: a loop device, no set-uid programs, no device files.
-MOUNT_OPTIONS = "loop,nosuid,nodev"
 
 _IMAGE = "volume.ext4"
 _FS = "fs"
 _WORKSPACE = "workspace"
-_LOCK = ".lock"  # not a project: names start with [a-z0-9]
-_LOOP_MAJOR = 7
 _CHUNK = 1 << 20
-_TOOL_TIMEOUT_S = 600  # mkfs of a large sparse image writes its metadata
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -89,14 +81,15 @@ def _is_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-class ProjectVolumes:
-    """The volumes of every project, as loop-mounted ext4 images under `root`.
+class ProjectVolumes(LoopFilesystems):
+    """The volumes of every project, as loop-mounted ext4 images under `root` (the host's
+    part is `sandbox.volumes.LoopFilesystems`, shared with sandboxes' own volumes).
 
     Every operation takes a lock file under `root`, so that two threads or processes never
     mount, fill or remove one volume at once. `remove` and `unmount` are safe to repeat."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    error = ProjectVolumeError
+    what = "project's volume"
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -114,83 +107,6 @@ class ProjectVolumes:
 
     def _workspace_path(self, name: str) -> Path:
         return self.mountpoint(name) / _WORKSPACE
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        descriptor = os.open(self.root / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(descriptor)
-
-    # -- the host's part: filesystem, mount, unmount (a test double replaces these) --------
-
-    def _run(self, action: str, argv: list[str]) -> None:
-        try:
-            result = subprocess.run(argv, capture_output=True, text=True, check=False,
-                                    timeout=_TOOL_TIMEOUT_S)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise ProjectVolumeError(f"The host could not {action}.",
-                                     detail=f"{argv[0]}: {exc!r}") from exc
-        if result.returncode != 0:
-            raise ProjectVolumeError(
-                f"The host could not {action}.",
-                detail=f"{' '.join(argv)}: exit {result.returncode}: {result.stderr.strip()}")
-
-    def _make_filesystem(self, image: Path, quota_mb: int) -> None:
-        """A sparse file of `quota_mb` holding an empty ext4 filesystem, no blocks reserved
-        for root (the sandbox user gets all of it)."""
-        descriptor = os.open(image, _CREATE_FLAGS, 0o600)
-        try:
-            os.ftruncate(descriptor, quota_mb * 1024 * 1024)
-        finally:
-            os.close(descriptor)
-        self._run("make the project's filesystem",
-                  ["mkfs.ext4", "-q", "-F", "-m", "0", str(image)])
-
-    def _mount(self, image: Path, mountpoint: Path) -> None:
-        # The engine bind-mounts `fs/workspace`, which exists only on the mounted filesystem:
-        # an engine in another mount namespace finds no such directory and refuses to create
-        # the container, rather than writing to the host's disk without a quota.
-        self._run("mount the project's volume",
-                  ["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(mountpoint)])
-
-    def _unmount(self, mountpoint: Path) -> None:
-        self._run("unmount the project's volume", ["umount", str(mountpoint)])
-
-    def _is_mounted(self, mountpoint: Path) -> bool:
-        return os.path.ismount(mountpoint)
-
-    def _backed_by(self, mountpoint: Path, image: Path) -> bool:
-        """Whether what is mounted at `mountpoint` is a loop device over `image`."""
-        device = os.stat(mountpoint).st_dev
-        if os.major(device) != _LOOP_MAJOR:
-            return False
-        backing = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}/loop/backing_file")
-        try:
-            return backing.read_text().strip() == str(image.resolve())
-        except OSError:
-            return False
-
-    def _attached(self, image: Path) -> bool:
-        """Whether some loop device still reads `image`: a sandbox that has not ended still
-        holds the filesystem after the host's own mount went."""
-        wanted = str(image.resolve())
-        for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-            try:
-                if backing.read_text().strip() == wanted:
-                    return True
-            except OSError:
-                continue
-        return False
-
-    def _capacity(self, mountpoint: Path) -> tuple[int, int]:
-        found = os.statvfs(mountpoint)
-        used = (found.f_blocks - found.f_bfree) * found.f_frsize
-        # What the sandbox user can still write (ext4 keeps a few clusters even with -m 0).
-        return used, used + found.f_bavail * found.f_frsize
 
     # -- lifecycle -------------------------------------------------------------------------
 

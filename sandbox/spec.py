@@ -28,6 +28,10 @@ INPUTS_ROOT = "/inputs"
 #: The most earlier sandboxes' outputs one sandbox may mount.
 MAX_INPUTS = 64
 
+#: Bounds of a workspace's or outbox's size (ext4 needs a few MB of its own; 1 TiB).
+MIN_VOLUME_MB = 16
+MAX_VOLUME_MB = 1024 * 1024
+
 #: The most ranks a cluster may have (a rank's address is 127.0.0.<rank + 1>).
 MAX_RANKS = 64
 #: The most GPUs one member may ask for.
@@ -60,7 +64,10 @@ class Limits:
     memory_mb: int = 2048
     pids: int = 256
     timeout_s: int = 3600
+    #: Sizes of /tmp (a tmpfs), the workspace and the outbox: writing past one is ENOSPC.
     tmp_mb: int = 512
+    workspace_mb: int = 1024
+    outbox_mb: int = 256
 
     def __post_init__(self) -> None:
         if not (0 < self.cpus <= 64):
@@ -73,6 +80,10 @@ class Limits:
             raise InvalidSpec("timeout_s must be between 1 second and 7 days")
         if not (1 <= self.tmp_mb <= 64 * 1024):
             raise InvalidSpec("tmp_mb must be between 1 and 65536")
+        for name in ("workspace_mb", "outbox_mb"):
+            if not (MIN_VOLUME_MB <= getattr(self, name) <= MAX_VOLUME_MB):
+                raise InvalidSpec(f"{name} must be between {MIN_VOLUME_MB} and "
+                                  f"{MAX_VOLUME_MB}")
 
 
 @dataclass(frozen=True)

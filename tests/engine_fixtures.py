@@ -5,8 +5,10 @@ served for real, and cleanup of every container the installation labelled."""
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -77,12 +79,57 @@ def docker_core(settings: Settings, docker_client: docker.DockerClient,
     yield sealroom
     label = f"{LABEL_INSTALLATION}={settings.installation_id()}"
     for container in docker_client.containers.list(all=True, filters={"label": label}):
-        container.remove(force=True)
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError as exc:  # the supervisor may be removing it too
+            if exc.status_code not in (404, 409):
+                raise
+    sealroom.close()  # first: its background work mounts outboxes to hash them
     if sealroom.backend_built:  # projects' volumes hold loop devices: give them back
         volumes = sealroom.backend.storage.projects
         for name in volumes.names():
             volumes.remove(name)
-    sealroom.close()
+        storage = sealroom.backend.storage  # so do sandboxes' workspaces and outboxes
+        for sandbox_id in _sandbox_ids(storage.root):
+            storage.volumes.remove(sandbox_id)
+
+
+def _mounted_under(root: Path) -> list[str]:
+    """Mount points at or below `root` (/proc/self/mountinfo, octal escapes undone)."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point == str(root) or point.startswith(f"{root}/"):
+            found.append(point)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_volume_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Sandboxes' and projects' volumes are loop mounts under a test's tmp_path: whatever a
+    test left mounted (a console it served in another process, a failed assertion before
+    teardown) is let go of, so no loop device outlives the test."""
+    if "tmp_path" not in request.fixturenames or os.geteuid() != 0:
+        yield
+        return
+    root: Path = request.getfixturevalue("tmp_path")
+    yield
+    for point in reversed(_mounted_under(root)):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_volume_outlives_the_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for what fixtures wider than a test (a module's installation) mounted."""
+    yield
+    if os.geteuid() == 0:
+        for point in reversed(_mounted_under(tmp_path_factory.getbasetemp())):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+def _sandbox_ids(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if root.is_dir() else []
 
 
 @pytest.fixture

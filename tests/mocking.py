@@ -32,8 +32,9 @@ from sandbox.backend import (
 from sandbox.cluster import member_name
 from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxNotFound
 from sandbox.projects import ProjectVolumes
-from sandbox.spec import NetworkPlan, SandboxSpec
+from sandbox.spec import SANDBOX_GID, SANDBOX_UID, NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
+from sandbox.volumes import LoopFilesystems, SandboxVolumes
 
 #: Exit code of a sandbox stopped while running: SIGTERM through docker-init (128 + 15).
 STOPPED_EXIT_CODE = 143
@@ -339,33 +340,47 @@ class FakeBackend:
         box.finished_at = self._now()
 
 
-class FakeProjectVolumes(ProjectVolumes):
-    """`ProjectVolumes` whose volumes are plain directories: "mounting" is remembered in
-    memory, the quota only reported (`usage`), never enforced. Naming, locking, copying in
-    and removal are the real code. Quotas, ENOSPC and remounting have real tests in
-    tests/integration/test_project_volumes.py."""
+class FakeLoopHooks(LoopFilesystems):
+    """The host's part of `LoopFilesystems` with volumes as plain directories: "mounting" is
+    remembered in memory (read-only too), the size only reported (`_capacity`), never
+    enforced. Naming, locking, copying in and removal are the real code. Sizes, ENOSPC and
+    remounting have real tests in tests/integration (test_project_volumes.py,
+    test_quotas.py)."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.mounted: set[Path] = set()
+        self.mounts: set[Path] = set()
+        self.read_only: set[Path] = set()
 
-    def _make_filesystem(self, image: Path, quota_mb: int) -> None:
-        image.write_text(f"{quota_mb}\n")
+    def _make_filesystem(self, image: Path, size_mb: int) -> None:
+        descriptor = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:  # private, as the real image is
+            handle.write(f"{size_mb}\n")
 
-    def _mount(self, image: Path, mountpoint: Path) -> None:
-        self.mounted.add(mountpoint)
+    def _mount(self, image: Path, mountpoint: Path, *, read_only: bool = False) -> None:
+        self.mounts.add(mountpoint)
+        if read_only:
+            self.read_only.add(mountpoint)
+
+    def _remount_read_only(self, mountpoint: Path) -> None:
+        self.read_only.add(mountpoint)
 
     def _unmount(self, mountpoint: Path) -> None:
-        self.mounted.discard(mountpoint)
+        self.mounts.discard(mountpoint)
+        self.read_only.discard(mountpoint)
 
     def _is_mounted(self, mountpoint: Path) -> bool:
-        return mountpoint in self.mounted
+        return mountpoint in self.mounts
 
     def _backed_by(self, mountpoint: Path, image: Path) -> bool:
         return True
 
     def _attached(self, image: Path) -> bool:
         return False
+
+
+class FakeProjectVolumes(FakeLoopHooks, ProjectVolumes):
+    """`ProjectVolumes` whose volumes are plain directories (`FakeLoopHooks`)."""
 
     def _capacity(self, mountpoint: Path) -> tuple[int, int]:
         used = sum(os.lstat(os.path.join(top, name)).st_size
@@ -374,6 +389,26 @@ class FakeProjectVolumes(ProjectVolumes):
         return used, quota_mb * 1024 * 1024
 
 
+class FakeSandboxVolumes(FakeLoopHooks, SandboxVolumes):
+    """Each sandbox's workspace and outbox volumes as plain directories (`FakeLoopHooks`),
+    each "mounted" at `<id>/workspace` and `<id>/outbox` and shown whole (a fake volume has
+    no `lost+found` to hide), so they are where they are without volumes (tests write a
+    sandbox's outputs there)."""
+
+    def mountpoint(self, sandbox_id: str, kind: str) -> Path:
+        return self._dir(sandbox_id) / kind
+
+    def path(self, sandbox_id: str, kind: str) -> Path:
+        return self.mountpoint(sandbox_id, kind)
+
+    def _top_directory(self, mountpoint: Path, name: str) -> Path:
+        if os.geteuid() == 0 and mountpoint.stat().st_uid != SANDBOX_UID:
+            os.chown(mountpoint, SANDBOX_UID, SANDBOX_GID)
+        return mountpoint
+
+
 def fake_storage(root: Path) -> LocalStorage:
-    """A `LocalStorage` under `root` whose projects are `FakeProjectVolumes` beside it."""
-    return LocalStorage(root, projects=FakeProjectVolumes(root.parent / "projects"))
+    """A `LocalStorage` under `root` whose sandboxes' volumes are `FakeSandboxVolumes` and
+    whose projects are `FakeProjectVolumes` beside it."""
+    return LocalStorage(root, projects=FakeProjectVolumes(root.parent / "projects"),
+                        volumes=FakeSandboxVolumes(root))

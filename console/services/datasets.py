@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 from audit.chain import append, utc_now
 from audit.events import AuditAction, EventDraft
 from console.core import Caller, Sealroom
+from console.files import seal_dataset_copy
 from console.models import Dataset, Role, User
 from console.permissions import Permission, role_has
 from console.services import dataset_versions
@@ -115,8 +116,9 @@ def _register(core: Sealroom, caller: Caller, source: Path, name: str,
 
 
 def _make_read_only(root: Path) -> None:
-    for path in [root, *root.rglob("*")]:
-        path.chmod(0o555 if path.is_dir() else 0o444)
+    # The sandbox user's alone (0500/0400, owned 10001): mounted read-only into sandboxes,
+    # unreadable to every other local user; a link in the copy is never followed.
+    seal_dataset_copy(root)
 
 
 def usable_datasets(core: Sealroom, user: str, role: str) -> list[Dataset]:

@@ -178,6 +178,8 @@ class Decision:
     #: Every dataset version the new sandbox's outputs descend from ({name, version, digest}).
     lineage: tuple[dict[str, object], ...] = ()
     project_parent: str = ""
+    #: The limits the sandbox runs with: those asked for, and the policy's disk sizes.
+    limits: sandbox_spec.Limits = sandbox_spec.Limits()
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ def launch(core: Sealroom, caller: Caller, order: LaunchOrder) -> Sandbox:
         sandbox_id = "sb-" + secrets.token_hex(6)
         state: BackendState = {}
         try:
-            staged = stage(core.storage, sandbox_id, parsed, policy.uploads)
+            staged = stage(core.storage, sandbox_id, parsed, policy.uploads, decision.limits)
             spec = spec_for(caller.name, parsed, decision, staged)
             state = create(core, spec)
             record(core, caller, parsed, decision, staged, spec, state)
@@ -329,11 +331,14 @@ def decide(core: Sealroom, caller: Caller, parsed: ParsedLaunch, policy: Policy)
     if parsed.gpus and not _host_has_gpus(core):
         raise BadRequest("this installation has no GPUs to give sandboxes",
                          rule=decision.rule)
+    maxima = evaluator.limits_for(caller.name, caller.role).limits
+    limits = replace(parsed.limits, workspace_mb=maxima.max_workspace_mb,
+                     outbox_mb=maxima.max_outbox_mb, tmp_mb=maxima.max_tmp_mb)
     return Decision(image=image, mounts=tuple(mounts), rule=decision.rule,
                     policy_version=decision.policy_version, network=network.reason,
                     versions=tuple(versions), inputs=built_on.mounts, facts=facts,
                     lineage=lineage_service.union(versions, built_on.lineage),
-                    project_parent=built_on.project_parent)
+                    project_parent=built_on.project_parent, limits=limits)
 
 
 @contextmanager
@@ -356,11 +361,11 @@ def _require_engine(core: Sealroom) -> None:
 
 
 def stage(storage: SandboxStorage, sandbox_id: str, parsed: ParsedLaunch,
-          uploads: Uploads) -> Staged:
-    """Make the sandbox's workspace and outbox and put its code in the workspace (and the
-    project's, for a sandbox of a project), handed to the sandbox user. The caller discards
-    the storage if this fails."""
-    storage.create(sandbox_id)
+          uploads: Uploads, limits: sandbox_spec.Limits) -> Staged:
+    """Make the sandbox's workspace and outbox, of the sizes in `limits`, and put its code
+    in the workspace (and the project's, for a sandbox of a project), handed to the sandbox
+    user. The caller discards the storage if this fails."""
+    storage.create(sandbox_id, limits)
     if parsed.example is not None:
         code_digest = storage.stage_tree(sandbox_id, EXAMPLES / parsed.example)
         code_name = f"example:{parsed.example}"
@@ -383,7 +388,7 @@ def spec_for(owner: str, parsed: ParsedLaunch, decision: Decision,
     sandbox_id = staged.sandbox_id
     return sandbox_spec.SandboxSpec(
         sandbox_id=sandbox_id, owner=owner, image=decision.image.digest,
-        command=parsed.command, datasets=decision.mounts, limits=parsed.limits,
+        command=parsed.command, datasets=decision.mounts, limits=decision.limits,
         ranks=parsed.ranks, gpus=parsed.gpus, inputs=decision.inputs,
         project=parsed.project,
         network=(sandbox_spec.NetworkPlan.MEMBERS_ONLY if parsed.kind == "mpi"

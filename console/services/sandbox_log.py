@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from audit.chain import append
 from audit.events import AuditAction, EventDraft, Outcome
@@ -109,7 +110,7 @@ def pull(core: Sealroom, sandbox_id: str, state: BackendState, *,
 def _write(core: Sealroom, sandbox_id: str, base: int, size: int,
            data: bytes) -> tuple[int, int]:
     path = _segment(core, sandbox_id, base)
-    with open(path, "ab") as handle:
+    with _private(path, os.O_APPEND) as handle:
         handle.truncate(size - base)  # drop what an interrupted pull wrote but never recorded
         handle.write(data)
     size += len(data)
@@ -121,8 +122,14 @@ def _write(core: Sealroom, sandbox_id: str, base: int, size: int,
         old.seek(new_base - base)
         kept = old.read()
     fresh = _segment(core, sandbox_id, new_base)
-    fresh.write_bytes(kept)
+    with _private(fresh, os.O_TRUNC) as handle:
+        handle.write(kept)
     return new_base, size
+
+
+def _private(path: Path, flags: int) -> BinaryIO:
+    """A log segment opened for writing, made readable by the console alone (0600)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600), "wb")
 
 
 def _forget_old_segments(core: Sealroom, sandbox_id: str, base: int) -> None:

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from audit.chain import append, utc_now
 from audit.events import Actor, AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
-from console.models import Sandbox, SandboxStatus
+from console.models import Sandbox, SandboxInput, SandboxStatus
 from console.permissions import Permission, role_has
 from console.services import dataset_versions, sandbox_log
 from console.services import lineage as lineage_service
@@ -89,6 +89,11 @@ def finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audit
             log.warning("could not remove the containers of %s; retried on the next pass",
                         sandbox_id)
             core.engine_watch.remove_later(sandbox_id, state)
+    try:  # its workspace goes, its outbox stays, read-only, for the gate and later sandboxes
+        core.storage.release(sandbox_id)
+    except SandboxError:
+        log.warning("could not let go of the volumes of %s; they go when it is discarded",
+                    sandbox_id)
     if record.project:  # a mounted project holds one of the host's few loop devices
         try:
             core.storage.unmount_project(record.project)
@@ -237,6 +242,20 @@ def reconcile(core: Sealroom) -> None:
                    "the console stopped before the sandbox started", outcome=Outcome.FAILED)
         else:
             refresh(core, sandbox_id)
+    _settle_volumes(core)
+
+
+def _settle_volumes(core: Sealroom) -> None:
+    """Let go of the host's mounts of every ended sandbox's outbox that no running sandbox
+    mounts as an input (read since the last start; mounted again when next read)."""
+    with core.transaction() as session:
+        running = set(session.exec(select(Sandbox.id).where(col(Sandbox.status).in_(
+            [SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all())
+        inputs = set(session.exec(select(SandboxInput.source_id).where(
+            col(SandboxInput.sandbox_id).in_(running))).all()) if running else set()
+    let_go = core.storage.settle(running | inputs)
+    if let_go:
+        log.info("unmounted the volumes of %d ended sandbox(es)", len(let_go))
 
 
 def _remove_orphan(core: Sealroom, state: BackendState, sandbox_id: str, owner: str,

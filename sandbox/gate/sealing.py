@@ -283,7 +283,7 @@ def _copy_durably(source: Path, target: Path) -> None:
         os.fsync(stream.fileno())
 
 
-def _write_durably(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def _write_durably(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as out:
         out.write(data)

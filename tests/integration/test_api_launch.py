@@ -85,7 +85,7 @@ def test_example_trains_to_completion(docker_app: Flask, engineer: str,
     assert {"model.safetensors", "metrics.json"} <= set(names)
     assert names["model.safetensors"]["size"] > 0
     assert len(names["model.safetensors"]["sha256"]) == 64
-    metrics_path = docker_core.settings.sandboxes_dir / sandbox["id"] / "outbox" / "metrics.json"
+    metrics_path = docker_core.storage.outbox(sandbox["id"]) / "metrics.json"
     assert json.loads(metrics_path.read_text())["accuracy"] > 0.8
 
     # the container is gone once it ended; the log was kept

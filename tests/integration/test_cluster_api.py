@@ -65,8 +65,8 @@ def test_a_two_rank_horovod_job_trains_and_its_model_passes_the_gate(
     outbox = wait_for_outbox(client, engineer, sandbox["id"])
     names = {f["name"]: f for f in outbox["files"]}
     assert {"model.safetensors", "metrics.json"} <= set(names)
-    metrics = json.loads((docker_core.settings.sandboxes_dir / sandbox["id"] / "outbox"
-                          / "metrics.json").read_text())
+    outbox = docker_core.storage.outbox(sandbox["id"])
+    metrics = json.loads((outbox / "metrics.json").read_text())
     assert metrics["ranks"] == 2 and metrics["accuracy"] > 0.8
     # Nothing of the cluster is left: containers and its keys went with it.
     assert not docker_client.containers.list(

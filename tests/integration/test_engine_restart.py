@@ -126,7 +126,7 @@ def test_with_live_restore_the_sandbox_keeps_running_and_its_log_goes_on(
            lambda: max(_ticks(_log(client, engineer, sandbox_id)) or [0]) > before + 5)
     assert client.get(f"/api/v1/sandboxes/{sandbox_id}",
                       headers=bearer(engineer)).get_json()["status"] == "running"
-    (docker_core.settings.sandboxes_dir / sandbox_id / "workspace" / "stop").touch()
+    (docker_core.backend.storage.workspace(sandbox_id) / "stop").touch()
     final = wait_for(client, sandbox_id, engineer,
                      lambda b: b["status"] not in ("starting", "running"))
     assert final["status"] == "succeeded", final

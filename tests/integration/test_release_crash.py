@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import struct
 import threading
@@ -27,10 +28,15 @@ from console.services import accounts, datasets, images
 from console.settings import Settings
 from sandbox.backend import LABEL_INSTALLATION
 from sandbox.gate.verify import verify_bundle
+from sandbox.storage import LocalStorage
 from tests.helpers import OPERATOR, PASSWORD, bearer, free_port, serve_console, write_dataset
 
 pytestmark = pytest.mark.docker
 
+#: The sandbox waits for the big file to be in its outbox, then trains.
+WAIT_THEN_TRAIN = ("python -c \"import os, runpy, time\n"
+                   "while not os.path.exists('/outbox/big.safetensors'): time.sleep(0.1)\n"
+                   "runpy.run_path('train.py', run_name='__main__')\"")
 BIG_TENSOR_BYTES = 400 << 20  # large enough that sealing takes a moment to catch
 
 
@@ -64,10 +70,14 @@ def test_kill_during_sealing_then_restart_finishes_it(
     process = serve_console(settings.home, port)
     try:
         sandbox = requests.post(f"{api}/sandboxes", headers=bearer(tokens["alice"]), timeout=60,
-                                json={"dataset": "demo", "example": "mlp"}).json()
-        # Put there while the sandbox runs, as its own output would be (the outbox is listed
-        # and hashed once, when it ends); written beforehand so the move is instant.
-        os.replace(staged, settings.sandboxes_dir / sandbox["id"] / "outbox" / "big.safetensors")
+                                json={"dataset": "demo", "example": "mlp",
+                                      "command": WAIT_THEN_TRAIN}).json()
+        # Put there while the sandbox runs (it trains once the file is there), as its own
+        # output would be: the outbox is listed and hashed once, when it ends. Copied onto
+        # the outbox's volume outside the sandbox's view first, so the move is one rename.
+        outbox = LocalStorage(settings.sandboxes_dir).outbox(sandbox["id"])
+        shutil.copyfile(staged, outbox.parent / "big.safetensors")
+        os.replace(outbox.parent / "big.safetensors", outbox / "big.safetensors")
         deadline = time.monotonic() + 120
         while requests.get(f"{api}/sandboxes/{sandbox['id']}", headers=bearer(tokens["alice"]),
                            timeout=30).json()["status"] == "running":

@@ -295,7 +295,7 @@ def _attack(installation: Installation, docker_client: docker.DockerClient,
     sandbox_id = _launch(engineer, "insider")
     # A second, short sandbox leaves a 10 TiB sparse file (and the FIFO, the links) at its end.
     sparse_id = _launch(engineer, "sparse")
-    workspace = core.settings.sandboxes_dir / sandbox_id / "workspace"
+    workspace = core.storage.workspace(sandbox_id)
 
     def running_and(name: str) -> Any:
         status = engineer.get(f"/api/v1/sandboxes/{sandbox_id}", "sandbox").body["status"]

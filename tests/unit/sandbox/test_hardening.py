@@ -118,6 +118,8 @@ def test_kwargs_are_accepted_by_the_sdk(kwargs: dict[str, Any]) -> None:
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
     assert host["Memory"] == host["MemorySwap"] == 256 * 1024 * 1024
+    assert {u["Name"]: (u["Soft"], u["Hard"]) for u in host["Ulimits"]} == {
+        "nofile": (4096, 4096), "nproc": (32768, 32768), "core": (0, 0)}
 
 
 # --- assert_hardened ------------------------------------------------------------------------
@@ -142,6 +144,9 @@ def _sealed() -> dict[str, Any]:
             "MemorySwap": 268435456,
             "NanoCpus": 1000000000,
             "PidsLimit": 64,
+            "Ulimits": [{"Name": "nofile", "Soft": 4096, "Hard": 4096},
+                        {"Name": "nproc", "Soft": 32768, "Hard": 32768},
+                        {"Name": "core", "Soft": 0, "Hard": 0}],
             "IpcMode": "private",
             "PidMode": "",
             "UTSMode": "",
@@ -223,6 +228,9 @@ BREAKS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "no cpu limit": (_set("HostConfig.NanoCpus", 0), "no CPU limit"),
     "no pids limit": (_set("HostConfig.PidsLimit", None), "no pids limit"),
     "unlimited pids": (_set("HostConfig.PidsLimit", -1), "no pids limit"),
+    "no ulimits": (_set("HostConfig.Ulimits", None), "ulimit nofile not set"),
+    "core dumps": (_set("HostConfig.Ulimits.2.Hard", -1), "ulimit core"),
+    "many files": (_set("HostConfig.Ulimits.0.Hard", 1 << 20), "ulimit nofile"),
     "shareable ipc": (_set("HostConfig.IpcMode", "shareable"), "IPC mode"),
     "host ipc": (_set("HostConfig.IpcMode", "host"), "IPC mode"),
     "host pid": (_set("HostConfig.PidMode", "host"), "PidMode"),

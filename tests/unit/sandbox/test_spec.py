@@ -44,6 +44,8 @@ def test_defaults_are_valid() -> None:
         {"timeout_s": 7 * 24 * 3600 + 1},
         {"tmp_mb": 0},
         {"tmp_mb": 64 * 1024 + 1},
+        {"workspace_mb": 15},
+        {"outbox_mb": 1024 * 1024 + 1},
     ],
 )
 def test_limits_out_of_range_are_refused(limits: dict[str, float]) -> None:
@@ -131,6 +133,8 @@ def test_to_dict_is_json_safe_and_leaves_out_host_paths() -> None:
         "pids": 256,
         "timeout_s": 3600,
         "tmp_mb": 512,
+        "workspace_mb": 1024,
+        "outbox_mb": 256,
     }
 
 
