@@ -110,12 +110,30 @@ class Resources(_Strict):
 # --- the other sections ---------------------------------------------------------------------
 
 
+#: The kernel a sandbox runs on: `runc` shares the host's kernel (behind namespaces, cgroups,
+#: capabilities and seccomp); `gvisor` puts gVisor's user-space kernel between the sandbox and
+#: the host's. Listed weakest first: where several rules apply, the strictest wins.
+Isolation = Literal["runc", "gvisor"]
+ISOLATION_ORDER: tuple[Isolation, ...] = ("runc", "gvisor")
+
+
 class DatasetRule(_Strict):
     #: Who may mount the dataset; an empty list grants nobody.
     allow: list[Principal] = []
     #: Only these versions (numbers, as registered) may be mounted; empty: every version
     #: not retired. Outputs descending from another version cannot be mounted either.
     versions: list[Annotated[int, Field(ge=1)]] = []
+    #: The least isolation any sandbox that mounts the dataset, or descends from it (through
+    #: inputs or a project), runs under.
+    isolation: Isolation = "runc"
+
+
+class IsolationRules(_Strict):
+    """The runtime sandboxes get: the strictest of `default`, the launching user's role's
+    entry, and the `isolation` of every dataset the sandbox mounts or descends from."""
+
+    default: Isolation = "runc"
+    roles: dict[RoleName, Isolation] = {}
 
 
 class Inputs(_Strict):
@@ -290,6 +308,7 @@ class Policy(_Strict):
     sessions: Sessions = Sessions()
     inputs: Inputs = Inputs()
     projects: Projects = Projects()
+    isolation: IsolationRules = IsolationRules()
 
     @model_validator(mode="before")
     @classmethod
@@ -548,6 +567,9 @@ def _context_problems(policy: Policy, context: PolicyContext,
         for index, name in enumerate(policy.launch.roles):
             if name not in roles:
                 errors.append((("launch", "roles", index), f"unknown role {name!r}"))
+        for name in policy.isolation.roles:
+            if name not in roles:
+                errors.append((("isolation", "roles", name), f"unknown role {name!r}"))
     for dataset, rule in policy.datasets.items():
         for index, principal in enumerate(rule.allow):
             path: Path_ = ("datasets", dataset, "allow", index)

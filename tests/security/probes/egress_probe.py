@@ -695,6 +695,7 @@ def main(argv: list[str]) -> int:
         "attempts": len(_records),
         "failures": len(failures),
         "seconds": round(time.monotonic() - started, 2),
+        "kernel": os.uname().release,  # which kernel answered: the host's, or gVisor's
     }
     print(json.dumps(summary), flush=True)
     return 1 if failures else 0
