@@ -594,6 +594,18 @@ def _context_problems(policy: Policy, context: PolicyContext,
         warnings.append((("release", "approvals_needed"),
                          f"{needed} approvals are needed but only {context.approvers} "
                          "approver(s) exist: releases will wait until more are added"))
+    # MPI clusters cannot run under gVisor (their ranks share one network namespace): say so
+    # where the policy both asks for gVisor and allows clusters.
+    cannot = "MPI clusters cannot run under gVisor, so"
+    if policy.isolation.default == "gvisor" and any(
+            policy.resources.for_role(role).max_mpi_nodes > 1 for role in policy.launch.roles):
+        warnings.append((("isolation", "default"), f"every sandbox runs under gVisor; {cannot} "
+                                                   "every cluster launch will be refused"))
+    for role, level in policy.isolation.roles.items():
+        if level == "gvisor" and policy.resources.for_role(role).max_mpi_nodes > 1:
+            warnings.append((("isolation", "roles", role),
+                             f"role {role!r} runs under gVisor and may launch clusters; "
+                             f"{cannot} its cluster launches will be refused"))
     if not policy.images.allow_registered and not policy.images.digests:
         warnings.append((("images",), "no image is allowed: every launch will be refused"))
     if not policy.launch.roles:

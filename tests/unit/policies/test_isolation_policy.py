@@ -117,3 +117,18 @@ def test_an_unknown_role_is_an_error_where_roles_are_known() -> None:
     (problem,) = raised.value.problems
     assert (problem.path, problem.line) == ("isolation.roles.wizard", 1)
     assert "unknown role 'wizard'" in problem.message
+
+
+def test_asking_for_gvisor_where_clusters_are_allowed_warns_that_they_will_be_refused() -> None:
+    clusters = "resources: {roles: {engineer: {max_mpi_nodes: 4}}}\nlaunch: {roles: [engineer]}\n"
+    role = check_policy(clusters + "isolation: {roles: {engineer: gvisor}}\n")
+    assert [(w.path, w.message) for w in role.warnings] == [(
+        "isolation.roles.engineer", "role 'engineer' runs under gVisor and may launch "
+        "clusters; MPI clusters cannot run under gVisor, so its cluster launches will be "
+        "refused")]
+    default = check_policy(clusters + "isolation: {default: gvisor}\n")
+    assert [w.path for w in default.warnings] == ["isolation.default"]
+    assert "every cluster launch" in default.warnings[0].message
+    assert check_policy(clusters).warnings == ()
+    assert check_policy("launch: {roles: [engineer]}\nisolation: {default: gvisor}\n").warnings \
+        == ()
