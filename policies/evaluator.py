@@ -7,7 +7,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from policies.schema import EffectiveLimits, Policy
+from policies.schema import ISOLATION_ORDER, EffectiveLimits, Isolation, Policy
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,20 @@ class LaunchRequest:
     dataset_versions: tuple[DatasetVersion, ...] = ()
     inputs: tuple[OutputsSource, ...] = ()
     project: ProjectFacts | None = None
+
+
+@dataclass(frozen=True)
+class IsolationDecision:
+    """The runtime a launch gets (`runc` or `gvisor`) and the rule that chose it."""
+
+    isolation: Isolation
+    rule: str
+    reason: str
+    policy_version: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"isolation": self.isolation, "rule": self.rule, "reason": self.reason,
+                "policy_version": self.policy_version}
 
 
 class PolicyEvaluator:
@@ -248,6 +262,42 @@ class PolicyEvaluator:
             if not decision:
                 return decision
         return self._decide(True, "launch", "within policy")
+
+    def isolation_for(self, request: LaunchRequest) -> IsolationDecision:
+        """The strictest isolation any rule that applies to the launch asks for: the default,
+        the user's role, every dataset it mounts and every dataset its inputs and project
+        descend from. No rule can weaken another. Of the rules asking for the winning level,
+        the most specific is named: a mounted dataset, then one descended from, then the
+        role, then the default."""
+        datasets = self.policy.datasets
+        asked: list[tuple[Isolation, str, str]] = []
+        mounted = dict.fromkeys((*request.datasets,
+                                 *(name for name, _ in request.dataset_versions)))
+        for name in mounted:
+            entry = datasets.get(name)
+            if entry is not None and entry.isolation != ISOLATION_ORDER[0]:
+                asked.append((entry.isolation, f"datasets.{name}.isolation",
+                              f"dataset {name!r} requires {entry.isolation}"))
+        sources = [(f"input {s.sandbox_id}", s.lineage) for s in request.inputs]
+        if request.project is not None:
+            sources.append((f"project {request.project.name!r}", request.project.lineage))
+        for what, lineage in sources:
+            for name in sorted({n for n, _ in lineage}):
+                entry = datasets.get(name)
+                if entry is not None and entry.isolation != ISOLATION_ORDER[0]:
+                    asked.append((entry.isolation, f"datasets.{name}.isolation",
+                                  f"{what} descends from dataset {name!r}, which requires "
+                                  f"{entry.isolation}"))
+        rules = self.policy.isolation
+        role = rules.roles.get(request.role)
+        if role is not None:
+            asked.append((role, f"isolation.roles.{request.role}",
+                          f"role {request.role!r} runs under {role}"))
+        asked.append((rules.default, "isolation.default",
+                      f"sandboxes run under {rules.default} by default"))
+        strictest = max(ISOLATION_ORDER.index(level) for level, _, _ in asked)
+        level, rule, reason = next(a for a in asked if ISOLATION_ORDER.index(a[0]) == strictest)
+        return IsolationDecision(level, rule, reason, self.policy.version)
 
     def network_for(self, kind: Literal["single", "mpi"]) -> PolicyDecision:
         """The network a sandbox gets: the schema admits exactly one value for each kind."""

@@ -122,12 +122,30 @@ class Resources(_Strict):
 # --- the other sections ---------------------------------------------------------------------
 
 
+#: The kernel a sandbox runs on: `runc` shares the host's kernel (behind namespaces, cgroups,
+#: capabilities and seccomp); `gvisor` puts gVisor's user-space kernel between the sandbox and
+#: the host's. Listed weakest first: where several rules apply, the strictest wins.
+Isolation = Literal["runc", "gvisor"]
+ISOLATION_ORDER: tuple[Isolation, ...] = ("runc", "gvisor")
+
+
 class DatasetRule(_Strict):
     #: Who may mount the dataset; an empty list grants nobody.
     allow: list[Principal] = []
     #: Only these versions (numbers, as registered) may be mounted; empty: every version
     #: not retired. Outputs descending from another version cannot be mounted either.
     versions: list[Annotated[int, Field(ge=1)]] = []
+    #: The least isolation any sandbox that mounts the dataset, or descends from it (through
+    #: inputs or a project), runs under.
+    isolation: Isolation = "runc"
+
+
+class IsolationRules(_Strict):
+    """The runtime sandboxes get: the strictest of `default`, the launching user's role's
+    entry, and the `isolation` of every dataset the sandbox mounts or descends from."""
+
+    default: Isolation = "runc"
+    roles: dict[RoleName, Isolation] = {}
 
 
 class Inputs(_Strict):
@@ -302,6 +320,7 @@ class Policy(_Strict):
     sessions: Sessions = Sessions()
     inputs: Inputs = Inputs()
     projects: Projects = Projects()
+    isolation: IsolationRules = IsolationRules()
 
     @model_validator(mode="before")
     @classmethod
@@ -560,6 +579,9 @@ def _context_problems(policy: Policy, context: PolicyContext,
         for index, name in enumerate(policy.launch.roles):
             if name not in roles:
                 errors.append((("launch", "roles", index), f"unknown role {name!r}"))
+        for name in policy.isolation.roles:
+            if name not in roles:
+                errors.append((("isolation", "roles", name), f"unknown role {name!r}"))
     for dataset, rule in policy.datasets.items():
         for index, principal in enumerate(rule.allow):
             path: Path_ = ("datasets", dataset, "allow", index)
@@ -584,6 +606,18 @@ def _context_problems(policy: Policy, context: PolicyContext,
         warnings.append((("release", "approvals_needed"),
                          f"{needed} approvals are needed but only {context.approvers} "
                          "approver(s) exist: releases will wait until more are added"))
+    # MPI clusters cannot run under gVisor (their ranks share one network namespace): say so
+    # where the policy both asks for gVisor and allows clusters.
+    cannot = "MPI clusters cannot run under gVisor, so"
+    if policy.isolation.default == "gvisor" and any(
+            policy.resources.for_role(role).max_mpi_nodes > 1 for role in policy.launch.roles):
+        warnings.append((("isolation", "default"), f"every sandbox runs under gVisor; {cannot} "
+                                                   "every cluster launch will be refused"))
+    for role, level in policy.isolation.roles.items():
+        if level == "gvisor" and policy.resources.for_role(role).max_mpi_nodes > 1:
+            warnings.append((("isolation", "roles", role),
+                             f"role {role!r} runs under gVisor and may launch clusters; "
+                             f"{cannot} its cluster launches will be refused"))
     if not policy.images.allow_registered and not policy.images.digests:
         warnings.append((("images",), "no image is allowed: every launch will be refused"))
     if not policy.launch.roles:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from sandbox.spec import NetworkPlan, SandboxSpec, valid_sandbox_id
+from sandbox.spec import NetworkPlan, Runtime, SandboxSpec, valid_sandbox_id
 from sandbox.storage import SandboxStorage
 
 #: Labels every container, network and volume of ours carries.
@@ -100,13 +100,16 @@ class ContainerState:
     #: The sandboxes whose outputs each member mounts under /inputs (its self-check expects
     #: exactly these, read-only).
     inputs: tuple[str, ...] = ()
+    #: The runtime every member was created on (its self-check expects exactly this one).
+    runtime: Runtime = Runtime.RUNC
 
     def to_state(self) -> BackendState:
         return {"members": [{"name": m.name, "container": m.container} for m in self.members],
                 "plan": str(self.plan), "network": self.network,
                 "sandbox": self.sandbox_id, "gpus": self.gpus,
-                # Only where used, so that states stored before inputs read the same.
-                **({"inputs": list(self.inputs)} if self.inputs else {})}
+                # Only where used, so that states stored before inputs (runtimes) read the same.
+                **({"inputs": list(self.inputs)} if self.inputs else {}),
+                **({"runtime": str(self.runtime)} if self.runtime is not Runtime.RUNC else {})}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> ContainerState:
@@ -127,10 +130,15 @@ class ContainerState:
         raw_inputs = state.get("inputs")
         inputs = tuple(i for i in raw_inputs if isinstance(i, str) and valid_sandbox_id(i)) \
             if isinstance(raw_inputs, list) else ()
+        try:
+            # Anything else reads as runc: a gVisor container then fails its self-check.
+            runtime = Runtime(str(state.get("runtime", Runtime.RUNC)))
+        except ValueError:
+            runtime = Runtime.RUNC
         return cls(tuple(members), plan, network if isinstance(network, str) else "",
                    sandbox_id if isinstance(sandbox_id, str) else "",
                    gpus if isinstance(gpus, int) and not isinstance(gpus, bool) else 0,
-                   inputs)
+                   inputs, runtime)
 
     @property
     def objects(self) -> frozenset[str]:
@@ -190,6 +198,10 @@ class Backend(Protocol):
 
     def supports_gpus(self) -> bool:
         """Whether the engine can give sandboxes NVIDIA GPUs (device requests)."""
+
+    def runtimes(self) -> frozenset[Runtime]:
+        """The runtimes the engine can run sandboxes on right now (gVisor only where it is
+        installed and registered)."""
 
     def create(self, spec: SandboxSpec) -> BackendState:
         """Create (not start) the sandbox under `spec.network`; return its state. On failure

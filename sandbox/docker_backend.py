@@ -4,7 +4,8 @@ Talks to the engine through the Docker SDK, selects what it owns by the installa
 and turns every engine or connection failure into a `SandboxError` with a user-safe message.
 A sandbox's state (`ContainerState`) names its members, launcher first: one container under
 the "none" network plan, or an MPI cluster (`sandbox.cluster`) whose ranks share the
-launcher's loopback-only network namespace. Workspaces, outboxes and projects' volumes live
+launcher's loopback-only network namespace. Each runs on the runtime its spec names (runc,
+or gVisor as the engine's `runsc`). Workspaces, outboxes and projects' volumes live
 in a `LocalStorage` on the engine's host, bind-mounted, as are the outboxes of the earlier
 sandboxes a spec takes as inputs (read-only).
 """
@@ -39,8 +40,8 @@ from sandbox.backend import (
 )
 from sandbox.cluster import ClusterSecrets, member_name
 from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxError, SandboxNotFound
-from sandbox.hardening import assert_hardened, create_kwargs, member_kwargs
-from sandbox.spec import NetworkPlan, SandboxSpec
+from sandbox.hardening import ENGINE_RUNTIMES, assert_hardened, create_kwargs, member_kwargs
+from sandbox.spec import NetworkPlan, Runtime, SandboxSpec
 from sandbox.storage import LocalStorage
 
 #: Which member of its sandbox a container is.
@@ -223,6 +224,14 @@ class DockerBackend:
             info = self._client().info()
         return "nvidia" in (info.get("Runtimes") or {})
 
+    def runtimes(self) -> frozenset[Runtime]:
+        """The sandbox runtimes whose engine runtime is registered (asked each time: an
+        operator may register gVisor while the console runs)."""
+        with _engine_errors("read the engine info"):
+            info = self._client().info()
+        registered = info.get("Runtimes") or {}
+        return frozenset(r for r, name in ENGINE_RUNTIMES.items() if name in registered)
+
     def supports_init(self) -> bool:
         """Whether containers get `docker-init` as pid 1.
 
@@ -262,7 +271,8 @@ class DockerBackend:
         with _engine_errors("create the sandbox"):
             container = client.containers.create(**kwargs)
         return ContainerState((Member(LAUNCHER, str(container.id)),), spec.network,
-                              gpus=spec.gpus, inputs=tuple(inputs)).to_state()
+                              gpus=spec.gpus, inputs=tuple(inputs),
+                              runtime=spec.runtime).to_state()
 
     def _create_cluster(self, spec: SandboxSpec) -> BackendState:
         """The launcher first (it holds the loopback-only namespace), then each rank in it;
@@ -290,7 +300,8 @@ class DockerBackend:
                                        spec.sandbox_id).to_state())
             raise
         return ContainerState(tuple(members), spec.network, members[0].container,
-                              spec.sandbox_id, spec.gpus, tuple(inputs)).to_state()
+                              spec.sandbox_id, spec.gpus, tuple(inputs),
+                              spec.runtime).to_state()
 
     def _inspect(self, handle: str) -> dict[str, Any] | None:
         """The container's attributes, or None when it is gone or not this installation's."""
@@ -324,7 +335,7 @@ class DockerBackend:
         for member in found.members:
             violations = assert_hardened(self._require(member.container, "start"),
                                          found.plan, found.network, gpus=found.gpus,
-                                         inputs=found.inputs)
+                                         inputs=found.inputs, runtime=found.runtime)
             if violations:
                 raise SandboxError(
                     "The sandbox failed its hardening self-check and was not started.",

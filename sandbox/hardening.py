@@ -22,6 +22,7 @@ from sandbox.spec import (
     SANDBOX_UID,
     WORKSPACE,
     NetworkPlan,
+    Runtime,
     SandboxSpec,
     valid_sandbox_id,
 )
@@ -63,6 +64,25 @@ def _ulimit_violations(host: Mapping[str, Any]) -> list[str]:
         elif not 0 <= soft <= hard <= value:
             found.append(f"ulimit {name} is {soft}/{hard}, not at most {value}")
     return found
+
+
+#: The engine's name for each runtime: gVisor is registered as `runsc` (images/host/ensure-host.sh).
+ENGINE_RUNTIMES = {Runtime.RUNC: "runc", Runtime.GVISOR: "runsc"}
+
+#: Under gVisor the engine's pids limit counts gVisor's own host threads and processes too:
+#: measured with Debian 12's runsc on the ptrace platform, about 60 for its kernel, init and
+#: Python at rest, and about 6 more for each process in the sandbox (a limit of 64 stopped
+#: the sandbox before its command ran). The limit is scaled so that it still bounds the
+#: sandbox's processes as the policy says; past it the whole sandbox ends.
+GVISOR_PIDS_BASE = 128
+GVISOR_PIDS_PER_PROCESS = 8
+
+
+def engine_pids_limit(pids: int, runtime: Runtime) -> int:
+    """The engine's pids limit for a sandbox of at most `pids` processes on `runtime`."""
+    if runtime is Runtime.GVISOR:
+        return GVISOR_PIDS_BASE + GVISOR_PIDS_PER_PROCESS * pids
+    return pids
 
 
 def tmpfs_options(tmp_mb: int) -> str:
@@ -145,6 +165,8 @@ def create_kwargs(spec: SandboxSpec, *, installation: str, init: bool, workspace
             LABEL_INSTALLATION: installation,
         },
         "network_mode": network_mode(spec.network, network),
+        # Named even for runc, so an engine whose default runtime is another still runs it.
+        "runtime": ENGINE_RUNTIMES[spec.runtime],
         "ipc_mode": "private",
         "cgroupns": "private",
         "cap_drop": ["ALL"],
@@ -157,7 +179,7 @@ def create_kwargs(spec: SandboxSpec, *, installation: str, init: bool, workspace
         # Equal to mem_limit: no swap, so the memory limit is a hard limit.
         "memswap_limit": memory,
         "nano_cpus": int(spec.limits.cpus * 1_000_000_000),
-        "pids_limit": spec.limits.pids,
+        "pids_limit": engine_pids_limit(spec.limits.pids, spec.runtime),
         "ulimits": ulimits(),
         "init": init,
         "stdin_open": False,
@@ -270,17 +292,24 @@ def _network_violations(attrs: Mapping[str, Any], plan: NetworkPlan,
 
 def assert_hardened(attrs: Mapping[str, Any], plan: NetworkPlan,
                     network: str = "", *, gpus: int = 0,
-                    inputs: Collection[str] | None = None) -> list[str]:
+                    inputs: Collection[str] | None = None,
+                    runtime: Runtime = Runtime.RUNC) -> list[str]:
     """Every way a `docker inspect` result falls short of `create_kwargs` under the network
     plan it was given (and the cluster's own network, for members-only); [] when sealed.
 
     Every mount under /inputs must be exactly /inputs/<sandbox id>, read-only; given
-    `inputs` (the sandbox ids the spec asked for), exactly those."""
+    `inputs` (the sandbox ids the spec asked for), exactly those. The container runs on
+    exactly the `runtime` planned (a gVisor plan on runc is a violation, and so is the
+    reverse: the plan is what was decided and recorded)."""
     found: list[str] = []
     host = attrs.get("HostConfig") or {}
     config = attrs.get("Config") or {}
 
     found.extend(_network_violations(attrs, plan, network))
+    engine_runtime = ENGINE_RUNTIMES[runtime]
+    if host.get("Runtime") != engine_runtime:
+        found.append(f"runtime is {host.get('Runtime')!r}, not {engine_runtime!r} "
+                     f"({runtime})")
     if host.get("Privileged"):
         found.append("privileged")
     cap_drop = {str(c).upper().removeprefix("CAP_") for c in host.get("CapDrop") or []}

@@ -56,6 +56,17 @@ class NetworkPlan(enum.StrEnum):
     MEMBERS_ONLY = "members-only"
 
 
+class Runtime(enum.StrEnum):
+    """The kernel a sandbox's system calls meet, chosen by the policy (`isolation`).
+
+    `runc`: the host's kernel, behind namespaces, cgroups, capabilities and seccomp. `gvisor`:
+    gVisor's user-space kernel (the engine's `runsc` runtime) between the sandbox and the
+    host's, so an exploit must break gVisor first."""
+
+    RUNC = "runc"
+    GVISOR = "gvisor"
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits of one sandbox."""
@@ -142,6 +153,8 @@ class SandboxSpec:
     inputs: tuple[InputMount, ...] = ()
     #: The project whose persistent volume is the workspace ("": a fresh workspace).
     project: str = ""
+    #: The kernel the sandbox runs on (the policy's `isolation`).
+    runtime: Runtime = Runtime.RUNC
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.sandbox_id):
@@ -165,6 +178,10 @@ class SandboxSpec:
             raise InvalidSpec(f"at most {MAX_INPUTS} inputs")
         if self.project and not _NAME.match(self.project):
             raise InvalidSpec(f"invalid project name {self.project!r}")
+        if self.runtime is Runtime.GVISOR and self.ranks > 1:
+            # Each member would get its own gVisor kernel and loopback: the ranks could not
+            # reach each other through the launcher's network namespace.
+            raise InvalidSpec("a cluster (ranks > 1) cannot run under gVisor")
         for key, _ in self.env:
             if not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
                 raise InvalidSpec(f"invalid environment variable name {key!r}")
@@ -177,6 +194,9 @@ class SandboxSpec:
 
     def with_env(self, key: str, value: str) -> SandboxSpec:
         return dataclasses.replace(self, env=(*self.env, (key, value)))
+
+    def with_runtime(self, runtime: Runtime) -> SandboxSpec:
+        return dataclasses.replace(self, runtime=runtime)
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-safe description, recorded with the sandbox and in provenance."""
@@ -195,4 +215,5 @@ class SandboxSpec:
             **({"inputs": [{"sandbox": i.sandbox_id, "digest": i.digest}
                            for i in self.inputs]} if self.inputs else {}),
             **({"project": self.project} if self.project else {}),
+            **({"runtime": str(self.runtime)} if self.runtime is not Runtime.RUNC else {}),
         }

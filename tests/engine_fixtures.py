@@ -1,6 +1,7 @@
 """Fixtures against the real Docker engine, loaded as a plugin by tests/conftest.py: an
 installation whose backend is Docker with the built sandbox image registered, the console
-served for real, and cleanup of every container the installation labelled."""
+served for real, cleanup of every container the installation labelled, and both sandbox
+runtimes (runc, and gVisor where `runsc` runs) for suites that attack each."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from console.core import Sealroom
 from console.services import images
 from console.settings import Settings
 from sandbox.backend import LABEL_INSTALLATION
+from sandbox.hardening import ENGINE_RUNTIMES
+from sandbox.spec import SANDBOX_GID, SANDBOX_UID, Runtime
 from tests.helpers import OPERATOR
 
 
@@ -64,6 +67,38 @@ def horovod_image(docker_client: docker.DockerClient) -> Any:
 def python_image(base_image: Any) -> str:
     """The image the red-team and backend tests run: $SEALROOM_TEST_IMAGE or the sandbox image."""
     return os.environ.get("SEALROOM_TEST_IMAGE") or str(base_image.tag)
+
+
+#: What gVisor's kernel says it is (`uname -r` inside a `runsc` container).
+GVISOR_KERNEL = "4.4.0"
+
+
+@pytest.fixture(scope="session")
+def gvisor(docker_client: docker.DockerClient, base_image: Any) -> None:
+    """gVisor is registered with the engine and runs the sandbox image. Not registered: the
+    host bootstrap was not run (under `make test`, a failure). Registered but unable to run
+    here (no ptrace, an old kernel): a skip naming the engine's error."""
+    runsc = ENGINE_RUNTIMES[Runtime.GVISOR]
+    if runsc not in (docker_client.info().get("Runtimes") or {}):
+        need_engine(f"the engine has no {runsc} runtime; run images/host/ensure-host.sh")
+    try:
+        output = docker_client.containers.run(
+            base_image.tag, ["uname", "-r"], runtime=runsc, network_mode="none",
+            user=f"{SANDBOX_UID}:{SANDBOX_GID}", remove=True)
+    except docker.errors.DockerException as exc:
+        pytest.skip(f"{runsc} is registered but cannot run a container here: {exc}")
+    if output.decode().strip() != GVISOR_KERNEL:
+        pytest.skip(f"{runsc} ran, but not gVisor's kernel: uname -r said {output!r}")
+
+
+@pytest.fixture(scope="module", params=[pytest.param(r, id=str(r)) for r in Runtime])
+def sandbox_runtime(request: pytest.FixtureRequest) -> Runtime:
+    """Each sandbox runtime in turn, for a module whose suite runs under both (the gVisor
+    run needs `gvisor`). Module-scoped: a suite's expensive fixtures run once per runtime."""
+    runtime: Runtime = request.param
+    if runtime is Runtime.GVISOR:
+        request.getfixturevalue("gvisor")
+    return runtime
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from sandbox.backend import (
 from sandbox.cluster import member_name
 from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxNotFound
 from sandbox.projects import ProjectVolumes
-from sandbox.spec import SANDBOX_GID, SANDBOX_UID, NetworkPlan, SandboxSpec
+from sandbox.spec import SANDBOX_GID, SANDBOX_UID, NetworkPlan, Runtime, SandboxSpec
 from sandbox.storage import LocalStorage
 from sandbox.volumes import LoopFilesystems, SandboxVolumes
 
@@ -117,6 +117,9 @@ class FakeBackend:
     engine_up: bool = True
     #: Whether the pretend host has GPUs.
     gpus: bool = False
+    #: The runtimes the pretend engine has registered (runc only, like an engine without
+    #: gVisor; tests add `Runtime.GVISOR`).
+    engine_runtimes: frozenset[Runtime] = frozenset({Runtime.RUNC})
     default_outcome: ScriptedOutcome = field(default_factory=ScriptedOutcome)
     created_specs: list[SandboxSpec] = field(default_factory=list)
     sandboxes: dict[str, FakeSandbox] = field(default_factory=dict)
@@ -178,11 +181,19 @@ class FakeBackend:
         self._engine()
         return self.gpus
 
+    def runtimes(self) -> frozenset[Runtime]:
+        self._engine()
+        return self.engine_runtimes
+
     def create(self, spec: SandboxSpec) -> BackendState:
         """One fake container per rank; the launcher (rank 0) plays the scripted outcome, the
         other ranks run until stopped (as their sshd would). As `DockerBackend`, refuses an
-        input whose outputs are not kept and mounts (finds) the project's volume."""
+        input whose outputs are not kept, a runtime the engine lacks (the engine answers
+        400, "Unknown runtime specified"), and mounts (finds) the project's volume."""
         self._engine()
+        if spec.runtime not in self.engine_runtimes:
+            raise InvalidSpec("The engine refused to create the sandbox.",
+                              detail=f"fake: unknown runtime {spec.runtime}")
         if self.store is not None:
             for item in spec.inputs:
                 path = self.store.input_path(item.sandbox_id)
@@ -201,9 +212,10 @@ class FakeBackend:
         self.created_specs.append(spec)
         inputs = tuple(i.sandbox_id for i in spec.inputs)
         if spec.ranks == 1:
-            return ContainerState(tuple(members), gpus=spec.gpus, inputs=inputs).to_state()
+            return ContainerState(tuple(members), gpus=spec.gpus, inputs=inputs,
+                                  runtime=spec.runtime).to_state()
         return ContainerState(tuple(members), NetworkPlan.MEMBERS_ONLY, members[0].container,
-                              spec.sandbox_id, spec.gpus, inputs).to_state()
+                              spec.sandbox_id, spec.gpus, inputs, spec.runtime).to_state()
 
     def member_handle(self, sandbox_id: str, name: str) -> str:
         """The fake container of one member ("main", "rank-1") of a sandbox."""

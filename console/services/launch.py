@@ -45,6 +45,7 @@ from console.services.errors import (
 from console.services.images import current_image
 from policies.evaluator import (
     DatasetVersion,
+    IsolationDecision,
     LaunchKind,
     LaunchRequest,
     OutputsSource,
@@ -180,6 +181,9 @@ class Decision:
     project_parent: str = ""
     #: The limits the sandbox runs with: those asked for, and the policy's disk sizes.
     limits: sandbox_spec.Limits = sandbox_spec.Limits()
+    #: The runtime the policy's isolation gives the sandbox, and the rule that chose it.
+    runtime: sandbox_spec.Runtime = sandbox_spec.Runtime.RUNC
+    isolation_rule: str = ""
 
 
 @dataclass(frozen=True)
@@ -334,11 +338,37 @@ def decide(core: Sealroom, caller: Caller, parsed: ParsedLaunch, policy: Policy)
     maxima = evaluator.limits_for(caller.name, caller.role).limits
     limits = replace(parsed.limits, workspace_mb=maxima.max_workspace_mb,
                      outbox_mb=maxima.max_outbox_mb, tmp_mb=maxima.max_tmp_mb)
+    isolation = evaluator.isolation_for(
+        parsed.request(caller.name, caller.role, running=running, image_digest=image.digest))
     return Decision(image=image, mounts=tuple(mounts), rule=decision.rule,
                     policy_version=decision.policy_version, network=network.reason,
                     versions=tuple(versions), inputs=built_on.mounts, facts=facts,
                     lineage=lineage_service.union(versions, built_on.lineage),
-                    project_parent=built_on.project_parent, limits=limits)
+                    project_parent=built_on.project_parent, limits=limits,
+                    runtime=_runtime_for(core, parsed.kind, isolation),
+                    isolation_rule=isolation.rule)
+
+
+def _runtime_for(core: Sealroom, kind: LaunchKind,
+                 isolation: IsolationDecision) -> sandbox_spec.Runtime:
+    """The runtime the policy's isolation asks for, where this installation can give it."""
+    runtime = sandbox_spec.Runtime(isolation.isolation)
+    if runtime is sandbox_spec.Runtime.RUNC:
+        return runtime
+    needs = f"this launch must run under gVisor ({isolation.reason})"
+    if kind == "mpi":
+        # Each member would get a gVisor kernel and loopback of its own: ranks sharing the
+        # launcher's network namespace could not reach each other (docs/threat-model.md).
+        raise BadRequest(f"{needs}, and MPI clusters cannot run under gVisor here",
+                         rule=isolation.rule, policy_version=isolation.policy_version)
+    with _engine_answering():
+        available = core.backend.runtimes()
+    if runtime not in available:
+        raise EngineDown(f"{needs}, and the container engine has no gVisor runtime (runsc); "
+                         "an operator must install and register it "
+                         "(images/host/ensure-host.sh)",
+                         rule=isolation.rule, policy_version=isolation.policy_version)
+    return runtime
 
 
 @contextmanager
@@ -390,7 +420,7 @@ def spec_for(owner: str, parsed: ParsedLaunch, decision: Decision,
         sandbox_id=sandbox_id, owner=owner, image=decision.image.digest,
         command=parsed.command, datasets=decision.mounts, limits=decision.limits,
         ranks=parsed.ranks, gpus=parsed.gpus, inputs=decision.inputs,
-        project=parsed.project,
+        project=parsed.project, runtime=decision.runtime,
         network=(sandbox_spec.NetworkPlan.MEMBERS_ONLY if parsed.kind == "mpi"
                  else sandbox_spec.NetworkPlan.NONE),
         env=(("SEALROOM_SANDBOX", sandbox_id),
@@ -461,6 +491,8 @@ def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decis
                      "code_digest": staged.code_digest, "rule": decision.rule,
                      "policy_version": decision.policy_version,
                      "network": decision.network,
+                     "isolation": {"runtime": str(decision.runtime),
+                                   "rule": decision.isolation_rule},
                      "datasets": list(decision.versions),
                      **({"inputs": inputs_json(decision)}
                         if decision.inputs else {}),

@@ -1,7 +1,9 @@
 """Red team: from inside a real hardened sandbox, try every way out and every way up.
 
 The probe (probes/egress_probe.py, stdlib only) runs as uid 10001 in a sandbox made by
-DockerBackend; the host side listens on TCP and UDP and checks that nothing arrived.
+DockerBackend; the host side listens on TCP and UDP and checks that nothing arrived. The
+suite runs under each sandbox runtime (`sandbox_runtime`: runc, then gVisor): the probe runs
+once per runtime and every assertion reads that one run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,10 @@ import pytest
 
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX, RunState
 from sandbox.docker_backend import DockerBackend
-from sandbox.spec import SANDBOX_UID, DatasetMount, Limits, SandboxSpec
+from sandbox.hardening import ENGINE_RUNTIMES
+from sandbox.spec import SANDBOX_UID, DatasetMount, Limits, Runtime, SandboxSpec
 from sandbox.storage import LocalStorage
+from tests.engine_fixtures import GVISOR_KERNEL
 
 pytestmark = pytest.mark.docker
 
@@ -137,6 +142,12 @@ class HostListeners:
 
 @pytest.fixture
 def listeners() -> Iterator[HostListeners]:
+    with _open_listeners() as found:
+        yield found
+
+
+@contextmanager
+def _open_listeners() -> Iterator[HostListeners]:
     tcp4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp4.bind(("0.0.0.0", 0))
     tcp4.listen(64)
@@ -155,11 +166,13 @@ def listeners() -> Iterator[HostListeners]:
         except OSError:
             tcp6 = udp6 = None
     found = HostListeners(tcp4, udp4, tcp6, udp6)
-    _prove_listeners_work(found)
-    yield found
-    for sock in (tcp4, udp4, tcp6, udp6):
-        if sock is not None:
-            sock.close()
+    try:
+        _prove_listeners_work(found)
+        yield found
+    finally:
+        for sock in (tcp4, udp4, tcp6, udp6):
+            if sock is not None:
+                sock.close()
 
 
 def _prove_listeners_work(found: HostListeners) -> None:
@@ -178,6 +191,10 @@ def _prove_listeners_work(found: HostListeners) -> None:
 
 @pytest.fixture
 def sandbox_dirs(tmp_path: Path) -> tuple[LocalStorage, str, Path]:
+    return _sandbox_dirs(tmp_path)
+
+
+def _sandbox_dirs(tmp_path: Path) -> tuple[LocalStorage, str, Path]:
     storage, sandbox_id = LocalStorage(tmp_path / "sandboxes"), f"egress-{uuid.uuid4().hex[:8]}"
     storage.create(sandbox_id)
     workspace, dataset = storage.workspace(sandbox_id), tmp_path / "demo"
@@ -198,9 +215,10 @@ def _records(logs: bytes) -> list[dict[str, Any]]:
     return records
 
 
-def _config(listeners: HostListeners) -> dict[str, Any]:
+def _config(listeners: HostListeners, runtime: Runtime = Runtime.RUNC) -> dict[str, Any]:
     hosts4, hosts6 = host_addresses()
     return {
+        "runtime": str(runtime),
         **listeners.ports(),
         "hosts4": hosts4,
         "hosts6": hosts6,
@@ -220,53 +238,79 @@ def _wait_exited(poll: Any, timeout_s: float) -> Any:
         time.sleep(0.2)
 
 
-@pytest.fixture
+@dataclass
+class ProbeRun:
+    """One run of the probe in a hardened sandbox: what it reported, what it was told, how it
+    exited, the engine's runtime of its container, and the host listeners it aimed at."""
+
+    records: list[dict[str, Any]]
+    config: dict[str, Any]
+    exit_code: int
+    engine_runtime: str
+    listeners: HostListeners
+
+
+@pytest.fixture(scope="module")
 def probe_run(
     docker_client: docker.DockerClient,
     python_image: str,
-    listeners: HostListeners,
-    sandbox_dirs: tuple[LocalStorage, str, Path],
-) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any], int]]:
-    storage, sandbox_id, dataset = sandbox_dirs
-    config = _config(listeners)
-    backend = DockerBackend(installation=INSTALLATION, storage=storage)
-    spec = SandboxSpec(
-        sandbox_id=sandbox_id,
-        owner="redteam",
-        image=python_image,
-        command=("python3", "/workspace/egress_probe.py", json.dumps(config)),
-        datasets=(DatasetMount("demo", dataset),),
-        limits=Limits(cpus=1, memory_mb=256, pids=64, timeout_s=120, tmp_mb=16),
-    )
-    handle = backend.create(spec)
-    try:
-        backend.start(handle)
-        status = _wait_exited(lambda: backend.poll(handle), 120)
-        records = _records(backend.logs(handle))
-        yield records, config, int(status.exit_code if status.exit_code is not None else -1)
-    finally:
-        backend.remove(handle)
+    sandbox_runtime: Runtime,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ProbeRun]:
+    """The probe, once per runtime, read by every assertion below."""
+    storage, sandbox_id, dataset = _sandbox_dirs(tmp_path_factory.mktemp("egress"))
+    with _open_listeners() as listeners:
+        config = _config(listeners, sandbox_runtime)
+        backend = DockerBackend(installation=INSTALLATION, storage=storage)
+        spec = SandboxSpec(
+            sandbox_id=sandbox_id,
+            owner="redteam",
+            image=python_image,
+            command=("python3", "/workspace/egress_probe.py", json.dumps(config)),
+            datasets=(DatasetMount("demo", dataset),),
+            limits=Limits(cpus=1, memory_mb=256, pids=64, timeout_s=120, tmp_mb=16),
+            runtime=sandbox_runtime,
+        )
+        handle = backend.create(spec)
+        try:
+            (member,) = handle["members"]
+            attrs = docker_client.api.inspect_container(member["container"])
+            backend.start(handle)  # its self-check passes for the runtime asked
+            status = _wait_exited(lambda: backend.poll(handle), 300)
+            records = _records(backend.logs(handle))
+            yield ProbeRun(records, config,
+                           int(status.exit_code if status.exit_code is not None else -1),
+                           str(attrs["HostConfig"]["Runtime"]), listeners)
+        finally:
+            backend.remove(handle)
 
 
 # --- the assertions ----------------------------------------------------------------------
 
 
-def test_no_attempt_got_out(
-    probe_run: tuple[list[dict[str, Any]], dict[str, Any], int], listeners: HostListeners
-) -> None:
-    records, _, exit_code = probe_run
+def test_the_probe_ran_on_the_runtime_asked(probe_run: ProbeRun,
+                                            sandbox_runtime: Runtime) -> None:
+    assert probe_run.engine_runtime == ENGINE_RUNTIMES[sandbox_runtime]
+    summary = probe_run.records[-1]
+    assert summary["probe"] == "summary", probe_run.records[-5:]
+    if sandbox_runtime is Runtime.GVISOR:
+        assert summary["kernel"] == GVISOR_KERNEL
+    else:
+        assert summary["kernel"] == os.uname().release  # the host's own kernel
+
+
+def test_no_attempt_got_out(probe_run: ProbeRun) -> None:
+    records, exit_code = probe_run.records, probe_run.exit_code
     assert records and records[-1]["probe"] == "summary", records[-5:]
     attempts = records[:-1]
     failures = [r for r in attempts if not r["ok"]]
     assert failures == [], json.dumps(failures, indent=1)
     assert exit_code == 0
-    assert listeners.accepted() == []
+    assert probe_run.listeners.accepted() == []
 
 
-def test_every_kind_of_attempt_was_made(
-    probe_run: tuple[list[dict[str, Any]], dict[str, Any], int],
-) -> None:
-    records, config, _ = probe_run
+def test_every_kind_of_attempt_was_made(probe_run: ProbeRun) -> None:
+    records, config = probe_run.records, probe_run.config
     made = {(r["probe"], r["target"]) for r in records[:-1]}
     kinds = {r["probe"] for r in records[:-1]}
     assert {
@@ -324,12 +368,17 @@ def test_every_kind_of_attempt_was_made(
         assert ("write", directory) in made, directory
 
 
-def test_failure_modes_are_the_expected_ones(
-    probe_run: tuple[list[dict[str, Any]], dict[str, Any], int],
-) -> None:
-    """Not just "failed": failed for the right reason (no route, read-only, no privilege)."""
-    records, config, _ = probe_run
+def test_failure_modes_are_the_expected_ones(probe_run: ProbeRun,
+                                            sandbox_runtime: Runtime) -> None:
+    """Not just "failed": failed for the right reason (no route, read-only, no privilege).
+    Under gVisor its own kernel answers: no route is EHOSTUNREACH where Linux says
+    ENETUNREACH, a write into a root-owned read-only directory is EACCES, and unshare succeeds
+    inside gVisor's kernel (the probe records it as such: Docker's seccomp profile, which
+    refuses it under runc, is not loaded inside gVisor)."""
+    records, config = probe_run.records, probe_run.config
     attempts = records[:-1]
+    gvisor = sandbox_runtime is Runtime.GVISOR
+    no_route = {"ENETUNREACH", "EHOSTUNREACH"} if gvisor else {"ENETUNREACH"}
 
     def errors(probe: str, target_prefix: str = "") -> set[str]:
         return {
@@ -340,14 +389,23 @@ def test_failure_modes_are_the_expected_ones(
 
     for host in config["hosts4"]:
         if not host.startswith("127."):
-            assert errors("tcp4", f"{host}:") == {"ENETUNREACH"}, host
+            assert errors("tcp4", f"{host}:") <= no_route, host
+            assert errors("tcp4", f"{host}:"), host
     assert errors("tcp4", "127.0.0.1:") == {"ECONNREFUSED"}  # the sandbox's own loopback
-    assert errors("metadata") == {"ENETUNREACH"}
+    assert errors("metadata") <= no_route and errors("metadata")
     assert errors("icmp-raw") == {"EPERM"} and errors("packet-raw") == {"EPERM"}
     assert errors("engine-socket") == {"ENOENT"}
-    assert errors("write", "/data/demo") == {"EROFS"}
-    assert errors("write", "/etc") == {"EROFS"}
-    assert errors("mount") == {"EPERM"} and errors("unshare") == {"EPERM"}
+    # gVisor checks the directory's permissions before the mount's read-only flag; that the
+    # mounts are read-only the container's self-check reads from the engine (assert_hardened).
+    read_only = ({"EROFS"}, {"EACCES"}) if gvisor else ({"EROFS"},)
+    assert errors("write", "/data/demo") in read_only
+    assert errors("write", "/etc") in read_only
+    assert errors("mount") == {"EPERM"}
+    if gvisor:
+        assert all(r["expect"] == "info" or r["error"] == "EPERM"
+                   for r in attempts if r["probe"] == "unshare")
+    else:
+        assert errors("unshare") == {"EPERM"}
     assert errors("setuid") == {"EPERM"}
     assert errors("ptrace", "host pid") == {"ESRCH"}
     assert {r["detail"] for r in attempts if r["probe"] == "interfaces"} == {"['lo']"}
@@ -403,23 +461,25 @@ def test_the_probe_does_detect_a_way_out(
 
 
 def test_probe_launched_through_the_api_is_contained_and_audited(
-    docker_core: Any, listeners: HostListeners, tmp_path: Path
+    docker_core: Any, listeners: HostListeners, tmp_path: Path, sandbox_runtime: Runtime
 ) -> None:
     """What an engineer would do: upload the probe as their code through the API. Every
-    attempt fails, the host sees nothing, and the audit log names who ran which code."""
+    attempt fails, the host sees nothing, and the audit log names who ran which code. Under
+    gVisor, because the policy marks the dataset so: the launch records the rule."""
     from sqlmodel import select
 
     from audit.models import AuditEvent
     from console.app import create_app
     from console.services import accounts, datasets
-    from tests.helpers import OPERATOR, PASSWORD, bearer, write_dataset
+    from tests.helpers import OPERATOR, PASSWORD, bearer, change_policy, write_dataset
 
     accounts.create_user(docker_core, OPERATOR, "mallory", "engineer", PASSWORD)
     datasets.register_dataset(docker_core, OPERATOR, write_dataset(tmp_path / "d"), "demo",
                               ["mallory"])
+    change_policy(docker_core, {"datasets": {"demo": {"isolation": str(sandbox_runtime)}}})
     token = accounts.create_token(docker_core, OPERATOR, "mallory")
     client = create_app(sealroom=docker_core, supervise=True).test_client()
-    config = _config(listeners)
+    config = _config(listeners, sandbox_runtime)
     with PROBE.open("rb") as probe:
         created = client.post("/api/v1/sandboxes", headers=bearer(token), data={
             "request": json.dumps({"dataset": "demo", "limits": {"memory_mb": 256},
@@ -440,6 +500,8 @@ def test_probe_launched_through_the_api_is_contained_and_audited(
     assert len(records) > 100
     assert body["status"] == "succeeded"
     assert listeners.accepted() == []
+    if sandbox_runtime is Runtime.GVISOR:
+        assert records[-1]["kernel"] == GVISOR_KERNEL
 
     with docker_core.transaction() as session:
         events = session.exec(select(AuditEvent).where(
@@ -449,4 +511,7 @@ def test_probe_launched_through_the_api_is_contained_and_audited(
     assert upload["code"] == "egress_probe.py"
     assert upload["digest"] == "sha256:" + hashlib.sha256(PROBE.read_bytes()).hexdigest()
     assert by_action["sandbox:sandbox:launch"].actor == "mallory"
+    assert json.loads(by_action["sandbox:sandbox:launch"].details)["isolation"] == {
+        "runtime": str(sandbox_runtime), "rule": "datasets.demo.isolation"
+        if sandbox_runtime is Runtime.GVISOR else "isolation.default"}
     assert by_action["sandbox:sandbox:exit"].outcome == "ok"

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sandbox.backend import LAUNCHER, ContainerState, Member, RunState, SandboxStatus, combine
-from sandbox.spec import NetworkPlan
+from sandbox.spec import NetworkPlan, Runtime
 
 RUNNING = SandboxStatus(RunState.RUNNING, started_at="t0")
 
@@ -27,6 +27,18 @@ def test_state_round_trips_through_json_shaped_data() -> None:
     assert state.member("") == Member(LAUNCHER, "c0")
     assert state.member("rank-1") == Member("rank-1", "c1")
     assert state.member("rank-9") is None
+
+
+def test_the_runtime_round_trips_and_runc_is_not_written() -> None:
+    gvisor = ContainerState((Member(LAUNCHER, "c0"),), runtime=Runtime.GVISOR)
+    assert gvisor.to_state()["runtime"] == "gvisor"
+    assert ContainerState.from_state(gvisor.to_state()) == gvisor
+    runc = ContainerState((Member(LAUNCHER, "c0"),))
+    assert "runtime" not in runc.to_state()  # states stored before runtimes read the same
+    assert ContainerState.from_state(runc.to_state()).runtime is Runtime.RUNC
+    # Anything else reads as runc, so a gVisor container then fails its self-check.
+    assert ContainerState.from_state({**gvisor.to_state(), "runtime": "kata"}).runtime \
+        is Runtime.RUNC
 
 
 @pytest.mark.parametrize("stored", [

@@ -18,7 +18,7 @@ from docker.types import Mount
 from sandbox.backend import LABEL_INSTALLATION, LABEL_OWNER, LABEL_SANDBOX
 from sandbox.errors import InvalidSpec
 from sandbox.hardening import assert_hardened, create_kwargs, member_kwargs
-from sandbox.spec import DatasetMount, InputMount, Limits, NetworkPlan, SandboxSpec
+from sandbox.spec import DatasetMount, InputMount, Limits, NetworkPlan, Runtime, SandboxSpec
 
 INSTALLATION = "inst-1"
 HOST_DIRS = {"workspace": Path("/srv/sb-1/workspace"), "outbox": Path("/srv/sb-1/outbox")}
@@ -135,6 +135,7 @@ def _sealed() -> dict[str, Any]:
         },
         "HostConfig": {
             "NetworkMode": "none",
+            "Runtime": "runc",
             "Privileged": False,
             "CapAdd": None,
             "CapDrop": ["ALL"],
@@ -479,3 +480,42 @@ def test_given_the_inputs_asked_for_the_check_wants_exactly_those() -> None:
                for v in assert_hardened(attrs, NetworkPlan.NONE, inputs=()))
     assert any("input sb-9 is not mounted" in v
                for v in assert_hardened(attrs, NetworkPlan.NONE, inputs=["sb-0", "sb-9"]))
+
+
+# --- the runtime (runc or gVisor) -------------------------------------------------------------
+
+
+def test_the_runtime_is_always_named_for_the_engine(spec: SandboxSpec) -> None:
+    from docker.models.containers import _create_container_args
+
+    assert create_kwargs(spec, installation=INSTALLATION, init=True, **HOST_DIRS)[
+        "runtime"] == "runc"
+    gvisor = create_kwargs(spec.with_runtime(Runtime.GVISOR), installation=INSTALLATION,
+                           init=True, **HOST_DIRS)
+    assert gvisor["runtime"] == "runsc"
+    host = _create_container_args(dict(gvisor, version="1.41"))["host_config"]
+    assert host["Runtime"] == "runsc"
+    # Everything else is the same under either runtime but the pids limit, which under
+    # gVisor also counts gVisor's own threads: 128 + 8 per process the sandbox may have.
+    runc = create_kwargs(spec, installation=INSTALLATION, init=True, **HOST_DIRS)
+    assert (runc["pids_limit"], gvisor["pids_limit"]) == (64, 128 + 8 * 64)
+    assert {k: v for k, v in gvisor.items() if k not in ("runtime", "pids_limit")} == \
+        {k: v for k, v in runc.items() if k not in ("runtime", "pids_limit")}
+
+
+def test_the_self_check_expects_exactly_the_planned_runtime() -> None:
+    runc = _sealed()
+    runsc = copy.deepcopy(runc)
+    runsc["HostConfig"]["Runtime"] = "runsc"
+    assert assert_hardened(runsc, NetworkPlan.NONE, runtime=Runtime.GVISOR) == []
+    assert assert_hardened(runc, NetworkPlan.NONE, runtime=Runtime.RUNC) == []
+    assert assert_hardened(runc, NetworkPlan.NONE, runtime=Runtime.GVISOR) == [
+        "runtime is 'runc', not 'runsc' (gvisor)"]
+    assert assert_hardened(runsc, NetworkPlan.NONE) == ["runtime is 'runsc', not 'runc' (runc)"]
+    for other in ("kata", "", None):
+        weird = copy.deepcopy(runc)
+        weird["HostConfig"]["Runtime"] = other
+        assert assert_hardened(weird, NetworkPlan.NONE)
+        assert assert_hardened(weird, NetworkPlan.NONE, runtime=Runtime.GVISOR)
+    del runc["HostConfig"]["Runtime"]
+    assert assert_hardened(runc, NetworkPlan.NONE)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.errors import InvalidSpec, SandboxError
-from sandbox.spec import DATA_ROOT, DatasetMount, Limits, NetworkPlan, SandboxSpec
+from sandbox.spec import DATA_ROOT, DatasetMount, Limits, NetworkPlan, Runtime, SandboxSpec
 
 
 def _spec(**overrides: object) -> SandboxSpec:
@@ -156,3 +156,18 @@ def test_a_cluster_and_only_a_cluster_has_a_members_only_network() -> None:
         _spec(ranks=0)
     with pytest.raises(InvalidSpec):
         _spec(ranks=65, network=NetworkPlan.MEMBERS_ONLY)
+
+
+def test_the_runtime_is_runc_unless_asked_and_recorded_only_when_gvisor() -> None:
+    plain = _spec()
+    assert plain.runtime is Runtime.RUNC
+    assert "runtime" not in plain.to_dict()  # specs recorded before runtimes read the same
+    gvisor = plain.with_runtime(Runtime.GVISOR)
+    assert gvisor.runtime is Runtime.GVISOR and plain.runtime is Runtime.RUNC
+    assert json.loads(json.dumps(gvisor.to_dict()))["runtime"] == "gvisor"
+
+
+def test_a_cluster_cannot_run_under_gvisor() -> None:
+    # Each member would have a gVisor kernel and loopback of its own: no shared namespace.
+    with pytest.raises(InvalidSpec, match="cannot run under gVisor"):
+        _spec(ranks=2, network=NetworkPlan.MEMBERS_ONLY, runtime=Runtime.GVISOR)
