@@ -278,8 +278,14 @@ def test_running_sandbox_stops_with_sigterm(
     status = backend.poll(state)
     assert status.exit_code is None and status.started_at and status.finished_at is None
     backend.start(state)  # already running: a no-op
+    # Stop it once its program runs (on loaded shared cores the interpreter can still be
+    # starting when the container is), with a grace period a SIGTERM never needs.
+    deadline = time.monotonic() + 120
+    while b"up" not in backend.logs(state):
+        assert time.monotonic() < deadline, "the program never started"
+        time.sleep(0.05)
     started = time.monotonic()
-    backend.stop(state, timeout_s=5)
+    backend.stop(state, timeout_s=60)
     assert time.monotonic() - started < 30  # SIGTERM ended it; no wait for the kill
     status = backend.poll(state)
     assert (status.state, status.exit_code) == (RunState.EXITED, 143)
