@@ -13,6 +13,7 @@ import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from sandbox.spec import NetworkPlan, Runtime, SandboxSpec, valid_sandbox_id
@@ -202,6 +203,10 @@ class Backend(Protocol):
     def runtimes(self) -> frozenset[Runtime]:
         """The runtimes the engine can run sandboxes on right now (gVisor only where it is
         installed and registered)."""
+
+    def engine_started_at(self) -> datetime | None:
+        """When the engine now answering started, where the backend can tell (None if not):
+        a container that stopped just before is taken to have been stopped by its restart."""
 
     def create(self, spec: SandboxSpec) -> BackendState:
         """Create (not start) the sandbox under `spec.network`; return its state. On failure

@@ -156,6 +156,10 @@ def status_from_attrs(attrs: Mapping[str, Any]) -> SandboxStatus:
     )
 
 
+#: Where dockerd records its pid when it starts (its default).
+ENGINE_PID_FILE = Path("/var/run/docker.pid")
+
+
 class DockerBackend:
     """Runs each sandbox as one hardened container on a Docker engine.
 
@@ -231,6 +235,16 @@ class DockerBackend:
             info = self._client().info()
         registered = info.get("Runtimes") or {}
         return frozenset(r for r, name in ENGINE_RUNTIMES.items() if name in registered)
+
+    def engine_started_at(self) -> datetime | None:
+        """When the engine on this host started: its pid file's time (dockerd writes it at
+        start). None for a remote engine or an unreadable file."""
+        if self.base_url and not self.base_url.startswith("unix://"):
+            return None
+        try:
+            return datetime.fromtimestamp(ENGINE_PID_FILE.stat().st_mtime, UTC)
+        except OSError:
+            return None
 
     def supports_init(self) -> bool:
         """Whether containers get `docker-init` as pid 1.

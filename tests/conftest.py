@@ -77,6 +77,8 @@ def fake_backend(settings: Settings) -> FakeBackend:
 @pytest.fixture
 def core(settings: Settings, fake_backend: FakeBackend) -> Iterator[Sealroom]:
     sealroom = Sealroom(settings, backend=fake_backend)
+    # A scripted exit is final at once (tests of the wait for an engine's shutdown set it).
+    sealroom.engine_watch.settle_s = 0
     images.register_image(sealroom, OPERATOR, "base", "sealroom/base:test",
                           "sha256:" + "ab" * 32)
     images.register_image(sealroom, OPERATOR, "horovod", "sealroom/horovod:test",

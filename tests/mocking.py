@@ -115,6 +115,8 @@ class FakeBackend:
 
     store: LocalStorage | None = None
     engine_up: bool = True
+    #: When the "engine" started (tests of restarts set it; None: unknown).
+    engine_start: datetime | None = None
     #: Whether the pretend host has GPUs.
     gpus: bool = False
     #: The runtimes the pretend engine has registered (runc only, like an engine without
@@ -184,6 +186,9 @@ class FakeBackend:
     def runtimes(self) -> frozenset[Runtime]:
         self._engine()
         return self.engine_runtimes
+
+    def engine_started_at(self) -> datetime | None:
+        return self.engine_start
 
     def create(self, spec: SandboxSpec) -> BackendState:
         """One fake container per rank; the launcher (rank 0) plays the scripted outcome, the

@@ -36,6 +36,13 @@ LOG_VIEW_MAX = 1 << 20
 ENGINE_STOP_CODES = (143, 137)
 
 
+def _engine_started(core: Sealroom) -> datetime | None:
+    try:
+        return core.backend.engine_started_at()
+    except SandboxError:
+        return None
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -137,13 +144,15 @@ def refresh(core: Sealroom, sandbox_id: str) -> Sandbox | None:
             return finish(core, record.id, SandboxStatus.OOM_KILLED, AuditAction.SANDBOX_OOM,
                           f"killed: {by}out of memory (limit {record.memory_mb} MB)",
                           exit_code=status.exit_code, outcome=Outcome.FAILED, details=ended)
-        if status.exit_code in ENGINE_STOP_CODES and \
-                core.engine_watch.covers(_parse(status.finished_at)):
-            return finish(core, record.id, SandboxStatus.FAILED, AuditAction.SANDBOX_EXIT,
-                          f"ended when the container engine stopped (exit code "
-                          f"{status.exit_code}); its log was kept",
-                          exit_code=status.exit_code, outcome=Outcome.FAILED,
-                          details={"ended_by": "engine"})
+        if status.exit_code in ENGINE_STOP_CODES:
+            if core.engine_watch.covers(_parse(status.finished_at), _engine_started(core)):
+                return finish(core, record.id, SandboxStatus.FAILED, AuditAction.SANDBOX_EXIT,
+                              f"ended when the container engine stopped (exit code "
+                              f"{status.exit_code}); its log was kept",
+                              exit_code=status.exit_code, outcome=Outcome.FAILED,
+                              details={"ended_by": "engine"})
+            if not core.engine_watch.settled(record.id, _now()):
+                return record  # an engine shutting down stops containers, then goes quiet
         ok = status.exit_code == 0 and not status.ended_by
         reason = (f"{status.ended_by} exited with code {status.exit_code}; the cluster was "
                   "stopped" if status.ended_by else f"exited with code {status.exit_code}")

@@ -64,14 +64,22 @@ def _answers() -> bool:
         return False
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie has stopped: it only waits to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _restart_engine() -> None:
     pid = _engine_pid()
-    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    command = [c.decode() for c in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
     os.kill(pid, signal.SIGTERM)
-    _until("dockerd to stop", lambda: not Path(f"/proc/{pid}").exists(), attempts=900)
-    log = open("/var/log/sealroom-dockerd.log", "ab")  # noqa: SIM115 - handed to dockerd
-    subprocess.Popen([c.decode() for c in command], stdout=log, stderr=log,
-                     stdin=subprocess.DEVNULL, start_new_session=True)
+    _until("dockerd to stop", lambda: not _running(pid), attempts=900)
+    # Started as the host bootstrap starts it: detached, so it is never this test's child.
+    subprocess.run(["sh", "-c", 'setsid nohup "$@" >>/var/log/sealroom-dockerd.log 2>&1 '
+                    "</dev/null &", "sh", *command], check=True)
     _until("dockerd to answer", _answers, attempts=900)
 
 

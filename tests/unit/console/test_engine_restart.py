@@ -60,12 +60,30 @@ def test_a_sandbox_the_engine_stopped_says_so_and_keeps_its_log(
     assert b"epoch 1/5" in log.data
 
 
-def test_an_exit_143_outside_an_outage_is_the_jobs_own(
+def test_an_exit_143_outside_an_outage_is_the_jobs_own_once_it_has_settled(
         client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
+    core.engine_watch.settle_s = 60
     sandbox_id = _launch(client, alice)
     fake_backend.finish(fake_backend.handle_of(sandbox_id), exit_code=143)
+    supervisor_pass(core)  # an engine shutting down stops containers first: wait a moment
+    assert _sandbox(client, alice, sandbox_id)["status"] == "running"
+    core.engine_watch.settle_s = 0
     supervisor_pass(core)
     assert _sandbox(client, alice, sandbox_id)["reason"] == "exited with code 143"
+
+
+def test_an_exit_143_seen_just_before_the_engine_went_quiet_is_the_engines(
+        client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
+    core.engine_watch.settle_s = 60
+    sandbox_id = _launch(client, alice)
+    fake_backend.finish(fake_backend.handle_of(sandbox_id), exit_code=143)
+    supervisor_pass(core)  # seen while the engine still answers
+    fake_backend.engine_up = False
+    supervisor_pass(core)
+    fake_backend.engine_up = True
+    supervisor_pass(core)
+    assert _sandbox(client, alice, sandbox_id)["reason"].startswith(
+        "ended when the container engine stopped")
 
 
 def test_a_log_is_never_saved_empty_while_the_engine_does_not_answer(
@@ -114,3 +132,18 @@ def test_a_removal_that_failed_is_retried_on_the_next_pass(
     assert handle not in fake_backend.sandboxes
     event = recorded(core, "system:container:remove")[-1]
     assert event.target == f"sandbox:{sandbox_id}"
+
+
+def test_an_exit_143_just_before_the_engine_started_again_is_the_engines(
+        client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
+    """A restart quicker than a supervisor pass: no outage seen, but the engine answering now
+    started just after the container stopped."""
+    from datetime import UTC, datetime, timedelta
+
+    core.engine_watch.settle_s = 60
+    sandbox_id = _launch(client, alice)
+    fake_backend.finish(fake_backend.handle_of(sandbox_id), exit_code=143)
+    fake_backend.engine_start = datetime.now(UTC) + timedelta(seconds=2)
+    supervisor_pass(core)
+    assert _sandbox(client, alice, sandbox_id)["reason"].startswith(
+        "ended when the container engine stopped")
