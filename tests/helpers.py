@@ -184,3 +184,20 @@ def staged_sandbox(storage: Any, prefix: str, files: dict[str, bytes]) -> str:
         (storage.workspace(sandbox_id) / name).write_bytes(data)
     storage.seal_staging(sandbox_id)
     return sandbox_id
+
+
+def run_to_success(backend: Any, state: Any, timeout_s: float = 240) -> bytes:
+    """Start a created sandbox on a real backend, wait until it has exited, and return its
+    log; it must have exited with 0."""
+    import time
+
+    from sandbox.backend import RunState
+
+    backend.start(state)
+    deadline = time.monotonic() + timeout_s
+    while (status := backend.poll(state)).state not in (RunState.EXITED, RunState.MISSING):
+        assert time.monotonic() < deadline, "the sandbox did not finish"
+        time.sleep(0.1)
+    output: bytes = backend.logs(state)
+    assert (status.state, status.exit_code) == (RunState.EXITED, 0), output
+    return output

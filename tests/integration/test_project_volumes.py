@@ -24,7 +24,7 @@ from typing import Any
 import docker
 import pytest
 
-from sandbox.backend import LABEL_INSTALLATION, BackendState, ContainerState, RunState
+from sandbox.backend import LABEL_INSTALLATION, ContainerState
 from sandbox.docker_backend import DockerBackend
 from sandbox.hardening import assert_hardened
 from sandbox.projects import (
@@ -37,7 +37,7 @@ from sandbox.projects import (
 from sandbox.spec import SANDBOX_GID, SANDBOX_UID, NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
 from tests.engine_fixtures import need_engine
-from tests.helpers import staged_sandbox
+from tests.helpers import run_to_success, staged_sandbox
 
 pytestmark = pytest.mark.docker
 
@@ -91,19 +91,10 @@ def _project() -> str:
     return f"proj-{uuid.uuid4().hex[:8]}"
 
 
-def _finish(backend: DockerBackend, state: BackendState, timeout_s: float = 120) -> bytes:
-    backend.start(state)
-    deadline = time.monotonic() + timeout_s
-    while (status := backend.poll(state)).state not in (RunState.EXITED, RunState.MISSING):
-        assert time.monotonic() < deadline, "the sandbox did not finish"
-        time.sleep(0.1)
-    output = backend.logs(state)
-    assert (status.state, status.exit_code) == (RunState.EXITED, 0), output
-    return output
 
 
 def _run(backend: DockerBackend, spec: SandboxSpec) -> bytes:
-    return _finish(backend, backend.create(spec))
+    return run_to_success(backend, backend.create(spec))
 
 
 def _result(output: bytes) -> Any:
@@ -222,7 +213,7 @@ def test_a_projects_workspace_keeps_files_from_one_sandbox_to_the_next(
     assert assert_hardened(attrs, NetworkPlan.NONE, inputs=()) == []
     (mount,) = [m for m in attrs["Mounts"] if m["Destination"] == "/workspace"]
     assert (mount["Source"], mount["RW"]) == (str(storage.projects.workspace(project)), True)
-    written = _result(_finish(backend, state))
+    written = _result(run_to_success(backend, state))
     # The code was staged into the project; lost+found and the volume's root stay unseen.
     assert written["listing"] == ["ckpt", "job.py", "run1"]
     assert {"nosuid", "nodev"} <= set(written["options"])

@@ -27,7 +27,7 @@ from flask import Flask
 from console.core import Sealroom
 from console.files import secure_data_dir
 from console.services import accounts, datasets
-from sandbox.backend import LABEL_INSTALLATION, BackendState, RunState
+from sandbox.backend import LABEL_INSTALLATION
 from sandbox.docker_backend import DockerBackend
 from sandbox.errors import InvalidUpload
 from sandbox.files import UploadLimits
@@ -37,7 +37,7 @@ from sandbox.spec import SANDBOX_UID, Limits, NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
 from sandbox.volumes import OUTBOX, WORKSPACE
 from tests.engine_fixtures import need_engine
-from tests.helpers import OPERATOR, PASSWORD, bearer, change_policy, write_dataset
+from tests.helpers import OPERATOR, PASSWORD, bearer, change_policy, run_to_success, write_dataset
 
 pytestmark = pytest.mark.docker
 
@@ -115,15 +115,6 @@ def backend(storage: LocalStorage, docker_client: docker.DockerClient) -> Iterat
         container.remove(force=True)
 
 
-def _finish(backend: DockerBackend, state: BackendState, timeout_s: float = 120) -> bytes:
-    backend.start(state)
-    deadline = time.monotonic() + timeout_s
-    while (status := backend.poll(state)).state not in (RunState.EXITED, RunState.MISSING):
-        assert time.monotonic() < deadline, "the sandbox did not finish"
-        time.sleep(0.1)
-    output = backend.logs(state)
-    assert (status.state, status.exit_code) == (RunState.EXITED, 0), output
-    return output
 
 
 def _result(output: bytes) -> Any:
@@ -151,7 +142,7 @@ def test_writing_past_each_quota_is_enospc_inside_and_the_ulimits_hold(
         all=True, filters={"label": f"sealroom.sandbox={spec.sandbox_id}"})
     assert assert_hardened(container.attrs, NetworkPlan.NONE) == []
     assert container.attrs["HostConfig"]["Tmpfs"]["/tmp"].endswith(f"size={TMP_MB}m")
-    result = _result(_finish(backend, state))
+    result = _result(run_to_success(backend, state))
 
     assert {k: result[k] for k in ("workspace", "outbox", "tmp")} == {
         "workspace": "ENOSPC", "outbox": "ENOSPC", "tmp": "ENOSPC"}
@@ -170,7 +161,7 @@ def test_writing_past_each_quota_is_enospc_inside_and_the_ulimits_hold(
 def test_an_ended_sandbox_keeps_its_outbox_read_only_and_lets_go_of_the_rest(
         backend: DockerBackend, storage: LocalStorage, python_image: str) -> None:
     spec = _filler_spec(storage, python_image)
-    _finish(backend, backend.create(spec))
+    run_to_success(backend, backend.create(spec))
     storage.release(spec.sandbox_id)
     storage.release(spec.sandbox_id)  # safe to repeat
     volumes = storage.volumes

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +19,14 @@ from typing import Any
 import docker
 import pytest
 
-from sandbox.backend import LABEL_INSTALLATION, BackendState, ContainerState, RunState
+from sandbox.backend import LABEL_INSTALLATION, BackendState, ContainerState
 from sandbox.cluster import rank_output
 from sandbox.docker_backend import DockerBackend
 from sandbox.errors import InvalidSpec
 from sandbox.hardening import assert_hardened
 from sandbox.spec import InputMount, Limits, NetworkPlan, SandboxSpec
 from sandbox.storage import LocalStorage
-from tests.helpers import staged_sandbox
+from tests.helpers import run_to_success, staged_sandbox
 
 pytestmark = pytest.mark.docker
 
@@ -82,15 +81,6 @@ def backend(storage: LocalStorage, docker_client: docker.DockerClient) -> Iterat
         container.remove(force=True)
 
 
-def _finish(backend: DockerBackend, state: BackendState, timeout_s: float = 240) -> bytes:
-    backend.start(state)
-    deadline = time.monotonic() + timeout_s
-    while (status := backend.poll(state)).state not in (RunState.EXITED, RunState.MISSING):
-        assert time.monotonic() < deadline, "the sandbox did not finish"
-        time.sleep(0.1)
-    output = backend.logs(state)
-    assert (status.state, status.exit_code) == (RunState.EXITED, 0), output
-    return output
 
 
 @pytest.fixture
@@ -99,7 +89,7 @@ def source(backend: DockerBackend, storage: LocalStorage, python_image: str) -> 
     sandbox_id = staged_sandbox(storage, "sb-src", {"make.py": SOURCE_CODE.encode()})
     spec = SandboxSpec(sandbox_id=sandbox_id, owner="alice", image=python_image,
                        command=("python3", "make.py"))
-    _finish(backend, backend.create(spec))
+    run_to_success(backend, backend.create(spec))
     return sandbox_id
 
 
@@ -162,7 +152,7 @@ def test_an_input_stays_read_only_however_the_sandbox_tries(
                        inputs=(InputMount(source, "sha256:" + "ab" * 32),))
     state = backend.create(spec)
     _members_sealed(docker_client, state, source, outbox)
-    reports = _reports(_finish(backend, state), 1)
+    reports = _reports(run_to_success(backend, state), 1)
     assert sorted(reports) == [0]
     _check(reports[0])
     assert _snapshot(outbox) == before
@@ -184,7 +174,7 @@ def test_every_rank_of_a_cluster_sees_the_input_read_only(
                        inputs=(InputMount(source),))
     state = backend.create(spec)
     _members_sealed(docker_client, state, source, outbox)
-    output = _finish(backend, state)
+    output = run_to_success(backend, state)
     reports = _reports(output, 2)
     assert sorted(reports) == [0, 1], output
     for report in reports.values():
