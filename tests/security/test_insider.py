@@ -358,9 +358,11 @@ def _attack(installation: Installation, docker_client: docker.DockerClient,
                          timeout=60)
             break
     (workspace / "log-done").touch()
+    # The probe waits for the report to be read: its workspace goes when it ends.
+    report = _poll(lambda: running_and("report.json"), 120, "the probe's report")
+    (workspace / "report-read").touch()
     final = _poll(lambda: (lambda b: b if b["status"] not in ("starting", "running") else None)(
         engineer.get(f"/api/v1/sandboxes/{sandbox_id}", "sandbox").body), 120, "the probe's end")
-    report = _read_json(workspace / "report.json") or report
 
     # 4. After the end: the saved log, then the outbox until it is hashed (or over its cap).
     for offset in (0, -4096, 4096):

@@ -338,6 +338,8 @@ def main(argv: list[str]) -> int:
     _report["records"], _report["log_bytes"] = flood(rows, int(config["log_mib"]))
     _report["log_done_seen"] = wait_for_marker("log-done", config["wait_s"])
     write_json("report.json", _report)
+    # The workspace goes when the sandbox ends: stay until the test has read the report.
+    wait_for_marker("report-read", config["wait_s"])
     return 0
 
 

@@ -351,7 +351,10 @@ def test_the_release_pages_do_not_read_per_release(
     for number in range(1, 5):
         _add_release(core, sandbox_id, number)
     assert opened_by("/releases") == page_one
-    assert opened_by("/api/v1/releases", headers=bearer(token)) == api_one
+    # a token's use is recorded once a minute (its first use here wrote it): reads are the
+    # same, writes at most those of the first call
+    reads, writes = opened_by("/api/v1/releases", headers=bearer(token))
+    assert reads == api_one[0] and writes <= api_one[1]
 
 
 def test_the_supervisor_thread_records_what_pages_then_show_and_ends_with_the_core(
