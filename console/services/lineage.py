@@ -218,6 +218,12 @@ def sandbox_lineage(session: Session, record: Sandbox) -> dict[str, Any]:
         "descends_from": json.loads(record.lineage),
         "ancestors": ancestors(session, record),
         "used_by": [{"sandbox": s.id, "owner": s.owner, "status": s.status,
-                     "via": "project" if s.project_parent == record.id else "inputs"}
-                    for s in used_by(session, record.id)],
+                     "via": _via(s, record.id)} for s in used_by(session, record.id)],
     }
+
+
+def _via(user: Sandbox, source_id: str) -> str:
+    """How `user` built on `source_id`: "inputs", "project", or "inputs and project"."""
+    ways = [*(["inputs"] if any(i["sandbox"] == source_id for i in json.loads(user.inputs))
+              else []), *(["project"] if user.project_parent == source_id else [])]
+    return " and ".join(ways) or "inputs"

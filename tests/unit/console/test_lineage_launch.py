@@ -341,3 +341,16 @@ def test_a_policy_dry_run_judges_running_sandboxes_on_their_inputs_and_project(
     result = policy_service.dry_run(core, OPERATOR, yaml.safe_dump(policy))
     findings = {(f.id, f.rule) for f in result.sandboxes}
     assert findings == {(running, "inputs.share_groups"), (mine, "datasets.secret.allow")}
+
+
+def test_a_sandbox_that_mounted_the_outputs_and_continued_the_project_says_both(
+        client: FlaskClient, people: dict[str, str], core: Sealroom, fake_backend: Any,
+        finished: Callable[..., str]) -> None:
+    assert client.post("/api/v1/projects", headers=bearer(people["alice"]),
+                       json={"name": "both", "quota_mb": 64}).status_code == 201
+    first = finished(project="both")
+    second = _launch(client, people["alice"], project="both", inputs=[first]).get_json()["id"]
+    lineage = client.get(f"/api/v1/sandboxes/{first}/lineage",
+                         headers=bearer(people["alice"])).get_json()
+    assert lineage["used_by"] == [{"sandbox": second, "owner": "alice", "status": "running",
+                                   "via": "inputs and project"}]
