@@ -76,6 +76,10 @@ def _in_use(session: Session) -> set[str]:
 def remove_unused_files(core: Sealroom) -> list[str]:
     """Delete the files of retired versions no running sandbox mounts; their paths."""
     removed: list[str] = []
+    with core.read() as session:  # most calls find nothing: no write lock for them
+        if session.exec(select(Dataset.id).where(col(Dataset.retired_at).is_not(None))
+                        .where(col(Dataset.removed_at).is_(None))).first() is None:
+            return removed
     with core.transaction() as session:
         in_use = _in_use(session)
         rows = session.exec(select(Dataset).where(col(Dataset.retired_at).is_not(None))

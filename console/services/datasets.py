@@ -135,10 +135,6 @@ def usable_datasets(core: Sealroom, user: str, role: str) -> list[Dataset]:
     return list(newest.values())
 
 
-def versions_of(session: Session, name: str) -> list[Dataset]:
-    return dataset_versions.versions_of(session, name)
-
-
 def _mountable(core: Sealroom, row: Dataset) -> bool:
     pinned = core.evaluator.pinned_versions(row.name)
     return row.retired_at is None and (not pinned or row.version in pinned)

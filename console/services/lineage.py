@@ -95,7 +95,7 @@ def built_on(session: Session, inputs: Sequence[str], project: str) -> BuiltOn:
         record = session.get(Project, project)
         if record is None:
             raise BadRequest(f"no project named {project!r}")
-        busy = _running_in(session, project)
+        busy = running_in(session, project)
         if busy:
             raise Conflict(f"project {project!r} is in use by {busy}; one sandbox works in a "
                            "project at a time")
@@ -105,7 +105,8 @@ def built_on(session: Session, inputs: Sequence[str], project: str) -> BuiltOn:
     return BuiltOn(tuple(mounts), tuple(sources), facts, parent, union(*lineages))
 
 
-def _running_in(session: Session, project: str) -> str:
+def running_in(session: Session, project: str) -> str:
+    """The sandbox working in `project` now, or ""."""
     row = session.exec(select(Sandbox.id).where(Sandbox.project == project)
                        .where(col(Sandbox.status).in_(_LIVE))).first()
     return row or ""
@@ -118,7 +119,7 @@ def claim_project(session: Session, project: str, sandbox_id: str, parent: str,
     record = session.get(Project, project)
     if record is None:
         raise BadRequest(f"no project named {project!r}")
-    busy = _running_in(session, project)
+    busy = running_in(session, project)
     if busy or record.last_sandbox != parent:
         raise Conflict(f"project {project!r} is in use by {busy or 'another launch'}; one "
                        "sandbox works in a project at a time")
@@ -142,7 +143,7 @@ def scan_datasets(session: Session, record: Sandbox) -> dict[str, Path | None]:
     return found
 
 
-def parents(session: Session, record: Sandbox) -> list[str]:
+def parents(record: Sandbox) -> list[str]:
     """The sandboxes whose outputs `record` mounted (in the order asked)."""
     return [str(i["sandbox"]) for i in json.loads(record.inputs)]
 
@@ -163,7 +164,7 @@ def ancestors(session: Session, record: Sandbox) -> list[dict[str, Any]]:
     """Every sandbox `record` builds on, recursively (inputs and project predecessors), as
     provenance nodes; sorted by id."""
     nodes: dict[str, dict[str, Any]] = {}
-    todo = [*parents(session, record), *([record.project_parent]
+    todo = [*parents(record), *([record.project_parent]
                                          if record.project_parent else [])]
     while todo:
         sandbox_id = todo.pop()
@@ -173,7 +174,7 @@ def ancestors(session: Session, record: Sandbox) -> list[dict[str, Any]]:
         if row is None:
             continue
         manifest = session.get(OutboxManifest, sandbox_id)
-        inputs = parents(session, row)
+        inputs = parents(row)
         nodes[sandbox_id] = {
             "sandbox": sandbox_id, "owner": row.owner,
             "outputs": outputs_digest(manifest) if manifest is not None

@@ -7,25 +7,20 @@ from __future__ import annotations
 import json
 import re
 
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from audit.chain import append, utc_now
 from audit.events import AuditAction, EventDraft
 from console.core import Caller, Sealroom
-from console.models import Project, Sandbox, SandboxStatus, User
+from console.models import Project, Sandbox, User
 from console.services.auditing import refusals
 from console.services.errors import BadRequest, Conflict, EngineDown, NotFound, PolicyDenied
-from console.services.lineage import versions_of
-from policies.evaluator import ProjectFacts
+from console.services.lineage import running_in
 from sandbox.errors import SandboxError
 from sandbox.projects import InvalidProject, ProjectExists
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MIN_QUOTA_MB = 16
-
-
-def facts(record: Project) -> ProjectFacts:
-    return ProjectFacts(record.name, record.owner, versions_of(record.lineage))
 
 
 def create(core: Sealroom, caller: Caller, name: str, quota_mb: int) -> Project:
@@ -101,12 +96,6 @@ def get(core: Sealroom, caller: Caller, name: str) -> Project:
     return record
 
 
-def in_use_by(session: Session, name: str) -> str:
-    row = session.exec(select(Sandbox.id).where(Sandbox.project == name).where(
-        col(Sandbox.status).in_([SandboxStatus.STARTING, SandboxStatus.RUNNING]))).first()
-    return row or ""
-
-
 def sandboxes_of(core: Sealroom, name: str) -> list[Sandbox]:
     with core.read() as session:
         return list(session.exec(select(Sandbox).where(Sandbox.project == name)
@@ -117,7 +106,7 @@ def to_dict(core: Sealroom, record: Project) -> dict[str, object]:
     """A project as its users see it: the console's own facts (never its files' names, and
     not how full it is while a sandbox could change that to signal)."""
     with core.read() as session:
-        busy = in_use_by(session, record.name)
+        busy = running_in(session, record.name)
     return {
         "name": record.name,
         "owner": record.owner,
