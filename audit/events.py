@@ -55,6 +55,15 @@ class AuditAction(enum.StrEnum):
     RELEASE_VIEW = "release:request:view"
     RELEASE_FILE_VIEW = "release:file:view"  # a rendered view of a file under review
     KEY_ROTATE = "admin:key:rotate"
+    # the SSH gateway
+    SSH_KEY_ADD = "account:ssh_key:add"
+    SSH_KEY_REMOVE = "account:ssh_key:remove"
+    SSH_AUTH = "auth:ssh:authenticate"  # a key refused (accepted keys open a session)
+    SSH_REFUSE = "sandbox:terminal:refuse"  # a forwarding, exec, sftp, env... request refused
+    SSH_OPEN = "sandbox:terminal:open"  # a shell opened (or refused: no sandbox, policy)
+    SSH_END = "sandbox:terminal:end"  # ended; its recording's hash enters the chain here
+    SSH_RECORDING_VIEW = "audit:recording:view"  # an auditor replayed a session
+    SSH_GATEWAY_START = "system:ssh_gateway:start"
     # system
     CONSOLE_START = "system:console:start"
     FILES_REPAIR = "system:files:repair"  # wrong modes under the data directory put right

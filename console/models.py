@@ -278,3 +278,45 @@ class DisclosureItem(SQLModel, table=True):
     item: str  # the block number, or a hash of the name
     bytes: int
     created_at: str
+
+
+class SshKey(SQLModel, table=True):
+    """A public key its owner may open terminals with through the SSH gateway. Removing a
+    key keeps the row (sessions name it) and stops it working at once."""
+
+    __tablename__ = "ssh_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    name: str = ""  # what its owner calls it ("laptop")
+    algorithm: str  # "ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa", ...
+    bits: int
+    #: "SHA256:" and the unpadded base64 of the key blob's SHA-256, as OpenSSH prints it.
+    fingerprint: str = Field(unique=True, index=True)
+    public_key: str  # "<algorithm> <base64>" (the comment is not kept)
+    created_at: str
+    last_used_at: str | None = None
+    removed_at: str | None = None
+
+
+class TerminalSession(SQLModel, table=True):
+    """One SSH session into a sandbox member: who, where, why it ended, what it printed, and
+    its recording (asciicast v2) with the hash the audit chain holds for it."""
+
+    __tablename__ = "terminal_session"
+
+    id: str = Field(primary_key=True)  # "ssh-" and 16 hex digits
+    user: str = Field(index=True)
+    sandbox_id: str = Field(index=True)
+    member: str  # "main", "rank-1"
+    key_fingerprint: str
+    source: str = ""  # the client's address
+    started_at: str
+    ended_at: str | None = None
+    end_reason: str = ""  # in the console's words
+    end_rule: str = ""  # the policy rule that ended it, if one did
+    bytes_out: int = 0  # terminal output the client was sent (spent from the ledger)
+    bytes_in: int = 0  # keystrokes the client sent
+    recording: str  # its file name in the installation's recordings directory
+    recording_sha256: str = ""
+    recording_bytes: int = 0

@@ -147,6 +147,10 @@ class Settings:
     import_dir: Path | None = field(
         default_factory=lambda: Path(v).resolve()
         if (v := os.environ.get("SEALROOM_IMPORT_DIR")) else None)
+    # The SSH gateway (`sealroom ssh-gateway`, `sealroom up --ssh-port`): its port on the
+    # console's address, and the host name engineers' `ssh` commands name (shown on pages).
+    ssh_port: int = field(default_factory=lambda: int(_env("SSH_PORT", "2222")))
+    ssh_public_host: str = field(default_factory=lambda: _env("SSH_PUBLIC_HOST", ""))
     testing: bool = False
 
     def __post_init__(self) -> None:
@@ -209,10 +213,20 @@ class Settings:
     def datasets_dir(self) -> Path:
         return self.home / "datasets"
 
+    @property
+    def recordings_dir(self) -> Path:
+        """Terminal session recordings (asciicast v2), one file a session."""
+        return self.home / "recordings"
+
+    @property
+    def ssh_host_key(self) -> Path:
+        """The SSH gateway's host key (Ed25519, OpenSSH format), made once."""
+        return self.home / "ssh_host_ed25519_key"
+
     def ensure_dirs(self) -> None:
         """Make the data directory's top directories, private (`console.files` repairs
         what is below them at init and at every start)."""
-        for path in (self.home, self.sandboxes_dir, self.datasets_dir,
+        for path in (self.home, self.sandboxes_dir, self.datasets_dir, self.recordings_dir,
                      self.audit_checkpoint_file.parent):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.home.chmod(0o700)

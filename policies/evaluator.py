@@ -3,7 +3,7 @@ policy version, so that every audited decision can be traced to the rule that ma
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -332,27 +332,53 @@ class PolicyEvaluator:
                             f"the disclosure budget of {budget.per_sandbox_bytes:,} bytes for "
                             "this sandbox is spent")
 
-    def may_open_ssh(self, user: str, role: str) -> PolicyDecision:
-        if not self.policy.interactive.ssh:
+    def may_open_ssh(self, user: str, role: str,
+                     datasets: Sequence[str] = ()) -> PolicyDecision:
+        """Whether `user` may open a terminal in one of their sandboxes that mounts (or
+        descends from) `datasets`."""
+        interactive = self.policy.interactive
+        if not interactive.ssh:
             return self._decide(False, "interactive.ssh", "SSH access is turned off")
-        if role not in self.policy.launch.roles:
-            return self._decide(False, "launch.roles", f"role {role!r} has no sandboxes")
+        if role not in interactive.roles:
+            return self._decide(False, "interactive.roles",
+                                f"role {role!r} may not open terminals")
+        for name in datasets:
+            rule = self.policy.datasets.get(name)
+            if rule is not None and not rule.ssh:
+                return self._decide(False, f"datasets.{name}.ssh",
+                                    f"terminals are not allowed on sandboxes that use "
+                                    f"dataset {name!r}")
         return self._decide(True, "interactive.ssh", "SSH access is allowed")
 
-    def terminal_output(self, sent_bytes: int) -> PolicyDecision:
-        budget = self.policy.interactive.output_budget_mb << 20
-        if sent_bytes > budget:
-            return self._decide(False, "interactive.output_budget_mb",
-                                f"the terminal output budget of "
-                                f"{self.policy.interactive.output_budget_mb} MB is used up")
-        return self._decide(True, "interactive.output_budget_mb", "within the output budget")
+    def terminal_output(self, *, session_bytes: int, minute_bytes: int) -> PolicyDecision:
+        """Whether a session that has printed `session_bytes` in all and `minute_bytes` in
+        the last minute may go on."""
+        interactive = self.policy.interactive
+        if session_bytes > interactive.output_per_session_kb << 10:
+            return self._decide(False, "interactive.output_per_session_kb",
+                                f"this session printed more than "
+                                f"{interactive.output_per_session_kb} KB, the most one "
+                                "session may print")
+        if minute_bytes > interactive.output_per_minute_kb << 10:
+            return self._decide(False, "interactive.output_per_minute_kb",
+                                f"this session printed more than "
+                                f"{interactive.output_per_minute_kb} KB in one minute")
+        return self._decide(True, "interactive.output_per_session_kb",
+                            "within the terminal output limits")
 
     def terminal_idle(self, idle_s: float) -> PolicyDecision:
         limit = self.policy.interactive.idle_timeout_s
         if idle_s > limit:
             return self._decide(False, "interactive.idle_timeout_s",
-                                f"the terminal was idle for more than {limit} s")
+                                f"the terminal was idle for more than {_duration(limit)}")
         return self._decide(True, "interactive.idle_timeout_s", "active")
+
+    def terminal_age(self, age_s: float) -> PolicyDecision:
+        limit = self.policy.interactive.session_timeout_s
+        if age_s > limit:
+            return self._decide(False, "interactive.session_timeout_s",
+                                f"terminal sessions end {_duration(limit)} after opening")
+        return self._decide(True, "interactive.session_timeout_s", "current")
 
     def session(self, logged_in_at: float, last_seen_at: float, now: float) -> PolicyDecision:
         sessions = self.policy.sessions

@@ -138,6 +138,8 @@ class DatasetRule(_Strict):
     #: The least isolation any sandbox that mounts the dataset, or descends from it (through
     #: inputs or a project), runs under.
     isolation: Isolation = "runc"
+    #: Whether a terminal (the SSH gateway) may open in a sandbox that mounts the dataset.
+    ssh: bool = True
 
 
 class IsolationRules(_Strict):
@@ -194,9 +196,30 @@ class Network(_Strict):
 
 
 class Interactive(_Strict):
+    """Terminals in running sandboxes through the SSH gateway. What a terminal prints is
+    sandbox output shown to a person: it spends the disclosure budget too, and these limits
+    end a session that prints more."""
+
     ssh: bool = False
+    #: The roles that may open a terminal (in their own sandboxes only).
+    roles: list[RoleName] = ["engineer"]
     idle_timeout_s: int = Field(default=900, ge=60, le=86_400)
-    output_budget_mb: int = Field(default=64, ge=1, le=65_536)
+    #: A session ends this long after it opened, busy or not.
+    session_timeout_s: int = Field(default=28_800, ge=60, le=7 * 86_400)
+    #: Terminal output one session may print, and in any one minute.
+    output_per_session_kb: int = Field(default=512, ge=1, le=67_108_864)
+    output_per_minute_kb: int = Field(default=128, ge=1, le=67_108_864)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_output_budget(cls, data: Any) -> Any:
+        # Policies written before per-minute limits named one per-session budget in MB.
+        if isinstance(data, dict) and "output_budget_mb" in data:
+            data = dict(data)
+            legacy = data.pop("output_budget_mb")
+            if isinstance(legacy, int) and not isinstance(legacy, bool):
+                data.setdefault("output_per_session_kb", legacy * 1024)
+        return data
 
 
 class OutboxDisclosure(_Strict):
@@ -428,6 +451,11 @@ def check_policy(text: str, context: PolicyContext | None = None) -> CheckedPoli
         warnings.append((("logs",), "logs.max_view_bytes is now disclosure.per_sandbox_bytes "
                                     "(it covers every channel, not only the log); this "
                                     "document is read that way"))
+    interactive = data.get("interactive") if isinstance(data, dict) else None
+    if isinstance(interactive, dict) and "output_budget_mb" in interactive:
+        warnings.append((("interactive", "output_budget_mb"),
+                         "interactive.output_budget_mb is now output_per_session_kb (with "
+                         "output_per_minute_kb beside it); this document is read that way"))
     if errors:
         raise InvalidPolicy([_locate(root, path, message) for path, message in errors])
     return CheckedPolicy(policy, text, policy_sha256(text),

@@ -236,15 +236,32 @@ def test_interactive_access() -> None:
     closed = PolicyEvaluator(_policy())
     assert closed.may_open_ssh("alice", "engineer").rule == "interactive.ssh"
     assert not closed.may_open_ssh("alice", "engineer")
-    opened = PolicyEvaluator(_policy().model_copy(update={"interactive": load_policy(
-        "interactive:\n  ssh: true\n  idle_timeout_s: 120\n  output_budget_mb: 1\n"
-    ).interactive}))
+    opened = PolicyEvaluator(load_policy(
+        "interactive:\n  ssh: true\n  idle_timeout_s: 120\n  session_timeout_s: 600\n"
+        "  output_per_session_kb: 4\n  output_per_minute_kb: 2\n"
+        "datasets:\n  cardio:\n    allow: [role:engineer]\n    ssh: false\n"
+        "  demo:\n    allow: [role:engineer]\n"))
     assert opened.may_open_ssh("alice", "engineer")
-    assert not opened.may_open_ssh("audrey", "auditor")
-    assert opened.terminal_output(1 << 20)
-    assert opened.terminal_output((1 << 20) + 1).rule == "interactive.output_budget_mb"
+    assert opened.may_open_ssh("alice", "engineer", ["demo"])
+    by_role = opened.may_open_ssh("audrey", "auditor")
+    assert not by_role and by_role.rule == "interactive.roles"
+    by_data = opened.may_open_ssh("alice", "engineer", ["demo", "cardio"])
+    assert not by_data and by_data.rule == "datasets.cardio.ssh"
+    assert opened.terminal_output(session_bytes=4096, minute_bytes=2048)
+    assert opened.terminal_output(session_bytes=4097, minute_bytes=0).rule \
+        == "interactive.output_per_session_kb"
+    per_minute = opened.terminal_output(session_bytes=3000, minute_bytes=2049)
+    assert not per_minute and per_minute.rule == "interactive.output_per_minute_kb"
     assert opened.terminal_idle(60)
     assert not opened.terminal_idle(121)
+    assert opened.terminal_age(600)
+    assert opened.terminal_age(601).rule == "interactive.session_timeout_s"
+
+
+def test_old_versions_with_an_output_budget_in_mb_still_load() -> None:
+    checked = check_policy("interactive:\n  ssh: true\n  output_budget_mb: 2\n")
+    assert checked.policy.interactive.output_per_session_kb == 2048
+    assert any("output_per_session_kb" in w.message for w in checked.warnings)
 
 
 def test_sessions() -> None:
