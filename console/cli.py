@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -25,6 +25,9 @@ from console.core import Caller, Sealroom
 from console.files import Repair
 from console.services.errors import ServiceError
 from console.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from console.ssh.server import Gateway
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -118,8 +121,11 @@ def init() -> None:
 @click.option("--host", default=None, help="address to bind (default SEALROOM_BIND or 127.0.0.1)")
 @click.option("--port", default=None, type=int, help="port (default SEALROOM_PORT or 8000)")
 @click.option("--threads", default=8, show_default=True)
-def up(host: str | None, port: int | None, threads: int) -> None:
-    """Reconcile with the engine and serve the console."""
+@click.option("--ssh-port", default=None, type=int,
+              help="also serve the SSH gateway on this port (0: not at all; default "
+                   "SEALROOM_SSH_PORT or 2222)")
+def up(host: str | None, port: int | None, threads: int, ssh_port: int | None) -> None:
+    """Reconcile with the engine and serve the console (and the SSH gateway)."""
     import waitress
 
     from console.app import create_app
@@ -140,6 +146,8 @@ def up(host: str | None, port: int | None, threads: int) -> None:
     release_service.resume_sealing(core)
     app = create_app(sealroom=core, supervise=True)
     bind_host, bind_port = host or settings.host, port or settings.port
+    gateway = _start_gateway(core, bind_host, settings.ssh_port if ssh_port is None
+                             else ssh_port)
     click.echo(f"Sealroom console on http://{bind_host}:{bind_port}/  (Ctrl-C stops it)")
     # SIGTERM (docker stop, systemd) ends the server as Ctrl-C does, so the close below runs:
     # it records what the console holds only in memory (refusals counted in a flood).
@@ -147,6 +155,46 @@ def up(host: str | None, port: int | None, threads: int) -> None:
     try:
         waitress.serve(app, host=bind_host, port=bind_port, threads=threads, ident="sealroom")
     finally:
+        if gateway is not None:
+            gateway.stop()
+        core.close()
+
+
+def _start_gateway(core: Sealroom, host: str, port: int) -> Gateway | None:
+    if port == 0:
+        return None
+    from console.ssh.server import Gateway
+
+    try:
+        gateway = Gateway(core, host, port).start()
+    except OSError as exc:
+        click.echo(f"error: the SSH gateway cannot listen on {host}:{port} ({exc.strerror}); "
+                   "choose another with --ssh-port (0 turns it off)", err=True)
+        sys.exit(EXIT_MISCONFIGURED)
+    click.echo(f"SSH gateway on {host}:{gateway.address[1]}  host key {gateway.fingerprint}")
+    return gateway
+
+
+@main.command("ssh-gateway")
+@click.option("--host", default=None, help="address to bind (default SEALROOM_BIND)")
+@click.option("--port", default=None, type=int, help="port (default SEALROOM_SSH_PORT or 2222)")
+def ssh_gateway(host: str | None, port: int | None) -> None:
+    """Serve only the SSH gateway (the console serves pages elsewhere)."""
+    settings = Settings.from_env()
+    os.umask(0o077)
+    core = Sealroom(settings)
+    gateway = _start_gateway(core, host or settings.host,
+                             settings.ssh_port if port is None else port)
+    if gateway is None:
+        click.echo("error: --port 0 serves nothing", err=True)
+        sys.exit(EXIT_MISCONFIGURED)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        core.closing.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        gateway.stop()
         core.close()
 
 

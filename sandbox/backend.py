@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from sandbox.spec import NetworkPlan, Runtime, SandboxSpec, valid_sandbox_id
 from sandbox.storage import SandboxStorage
+from sandbox.terminal import DEFAULT_SIZE, Terminal, TerminalSize
 
 #: Labels every container, network and volume of ours carries.
 LABEL_SANDBOX = "sealroom.sandbox"
@@ -225,6 +226,11 @@ class Backend(Protocol):
                    max_bytes: int = 16 << 20) -> LogChunk:
         """Output of one member ("" for the launcher) written after `cursor` ("" for the
         start), at most about `max_bytes`."""
+
+    def open_terminal(self, state: BackendState, member: str = "", *, term: str = "xterm",
+                      size: TerminalSize = DEFAULT_SIZE) -> Terminal:
+        """An interactive shell on a pseudo-terminal in a running member ("" for the
+        launcher), as the sandbox user, inside the member's limits."""
 
     def stop(self, state: BackendState, *, timeout_s: int = 10) -> None:
         """Stop; a missing or already stopped sandbox counts as done."""

@@ -43,6 +43,7 @@ from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxError, Sandbox
 from sandbox.hardening import ENGINE_RUNTIMES, assert_hardened, create_kwargs, member_kwargs
 from sandbox.spec import NetworkPlan, Runtime, SandboxSpec
 from sandbox.storage import LocalStorage
+from sandbox.terminal import DEFAULT_SIZE, DockerTerminal, Terminal, TerminalSize
 
 #: Which member of its sandbox a container is.
 LABEL_MEMBER = "sealroom.member"
@@ -394,6 +395,16 @@ class DockerBackend:
             raise SandboxNotFound("The sandbox has no such member.",
                                   detail=f"{action}: no member {member!r}")
         return found.container
+
+    def open_terminal(self, state: BackendState, member: str = "", *, term: str = "xterm",
+                      size: TerminalSize = DEFAULT_SIZE) -> Terminal:
+        handle = self._container(state, member, "open a terminal")
+        attrs = self._require(handle, "open a terminal")
+        if not attrs.get("State", {}).get("Running"):
+            raise SandboxNotFound("The sandbox is not running.",
+                                  detail=f"open a terminal: {handle} is not running")
+        with _engine_errors("open a terminal"):
+            return DockerTerminal(self._client().api, handle, term=term, size=size)
 
     def logs_since(self, state: BackendState, member: str = "", cursor: str = "", *,
                    max_bytes: int = 16 << 20) -> LogChunk:

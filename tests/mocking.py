@@ -11,8 +11,11 @@ tests/integration/test_project_volumes.py, tests/security/test_input_mounts.py).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +37,7 @@ from sandbox.errors import EngineUnavailable, InvalidSpec, SandboxNotFound
 from sandbox.projects import ProjectVolumes
 from sandbox.spec import SANDBOX_GID, SANDBOX_UID, NetworkPlan, Runtime, SandboxSpec
 from sandbox.storage import LocalStorage
+from sandbox.terminal import DEFAULT_SIZE, Terminal, TerminalSize
 from sandbox.volumes import LoopFilesystems, SandboxVolumes
 
 #: Exit code of a sandbox stopped while running: SIGTERM through docker-init (128 + 15).
@@ -106,6 +110,43 @@ class FakeSandbox:
         )
 
 
+class FakeTerminal:
+    """A fake member's terminal: this end is the console's, `peer` is the shell's."""
+
+    def __init__(self, container: str, term: str, size: TerminalSize) -> None:
+        self.container = container
+        self.term = term
+        self.sizes = [size]
+        self._socket, self.peer = socket.socketpair()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self._socket.recv(size)
+        except OSError:
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self._socket.sendall(data)
+
+    def resize(self, size: TerminalSize) -> None:
+        self.sizes.append(size)
+
+    def hang_up(self) -> None:
+        """The shell ends (the member stopped, or `exit`)."""
+        with contextlib.suppress(OSError):
+            self.peer.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+
+
 @dataclass
 class FakeBackend:
     """A `Backend` held in memory. Script outcomes per sandbox id before `create`, or per
@@ -125,6 +166,9 @@ class FakeBackend:
     default_outcome: ScriptedOutcome = field(default_factory=ScriptedOutcome)
     created_specs: list[SandboxSpec] = field(default_factory=list)
     sandboxes: dict[str, FakeSandbox] = field(default_factory=dict)
+    #: Every terminal opened, in order (the test plays the shell on each one's `peer`).
+    terminals: list[FakeTerminal] = field(default_factory=list)
+    _terminal_opened: threading.Condition = field(default_factory=threading.Condition)
     _by_sandbox_id: dict[str, ScriptedOutcome] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -293,6 +337,31 @@ class FakeBackend:
             done += 1
         return LogChunk(b"".join(taken), str(done))
 
+    def open_terminal(self, state: BackendState, member: str = "", *, term: str = "xterm",
+                      size: TerminalSize = DEFAULT_SIZE) -> Terminal:
+        """A socket pair: the test plays the shell on `terminals[-1].peer` (what it writes
+        there is the shell's output; what it reads is the client's keystrokes)."""
+        self._engine()
+        found = ContainerState.from_state(state).member(member)
+        box = self.sandboxes.get(found.container) if found else None
+        if box is None:
+            raise SandboxNotFound("The sandbox has no such member.")
+        if box.state is not RunState.RUNNING:
+            raise SandboxNotFound("The sandbox is not running.")
+        terminal = FakeTerminal(box.handle, term, size)
+        with self._terminal_opened:
+            self.terminals.append(terminal)
+            self._terminal_opened.notify_all()
+        return terminal
+
+    def wait_for_terminal(self, count: int = 1, timeout_s: float = 20) -> FakeTerminal:
+        """The `count`th terminal opened, once it is (the gateway opens it on its thread)."""
+        with self._terminal_opened:
+            if not self._terminal_opened.wait_for(lambda: len(self.terminals) >= count,
+                                                  timeout_s):
+                raise AssertionError(f"no terminal {count} was opened")
+            return self.terminals[count - 1]
+
     def stop(self, state: BackendState, *, timeout_s: int = 10) -> None:
         self._engine()
         for member in ContainerState.from_state(state).members:
@@ -351,6 +420,9 @@ class FakeBackend:
         return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def _exit(self, box: FakeSandbox, code: int, *, oom_killed: bool) -> None:
+        for terminal in self.terminals:
+            if terminal.container == box.handle:
+                terminal.hang_up()
         box.state = RunState.EXITED
         box.exit_code = code
         box.oom_killed = oom_killed

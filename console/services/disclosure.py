@@ -24,6 +24,7 @@ from policies.evaluator import PolicyDecision, PolicyEvaluator
 class Channel(enum.StrEnum):
     LOG = "log"
     OUTBOX_NAME = "outbox_name"
+    TERMINAL = "terminal"  # blocks of a terminal session's output (console/ssh)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,37 @@ def spend(session: Session, evaluator: PolicyEvaluator, *, sandbox_id: str, user
             spent += size
         shown.append(key)
     return Spending(decision, tuple(shown), spent, box + spent, mine + spent)
+
+
+def reserve(session: Session, evaluator: PolicyEvaluator, *, sandbox_id: str, user: str,
+            channel: Channel, key: str, wanted: int) -> tuple[int, PolicyDecision]:
+    """Charge one new item of up to `wanted` bytes, as much as the budgets have room for:
+    for a stream (a terminal) that pays for its bytes before it shows them. Returns the
+    bytes charged (0 when a budget is spent) and the decision."""
+    box, mine = sandbox_total(session, sandbox_id), user_day_total(session, user, today())
+    decision, room = evaluator.disclosure(sandbox_spent=box, user_day_spent=mine,
+                                          wanted=wanted)
+    if room <= 0:
+        return 0, evaluator.disclosure_spent(decision.rule) if wanted > 0 else decision
+    session.add(DisclosureItem(sandbox_id=sandbox_id, user=user, day=today(),
+                               channel=channel.value, item=key, bytes=room,
+                               created_at=utc_now()))
+    return room, decision
+
+
+def settle(session: Session, *, sandbox_id: str, channel: Channel, key: str,
+           used: int) -> None:
+    """Give back what a reserved item did not use (it was charged in advance)."""
+    row = session.exec(select(DisclosureItem).where(
+        DisclosureItem.sandbox_id == sandbox_id).where(
+        DisclosureItem.channel == channel.value).where(DisclosureItem.item == key)).first()
+    if row is None or used >= row.bytes:
+        return
+    if used <= 0:
+        session.delete(row)
+    else:
+        row.bytes = used
+        session.add(row)
 
 
 # --- what the security officer sees ------------------------------------------------------

@@ -31,6 +31,8 @@ fi
 command -v debootstrap >/dev/null 2>&1 || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+# The SSH gateway's tests use the real clients: ssh, scp, sftp (openssh-client) and rsync.
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 # gVisor: the second kernel a policy may ask for (`isolation: gvisor`).
 command -v runsc >/dev/null 2>&1 || [[ -x /usr/bin/runsc ]] || missing+=(runsc)
 
@@ -41,7 +43,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     apt-get install -y -qq -o Dpkg::Use-Pty=0 "${missing[@]}" \
         || die "apt-get install ${missing[*]} failed"
 else
-    say "packages present (docker, dockerd, runsc, debootstrap, chromium, ssh)"
+    say "packages present (docker, dockerd, runsc, debootstrap, chromium, ssh, rsync)"
 fi
 
 # 2. The engine's configuration: gVisor registered as runtime `runsc` (ptrace platform, its
