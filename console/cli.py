@@ -18,7 +18,7 @@ import click
 
 from audit.events import Actor, AuditAction
 from console.cli_audit import audit
-from console.cli_client import project, sandbox
+from console.cli_client import project, sandbox, ssh_key
 from console.cli_policy import policy
 from console.cli_release import release
 from console.core import Caller, Sealroom
@@ -449,6 +449,7 @@ main.add_command(audit)
 main.add_command(policy)
 main.add_command(sandbox)
 main.add_command(project)
+main.add_command(ssh_key)
 
 if __name__ == "__main__":
     main()

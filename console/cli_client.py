@@ -1,4 +1,5 @@
-"""`sealroom sandbox ...` and `sealroom project ...`: an engineer's commands, spoken to a
+"""`sealroom sandbox ...`, `sealroom project ...` and `sealroom ssh-key ...`: an engineer's
+commands, spoken to a
 running console over the JSON API with their token (`SEALROOM_URL`, `SEALROOM_TOKEN`), so
 they pass through the same policy, audit and errors as the web console."""
 
@@ -149,3 +150,66 @@ def project_list(url: str, token: str) -> None:
     for p in _Api(url, token).call("GET", "/projects")["projects"]:
         busy = f"in use by {p['in_use_by']}" if p["in_use_by"] else "free"
         click.echo(f"{p['name']:<24} {p['owner']:<16} {p['quota_mb']:>7} MB  {busy}")
+
+
+@click.group("ssh-key")
+def ssh_key() -> None:
+    """Your SSH public keys for the SSH gateway."""
+
+
+#: Read at most this much of a key file: one public key is a line of a few hundred bytes.
+_KEY_FILE_MAX = 64 * 1024
+
+
+@ssh_key.command("add")
+@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option("--name", default="", help="what to call it (default: the key's comment)")
+@_url
+@_token
+def ssh_key_add(path: Path, name: str, url: str, token: str) -> None:
+    """Add the public key in PATH (a .pub file; - reads standard input)."""
+    try:
+        if str(path) == "-":
+            text = sys.stdin.read(_KEY_FILE_MAX + 1)
+        else:
+            with path.open(encoding="utf-8", errors="replace") as file:
+                text = file.read(_KEY_FILE_MAX + 1)
+    except OSError as exc:
+        click.echo(f"error: cannot read {path}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    if "PRIVATE KEY" in text:
+        # Checked here so that a private key never leaves this machine.
+        pub = "" if str(path) == "-" else f" ({path}.pub)"
+        click.echo(f"error: {path} is a PRIVATE key, and was not sent; give the public key "
+                   f"file{pub}", err=True)
+        sys.exit(EXIT_REFUSED)
+    if len(text) > _KEY_FILE_MAX:
+        click.echo(f"error: {path} is too large to be a public key", err=True)
+        sys.exit(EXIT_REFUSED)
+    key = _Api(url, token).call("POST", "/ssh-keys", json={"public_key": text, "name": name})
+    click.echo(f"SSH key {key['id']} added: {key['name']}  {key['algorithm']} {key['bits']} "
+               f"bits  {key['fingerprint']}")
+
+
+@ssh_key.command("list")
+@_url
+@_token
+def ssh_key_list(url: str, token: str) -> None:
+    """Your SSH keys: id, name, type, fingerprint, when last used."""
+    keys = _Api(url, token).call("GET", "/ssh-keys")["ssh_keys"]
+    if not keys:
+        click.echo("no SSH keys (add one: sealroom ssh-key add ~/.ssh/id_ed25519.pub)")
+    for k in keys:
+        used = (k["last_used_at"] or "never")[:16].replace("T", " ")
+        click.echo(f"{k['id']:>5}  {k['name'][:24]:<24} {k['algorithm']:<20} {k['bits']:>5}  "
+                   f"{k['fingerprint']}  last used {used}")
+
+
+@ssh_key.command("remove")
+@click.argument("key_id", type=int)
+@_url
+@_token
+def ssh_key_remove(key_id: int, url: str, token: str) -> None:
+    """Remove your SSH key KEY_ID: the gateway refuses it from now on."""
+    key = _Api(url, token).call("DELETE", f"/ssh-keys/{key_id}")
+    click.echo(f"SSH key {key['id']} ({key['name']}, {key['fingerprint']}) removed")

@@ -44,6 +44,7 @@ class Permission(enum.StrEnum):
     LINEAGE_READ = "audit:lineage:read"  # every sandbox and release descending from data
     TOKEN_SELF = "account:token:manage"  # list, make and revoke one's own API tokens
     PASSWORD_SELF = "account:password:change"  # change one's own password
+    SSH_KEY_SELF = "account:ssh_key:manage"  # add, list and remove one's own SSH public keys
     USER_ADMIN = "admin:user:manage"  # create users, (de)activate them, reset passwords
     TOKEN_ADMIN = "admin:token:manage"  # list and revoke anyone's API tokens
     DATASET_IMPORT = "admin:dataset:import"  # register from the host's import directory
@@ -54,6 +55,7 @@ _EVERYONE = frozenset({Permission.SELF_READ, Permission.TOKEN_SELF, Permission.P
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ENGINEER: _EVERYONE | {
         Permission.SANDBOX_LAUNCH,
+        Permission.SSH_KEY_SELF,  # the gateway opens shells in one's own sandboxes
         Permission.SANDBOX_READ,
         Permission.SANDBOX_STOP,
         Permission.LOGS_READ,

@@ -1,28 +1,44 @@
 """The account page, for everyone: who you are, changing your own password (the current
-one required; your other sessions end), and your API tokens (make one, shown once; revoke)."""
+one required; your other sessions end), your API tokens (make one, shown once; revoke), and
+for engineers their SSH public keys for the gateway (add, remove) with the `ssh` command."""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_user
 
 from console.guards import SessionUser, caller, core, requires
-from console.permissions import Permission
-from console.services import accounts
+from console.permissions import Permission, role_has
+from console.services import accounts, ssh_keys
 from console.services.errors import BadRequest, ServiceError
 
 account_pages = Blueprint("account_pages", __name__, url_prefix="/account")
 
 
+def _gateway() -> dict[str, Any] | None:
+    """What an engineer needs to reach the SSH gateway: the command and the host key's
+    fingerprint (None until the gateway has made its key)."""
+    if not role_has(current_user.role, Permission.SSH_KEY_SELF):
+        return None
+    settings = core().settings
+    host = settings.ssh_public_host or urlsplit(request.host_url).hostname or "localhost"
+    return {"command": f"ssh -p {settings.ssh_port} {current_user.name}@{host}",
+            "host_key": ssh_keys.host_key_fingerprint(settings.ssh_host_key),
+            "mine": ssh_keys.list_mine(core(), caller())}
+
+
 def _page(*, status: int = 200, new_token: accounts.NewToken | None = None,
-          token_name: str = "", token_days: str = "") -> Any:
+          token_name: str = "", token_days: str = "", ssh_text: str = "",
+          ssh_name: str = "") -> Any:
     return render_template(
         "account.html", tokens=accounts.list_tokens(core(), current_user.name),
         new_token=new_token, min_password=accounts.MIN_PASSWORD,
         default_days=core().settings.token_ttl_days, max_days=core().settings.token_max_days,
-        token_name=token_name, token_days=token_days), status
+        token_name=token_name, token_days=token_days, gateway=_gateway(),
+        ssh_text=ssh_text, ssh_name=ssh_name, max_key_name=ssh_keys.MAX_NAME), status
 
 
 @account_pages.route("")
@@ -80,3 +96,28 @@ def revoke_token(token_id: int) -> Any:
         return _page(status=exc.status)
     flash(f"Token {token_id} is revoked: it is refused from now on.", "info")
     return redirect(url_for("account_pages.index"), 303)
+
+
+@account_pages.route("/ssh-keys", methods=["POST"])
+@requires(Permission.SSH_KEY_SELF)
+def add_ssh_key() -> Any:
+    text, name = request.form.get("public_key", ""), request.form.get("name", "")
+    try:
+        key = ssh_keys.add(core(), caller(), text, name)
+    except ServiceError as exc:
+        flash(f"SSH key not added: {exc.message}.", "error")
+        return _page(status=exc.status, ssh_text=text[:ssh_keys.MAX_TEXT], ssh_name=name)
+    flash(f"SSH key {key['name']!r} added ({key['fingerprint']}).", "info")
+    return redirect(url_for("account_pages.index", _anchor="ssh-keys"), 303)
+
+
+@account_pages.route("/ssh-keys/<int:key_id>/remove", methods=["POST"])
+@requires(Permission.SSH_KEY_SELF)
+def remove_ssh_key(key_id: int) -> Any:
+    try:
+        key = ssh_keys.remove(core(), caller(), key_id)
+    except ServiceError as exc:
+        flash(f"SSH key {key_id} not removed: {exc.message}.", "error")
+        return _page(status=exc.status)
+    flash(f"SSH key {key['name']!r} is removed: the gateway refuses it from now on.", "info")
+    return redirect(url_for("account_pages.index", _anchor="ssh-keys"), 303)
