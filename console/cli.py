@@ -438,10 +438,38 @@ def demo_seed() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             write_demo_dataset(Path(tmp))
             datasets.register_dataset(core, _caller(), Path(tmp), "demo", ["role:engineer"])
+    _demo_terminals(core)
     click.echo("Demo logins (also in " + str(logins) + "):")
     for line in lines:
         name, role, password = line.split(" ", 2)
         click.echo(f"  {name:<8} {role:<17} {password}")
+    click.echo(f"Terminals: alice adds a public key on her account page, launches a sandbox, "
+               f"then: ssh -p {core.settings.ssh_port} alice@{core.settings.host}")
+
+
+_DEMO_TERMINALS = "demo: engineers may open terminals in their sandboxes"
+
+
+def _demo_terminals(core: Sealroom) -> None:
+    """The shipped policy keeps the SSH gateway shut; the demo opens it, once, as a new
+    policy version."""
+    import re
+
+    from console.services import policy as policy_service
+
+    from sqlmodel import select
+
+    from console.models import PolicyVersion
+
+    with core.read() as session:
+        if session.exec(select(PolicyVersion.version).where(
+                PolicyVersion.reason == _DEMO_TERMINALS)).first() is not None:
+            return  # opened once; an officer's later choice stands
+    active = policy_service.active_version(core)
+    # A one-line edit keeps the shipped document's comments for the officer to read.
+    text, found = re.subn(r"(?m)^(interactive:\n  ssh: )false", r"\1true", active.text)
+    if found == 1:
+        policy_service.activate(core, _caller(), text, _DEMO_TERMINALS)
 
 
 main.add_command(release)

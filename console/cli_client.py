@@ -125,6 +125,38 @@ def sandbox_lineage(sandbox_id: str, url: str, token: str) -> None:
         click.echo(f"  used by   {s['sandbox']} ({s['owner']}, via {s['via']})")
 
 
+@sandbox.command("ssh")
+@click.argument("sandbox_id")
+@click.option("--rank", type=int, default=0, help="a cluster's rank (0: the launcher)")
+@click.option("--print", "print_only", is_flag=True, help="print the command, do not run it")
+@_url
+@_token
+def sandbox_ssh(sandbox_id: str, rank: int, print_only: bool, url: str, token: str) -> None:
+    """Open a terminal in your running sandbox (the console's SSH gateway, with your key)."""
+    body = _Api(url, token).call("GET", f"/sandboxes/{sandbox_id}/terminal")
+    if not body["allowed"]:
+        rule = f" (rule {body['rule']})" if body["rule"] else ""
+        click.echo(f"error: no terminal: {body['reason']}{rule}", err=True)
+        sys.exit(EXIT_REFUSED)
+    if not body["running"]:
+        click.echo(f"error: sandbox {sandbox_id} is not running", err=True)
+        sys.exit(EXIT_REFUSED)
+    commands = {0: body["command"], **{r["rank"]: r["command"] for r in body["ranks"]}}
+    if rank not in commands:
+        click.echo(f"error: sandbox {sandbox_id} has no rank {rank}", err=True)
+        sys.exit(EXIT_REFUSED)
+    if body["host_key"]:
+        click.echo(f"gateway host key {body['host_key']}", err=True)
+    if print_only:
+        click.echo(commands[rank])
+        return
+    import os
+    import shlex
+
+    argv = shlex.split(commands[rank])
+    os.execvp(argv[0], argv)
+
+
 @click.group()
 def project() -> None:
     """Your projects: a workspace carried from sandbox to sandbox."""

@@ -16,6 +16,7 @@ from console.api import datasets as _dataset_routes  # noqa: F401
 from console.api import policy as _policy_routes  # noqa: F401
 from console.api import projects as _project_routes  # noqa: F401
 from console.api import ssh_keys as _ssh_key_routes  # noqa: F401
+from console.api import terminals as _terminal_routes  # noqa: F401
 from console.api import tokens as _token_routes  # noqa: F401
 from console.api.blueprint import BadApiRequest as _Bad
 from console.api.blueprint import api

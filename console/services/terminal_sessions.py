@@ -355,3 +355,39 @@ def _ledger_spent(core: Sealroom, sandbox_id: str, session_id: str) -> int:
 def describe(error: ServiceError) -> str:
     """A refusal as one line for the client's screen."""
     return error.message
+
+
+# --- what the sandbox page and the API show ------------------------------------------------
+
+
+def terminal_facts(core: Sealroom, caller: Caller, record: Sandbox,
+                   host: str) -> dict[str, Any]:
+    """How the caller opens a terminal in `record` (the command, the gateway's host key) or
+    why they cannot, and the sessions opened in it: all in the console's own words."""
+
+    host = core.settings.ssh_public_host or host
+    port = core.settings.ssh_port
+    decision = core.evaluator.may_open_ssh(caller.name, caller.role, _datasets(record))
+    mine = record.owner == caller.name
+    running = record.status == SandboxStatus.RUNNING
+    login = f"{record.owner}+{record.id}"
+    with core.read() as session:
+        rows = session.exec(select(TerminalSession).where(
+            TerminalSession.sandbox_id == record.id).order_by(
+            col(TerminalSession.started_at).desc()).limit(50)).all()
+    return {
+        "allowed": decision.allowed and mine,
+        "reason": decision.reason if not decision.allowed else
+        ("" if mine else "terminals open in one's own sandboxes only"),
+        "rule": decision.rule if not decision.allowed else "",
+        "running": running,
+        "command": f"ssh -p {port} {login}@{host}",
+        "ranks": [{"rank": rank, "command": f"ssh -p {port} {login}.{rank}@{host}"}
+                  for rank in range(1, max(record.ranks, 1))],
+        "host": host, "port": port,
+        "host_key": ssh_keys.host_key_fingerprint(core.settings.ssh_host_key),
+        "key_count": len(ssh_keys.list_mine(core, caller)) if mine else 0,
+        "sessions": [{"id": r.id, "user": r.user, "member": r.member,
+                      "started_at": r.started_at, "ended_at": r.ended_at,
+                      "end_reason": r.end_reason, "bytes_out": r.bytes_out} for r in rows],
+    }

@@ -8,6 +8,7 @@ There is no download link anywhere: the outbox is listed by name, size and hash 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -20,6 +21,7 @@ from console.services import datasets as dataset_service
 from console.services import launch as launch_service
 from console.services import projects as project_service
 from console.services import sandboxes as sandbox_service
+from console.services import terminal_sessions
 from console.services.errors import BadRequest, PolicyDenied, ServiceError
 from console.web import lineage as lineage_web
 from console.web import refusal
@@ -153,8 +155,11 @@ def detail(sandbox_id: str) -> Any:
         outbox_note = f"{exc.message} (policy rule {exc.rule})"
     lineage = sandbox_service.lineage(core(), caller(), sandbox_id)
     me = current_user.name
+    terminal = terminal_sessions.terminal_facts(
+        core(), caller(), record, urlsplit(request.host_url).hostname or "localhost")
     return render_template(
         "sandbox_detail.html", sandbox=sandbox_service.to_dict(record), outbox=outbox,
+        terminal=terminal,
         outbox_note=outbox_note, approvals_needed=core().policy.release.approvals_needed,
         lineage=lineage, links=lineage_web.links(
             lineage, lambda other, owner: url_for("engineer.detail", sandbox_id=other)

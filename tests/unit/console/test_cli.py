@@ -93,6 +93,12 @@ def test_demo_seed_is_idempotent(cli: CliRunner, tmp_path: Path) -> None:
         (dataset,) = session.exec(select(Dataset)).all()
         assert dataset.name == "demo"
     assert oct((tmp_path / "home" / "demo-logins.txt").stat().st_mode)[-3:] == "600"
+    # The demo opens the SSH gateway once, as its own policy version, comments kept.
+    core = _core(tmp_path)
+    assert core.policy.interactive.ssh and core.policy.version == 3
+    assert "ssh -p 2222 alice@127.0.0.1" in first.output
+    shown = cli.invoke(main, ["policy", "show"]).output
+    assert "ssh: true                 # SSH into one's own running sandbox" in shown
 
 
 def test_dataset_add_activates_a_policy_version_with_its_access_list(cli: CliRunner,
