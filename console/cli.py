@@ -455,11 +455,10 @@ def _demo_terminals(core: Sealroom) -> None:
     policy version."""
     import re
 
-    from console.services import policy as policy_service
-
     from sqlmodel import select
 
     from console.models import PolicyVersion
+    from console.services import policy as policy_service
 
     with core.read() as session:
         if session.exec(select(PolicyVersion.version).where(
