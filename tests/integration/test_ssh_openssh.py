@@ -146,7 +146,7 @@ def test_a_shell_runs_in_the_sandbox_as_its_user_and_the_recording_is_exact(
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert b"10001" in out and b"train.csv" in out
-    assert f"\n{hostname}\r".encode() in out  # the sandbox container's own host name
+    assert f"{hostname}\r\n".encode() in out  # the sandbox container's own host name
     assert b"[sealroom] session ended: the shell ended" in out
     room.gateway.stop()
     row, = _sessions(room.core)
