@@ -9,6 +9,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import paramiko
 
@@ -63,8 +64,10 @@ def configure(transport: paramiko.Transport) -> None:
 class Gateway:
     """Serves SSH on (host, port) until `stop`; `address` is where it listens."""
 
-    def __init__(self, core: Sealroom, host: str, port: int) -> None:
+    def __init__(self, core: Sealroom, host: str, port: int, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.core = core
+        self._clock = clock  # what sessions measure idleness and age by
         self.host_key = load_or_create(core.settings.ssh_host_key)
         self.fingerprint = fingerprint(self.host_key)
         self._listener = socket.create_server((host, port), backlog=64)
@@ -204,7 +207,8 @@ class Gateway:
                 channel.sendall(end_banner(ending.reason))
                 recording.output(end_banner(ending.reason), time.time())
                 return
-            session = ShellSession(self.core, opened, channel, terminal, recording)
+            session = ShellSession(self.core, opened, channel, terminal, recording,
+                                   clock=self._clock)
             interface.follow_resizes(session.resize)
             with self._lock:
                 if self._stopping.is_set():

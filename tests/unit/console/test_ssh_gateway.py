@@ -338,3 +338,36 @@ def paramiko_fingerprint(key: paramiko.PKey) -> str:
     from console.ssh.host_key import fingerprint
 
     return fingerprint(key)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(("advance", "rule"), [
+    (901.0, "interactive.idle_timeout_s"), (28_801.0, "interactive.session_timeout_s")])
+def test_idle_and_long_sessions_end(core: Sealroom, gateway: Gateway,
+                                    fake_backend: FakeBackend, advance: float,
+                                    rule: str) -> None:
+    gateway.stop()
+    clock = _Clock()
+    timed = Gateway(core, "127.0.0.1", 0, clock=clock).start()
+    key = _register(core, "alice")
+    _launch(core)
+    client = _connect(timed, "alice", key)
+    channel = client.invoke_shell()
+    terminal = fake_backend.wait_for_terminal()
+    channel.sendall(b"x")  # a keystroke through: the session's loop runs (and has its start)
+    _peer_read(terminal, b"x")
+    clock.now += advance
+    if rule.endswith("session_timeout_s"):
+        channel.sendall(b"y")
+    got = _read_all(channel)
+    assert b"[sealroom] session ended: " in got
+    client.close()
+    row = _wait_ended(core, timed)
+    assert row.end_rule == rule
