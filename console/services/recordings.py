@@ -6,8 +6,8 @@ Two kinds of view, by the one rule. The list and the detail are text the console
 itself (ids, names, times, its own words for why a session ended, byte counts, hashes): no
 sandbox byte. A replay re-shows a recording's output, which is sandbox bytes, but bytes that
 were already charged to the disclosure ledger when the gateway sent them to the engineer's
-terminal: a replay spends nothing new, and every one is audited (`audit:recording:view`) in
-the same transaction as it is served.
+terminal: a replay spends nothing new, and every one is audited (`audit:recording:view`), the
+event committed before the file is served.
 """
 
 from __future__ import annotations
@@ -158,23 +158,26 @@ def _path(core: Sealroom, row: TerminalSession) -> Path | None:
 def recording(core: Sealroom, caller: Caller, session_id: str) -> Path:
     """The recording file, for replay or download. The output in it was charged to the
     disclosure ledger when the gateway sent it to the engineer's terminal; re-showing it to an
-    auditor spends nothing new and is audited (`audit:recording:view`), in the transaction
-    that finds it. A changed recording is still served (the view's event and the page say it
-    is changed); a missing one is NotFound."""
+    auditor spends nothing new and is audited (`audit:recording:view`): the event is
+    committed before a byte is served, and nothing is served if it cannot be. A changed
+    recording is still served (the view's event and the page say it is changed); a missing
+    one is NotFound."""
     _require(caller)
-    with core.transaction() as db:
+    with core.read() as db:
         row = _get(db, session_id)
-        state = _state(core, row, _chain_sha256(db, session_id))
-        if state.state == "missing" or (path := _path(core, row)) is None \
-                or not path.is_file():
-            raise NotFound(f"the recording of session {session_id} ({row.recording}) is "
-                           "missing")
+        chain_sha256 = _chain_sha256(db, session_id)
+    # Hashed before the write transaction: a long file does not hold the write lock.
+    state = _state(core, row, chain_sha256)
+    path = _path(core, row)
+    if state.state == "missing" or path is None or not path.is_file():
+        raise NotFound(f"the recording of session {session_id} ({row.recording}) is missing")
+    with core.transaction() as db:
+        _get(db, session_id)
         append(db, EventDraft(caller.actor, AuditAction.SSH_RECORDING_VIEW,
                               f"terminal:{session_id}", request_id=caller.request_id,
                               details={"session": row.id, "sandbox": row.sandbox_id,
                                        "user": row.user, "recording": row.recording,
-                                       "state": state.state,
-                                       "chain_sha256": state.chain_sha256,
+                                       "state": state.state, "chain_sha256": chain_sha256,
                                        "ledger": "already charged when first sent"}))
     return path
 

@@ -75,8 +75,13 @@ def test_list_and_detail_are_console_composed_text(client: FlaskClient, core: Se
     csp = detail.headers["Content-Security-Policy"]
     assert "script-src 'self' 'wasm-unsafe-eval';" in csp and "unsafe-eval'" not in \
         csp.replace("'wasm-unsafe-eval'", "")
+    assert "style-src 'self';" in csp  # no 'unsafe-inline' anywhere
+    assert "unsafe-inline" not in csp
     assert "<script>" not in page  # the CSP allows no inline script, and there is none
-    assert "'wasm-unsafe-eval'" not in listing.headers["Content-Security-Policy"]
+    # The replay page's policy is the site's with that one source added, nothing else.
+    site = listing.headers["Content-Security-Policy"]
+    assert "'wasm-unsafe-eval'" not in site
+    assert csp == site.replace("script-src 'self';", "script-src 'self' 'wasm-unsafe-eval';")
 
     views = recorded(core, AuditAction.AUDIT_VIEW.value)
     assert {"audit:sessions", f"terminal:{terminal.id}"} <= {e.target for e in views}
