@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 from audit.chain import append
 from audit.events import AuditAction, EventDraft
 from audit.models import AuditEvent
-from audit.recordings import ExpectedRecording, RecordingProblem, check_recordings, digest_of
+from audit.recordings import ExpectedRecording, RecordingProblem, check_recordings
 from console.core import Caller, Sealroom
 from console.models import TerminalSession
 from console.permissions import Permission, role_has
@@ -115,44 +115,41 @@ def session(core: Sealroom, caller: Caller, session_id: str) -> TerminalSession:
     return row
 
 
-def _chain_sha256(db: Session, session_id: str) -> str:
-    """The recording hash the chain took when the session ended ("" if it has not ended)."""
+def _chain_record(db: Session, session_id: str) -> ExpectedRecording | None:
+    """The recording the chain named when the session ended (None if it has not ended)."""
     event = db.exec(select(AuditEvent).where(AuditEvent.action == AuditAction.SSH_END.value)
                     .where(AuditEvent.target == f"terminal:{session_id}")
                     .order_by(col(AuditEvent.id).desc()).limit(1)).first()
     if event is None:
-        return ""
-    return str(json.loads(event.details or "{}").get("recording_sha256", ""))
+        return None
+    body: dict[str, Any] = json.loads(event.details or "{}")
+    return ExpectedRecording(session_id, str(body.get("recording", "")),
+                             str(body.get("recording_sha256", "")))
 
 
-def _state(core: Sealroom, row: TerminalSession, chain_sha256: str) -> RecordingState:
-    path = _path(core, row)
-    if not chain_sha256:
+def _state(core: Sealroom, named: ExpectedRecording | None) -> RecordingState:
+    """The file the chain names (not the row's, which an insider could repoint), hashed."""
+    if named is None or not named.sha256:
         return RecordingState("open", "", "the session has not ended: the audit chain holds "
                               "no hash for its recording yet")
-    if path is None or not path.is_file():
-        return RecordingState("missing", chain_sha256,
-                              f"the recording of session {row.id} ({row.recording}) is missing")
-    if digest_of(path).sha256 != chain_sha256:
-        return RecordingState("changed", chain_sha256,
-                              f"the recording of session {row.id} ({row.recording}) was "
-                              "changed after the session ended: its hash is not the one in "
-                              "the audit chain")
-    return RecordingState("intact", chain_sha256, "the recording is the one the audit chain "
+    problem = next(iter(check_recordings([named], core.settings.recordings_dir)), None)
+    if problem is not None:
+        return RecordingState(problem.problem, named.sha256, problem.message)
+    return RecordingState("intact", named.sha256, "the recording is the one the audit chain "
                           "names")
 
 
 def recording_state(core: Sealroom, row: TerminalSession) -> RecordingState:
     """Whether the session's recording is still the one the chain names (for the page)."""
     with core.read() as db:
-        chain_sha256 = _chain_sha256(db, row.id)
-    return _state(core, row, chain_sha256)
+        named = _chain_record(db, row.id)
+    return _state(core, named)
 
 
-def _path(core: Sealroom, row: TerminalSession) -> Path | None:
-    if not row.recording or Path(row.recording).name != row.recording:
+def _path(core: Sealroom, name: str) -> Path | None:
+    if not name or Path(name).name != name:
         return None
-    return core.settings.recordings_dir / row.recording
+    return core.settings.recordings_dir / name
 
 
 def recording(core: Sealroom, caller: Caller, session_id: str) -> Path:
@@ -165,19 +162,21 @@ def recording(core: Sealroom, caller: Caller, session_id: str) -> Path:
     _require(caller)
     with core.read() as db:
         row = _get(db, session_id)
-        chain_sha256 = _chain_sha256(db, session_id)
+        named = _chain_record(db, session_id)
     # Hashed before the write transaction: a long file does not hold the write lock.
-    state = _state(core, row, chain_sha256)
-    path = _path(core, row)
+    state = _state(core, named)
+    name = named.name if named is not None and named.name else row.recording
+    path = _path(core, name)
     if state.state == "missing" or path is None or not path.is_file():
-        raise NotFound(f"the recording of session {session_id} ({row.recording}) is missing")
+        raise NotFound(f"the recording of session {session_id} ({name}) is missing")
     with core.transaction() as db:
         _get(db, session_id)
         append(db, EventDraft(caller.actor, AuditAction.SSH_RECORDING_VIEW,
                               f"terminal:{session_id}", request_id=caller.request_id,
                               details={"session": row.id, "sandbox": row.sandbox_id,
-                                       "user": row.user, "recording": row.recording,
-                                       "state": state.state, "chain_sha256": chain_sha256,
+                                       "user": row.user, "recording": name,
+                                       "state": state.state,
+                                       "chain_sha256": state.chain_sha256,
                                        "ledger": "already charged when first sent"}))
     return path
 

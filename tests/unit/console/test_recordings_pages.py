@@ -259,3 +259,21 @@ def test_the_sandbox_timeline_shows_its_sessions(client: FlaskClient, core: Seal
     page = client.get(f"/audit/timeline/sandbox/{sandbox_id}").get_data(as_text=True)
     assert "sandbox:terminal:end" in page
     assert f'href="/audit/sessions/{session.id}"' in page
+
+
+def test_replay_serves_the_file_the_chain_names_not_the_row(
+        client: FlaskClient, core: Sealroom, auditor: str, terminal: TerminalSession) -> None:
+    """Kind: sandbox output re-shown (audited). An insider who repoints the session's row at
+    another recording does not change what is replayed: the chain's event names the file."""
+    other = record_terminal_session(core, user="bob", sandbox_id="sb-two",
+                                    output=[b"harmless\r\n"])
+    with core.transaction() as session:
+        row = session.get(TerminalSession, terminal.id)
+        assert row is not None
+        row.recording = other.recording
+        session.add(row)
+    served = client.get(f"/api/v1/audit/sessions/{terminal.id}/recording",
+                        headers=bearer(auditor))
+    assert served.status_code == 200 and b"alice@example.org" in served.get_data()
+    state = client.get(f"/api/v1/audit/sessions/{terminal.id}", headers=bearer(auditor))
+    assert state.get_json()["recording_state"]["state"] == "intact"
