@@ -37,8 +37,8 @@ _TEXT_MAX = 200
 
 @dataclass(frozen=True)
 class RecordingState:
-    """A recording against the chain: "intact", "changed", "missing", or "open" (the session
-    has not ended, so the chain holds no hash for it yet)."""
+    """A recording against the chain: "intact", "changed", "missing" (also: the session
+    ended with none), or "open" (not ended, so the chain holds no hash for it yet)."""
 
     state: str
     chain_sha256: str  # what the chain's `sandbox:terminal:end` event holds ("" while open)
@@ -129,9 +129,12 @@ def _chain_record(db: Session, session_id: str) -> ExpectedRecording | None:
 
 def _state(core: Sealroom, named: ExpectedRecording | None) -> RecordingState:
     """The file the chain names (not the row's, which an insider could repoint), hashed."""
-    if named is None or not named.sha256:
+    if named is None:
         return RecordingState("open", "", "the session has not ended: the audit chain holds "
                               "no hash for its recording yet")
+    if not named.sha256:  # the gateway died and its recording was gone when it recovered
+        return RecordingState("missing", "", "the session ended with no recording: the "
+                              "audit chain holds no hash for it")
     problem = next(iter(check_recordings([named], core.settings.recordings_dir)), None)
     if problem is not None:
         return RecordingState(problem.problem, named.sha256, problem.message)
