@@ -164,12 +164,30 @@ def key(show_all: bool, rotate: bool) -> None:
 
 @audit.command()
 def status() -> None:
-    """Verify the local database's chain against its checkpoints and the checkpoint file."""
+    """Verify the local database's chain against its checkpoints and the checkpoint file,
+    and every terminal recording against the hash the chain holds for it."""
+    from console.services import recordings
+
     core = _core()
     report = core.verify_audit()
+    named = recordings.expected(core)
+    bad = recordings.problems(core, named)
+    ok = report.ok and not bad
     core.record(_actor(), AuditAction.AUDIT_VERIFY, target="audit:chain",
-                outcome=Outcome.OK if report.ok else Outcome.FAILED, reason=report.message,
-                verified_up_to=report.verified_up_to, kind=report.kind or "")
+                outcome=Outcome.OK if ok else Outcome.FAILED,
+                reason=report.message if not report.ok or not bad
+                else "; ".join(p.message for p in bad),
+                verified_up_to=report.verified_up_to, kind=report.kind or "",
+                recordings_checked=len(named),
+                recording_problems=[recordings.problem_dict(p) for p in bad])
     _print_report(report)
-    if not report.ok:
+    click.echo(f"Recordings   {len(named)} checked against the chain, {len(bad)} "
+               f"{'problem' if len(bad) == 1 else 'problems'}")
+    for problem in bad:
+        click.echo(f"  ✗ {problem.problem:<8} {problem.message}")
+    if bad:
+        click.echo(f"NOT VERIFIED (recordings): {len(bad)} terminal "
+                   f"{'recording is' if len(bad) == 1 else 'recordings are'} not the one the "
+                   "chain names")
+    if not ok:
         sys.exit(EXIT_FAILED)

@@ -201,3 +201,51 @@ def run_to_success(backend: Any, state: Any, timeout_s: float = 240) -> bytes:
     output: bytes = backend.logs(state)
     assert (status.state, status.exit_code) == (RunState.EXITED, 0), output
     return output
+
+
+def record_terminal_session(core: Any, *, user: str = "alice", sandbox_id: str = "sb-term",
+                            output: list[bytes] | None = None, member: str = "main",
+                            started_at: str = "2026-12-02T10:00:00.000000Z",
+                            end_reason: str = "the engineer logged out") -> Any:
+    """A finished SSH session as the gateway leaves one: its recording written with
+    `AsciicastWriter`, then, in one transaction, the `terminal_session` row and the
+    `sandbox:terminal:end` event that takes the recording's hash into the chain."""
+    import secrets
+    import time
+
+    from audit.chain import append, utc_now
+    from audit.events import AuditAction, EventDraft
+    from audit.recordings import AsciicastWriter
+    from console.models import TerminalSession
+
+    chunks = [b"$ ls\r\n", b"train.py  data\r\n"] if output is None else output
+    session_id = f"ssh-{secrets.token_hex(8)}"
+    name = f"{session_id}.cast"
+    directory = core.settings.recordings_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    begun = time.time()
+    writer = AsciicastWriter(directory / name, width=80, height=24, started_at=begun,
+                             title=f"{user} in {sandbox_id}")
+    for index, chunk in enumerate(chunks):
+        writer.output(chunk, begun + 0.1 * (index + 1))
+    digest = writer.close()
+    sent = sum(len(chunk) for chunk in chunks)
+    actor = Actor(user, "engineer", "ssh", "10.0.0.7")
+    with core.transaction() as session:
+        row = TerminalSession(id=session_id, user=user, sandbox_id=sandbox_id, member=member,
+                              key_fingerprint="SHA256:" + "k" * 43, source="10.0.0.7",
+                              started_at=started_at, ended_at=utc_now(),
+                              end_reason=end_reason, end_rule="", bytes_out=sent, bytes_in=5,
+                              recording=name, recording_sha256=digest.sha256,
+                              recording_bytes=digest.size)
+        session.add(row)
+        append(session, EventDraft(actor, AuditAction.SSH_END, f"terminal:{session_id}",
+                                   details={"session": session_id, "sandbox": sandbox_id,
+                                            "member": member, "recording": name,
+                                            "recording_sha256": digest.sha256,
+                                            "recording_bytes": digest.size,
+                                            "bytes_out": sent, "bytes_in": 5,
+                                            "rule": ""}))
+        session.flush()
+        session.expunge(row)
+    return row

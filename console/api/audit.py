@@ -1,18 +1,19 @@
 """/api/v1/audit/*: events (filters, keyset paging), one event, the export, checkpoints, the
-chain status and the audit public key. Auditor and admin only; every call is audited."""
+chain status, terminal sessions and their recordings, and the audit public key. Auditor and
+admin only; every call is audited."""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Response, jsonify, request, stream_with_context
+from flask import Response, jsonify, request, send_file, stream_with_context
 
 from audit.export import MEDIA_TYPE
 from console.api.blueprint import api
 from console.guards import api_requires, caller, core
 from console.permissions import Permission
-from console.services import audit_log
+from console.services import audit_log, recordings
 from console.services.errors import BadRequest
 
 
@@ -90,3 +91,46 @@ def audit_export() -> Any:
 def audit_key() -> Any:
     """The audit key's public half(s), to verify an export and its checkpoints offline."""
     return Response(audit_log.public_pem(core(), caller()), mimetype="application/x-pem-file")
+
+
+@api.route("/audit/sessions", methods=["GET"])
+@api_requires(Permission.AUDIT_READ)
+def audit_sessions() -> Any:
+    """Terminal sessions, newest first: console-composed fields only."""
+    limit = _int_arg("limit")
+    page = recordings.sessions(
+        core(), caller(), user=request.args.get("user"), sandbox=request.args.get("sandbox"),
+        limit=recordings.PAGE_SIZE if limit is None else limit,
+        cursor=request.args.get("cursor") or None)
+    older = None
+    if page.older is not None:
+        older = "/api/v1/audit/sessions?" + urlencode(
+            {**page.filters, "limit": limit or recordings.PAGE_SIZE, "cursor": page.older})
+    return jsonify({"sessions": [recordings.to_dict(s) for s in page.sessions],
+                    "filters": page.filters, "older": older})
+
+
+@api.route("/audit/sessions/<session_id>", methods=["GET"])
+@api_requires(Permission.AUDIT_READ)
+def audit_session(session_id: str) -> Any:
+    row = recordings.session(core(), caller(), session_id)
+    state = recordings.recording_state(core(), row)
+    return jsonify({**recordings.to_dict(row),
+                    "recording_state": {"state": state.state,
+                                        "chain_sha256": state.chain_sha256,
+                                        "message": state.message}})
+
+
+def recording_response(session_id: str) -> Response:
+    """The recording as a download (the replay page's player fetches the same): the output
+    in it was charged when first sent; this re-showing is audited and spends nothing."""
+    path = recordings.recording(core(), caller(), session_id)
+    return send_file(path, mimetype=recordings.MEDIA_TYPE, as_attachment=True,
+                     download_name=f"{session_id}.cast", max_age=0, conditional=False,
+                     etag=False)
+
+
+@api.route("/audit/sessions/<session_id>/recording", methods=["GET"])
+@api_requires(Permission.AUDIT_READ)
+def audit_session_recording(session_id: str) -> Any:
+    return recording_response(session_id)

@@ -20,7 +20,8 @@ from audit.chain import append, utc_now
 from audit.events import AuditAction, EventDraft, Outcome
 from audit.models import AuditEvent
 from console.core import Caller, Sealroom
-from console.models import ReleaseRequest, Sandbox
+from console.models import ReleaseRequest, Sandbox, TerminalSession
+from console.services import recordings
 from console.services.errors import BadRequest, NotFound
 
 PAGE_SIZE = 50
@@ -197,7 +198,8 @@ def get_event(core: Sealroom, caller: Caller, event_id: int) -> AuditEvent:
 
 
 def timeline(core: Sealroom, caller: Caller, kind: str, object_id: str) -> list[AuditEvent]:
-    """Everything that happened to one sandbox (and its release requests) or one release."""
+    """Everything that happened to one sandbox (its release requests and terminal sessions)
+    or one release."""
     if kind not in ("sandbox", "release"):
         raise NotFound("timelines are for a sandbox or a release")
     with core.read() as session:
@@ -207,6 +209,8 @@ def timeline(core: Sealroom, caller: Caller, kind: str, object_id: str) -> list[
                 raise NotFound(f"no sandbox {object_id!r}")
             targets += [f"release:{r}" for r in session.exec(select(ReleaseRequest.id).where(
                 ReleaseRequest.sandbox_id == object_id)).all()]
+            targets += [f"terminal:{t}" for t in session.exec(select(TerminalSession.id).where(
+                TerminalSession.sandbox_id == object_id)).all()]
         else:
             release = session.get(ReleaseRequest, object_id)
             if release is None:
@@ -255,21 +259,31 @@ def record_unaudited_request(core: Sealroom, caller: Caller, method: str, path: 
 
 def verify_chain(core: Sealroom, caller: Caller) -> dict[str, Any]:
     """Walk the whole chain now, against the signed checkpoints in the database and in the
-    checkpoint file; the result is itself recorded, so the last verification can be shown at
+    checkpoint file, and hash every terminal recording the chain names (one that is missing
+    or changed makes the status not ok, in words naming its session and file); the result
+    is itself recorded, so the last verification can be shown at
     a glance without walking again."""
     report = core.verify_audit()
     found = core.audit_checkpoint_list()
+    named = recordings.expected(core)
+    bad = recordings.problems(core, named)
+    problem = report.message if not report.ok else "; ".join(p.message for p in bad) \
+        if bad else report.message
     status: dict[str, Any] = {
-        "ok": report.ok, "events": report.events, "verified_up_to": report.verified_up_to,
+        "ok": report.ok and not bad, "events": report.events,
+        "verified_up_to": report.verified_up_to,
         "head_hash": report.head_hash, "first_bad_event": report.first_bad,
-        "kind": report.kind, "step": report.step, "problem": report.message,
+        "kind": report.kind or ("recording" if bad else None), "step": report.step,
+        "problem": problem,
+        "recordings_checked": len(named),
+        "recording_problems": [recordings.problem_dict(p) for p in bad],
         "checkpoints": report.checkpoints, "checkpointed_up_to": report.checkpointed_up_to,
         "unsigned_events": report.unsigned_events,
         "last_checkpoint": found[-1].to_json()["checkpoint"] if found else None,
         "checked_at": utc_now(),
     }
     core.record(caller.actor, AuditAction.AUDIT_VERIFY, target="audit:chain",
-                outcome=Outcome.OK if report.ok else Outcome.FAILED, reason=report.message,
+                outcome=Outcome.OK if status["ok"] else Outcome.FAILED, reason=problem,
                 request_id=caller.request_id, **status)
     return status
 
