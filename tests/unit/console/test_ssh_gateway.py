@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import paramiko
 import pytest
@@ -371,3 +372,43 @@ def test_idle_and_long_sessions_end(core: Sealroom, gateway: Gateway,
     client.close()
     row = _wait_ended(core, timed)
     assert row.end_rule == rule
+
+
+def test_an_auditor_replays_the_gateways_recording_and_an_edit_is_named(
+        core: Sealroom, gateway: Gateway, fake_backend: FakeBackend, app: Any,
+        make_user: Callable[..., tuple[str, str]]) -> None:
+    """From the gateway to the auditor: the replayed recording is the client's bytes
+    (already charged when they were shown; the replay spends nothing more), and once the
+    file is edited the chain status names the session."""
+    from console.services import audit_log
+
+    key = _register(core, "alice")
+    _launch(core)
+    auditor = accounts_token(core, "audrey")
+    client = _connect(gateway, "alice", key)
+    channel = client.invoke_shell()
+    terminal = fake_backend.wait_for_terminal()
+    terminal.peer.sendall(b"secret-ish line\r\n")
+    _read_until(channel, b"line\r\n")
+    terminal.hang_up()
+    received = b"secret-ish line\r\n" + _read_all(channel)
+    client.close()
+    row = _wait_ended(core, gateway)
+    web = app.test_client()
+    replay = web.get(f"/api/v1/audit/sessions/{row.id}/recording",
+                     headers={"Authorization": f"Bearer {auditor}"})
+    assert replay.status_code == 200
+    recording = core.settings.recordings_dir / row.recording
+    assert replay.data == recording.read_bytes() and output_bytes(recording) == received
+    assert audit_log.verify_chain(core, _caller(core, "audrey"))["ok"]
+    recording.write_bytes(recording.read_bytes().replace(b"secret-ish", b"harmless!!"))
+    status = audit_log.verify_chain(core, _caller(core, "audrey"))
+    assert not status["ok"]
+    assert [p["session"] for p in status["recording_problems"]] == [row.id]
+
+
+def accounts_token(core: Sealroom, name: str) -> str:
+    from console.services import accounts
+    from tests.helpers import OPERATOR
+
+    return accounts.create_token(core, OPERATOR, name)
