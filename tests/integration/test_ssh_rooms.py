@@ -112,3 +112,39 @@ def _read_until(fd: int, marker: bytes) -> bytes:
         seen += chunk
         if marker and marker in seen:
             return seen
+
+
+def test_resizes_reach_the_shell_and_it_runs_inside_the_limits(room: Room) -> None:
+    """With paramiko's client (OpenSSH cannot resize a terminal it was not given): the
+    shell sees each new size; its memory limit is the sandbox's own cgroup's."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(room.known_hosts))
+    client.connect("127.0.0.1", int(room.port), username="alice",
+                   key_filename=str(room.keys["alice"]), look_for_keys=False,
+                   allow_agent=False, timeout=20)
+    channel = client.invoke_shell(width=100, height=30)
+    channel.settimeout(60)
+
+    def ask(command: bytes, marker: bytes) -> bytes:
+        channel.sendall(command)
+        seen = b""
+        while marker not in seen:
+            chunk = channel.recv(65536)
+            assert chunk, seen
+            seen += chunk
+        return seen
+
+    assert b"30 100\r\n" in ask(b"stty size; echo done-$((1+1))\n", b"done-2\r\n")
+    channel.resize_pty(width=132, height=43)
+    assert b"43 132\r\n" in ask(b"stty size; echo done-$((1+2))\n", b"done-3\r\n")
+    limit = _record_of(room.core, room.sandbox_id).memory_mb << 20
+    seen = ask(b"cat /sys/fs/cgroup/memory/memory.limit_in_bytes; echo done-$((2+2))\n",
+               b"done-4\r\n")
+    assert f"{limit}\r\n".encode() in seen
+    client.close()
+    room.gateway.stop()
+    row, = _sessions(room.core)
+    recording = (room.core.settings.recordings_dir / row.recording).read_text()
+    assert '"r", "132x43"' in recording
