@@ -194,17 +194,20 @@ REFUSALS: list[tuple[str, Callable[[dict[str, KeyFile]], str], str]] = [
 ]
 
 
-@pytest.mark.parametrize("text_of, message", [(t, m) for _, t, m in REFUSALS],
-                         ids=[name for name, _, _ in REFUSALS])
-def test_refusals_are_clear_audited_and_store_nothing(
-        core: Sealroom, alice: str, keys: dict[str, KeyFile],
-        text_of: Callable[[dict[str, KeyFile]], str], message: str) -> None:
-    with pytest.raises(BadRequest, match=message.replace("(", r"\(").replace(")", r"\)")):
-        ssh_keys.add(core, _as(core, "alice"), text_of(keys), "laptop")
-    assert _stored(core) == 0
-    [event] = recorded(core, ADD)
-    assert (event.actor, event.target, event.outcome) == ("alice", "user:alice", "denied")
-    assert message in event.reason
+def test_refusals_are_clear_audited_and_store_nothing(core: Sealroom, alice: str,
+                                                     keys: dict[str, KeyFile]) -> None:
+    # One installation for every case (each is its own audited refusal): a fresh one per
+    # case would cost seconds apiece on a shared machine.
+    for case, text_of, message in REFUSALS:
+        with pytest.raises(BadRequest) as refused:
+            ssh_keys.add(core, _as(core, "alice"), text_of(keys), "laptop")
+        assert message in refused.value.message, case
+        assert _stored(core) == 0, case
+        event = recorded(core, ADD)[-1]
+        assert (event.actor, event.target, event.outcome) == ("alice", "user:alice",
+                                                              "denied"), case
+        assert message in event.reason, case
+    assert len(recorded(core, ADD)) == len(REFUSALS)
 
 
 def test_a_registered_key_is_refused_to_anyone_without_saying_whose(
@@ -357,20 +360,23 @@ def test_the_api_adds_lists_and_removes_ones_own_keys(
                          headers=bearer(alice)).status_code == 404
 
 
-@pytest.mark.parametrize("body, message", [
+BAD_BODIES: list[tuple[Any, str]] = [
     ({"public_key": "ssh-dss AAAA"}, "DSA keys are not accepted"),
     ({"public_key": 7}, "public_key must be"),
     ({"name": "x"}, "public_key must be"),
     ({"public_key": "ssh-ed25519 AAAA", "name": ["x"]}, "name must be a string"),
     ([], "send a JSON object"),
-])
+]
+
+
 def test_bad_api_requests_are_refused_and_audited(client: FlaskClient, core: Sealroom,
-                                                  alice: str, body: Any, message: str) -> None:
-    response = client.post("/api/v1/ssh-keys", headers=bearer(alice), json=body)
-    assert response.status_code == 400
-    assert message in response.get_json()["error"]["message"]
-    assert [e for e in recorded(core, request_id=response.headers["X-Request-Id"])
-            if e.outcome == "denied"]
+                                                  alice: str) -> None:
+    for body, message in BAD_BODIES:
+        response = client.post("/api/v1/ssh-keys", headers=bearer(alice), json=body)
+        assert response.status_code == 400, body
+        assert message in response.get_json()["error"]["message"], body
+        assert [e for e in recorded(core, request_id=response.headers["X-Request-Id"])
+                if e.outcome == "denied"], body
     assert _stored(core) == 0
 
 
@@ -461,14 +467,16 @@ def test_roles_without_a_shell_see_no_ssh_section(app: Flask, make_user: MakeUse
 
 @pytest.fixture
 def served(app: Flask) -> Iterator[str]:
-    """The console on waitress, as `sealroom up` serves it."""
-    from waitress.server import create_server
+    """The console on a real HTTP server in a thread, stopped cleanly after the test."""
+    from werkzeug.serving import make_server
 
-    server = create_server(app, host="127.0.0.1", port=0, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.effective_port}"
-    server.close()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+    server.server_close()
 
 
 def _cli(served: str, token: str, *args: str, stdin: str | None = None) -> Any:
