@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
@@ -163,6 +164,10 @@ def test_each_accepted_type_is_added_with_ssh_keygens_fingerprint(
     assert key.keygen_fingerprint() in event.details
     found = ssh_keys.key_for_login(core, key.keygen_fingerprint())
     assert found is not None and found[0].name == "alice" and found[1].id == added["id"]
+    # the gateway holds a paramiko key: its blob and its own fingerprint give the same
+    kind_name, encoded = key.line.split()[:2]
+    offered = paramiko.PKey.from_type_string(kind_name, base64.b64decode(encoded))
+    assert ssh_keys.fingerprint(offered.asbytes()) == offered.fingerprint == added["fingerprint"]
 
 
 REFUSALS: list[tuple[str, Callable[[dict[str, KeyFile]], str], str]] = [
@@ -319,10 +324,36 @@ def test_an_admin_revokes_anyones_key_and_an_engineer_does_not(
     with pytest.raises(Forbidden):
         ssh_keys.revoke(core, _as(core, "bob"), added["id"])
     assert ssh_keys.key_for_login(core, added["fingerprint"]) is not None
+    assert [k["owner"] for k in ssh_keys.list_all(core)] == ["alice"]
     ssh_keys.revoke(core, _as(core, "root"), added["id"])
     assert ssh_keys.key_for_login(core, added["fingerprint"]) is None
+    assert ssh_keys.list_all(core) == []
     [event] = _events(core, REMOVE, "ok")
     assert event.actor == "root" and json.loads(event.details)["by"] == "admin"
+    # a key revoked as leaked does not come back, not even by its owner
+    with pytest.raises(Conflict, match="an administrator removed this key"):
+        ssh_keys.add(core, _as(core, "alice"), keys["ed25519"].line)
+    assert ssh_keys.key_for_login(core, added["fingerprint"]) is None
+
+
+def test_an_admin_removes_keys_on_the_admin_page(app: Flask, core: Sealroom, alice: str,
+                                                 make_user: MakeUser,
+                                                 keys: dict[str, KeyFile]) -> None:
+    make_user("root", "admin")
+    added = ssh_keys.add(core, _as(core, "alice"), keys["ed25519"].line)
+    root = _logged_in(app, "root")
+    page = root.get("/admin/tokens").get_data(as_text=True)
+    assert f'id="ssh-key-{added["id"]}"' in page and added["fingerprint"] in page
+    done = root.post(f"/admin/ssh-keys/{added['id']}/revoke",
+                     data={"csrf_token": csrf_from(root, "/admin/tokens")})
+    assert done.status_code == 303
+    assert ssh_keys.key_for_login(core, added["fingerprint"]) is None
+    assert 'id="ssh-keys-none"' in root.get("/admin/tokens").get_data(as_text=True)
+    # an engineer may not use the admin form
+    alice_session = _logged_in(app, "alice")
+    assert alice_session.post(f"/admin/ssh-keys/{added['id']}/revoke",
+                              data={"csrf_token": csrf_from(alice_session, "/account")}
+                              ).status_code == 403
 
 
 def test_the_host_key_fingerprint_is_ssh_keygens(tmp_path: Path,
