@@ -120,7 +120,8 @@ def parse(text: str) -> ParsedKey:
     if "BEGIN SSH2 PUBLIC KEY" in text:
         raise BadRequest("this is an RFC 4716 (SSH2) public key; convert it with "
                          "ssh-keygen -i -f FILE and paste the line that prints")
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+    # A byte-order mark is what some Windows editors put before the line they save.
+    lines = [line for line in text.replace("\ufeff", "").strip().splitlines() if line.strip()]
     if not lines:
         raise BadRequest("paste a public key: the one line of your .pub file")
     if len(lines) > 1:

@@ -456,6 +456,15 @@ def test_the_account_page_adds_shows_and_removes_keys(app: Flask, core: Sealroom
     assert keys["rsa2048"].line.split()[1] in text  # the form keeps what was pasted
     assert len(ssh_keys.list_mine(core, _as(core, "alice"))) == 1
 
+    private = keys["ed25519"].private.read_text()
+    refused = _post(client, "/account/ssh-keys", {"public_key": private})
+    assert refused.status_code == 400
+    text = refused.get_data(as_text=True)
+    assert "this is a PRIVATE key; paste the .pub file" in text
+    assert private.splitlines()[1] not in text  # never shown back
+    with_bom = _post(client, "/account/ssh-keys", {"public_key": "\ufeff" + keys["second"].line})
+    assert with_bom.status_code == 303 and len(ssh_keys.list_mine(core, _as(core, "alice"))) == 2
+
     removed = _post(client, f"/account/ssh-keys/{key['id']}/remove")
     assert removed.status_code == 303
     assert fingerprint not in client.get("/account").get_data(as_text=True)
