@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 import struct
 from datetime import UTC, datetime
@@ -20,10 +21,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, func, select
+from sqlmodel import Session, col, func, select
 
 from audit.chain import append, utc_now
-from audit.events import AuditAction, EventDraft
+from audit.events import AuditAction, EventDraft, Outcome
+from audit.models import AuditEvent
 from console.core import Caller, Sealroom
 from console.models import SshKey, User
 from console.permissions import Permission, role_has
@@ -118,7 +120,8 @@ def parse(text: str) -> ParsedKey:
     if "BEGIN SSH2 PUBLIC KEY" in text:
         raise BadRequest("this is an RFC 4716 (SSH2) public key; convert it with "
                          "ssh-keygen -i -f FILE and paste the line that prints")
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+    # A byte-order mark is what some Windows editors put before the line they save.
+    lines = [line for line in text.replace("\ufeff", "").strip().splitlines() if line.strip()]
     if not lines:
         raise BadRequest("paste a public key: the one line of your .pub file")
     if len(lines) > 1:
@@ -194,7 +197,7 @@ def add(core: Sealroom, caller: Caller, text: str, name: str = "") -> dict[str, 
     """Register one public key for the caller. Refused (400, audited, nothing stored): any
     type but ed25519, ecdsa and RSA of at least 3072 bits, a private key, anything but one
     line; 409 if the key is already registered, by anyone (not saying whose). A key its
-    owner removed may be added again by them."""
+    owner removed may be added again by them; one an admin removed may not."""
     target = f"user:{caller.name}"
     with refusals(core, caller, AuditAction.SSH_KEY_ADD, target):
         if caller.user_id is None:
@@ -216,6 +219,9 @@ def add(core: Sealroom, caller: Caller, text: str, name: str = "") -> dict[str, 
                                     f"{holder.name if holder else existing.user_id}"
                                     f"{' (removed)' if existing.removed_at else ''}")
                     raise taken
+                if existing is not None and _removed_by_admin(session, existing):
+                    raise Conflict("an administrator removed this key; it cannot be added "
+                                   "again (make a new one: ssh-keygen -t ed25519)")
                 count = int(session.exec(select(func.count()).select_from(SshKey)
                                          .where(SshKey.user_id == caller.user_id)).one())
                 label = _name(name, parsed.comment, count)
@@ -242,6 +248,17 @@ def add(core: Sealroom, caller: Caller, text: str, name: str = "") -> dict[str, 
     return to_dict(row)
 
 
+def _removed_by_admin(session: Session, key: SshKey) -> bool:
+    """Whether the key's last removal was an admin's (read from the audit log, where every
+    removal is recorded anyway): a key revoked as leaked must not come back."""
+    event = session.exec(select(AuditEvent)
+                         .where(AuditEvent.action == AuditAction.SSH_KEY_REMOVE.value)
+                         .where(AuditEvent.target == f"ssh_key:{key.id}")
+                         .where(AuditEvent.outcome == Outcome.OK.value)
+                         .order_by(col(AuditEvent.id).desc())).first()
+    return event is not None and json.loads(event.details).get("by") == "admin"
+
+
 def list_mine(core: Sealroom, caller: Caller) -> list[dict[str, Any]]:
     """The caller's keys that work (removed ones are gone from their view), oldest first."""
     if caller.user_id is None:
@@ -251,6 +268,16 @@ def list_mine(core: Sealroom, caller: Caller) -> list[dict[str, Any]]:
                             .where(col(SshKey.removed_at).is_(None))
                             .order_by(col(SshKey.id))).all()
     return [to_dict(row) for row in rows]
+
+
+def list_all(core: Sealroom) -> list[dict[str, Any]]:
+    """Every user's working keys with their owner, by owner then age: what an admin
+    revokes from."""
+    with core.read() as session:
+        rows = session.exec(select(SshKey, User.name).join(User, col(User.id) == SshKey.user_id)
+                            .where(col(SshKey.removed_at).is_(None))
+                            .order_by(col(User.name), col(SshKey.id))).all()
+    return [{**to_dict(key), "owner": owner} for key, owner in rows]
 
 
 def _remove(core: Sealroom, caller: Caller, key_id: int, *, any_owner: bool) -> dict[str, Any]:
@@ -279,7 +306,8 @@ def remove(core: Sealroom, caller: Caller, key_id: int) -> dict[str, Any]:
 
 
 def revoke(core: Sealroom, caller: Caller, key_id: int) -> dict[str, Any]:
-    """An admin (`admin:token:manage`) removes anyone's key, say one that leaked."""
+    """An admin (`admin:token:manage`) removes anyone's key, say one that leaked: it cannot
+    be added again."""
     if not role_has(caller.role, Permission.TOKEN_ADMIN):
         with refusals(core, caller, AuditAction.SSH_KEY_REMOVE, f"ssh_key:{key_id}"):
             raise Forbidden("only admins remove other users' SSH keys")

@@ -106,7 +106,9 @@ def add_ssh_key() -> Any:
         key = ssh_keys.add(core(), caller(), text, name)
     except ServiceError as exc:
         flash(f"SSH key not added: {exc.message}.", "error")
-        return _page(status=exc.status, ssh_text=text[:ssh_keys.MAX_TEXT], ssh_name=name)
+        # The form keeps what was pasted, to correct it; never a private key pasted by mistake.
+        kept = "" if "PRIVATE KEY" in text else text[:ssh_keys.MAX_TEXT]
+        return _page(status=exc.status, ssh_text=kept, ssh_name=name)
     flash(f"SSH key {key['name']!r} added ({key['fingerprint']}).", "info")
     return redirect(url_for("account_pages.index", _anchor="ssh-keys"), 303)
 

@@ -1,6 +1,6 @@
 """Admin pages, so the CLI is not the only way: users (create with a role, deactivate and
-reactivate, reset a password), everyone's API tokens (revoke), and registering a dataset from
-the host's import directory (the catalogue itself is the datasets pages')."""
+reactivate, reset a password), everyone's API tokens and SSH keys (revoke), and registering a
+dataset from the host's import directory (the catalogue itself is the datasets pages')."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from console.guards import caller, core, requires
 from console.models import Role
 from console.permissions import Permission
-from console.services import accounts, imports
+from console.services import accounts, imports, ssh_keys
 from console.services.errors import BadRequest, ServiceError
 
 admin_pages = Blueprint("admin_pages", __name__, url_prefix="/admin")
@@ -88,7 +88,8 @@ def reset_password(name: str) -> Any:
 
 
 def _tokens_page(status: int = 200) -> Any:
-    return render_template("admin_tokens.html", tokens=accounts.list_tokens(core())), status
+    return render_template("admin_tokens.html", tokens=accounts.list_tokens(core()),
+                           ssh_keys=ssh_keys.list_all(core())), status
 
 
 @admin_pages.route("/tokens")
@@ -107,6 +108,19 @@ def revoke_token(token_id: int) -> Any:
         return _tokens_page(exc.status)
     flash(f"Token {token_id} is revoked.", "info")
     return redirect(url_for("admin_pages.tokens"), 303)
+
+
+@admin_pages.route("/ssh-keys/<int:key_id>/revoke", methods=["POST"])
+@requires(Permission.TOKEN_ADMIN)
+def revoke_ssh_key(key_id: int) -> Any:
+    try:
+        key = ssh_keys.revoke(core(), caller(), key_id)
+    except ServiceError as exc:
+        flash(f"SSH key {key_id} not removed: {exc.message}.", "error")
+        return _tokens_page(exc.status)
+    flash(f"SSH key {key_id} ({key['fingerprint']}) is removed: the gateway refuses it from "
+          "now on.", "info")
+    return redirect(url_for("admin_pages.tokens", _anchor="ssh-keys"), 303)
 
 
 # --- datasets from the host -----------------------------------------------------------------
