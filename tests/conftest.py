@@ -119,3 +119,20 @@ def dataset(core: Sealroom, tmp_path: Path) -> str:
     datasets.register_dataset(core, OPERATOR, write_dataset(tmp_path / "src"), "demo",
                               ["role:engineer"])
     return "demo"
+
+
+@pytest.fixture
+def served(app: Flask) -> Iterator[str]:
+    """The console on a real HTTP server in a thread (for the CLI's API client), stopped
+    cleanly after the test."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+    server.server_close()

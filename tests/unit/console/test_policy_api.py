@@ -79,7 +79,7 @@ def test_fresh_installation_has_the_default_as_version_1(client: FlaskClient, co
     active = client.get("/api/v1/policy", headers=bearer(people["audrey"])).get_json()
     assert active["version"] == 2
     assert active["policy"]["datasets"] == {"demo": {
-        "allow": ["role:engineer"], "versions": [], "isolation": "runc"}}
+        "allow": ["role:engineer"], "versions": [], "isolation": "runc", "ssh": True}}
     assert "# Sealroom default policy" in active["yaml"]  # the officer's comments are kept
     assert client.get("/api/v1/policy/versions/9", headers=bearer(people["sam"])
                       ).status_code == 404

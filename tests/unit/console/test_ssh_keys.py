@@ -11,9 +11,8 @@ import json
 import shutil
 import struct
 import subprocess
-import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -503,20 +502,6 @@ def test_roles_without_a_shell_see_no_ssh_section(app: Flask, make_user: MakeUse
 
 
 # --- the CLI, over real HTTP ----------------------------------------------------------------
-
-
-@pytest.fixture
-def served(app: Flask) -> Iterator[str]:
-    """The console on a real HTTP server in a thread, stopped cleanly after the test."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
-    server.server_close()
 
 
 def _cli(served: str, token: str, *args: str, stdin: str | None = None) -> Any:

@@ -5,8 +5,7 @@ sandbox-written byte is shown, so nothing spends the disclosure budget."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -64,17 +63,6 @@ def test_the_page_says_why_there_is_no_terminal(app: Flask, core: Sealroom,
     facts = client.get(f"/api/v1/sandboxes/{sandbox_id}/terminal",
                        headers=bearer(alice)).get_json()
     assert not facts["allowed"] and facts["rule"] == "interactive.ssh"
-
-
-@pytest.fixture
-def served(app: Flask) -> Iterator[str]:
-    from waitress.server import create_server
-
-    server = create_server(app, host="127.0.0.1", port=0, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.effective_port}"
-    server.close()
 
 
 def _cli(served: str, token: str, *args: str) -> Any:
