@@ -458,6 +458,10 @@ class DockerBackend:
 
     def remove(self, state: BackendState) -> None:
         found = ContainerState.from_state(state)
+        # The keys first: whoever sees the containers gone then sees no keys either, and a
+        # removal the engine fails leaves no cluster that could use them again.
+        if found.plan is NetworkPlan.MEMBERS_ONLY and found.sandbox_id:
+            self._storage.drop_secrets(found.sandbox_id)
         # The ranks before the launcher whose namespace they share.
         for member in reversed(found.members):
             if self._inspect(member.container) is None:
@@ -465,8 +469,6 @@ class DockerBackend:
             with _engine_errors("remove the sandbox", done=_gone_or_going):
                 # v=True: anonymous volumes an image declares go with the container.
                 self._client().api.remove_container(member.container, force=True, v=True)
-        if found.plan is NetworkPlan.MEMBERS_ONLY and found.sandbox_id:
-            self._storage.drop_secrets(found.sandbox_id)  # the keys go with the cluster
 
     def strays(self, held: BackendState, recorded: BackendState) -> BackendState | None:
         known = ContainerState.from_state(recorded).objects
