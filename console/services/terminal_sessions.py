@@ -27,7 +27,7 @@ from console.services.auditing import refusals
 from console.services.errors import Conflict, NotFound, PolicyDenied, ServiceError
 from console.services.lineage import versions_of
 from console.services.sandboxes import state_of
-from policies.evaluator import PolicyDecision
+from policies.evaluator import PolicyDecision, PolicyEvaluator
 from sandbox.backend import BackendState
 from sandbox.cluster import member_name
 from sandbox.spec import valid_sandbox_id
@@ -37,7 +37,7 @@ _LOGIN = re.compile(r"^(?P<user>[a-z][a-z0-9_.-]{1,31})"
                     r"(?:\+(?P<sandbox>[A-Za-z0-9][A-Za-z0-9_-]{0,63})(?:\.(?P<rank>\d{1,4}))?)?$")
 #: Terminal output is paid for from the ledger in blocks of this size, before it is sent;
 #: what the last block did not use is given back when the session ends.
-LEDGER_BLOCK = 16 << 10
+LEDGER_BLOCK = 64 << 10
 #: The window the per-minute output limit counts over.
 MINUTE_S = 60.0
 AUTH_METHOD = "ssh-key"
@@ -206,10 +206,16 @@ class OutputMeter:
 
     core: Sealroom
     opened: OpenedSession
+    #: The active policy's evaluator, refreshed by the session about once a second (so an
+    #: activation applies to running sessions without a database read per chunk).
+    evaluator: PolicyEvaluator = field(init=False)
     sent: int = 0
     _credit: int = 0
     _blocks: int = 0
     _recent: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.evaluator = self.core.evaluator
 
     def _block_key(self, number: int) -> str:
         return f"{self.opened.id}:{number}"
@@ -220,12 +226,12 @@ class OutputMeter:
         while self._recent and self._recent[0][0] <= now - MINUTE_S:
             self._recent.popleft()
         minute = sum(n for _, n in self._recent)
-        limits = self.core.evaluator.policy.interactive
+        limits = self.evaluator.policy.interactive
         allowed = min(wanted, (limits.output_per_session_kb << 10) - self.sent,
                       (limits.output_per_minute_kb << 10) - minute)
         stop: PolicyDecision | None = None
         if allowed < wanted:
-            stop = self.core.evaluator.terminal_output(
+            stop = self.evaluator.terminal_output(
                 session_bytes=self.sent + wanted, minute_bytes=minute + wanted)
         allowed = max(allowed, 0)
         while self._credit < allowed:
@@ -242,7 +248,7 @@ class OutputMeter:
     def _reserve(self) -> tuple[int, PolicyDecision]:
         with self.core.transaction() as session:
             granted, decision = disclosure.reserve(
-                session, self.core.evaluator, sandbox_id=self.opened.sandbox_id,
+                session, self.evaluator, sandbox_id=self.opened.sandbox_id,
                 user=self.opened.user, channel=disclosure.Channel.TERMINAL,
                 key=self._block_key(self._blocks), wanted=LEDGER_BLOCK)
         if granted:

@@ -74,7 +74,6 @@ class ShellSession:
 
     def run(self) -> Ending:
         """Move bytes until something ends the session; say why on the client's screen."""
-        evaluator = self.core.evaluator
         started = last_input = self._clock()
         next_check = started + POLL_S
         ending: Ending | None = None
@@ -108,7 +107,10 @@ class ShellSession:
                     self.terminal.write(data)
                 if ending is None and now >= next_check:
                     next_check = now + POLL_S
-                    ending = self._check(evaluator, now - started, now - last_input)
+                    # The active policy, once a second: an activation reaches open sessions.
+                    self.meter.evaluator = self.core.evaluator
+                    ending = self._check(self.meter.evaluator, now - started,
+                                         now - last_input)
         except OSError as exc:
             ending = Ending(f"the connection failed ({exc.__class__.__name__})",
                             outcome=Outcome.FAILED)
