@@ -98,6 +98,13 @@ def refuse_login(core: Sealroom, *, login_name: str, fingerprints: list[str],
                 reason=reason, keys=fingerprints[:10], offered=len(fingerprints))
 
 
+def record_idle_login(core: Sealroom, holder: KeyHolder) -> None:
+    """A connection that logged in and asked for nothing before it ended."""
+    core.record(holder.caller().actor, AuditAction.SSH_AUTH, target=f"ssh:{holder.user}",
+                reason="logged in with a registered key; no terminal was asked for",
+                key=holder.fingerprint)
+
+
 def refuse_request(core: Sealroom, holder: KeyHolder, *, kind: str, reason: str,
                    session_id: str = "", **details: object) -> None:
     """A request the gateway never grants (forwarding, exec, sftp, env, X11, agent)."""

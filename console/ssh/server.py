@@ -149,6 +149,10 @@ class Gateway:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             log.info("ssh connection from %s ended: %s", source, exc)
         finally:
+            if interface.holder is not None and not interface.decided.is_set() \
+                    and not interface.refusals:
+                # Logged in, then asked for nothing (`ssh -N`): recorded all the same.
+                terminal_sessions.record_idle_login(self.core, interface.holder)
             if interface.holder is None and interface.offered:
                 terminal_sessions.refuse_login(
                     self.core, login_name=interface.login_name, fingerprints=interface.offered,

@@ -412,3 +412,13 @@ def accounts_token(core: Sealroom, name: str) -> str:
     from tests.helpers import OPERATOR
 
     return accounts.create_token(core, OPERATOR, name)
+
+
+def test_a_login_that_asks_for_nothing_is_recorded(core: Sealroom, gateway: Gateway) -> None:
+    key = _register(core, "alice")
+    client = _connect(gateway, "alice", key)
+    client.close()
+    gateway.stop()
+    logged, = recorded(core, AuditAction.SSH_AUTH.value)
+    assert (logged.actor, logged.outcome) == ("alice", Outcome.OK.value)
+    assert "no terminal was asked for" in logged.reason
