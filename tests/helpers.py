@@ -133,8 +133,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_console(home: Path, port: int) -> Any:
-    """`sealroom up` as a real process on `port`; returns the Popen once /healthz answers."""
+def serve_console(home: Path, port: int, ssh_port: int = 0) -> Any:
+    """`sealroom up` as a real process on `port` (and the SSH gateway on `ssh_port`; 0: none,
+    so a console a developer runs on 2222 never collides); returns the Popen once /healthz
+    answers."""
     import os
     import subprocess
     import sys
@@ -143,7 +145,7 @@ def serve_console(home: Path, port: int) -> Any:
     import requests
 
     env = {**os.environ, "SEALROOM_HOME": str(home), "SEALROOM_PORT": str(port),
-           "SEALROOM_SUPERVISE_INTERVAL": "0.5"}
+           "SEALROOM_SUPERVISE_INTERVAL": "0.5", "SEALROOM_SSH_PORT": str(ssh_port)}
     process = subprocess.Popen([sys.executable, "-m", "console.cli", "up"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
