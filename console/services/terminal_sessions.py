@@ -130,6 +130,8 @@ class OpenedSession:
     backend_state: BackendState
     recording: Path
     policy_version: int
+    key_fingerprint: str = ""
+    datasets: tuple[str, ...] = ()
 
 
 def _datasets(record: Sandbox) -> list[str]:
@@ -194,7 +196,22 @@ def open_session(core: Sealroom, holder: KeyHolder, login: Login) -> OpenedSessi
                     "rule": decision.rule, "policy_version": decision.policy_version}))
     ssh_keys.touch(core, holder.key_id)
     return OpenedSession(session_id, holder.user, holder.role, record.id, member,
-                         state_of(record), recording, decision.policy_version)
+                         state_of(record), recording, decision.policy_version,
+                         holder.fingerprint, tuple(_datasets(record)))
+
+
+def still_allowed(core: Sealroom, opened: OpenedSession,
+                  evaluator: PolicyEvaluator) -> Ending | None:
+    """Why an open session must end now though nothing in it did: its user was deactivated,
+    its key removed, or the active policy no longer lets it open (None: it may go on)."""
+    found = ssh_keys.key_for_login(core, opened.key_fingerprint)
+    if found is None or found[0].name != opened.user:
+        return Ending("the account or its SSH key no longer opens terminals",
+                      outcome=Outcome.DENIED)
+    decision = evaluator.may_open_ssh(opened.user, found[0].role, opened.datasets)
+    if not decision:
+        return Ending(decision.reason, decision.rule, Outcome.DENIED)
+    return None
 
 
 def sandbox_running(core: Sealroom, sandbox_id: str) -> bool:

@@ -138,7 +138,7 @@ class ShellSession:
                 return Ending(decision.reason, decision.rule, Outcome.DENIED)
         if not terminal_sessions.sandbox_running(self.core, self.opened.sandbox_id):
             return Ending("the sandbox stopped")
-        return None
+        return terminal_sessions.still_allowed(self.core, self.opened, evaluator)
 
     def _finish(self, ending: Ending) -> None:
         banner = end_banner(ending.reason)

@@ -422,3 +422,32 @@ def test_a_login_that_asks_for_nothing_is_recorded(core: Sealroom, gateway: Gate
     logged, = recorded(core, AuditAction.SSH_AUTH.value)
     assert (logged.actor, logged.outcome) == ("alice", Outcome.OK.value)
     assert "no terminal was asked for" in logged.reason
+
+
+@pytest.mark.parametrize("change", ["deactivate", "remove key", "policy"])
+def test_an_open_session_ends_when_its_user_key_or_policy_no_longer_allows_it(
+        core: Sealroom, gateway: Gateway, fake_backend: FakeBackend, change: str) -> None:
+    from console.services import accounts
+    from tests.helpers import OPERATOR
+
+    key = _register(core, "alice")
+    _launch(core)
+    client = _connect(gateway, "alice", key)
+    channel = client.invoke_shell()
+    terminal = fake_backend.wait_for_terminal()
+    channel.sendall(b"x")
+    _peer_read(terminal, b"x")
+    if change == "deactivate":
+        accounts.set_active(core, OPERATOR, "alice", False)
+    elif change == "remove key":
+        alice = _caller(core, "alice")
+        ssh_keys.remove(core, alice, ssh_keys.list_mine(core, alice)[0]["id"])
+    else:
+        change_policy(core, {"interactive": {"ssh": False}})
+    got = _read_all(channel)
+    expected = b"SSH access is turned off" if change == "policy" \
+        else b"the account or its SSH key no longer opens terminals"
+    assert expected in got
+    client.close()
+    row = _wait_ended(core, gateway)
+    assert row.ended_at is not None
