@@ -39,6 +39,11 @@ class Terminal(Protocol):
 
     def resize(self, size: TerminalSize) -> None: ...
 
+    def exit_code(self) -> int | None:
+        """The shell's exit status once it ended (above 128: killed by a signal); None while
+        it runs or when unknown."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -78,6 +83,16 @@ class DockerTerminal:
         # A resize racing the shell's end changes nothing.
         with contextlib.suppress(Exception):
             self._api.exec_resize(self.exec_id, height=size.height, width=size.width)
+
+    def exit_code(self) -> int | None:
+        try:
+            found = self._api.exec_inspect(self.exec_id)
+        except Exception:  # noqa: BLE001 - the container may be gone with its exec
+            return None
+        if found.get("Running"):
+            return None
+        code = found.get("ExitCode")
+        return code if isinstance(code, int) else None
 
     def close(self) -> None:
         """Hang up: closing the connection ends the shell's terminal (it gets SIGHUP)."""

@@ -119,6 +119,7 @@ class FakeTerminal:
         self.sizes = [size]
         self._socket, self.peer = socket.socketpair()
         self.closed = False
+        self.ended = False
 
     def fileno(self) -> int:
         return self._socket.fileno()
@@ -135,8 +136,12 @@ class FakeTerminal:
     def resize(self, size: TerminalSize) -> None:
         self.sizes.append(size)
 
+    def exit_code(self) -> int | None:
+        return 0 if self.ended else None
+
     def hang_up(self) -> None:
         """The shell ends (the member stopped, or `exit`)."""
+        self.ended = True
         with contextlib.suppress(OSError):
             self.peer.shutdown(socket.SHUT_RDWR)
 

@@ -28,6 +28,8 @@ from sandbox.terminal import Terminal, TerminalSize
 #: How often the loop wakes without traffic to check timeouts and the sandbox.
 POLL_S = 1.0
 READ_SIZE = 16 << 10
+#: How long a shell killed by a signal waits for the engine to call its sandbox stopped.
+STOP_SETTLE_S = 5.0
 
 
 def end_banner(reason: str) -> bytes:
@@ -120,17 +122,31 @@ class ShellSession:
     def _pump_output(self, now: float) -> Ending | None:
         data = self.terminal.read(READ_SIZE)
         if not data:
-            # The engine, not the database: the supervisor may not have seen the stop yet.
-            if not terminal_sessions.sandbox_running(self.core, self.opened.sandbox_id) \
-                    or not _still_running(self.core, self.opened):
-                return Ending("the sandbox stopped")
-            return Ending("the shell ended")
+            return Ending("the sandbox stopped") if self._sandbox_went() \
+                else Ending("the shell ended")
         allowed, stop = self.meter.admit(len(data), now)
         if allowed:
             self._send(data[:allowed])
         if stop is not None:
             return Ending(stop.reason, stop.rule, Outcome.DENIED)
         return None
+
+    def _sandbox_went(self) -> bool:
+        """Whether the shell ended because its sandbox did. The engine, not the database: the
+        supervisor may not have seen the stop yet; and a shell killed by a signal may end a
+        moment before the engine calls its container stopped, so that case waits briefly."""
+        if not terminal_sessions.sandbox_running(self.core, self.opened.sandbox_id) \
+                or not _still_running(self.core, self.opened):
+            return True
+        code = self.terminal.exit_code()
+        if code is not None and code <= 128:
+            return False  # `exit`, or the shell's own end
+        deadline = time.monotonic() + STOP_SETTLE_S  # real time, whatever the session's clock
+        while time.monotonic() < deadline:
+            if not _still_running(self.core, self.opened):
+                return True
+            time.sleep(0.1)
+        return False
 
     def _check(self, evaluator: PolicyEvaluator, age: float, idle: float) -> Ending | None:
         for decision in (evaluator.terminal_age(age), evaluator.terminal_idle(idle)):

@@ -32,6 +32,7 @@ from sandbox.spec import (
     SandboxSpec,
 )
 from sandbox.storage import LocalStorage
+from sandbox.terminal import DockerTerminal
 from sandbox.volumes import OUTBOX, WORKSPACE
 from tests.engine_fixtures import need_engine
 
@@ -283,9 +284,28 @@ def test_a_running_cluster_rank_meets_section_5(
     backend.remove(state)
 
 
-def test_the_platform_never_execs_into_a_sandbox() -> None:
-    """5.23 and 5.24 are about `docker exec`: no code of the platform uses it."""
+def test_the_platforms_only_exec_is_the_terminal_as_the_sandbox_user(
+        backend: DockerBackend, make_spec: Callable[..., SandboxSpec], python_image: str,
+        docker_client: docker.DockerClient) -> None:
+    """5.23 and 5.24 are about `docker exec`: the platform's one use of it is the SSH
+    gateway's terminal (`sandbox/terminal.py`), never privileged, never root: checked on the
+    engine's own record of a real terminal's exec."""
     used = [str(p.relative_to(REPO)) for package in ("sandbox", "console")
             for p in (REPO / package).rglob("*.py")
-            if re.search(r"\bexec_(run|create|start)\b|\"exec\"", p.read_text())]
-    assert used == []
+            if re.search(r"\bexec_(run|create|start)\b", p.read_text())]
+    assert used == ["sandbox/terminal.py"]
+    state = backend.create(make_spec(python_image))
+    backend.start(state)
+    (container_id,) = _members(state).values()
+    _running(docker_client, container_id,
+             lambda ps: any("time.sleep" in p.get("COMMAND", "") for p in ps))
+    terminal = backend.open_terminal(state)
+    try:
+        assert isinstance(terminal, DockerTerminal)
+        process = docker_client.api.exec_inspect(terminal.exec_id)["ProcessConfig"]
+        assert process["privileged"] is False
+        assert process["user"] == f"{SANDBOX_UID}:{SANDBOX_UID}"
+    finally:
+        terminal.close()
+        backend.stop(state)
+        backend.remove(state)
