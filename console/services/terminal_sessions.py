@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func
 from sqlmodel import col, select
 
 from audit.chain import append, utc_now
 from audit.events import Actor, AuditAction, EventDraft, Outcome
 from audit.recordings import RecordingDigest, digest_of
 from console.core import Caller, Sealroom
-from console.models import Sandbox, SandboxStatus, TerminalSession
+from console.models import DisclosureItem, Sandbox, SandboxStatus, TerminalSession
 from console.services import disclosure, ssh_keys
 from console.services.auditing import refusals
-from console.services.errors import Conflict, NotFound, PolicyDenied, ServiceError
+from console.services.errors import Conflict, NotFound, PolicyDenied
 from console.services.lineage import versions_of
 from console.services.sandboxes import state_of
 from policies.evaluator import PolicyDecision, PolicyEvaluator
@@ -236,6 +237,7 @@ class OutputMeter:
     sent: int = 0
     _credit: int = 0
     _blocks: int = 0
+    _last_block: int = 0  # bytes the last block was charged
     _recent: deque[tuple[float, int]] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
@@ -278,28 +280,18 @@ class OutputMeter:
         if granted:
             self._blocks += 1
             self._credit += granted
+            self._last_block = granted
         return granted, decision
 
     def settle(self) -> None:
         """Give back the unused part of the last block paid for."""
         if self._blocks and self._credit:
             with self.core.transaction() as session:
-                last = self._block_key(self._blocks - 1)
-                row_bytes = _block_bytes(session, self.opened.sandbox_id, last)
                 disclosure.settle(session, sandbox_id=self.opened.sandbox_id,
-                                  channel=disclosure.Channel.TERMINAL, key=last,
-                                  used=row_bytes - self._credit)
+                                  channel=disclosure.Channel.TERMINAL,
+                                  key=self._block_key(self._blocks - 1),
+                                  used=self._last_block - self._credit)
             self._credit = 0
-
-
-def _block_bytes(session: Any, sandbox_id: str, key: str) -> int:
-    from console.models import DisclosureItem
-
-    row = session.exec(select(DisclosureItem.bytes).where(
-        DisclosureItem.sandbox_id == sandbox_id).where(
-        DisclosureItem.channel == disclosure.Channel.TERMINAL.value).where(
-        DisclosureItem.item == key)).first()
-    return int(row or 0)
 
 
 # --- the end -------------------------------------------------------------------------------
@@ -371,20 +363,12 @@ def recover(core: Sealroom) -> int:
 
 
 def _ledger_spent(core: Sealroom, sandbox_id: str, session_id: str) -> int:
-    from sqlalchemy import func
-
-    from console.models import DisclosureItem
-
     with core.read() as session:
         return int(session.exec(select(func.coalesce(func.sum(DisclosureItem.bytes), 0)).where(
             DisclosureItem.sandbox_id == sandbox_id).where(
             DisclosureItem.channel == disclosure.Channel.TERMINAL.value).where(
             col(DisclosureItem.item).startswith(f"{session_id}:"))).one())
 
-
-def describe(error: ServiceError) -> str:
-    """A refusal as one line for the client's screen."""
-    return error.message
 
 
 # --- what the sandbox page and the API show ------------------------------------------------

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import paramiko
 
@@ -26,6 +27,7 @@ from sandbox.errors import SandboxError
 from sandbox.terminal import TerminalSize
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: What the gateway offers, strongest first: no SHA-1, no CBC, no NIST-curve key exchange,
 #: encrypt-then-MAC only; paramiko adds strict key exchange (the Terrapin fix).
@@ -137,10 +139,11 @@ class Gateway:
         interface = GatewayInterface(self.core, source)
         try:
             transport.start_server(server=interface)
-            channel = self._first_channel(transport)
+            channel = self._until(transport, lambda: transport.accept(timeout=0.2))
             if channel is None:
                 return
-            if not self._wait(transport, interface.decided) or not interface.shell:
+            decided = self._until(transport, lambda: interface.decided.wait(0.2) or None)
+            if not decided or not interface.shell:
                 interface.report_environment()
                 _say(channel, "sealroom: only interactive terminals are served "
                      "(ssh -t); this request was refused and recorded")
@@ -164,24 +167,16 @@ class Gateway:
                 transport.join(timeout=CLOSE_GRACE_S)
             transport.close()
 
-    def _first_channel(self, transport: paramiko.Transport) -> paramiko.Channel | None:
-        """The connection's session channel; None if it never comes (a failed login, the
-        client gone, the handshake too slow, the gateway stopping)."""
+    def _until(self, transport: paramiko.Transport, ready: Callable[[], T | None]) -> T | None:
+        """What `ready` gives (it waits up to 0.2 s), asked until it gives something or the
+        connection ends, the handshake is too slow or the gateway stops."""
         deadline = time.monotonic() + HANDSHAKE_S
         while transport.is_active() and not self._stopping.is_set() \
                 and time.monotonic() < deadline:
-            channel = transport.accept(timeout=0.2)
-            if channel is not None:
-                return channel
+            found = ready()
+            if found is not None:
+                return found
         return None
-
-    def _wait(self, transport: paramiko.Transport, event: threading.Event) -> bool:
-        deadline = time.monotonic() + HANDSHAKE_S
-        while transport.is_active() and not self._stopping.is_set() \
-                and time.monotonic() < deadline:
-            if event.wait(0.2):
-                return True
-        return event.is_set()
 
     def _shell(self, transport: paramiko.Transport, channel: paramiko.Channel,
                interface: GatewayInterface) -> None:

@@ -140,7 +140,8 @@ def _sessions(core: Sealroom) -> list[TerminalSession]:
 
 def test_a_shell_runs_in_the_sandbox_as_its_user_and_the_recording_is_exact(
         room: Room, docker_client: object) -> None:
-    container = json.loads(_record(room).backend_state)["members"][0]["container"]
+    state = json.loads(_record(room.core, room.sandbox_id).backend_state)
+    container = state["members"][0]["container"]
     hostname = docker_client.api.inspect_container(container)["Config"]["Hostname"]  # type: ignore[attr-defined]
     done = room.ssh("-tt", stdin=b"id -u; hostname; ls /data/demo; exit\n")
     assert done.returncode == 0, done.stderr
@@ -156,9 +157,9 @@ def test_a_shell_runs_in_the_sandbox_as_its_user_and_the_recording_is_exact(
         == len(out)
 
 
-def _record(room: Room) -> Sandbox:
-    with room.core.read() as session:
-        row = session.get(Sandbox, room.sandbox_id)
+def _record(core: Sealroom, sandbox_id: str) -> Sandbox:
+    with core.read() as session:
+        row = session.get(Sandbox, sandbox_id)
     assert row is not None
     return row
 

@@ -25,6 +25,7 @@ from tests.integration.test_ssh_openssh import (
     SLEEPER,
     Room,
     _caller,
+    _record,
     _running,
     _sessions,
 )
@@ -45,7 +46,7 @@ def test_a_chosen_rank_of_a_cluster(room: Room, docker_client: docker.DockerClie
     sandbox_service.stop(room.core, _caller(room.core, "alice"), room.sandbox_id)
     cluster = _launch(room.core, kind="mpi", ranks=2)
     members = {m["name"]: m["container"]
-               for m in json.loads(_record_of(room.core, cluster).backend_state)["members"]}
+               for m in json.loads(_record(room.core, cluster).backend_state)["members"]}
     # Ranks share the launcher's host name and network; each has its own /tmp: mark them.
     for name, container in members.items():
         marked = docker_client.containers.get(container).exec_run(
@@ -62,13 +63,6 @@ def test_a_chosen_rank_of_a_cluster(room: Room, docker_client: docker.DockerClie
     assert row.member == "rank-1"
 
 
-def _record_of(core: Sealroom, sandbox_id: str) -> Any:
-    from console.models import Sandbox
-
-    with core.read() as session:
-        return session.get(Sandbox, sandbox_id)
-
-
 def test_a_shell_in_a_gvisor_sandbox_runs_on_gvisors_kernel(room: Room, gvisor: None) -> None:
     sandbox_service.stop(room.core, _caller(room.core, "alice"), room.sandbox_id)
     change_policy(room.core, {"isolation": {"default": "gvisor"}})
@@ -76,7 +70,7 @@ def test_a_shell_in_a_gvisor_sandbox_runs_on_gvisors_kernel(room: Room, gvisor: 
     done = room.ssh("-tt", login=f"alice+{boxed}", stdin=b"uname -r; exit\n")
     assert done.returncode == 0, done.stderr
     assert b"4.4.0\r\n" in done.stdout  # gVisor's kernel, not the host's
-    assert _record_of(room.core, boxed).status == "running"
+    assert _record(room.core, boxed).status == "running"
 
 
 def test_the_session_ends_when_the_sandbox_is_stopped(room: Room) -> None:
@@ -139,7 +133,7 @@ def test_resizes_reach_the_shell_and_it_runs_inside_the_limits(room: Room) -> No
     assert b"30 100\r\n" in ask(b"stty size; echo done-$((1+1))\n", b"done-2\r\n")
     channel.resize_pty(width=132, height=43)
     assert b"43 132\r\n" in ask(b"stty size; echo done-$((1+2))\n", b"done-3\r\n")
-    limit = _record_of(room.core, room.sandbox_id).memory_mb << 20
+    limit = _record(room.core, room.sandbox_id).memory_mb << 20
     seen = ask(b"cat /sys/fs/cgroup/memory/memory.limit_in_bytes; echo done-$((2+2))\n",
                b"done-4\r\n")
     assert f"{limit}\r\n".encode() in seen
