@@ -117,6 +117,7 @@ class FakeTerminal:
         self.container = container
         self.term = term
         self.sizes = [size]
+        self._resized = threading.Condition()
         self._socket, self.peer = socket.socketpair()
         self.closed = False
         self.ended = False
@@ -134,7 +135,16 @@ class FakeTerminal:
         self._socket.sendall(data)
 
     def resize(self, size: TerminalSize) -> None:
-        self.sizes.append(size)
+        with self._resized:
+            self.sizes.append(size)
+            self._resized.notify_all()
+
+    def wait_for_size(self, width: int, height: int, timeout: float = 30.0) -> None:
+        """Block until the gateway has passed on a resize to `width`×`height`."""
+        wanted = TerminalSize(width=width, height=height)
+        with self._resized:
+            if not self._resized.wait_for(lambda: self.sizes[-1] == wanted, timeout):
+                raise AssertionError(f"no resize to {wanted}; saw {self.sizes}")
 
     def exit_code(self) -> int | None:
         return 0 if self.ended else None
