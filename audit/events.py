@@ -41,6 +41,8 @@ class AuditAction(enum.StrEnum):
     SANDBOX_VIEW = "sandbox:sandbox:view"
     CODE_UPLOAD = "sandbox:code:upload"
     LOGS_VIEW = "sandbox:logs:view"
+    METRICS_VIEW = "sandbox:metrics:view"  # training metrics read from the log and shown
+    METRICS_DROP = "sandbox:metrics:drop"  # metric lines or points not kept, counted by reason
     OUTBOX_VIEW = "sandbox:outbox:view"
     OUTBOX_HASH = "sandbox:outbox:hash"
     DISCLOSURE_VIEW = "policy:disclosure:view"

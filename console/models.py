@@ -320,3 +320,31 @@ class TerminalSession(SQLModel, table=True):
     recording: str  # its file name in the installation's recordings directory
     recording_sha256: str = ""
     recording_bytes: int = 0
+
+
+class MetricStream(SQLModel, table=True):
+    """How far the console has read a sandbox's training-metric lines (a position in its log
+    copy), what it kept and what it dropped (counts by reason)."""
+
+    __tablename__ = "metric_stream"
+
+    sandbox_id: str = Field(primary_key=True, foreign_key="sandbox.id")
+    position: int = 0  # the log position after the last line read
+    points: int = 0  # points kept (and paid for)
+    series: int = 0  # distinct (rank, name) kept
+    dropped: str = "{}"  # JSON: reason -> count
+    total_steps: int | None = None  # as the job declared it
+    spent: int = 0  # bytes of the disclosure budget these points cost
+
+
+class MetricPoint(SQLModel, table=True):
+    """One training-metric point a sandbox's job printed and the console kept and paid for."""
+
+    __tablename__ = "metric_point"
+
+    id: int | None = Field(default=None, primary_key=True)
+    sandbox_id: str = Field(index=True, foreign_key="sandbox.id")
+    rank: int
+    name: str
+    step: int
+    value: float

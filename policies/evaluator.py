@@ -332,6 +332,27 @@ class PolicyEvaluator:
                             f"the disclosure budget of {budget.per_sandbox_bytes:,} bytes for "
                             "this sandbox is spent")
 
+    def metrics_room(self, *, shown_points: int, series: int, running_s: float) -> tuple[
+            PolicyDecision, int, int]:
+        """How many more training-metric points a sandbox that has shown `shown_points` in
+        `series` series over `running_s` seconds of its run may show now, and how many more
+        series; the decision names the tighter rule."""
+        metrics = self.policy.metrics
+        if not metrics.enabled:
+            return self._decide(False, "metrics.enabled", "training metrics are turned off"), \
+                0, 0
+        by_rate = metrics.points_per_minute * (1 + int(max(running_s, 0.0)) // 60) - shown_points
+        in_all = metrics.max_points - shown_points
+        series_room = max(metrics.max_series - series, 0)
+        if in_all <= by_rate:
+            rule, room = "metrics.max_points", in_all
+        else:
+            rule, room = "metrics.points_per_minute", by_rate
+        if room <= 0:
+            return self._decide(False, rule, "no more training metrics may be shown now"), \
+                0, series_room
+        return self._decide(True, rule, "within the training-metric limits"), room, series_room
+
     def may_open_ssh(self, user: str, role: str,
                      datasets: Sequence[str] = ()) -> PolicyDecision:
         """Whether `user` may open a terminal in one of their sandboxes that mounts (or

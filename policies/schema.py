@@ -222,6 +222,21 @@ class Interactive(_Strict):
         return data
 
 
+class Metrics(_Strict):
+    """Training curves: numbers a job prints with `sealroom.log_metrics`. Each point shown
+    spends the disclosure budget (`bytes_per_point`, and a new series its name's length);
+    these caps bound what a run's curves can carry whatever the budget."""
+
+    enabled: bool = True
+    #: Points a sandbox may show per minute of its run (and this many at once to start).
+    points_per_minute: int = Field(default=600, ge=1, le=1_000_000)
+    #: Points one sandbox may show in all, and series (name × rank).
+    max_points: int = Field(default=20_000, ge=1, le=1_000_000)
+    max_series: int = Field(default=32, ge=1, le=1_000)
+    #: What one point (a step and a float64) costs from the disclosure budget.
+    bytes_per_point: int = Field(default=16, ge=1, le=1024)
+
+
 class OutboxDisclosure(_Strict):
     """What the outbox listing may show of what a sandbox wrote there."""
 
@@ -336,6 +351,7 @@ class Policy(_Strict):
     resources: Resources = Resources()
     network: Network = Network()
     interactive: Interactive = Interactive()
+    metrics: Metrics = Metrics()
     disclosure: Disclosure = Disclosure()
     uploads: Uploads = Uploads()
     launch: Launch = Launch()

@@ -104,12 +104,15 @@ def inputs_digest(parts: Iterable[tuple[str, bytes]]) -> str:
     return h.hexdigest()
 
 
-def base_inputs_digest(dockerfile: bytes, requirements: bytes, base_image_id: str) -> str:
-    """The hash that names ``sealroom/base``: its Dockerfile, requirements and base image."""
+def base_inputs_digest(dockerfile: bytes, requirements: bytes, base_image_id: str, *,
+                       helper: bytes = b"") -> str:
+    """The hash that names ``sealroom/base``: its Dockerfile, requirements, the in-sandbox
+    helper module (``sealroom.py``) and base image."""
     return inputs_digest(
         [
             ("Dockerfile", dockerfile),
             ("requirements.txt", requirements),
+            ("sealroom.py", helper),
             ("base-image-id", base_image_id.encode()),
         ]
     )
@@ -200,6 +203,7 @@ def ensure_base_image(
     base_dir = images_dir / "base"
     dockerfile = _read(base_dir / "Dockerfile")
     requirements = _read(base_dir / "requirements.txt")
+    helper = _read(base_dir / "sealroom.py")
 
     if base_image is None:
         parent_ref = ensure_minbase(images_dir=images_dir, client=client, log=log).tag
@@ -207,7 +211,7 @@ def ensure_base_image(
         parent_ref = base_image
     parent_id = _local_image_id(client, parent_ref, pull=base_image is not None)
 
-    digest = base_inputs_digest(dockerfile, requirements, parent_id)
+    digest = base_inputs_digest(dockerfile, requirements, parent_id, helper=helper)
     ref = image_reference("base", digest)
     existing = _image_if_present(client, "base", ref)
     if existing is not None:
@@ -224,6 +228,7 @@ def ensure_base_image(
         context = Path(tmp)
         (context / "Dockerfile").write_bytes(dockerfile)
         (context / "requirements.txt").write_bytes(requirements)
+        (context / "sealroom.py").write_bytes(helper)
         _link_tree(wheelhouse, context / "wheelhouse")
         log(f"images: building {ref} FROM {parent_ref} ({parent_id[:19]})")
         started = time.monotonic()

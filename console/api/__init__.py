@@ -141,6 +141,15 @@ def sandbox_logs(sandbox_id: str) -> Any:
     return response
 
 
+@api.route("/sandboxes/<sandbox_id>/metrics", methods=["GET"])
+@api_requires(Permission.LOGS_READ)
+def sandbox_metrics(sandbox_id: str) -> Any:
+    since = request.args.get("since", "0")
+    if not since.isdigit():
+        raise _Bad("since must be a whole number (the cursor of an earlier answer)")
+    return jsonify(sandbox_service.metrics(core(), caller(), sandbox_id, since=int(since)))
+
+
 @api.route("/sandboxes/<sandbox_id>/stop", methods=["POST"])
 @api_requires(Permission.SANDBOX_STOP)
 def stop_sandbox(sandbox_id: str) -> Any:

@@ -25,6 +25,7 @@ class Channel(enum.StrEnum):
     LOG = "log"
     OUTBOX_NAME = "outbox_name"
     TERMINAL = "terminal"  # blocks of a terminal session's output (console/ssh)
+    METRICS = "metrics"  # training-metric points and series names (training_metrics)
 
 
 @dataclass(frozen=True)

@@ -147,13 +147,21 @@ def read(core: Sealroom, row: SandboxLog, start: int, end: int) -> bytes:
         return handle.read(end - start)
 
 
+def current(core: Sealroom, sandbox_id: str, state: BackendState, *,
+            running: bool) -> SandboxLog:
+    """The copy brought up to date: grown from the engine while the sandbox runs, taken to
+    the end once it has ended (unless that was done already)."""
+    row = pull(core, sandbox_id, state) if running else _row(core, sandbox_id)
+    if not running and not row.complete and state:
+        row = pull(core, sandbox_id, state, final=True)
+    return row
+
+
 def view(core: Sealroom, caller: Caller, sandbox_id: str, state: BackendState, *,
          running: bool, offset: int, limit: int) -> tuple[bytes, int, int]:
     """Bytes of the log from `offset` (negative: from the end) that the disclosure budget
     lets this caller see; returns (bytes, where they start, the log's length so far)."""
-    row = pull(core, sandbox_id, state) if running else _row(core, sandbox_id)
-    if not running and not row.complete and state:
-        row = pull(core, sandbox_id, state, final=True)
+    row = current(core, sandbox_id, state, running=running)
     total = row.size
     start = max(row.base, total + offset if offset < 0 else offset)
     end = min(total, start + max(limit, 0))

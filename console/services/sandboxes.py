@@ -18,7 +18,7 @@ from audit.events import Actor, AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
 from console.models import Sandbox, SandboxInput, SandboxStatus
 from console.permissions import Permission, role_has
-from console.services import dataset_versions, sandbox_log
+from console.services import dataset_versions, sandbox_log, training_metrics
 from console.services import lineage as lineage_service
 from console.services import outbox as outbox_service
 from console.services.errors import BadRequest, EngineDown, NotFound
@@ -350,6 +350,15 @@ def rank_logs(core: Sealroom, caller: Caller, sandbox_id: str, rank: int, *,
         # block shown once is free to show again).
         chunk = chunk[:chunk.rindex(b"\n") + 1]
     return rank_output(chunk, rank), start, start + len(chunk), total
+
+
+def metrics(core: Sealroom, caller: Caller, sandbox_id: str, *,
+            since: int = 0) -> dict[str, object]:
+    """The sandbox's training curves as its owner may see them (see
+    `console.services.training_metrics`): new points past `since`, paid for and audited."""
+    if since < 0:
+        raise BadRequest("since must be 0 or more")
+    return training_metrics.series(core, caller, get(core, caller, sandbox_id), since=since)
 
 
 def outbox(core: Sealroom, caller: Caller, sandbox_id: str) -> dict[str, object]:

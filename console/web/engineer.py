@@ -200,6 +200,19 @@ def live(sandbox_id: str) -> Any:
     return jsonify(body)
 
 
+@engineer.route("/<sandbox_id>/metrics")
+@requires(Permission.LOGS_READ)
+def metrics(sandbox_id: str) -> Any:
+    """What the detail page's charts poll: new training-metric points past `since`."""
+    since = request.args.get("since", "0")
+    try:
+        if not since.isdigit():
+            raise BadRequest("since must be a whole number")
+        return jsonify(sandbox_service.metrics(core(), caller(), sandbox_id, since=int(since)))
+    except ServiceError as exc:
+        return jsonify({"error": {"code": exc.code, "message": exc.message}}), exc.status
+
+
 @engineer.route("/<sandbox_id>/stop", methods=["POST"])
 @requires(Permission.SANDBOX_STOP)
 def stop(sandbox_id: str) -> Any:

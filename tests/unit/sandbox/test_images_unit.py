@@ -267,3 +267,9 @@ def test_horovod_inputs_are_pinned_and_the_image_drops_root() -> None:
     ]
     assert [ln for ln in lines if ln.startswith("FROM ")] == ["FROM ${BASE_IMAGE}"]
     assert [ln for ln in lines if ln.startswith("USER ")][-1] == "USER 10001:10001"
+
+
+def test_a_changed_in_sandbox_helper_changes_the_tag() -> None:
+    # sealroom.py (log_metrics) is copied into the image: a new helper is a new image.
+    original = images.base_inputs_digest(DOCKERFILE, REQUIREMENTS, BASE_ID, helper=b"v1")
+    assert images.base_inputs_digest(DOCKERFILE, REQUIREMENTS, BASE_ID, helper=b"v2") != original
