@@ -125,6 +125,49 @@ def sandbox_lineage(sandbox_id: str, url: str, token: str) -> None:
         click.echo(f"  used by   {s['sandbox']} ({s['owner']}, via {s['via']})")
 
 
+@sandbox.command("metrics")
+@click.argument("sandbox_id")
+@click.option("--csv", "as_csv", is_flag=True, help="every point as CSV: name,rank,step,value")
+@_url
+@_token
+def sandbox_metrics(sandbox_id: str, as_csv: bool, url: str, token: str) -> None:
+    """A sandbox's training metrics (what `sealroom.log_metrics` printed): the last value of
+    each series, progress, and what the console dropped. Points shown spend the disclosure
+    budget like the log."""
+    api, since = _Api(url, token), 0
+    series: dict[tuple[str, int], list[list[float]]] = {}
+    while True:
+        body = api.call("GET", f"/sandboxes/{sandbox_id}/metrics?since={since}")
+        for s in body["series"]:
+            series.setdefault((s["name"], s["rank"]), []).extend(s["points"])
+        since = body["cursor"]
+        if not body["more"]:
+            break
+    if as_csv:
+        click.echo("name,rank,step,value")
+        for (name, rank), points in sorted(series.items()):
+            for step, value in points:
+                click.echo(f"{name},{rank},{int(step)},{value!r}")
+        return
+    for (name, rank), points in sorted(series.items()):
+        step, value = points[-1]
+        click.echo(f"{name:<24} rank {rank:<3} {len(points):>6} points  step {int(step):>8}  "
+                   f"last {value:.6g}")
+    if not series:
+        click.echo("no training metrics yet")
+    progress = body["progress"]
+    if progress:
+        left = "" if progress["remaining_s"] is None else \
+            f", about {progress['remaining_s']:.0f} s left"
+        click.echo(f"progress: step {progress['step']} of {progress['total_steps']}{left}")
+    if body["dropped"]:
+        click.echo("dropped: " + ", ".join(f"{n} ({why})" for why, n in
+                                           sorted(body["dropped"].items())))
+    if body["refused"]:
+        click.echo(f"refused: {body['refused']['reason']} (rule {body['refused']['rule']})",
+                   err=True)
+
+
 @sandbox.command("ssh")
 @click.argument("sandbox_id")
 @click.option("--rank", type=int, default=0, help="a cluster's rank (0: the launcher)")

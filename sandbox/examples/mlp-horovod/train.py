@@ -22,6 +22,15 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+try:  # the live curves on the sandbox page, a line per rank (images/base/sealroom.py)
+    from sealroom import declare_total_steps, log_metrics
+except ImportError:  # an image without the helper: the log alone
+    def declare_total_steps(total: int) -> None:
+        pass
+
+    def log_metrics(step: int, *, rank: int | None = None, **values: float) -> None:
+        pass
+
 _single = importlib.util.spec_from_file_location(
     "single", Path(__file__).resolve().parent / "single.py")
 assert _single is not None and _single.loader is not None
@@ -57,6 +66,8 @@ def main() -> None:
     print(f"rank {rank}/{size}: {len(shard)} of {len(y_train)} training rows", flush=True)
 
     loss_value = math.nan
+    if rank == 0:
+        declare_total_steps(EPOCHS)
     for epoch in range(1, EPOCHS + 1):
         model.train()
         perm = shard[torch.randperm(len(shard))]
@@ -71,8 +82,11 @@ def main() -> None:
             optimiser.step()
             total += loss.item() * len(batch)
             seen += len(batch)
-        loss_value = hvd.allreduce(torch.tensor(total / seen), name="loss").item()
+        shard_loss = total / seen
+        loss_value = hvd.allreduce(torch.tensor(shard_loss), name="loss").item()
         model.eval()
+        if math.isfinite(shard_loss):  # each rank its own shard's loss
+            log_metrics(epoch, rank=rank, shard_loss=shard_loss)
         if rank == 0:
             print(f"epoch {epoch}/{EPOCHS} loss={loss_value:.4f} "
                   f"acc={single.accuracy(model, x_test, y_test):.4f}", flush=True)

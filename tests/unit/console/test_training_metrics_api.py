@@ -179,3 +179,28 @@ def test_the_page_polls_the_same_series_with_its_session(
     supervisor_pass(core)
     assert client.get(f"/sandboxes/{running}/metrics?since=0").get_json()["status"] == \
         "succeeded"
+
+
+def test_the_cli_prints_last_values_csv_and_errors(served: str, core: Sealroom,
+                                                   people: dict[str, str], running: str,
+                                                   fake_backend: FakeBackend) -> None:
+    from click.testing import CliRunner
+
+    from console.cli import main
+
+    def cli(token: str, *args: str) -> Any:
+        return CliRunner().invoke(main, ["sandbox", "metrics", *args],
+                                  env={"SEALROOM_URL": served, "SEALROOM_TOKEN": token})
+
+    assert "no training metrics yet" in cli(people["alice"], running).output
+    fake_backend.emit(fake_backend.handle_of(running), _line({"total_steps": 4}) + b"".join(
+        _line({"step": s, "values": {"loss": 1.0 / s}}) for s in (1, 2)) + _line(
+        {"step": 3, "values": {"loss": SECRET}}))
+    table = cli(people["alice"], running)
+    assert table.exit_code == 0, table.output
+    assert "loss" in table.output and "2 points" in table.output and "last 0.5" in table.output
+    assert "progress: step 2 of 4" in table.output and "dropped: 1 (value)" in table.output
+    csv = cli(people["alice"], running, "--csv")
+    assert csv.output.splitlines() == ["name,rank,step,value", "loss,0,1,1.0", "loss,0,2,0.5"]
+    other = cli(people["erin"], running)
+    assert other.exit_code != 0 and "no such sandbox" in other.output
