@@ -52,3 +52,8 @@ def test_engineer_trains_a_two_rank_cluster_and_reads_each_ranks_log(
 
     ranks.select_option(label="all ranks")
     expect(log).to_contain_text("[1,0]<stdout>:epoch 5/5")
+    # Each rank logged its shard's loss (sealroom.log_metrics): one chart, a line per rank.
+    chart = page.locator('#metrics figure[data-metric="shard_loss"]')
+    expect(chart).to_be_visible()
+    expect(chart.locator(".u-legend")).to_contain_text("rank 1")
+    expect(page.locator("#metrics-progress-text")).to_contain_text("Step 5 of 5")

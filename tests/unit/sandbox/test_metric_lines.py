@@ -98,3 +98,19 @@ def test_mpirun_tags_name_the_rank_and_lines_past_the_cap_are_counted_unread() -
     found = parse_lines(chunk, ranks=2, stop_after=2)
     assert found.points == [MetricPoint(1, "loss", 1, 2.0), MetricPoint(0, "loss", 2, 1.0)]
     assert found.dropped == {Dropped.RATE: 4}  # stderr is never a metric line
+
+
+def test_saved_final_values_are_a_metrics_file_the_gate_accepts(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from sandbox.gate.metrics import check_metrics
+    from sandbox.gate.rules import CheckRules
+
+    helper = _helper()
+    helper.log_metrics(1, loss=0.9, accuracy=0.5)
+    helper.log_metrics(2, loss=0.4, accuracy=0.75)
+    helper.log_metrics(2, rank=1, loss=7.0)  # another rank's: not the run's final values
+    written = helper.save_metrics(str(tmp_path / "metrics.json"))
+    assert written == {"accuracy": 0.75, "loss": 0.4}
+    data = (tmp_path / "metrics.json").read_bytes()
+    assert json.loads(data) == written
+    assert check_metrics(data, ".json", CheckRules()).values == 2
