@@ -271,3 +271,23 @@ def test_sessions() -> None:
     assert not idle and idle.rule == "sessions.idle_timeout_s"
     absolute = evaluator.session(0, 28_000, 28_801)
     assert not absolute and absolute.rule == "sessions.absolute_timeout_s"
+
+
+def test_training_metric_room_grows_by_the_minute_up_to_the_caps() -> None:
+    evaluator = PolicyEvaluator(load_policy(
+        "metrics:\n  points_per_minute: 100\n  max_points: 250\n  max_series: 3\n"))
+    decision, room, series = evaluator.metrics_room(shown_points=0, series=0, running_s=5)
+    assert decision and room == 100 and series == 3
+    # 100 shown in the first minute: nothing more until the second begins.
+    spent, room, _ = evaluator.metrics_room(shown_points=100, series=2, running_s=59.9)
+    assert not spent and room == 0 and spent.rule == "metrics.points_per_minute"
+    assert evaluator.metrics_room(shown_points=100, series=2, running_s=60)[1] == 100
+    # Past two minutes the total cap is the tighter rule.
+    capped, room, series = evaluator.metrics_room(shown_points=250, series=3, running_s=600)
+    assert not capped and room == 0 and capped.rule == "metrics.max_points" and series == 0
+    off = PolicyEvaluator(load_policy("metrics:\n  enabled: false\n"))
+    assert off.metrics_room(shown_points=0, series=0, running_s=0)[0].rule == "metrics.enabled"
+    with pytest.raises(InvalidPolicy):
+        load_policy("metrics:\n  points_per_minute: 0\n")
+    with pytest.raises(InvalidPolicy):
+        load_policy("metrics:\n  bytes_per_point: 0\n")
