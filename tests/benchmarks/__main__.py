@@ -27,6 +27,7 @@ BENCHMARKS = (
     "tests.benchmarks.bench_cluster",
     "tests.benchmarks.bench_gvisor",
     "tests.benchmarks.bench_ssh",
+    "tests.benchmarks.bench_metrics",
     "tests.benchmarks.bench_console_load",
 )
 RESULTS_DIR = Path(__file__).resolve().parents[2] / ".bench"
