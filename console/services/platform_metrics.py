@@ -94,12 +94,13 @@ class AuditTally:
         rows = conn.execute(text(
             "SELECT action, outcome, details FROM audit_event WHERE id > :above "
             "AND id <= :upto AND action IN :detailed AND (outcome != 'ok' OR action IN "
-            ":always) AND (action != :denied OR details LIKE '%\"suppressed\":true%')"
+            ":always) AND (action != :denied OR details LIKE :suppressed)"
         ).bindparams(bindparam("detailed", expanding=True),
                      bindparam("always", expanding=True)),
             {**span, "detailed": [a.value for a in _DETAILED],
              "always": [AuditAction.RELEASE_CHECKS.value, AuditAction.SSH_END.value],
-             "denied": AuditAction.REQUEST_DENIED.value})
+             "denied": AuditAction.REQUEST_DENIED.value,
+             "suppressed": '%"suppressed":true%'})
         for action, outcome, raw in rows:
             self._detail(action, outcome, json.loads(raw or "{}"))
 
