@@ -47,6 +47,9 @@ ENGINE_PROBE_TTL_S = 15.0
 #: Events tallied per query: a first scrape of a long chain reads it in pages.
 TALLY_PAGE = 50_000
 KINDS = ("single", "mpi")
+#: Launch failures' classes always exported (at 0), so an alert's `increase()` sees the
+#: first one: the codes of the service errors a launch fails with, and records without one.
+FAILURE_CLASSES = ("engine_unavailable", "audit_unavailable", "unclassified")
 
 #: A label value taken from a record must look like an id (a rule, a check, an error code).
 _ID = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
@@ -326,7 +329,7 @@ class PlatformCollector(Collector):
                        "rule", tally.launch_refusals)
         yield _counter("sealroom_sandbox_launch_failures", "Launches that failed (not "
                        "refused), by error class (e.g. engine_unavailable)", "reason",
-                       tally.launch_failures)
+                       tally.launch_failures, always=list(FAILURE_CLASSES))
         yield _counter("sealroom_release_check_failures", "Release requests that failed each "
                        "gate check", "check", tally.check_failures, always=sorted(_CHECKS))
         yield _counter("sealroom_login_failures", "Refused console logins: wrong user name "
