@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -242,3 +243,34 @@ def test_the_bind_address_serves_metrics_without_a_token(core: Sealroom) -> None
 def test_a_bad_metrics_bind_is_refused(tmp_path: Path, bind: str) -> None:
     with pytest.raises(SettingsError, match="SEALROOM_METRICS_BIND"):
         Settings.from_env(home=tmp_path, metrics_bind=bind)
+
+
+DOCS = ROOT / "docs"
+#: Where the monitoring docs name metrics: the dashboard's queries, the alert rules, prose.
+NAMED_IN = (DOCS / "monitoring" / "grafana-dashboard.json", DOCS / "monitoring" / "alerts.yml",
+            DOCS / "monitoring.md")
+
+
+def _exposed(text: str) -> set[str]:
+    """Every series name a scrape can hold: families, counters' `_total`, histograms' parts."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names.add(name)
+            if kind == "histogram":
+                names.update(f"{name}{part}" for part in ("_bucket", "_sum", "_count"))
+    return names
+
+
+def test_the_monitoring_docs_name_only_metrics_a_scrape_has(
+        client: FlaskClient, people: dict[str, str], activity: dict[str, str]) -> None:
+    exposed = _exposed(_scrape(client, people["root"]))
+    for path in NAMED_IN:
+        named = set(re.findall(r"\bsealroom_\w+", path.read_text()))
+        assert named, path
+        unknown = sorted(n for n in named if n not in exposed)
+        assert unknown == [], f"{path.name} names metrics no scrape has: {unknown}"
+    documented = set(re.findall(r"\bsealroom_\w+", (DOCS / "monitoring.md").read_text()))
+    families = {n for n in exposed if not n.endswith(("_bucket", "_sum", "_count"))}
+    assert sorted(families - documented) == [], "metrics docs/monitoring.md does not explain"
