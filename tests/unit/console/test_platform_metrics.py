@@ -14,21 +14,32 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from console.cli import main
 from console.core import Sealroom
 from console.metrics import MetricsServer
 from console.services import audit_log
 from console.services.platform_metrics import registry_for
 from console.settings import Settings, SettingsError
-from tests.helpers import OPERATOR, bearer, login, recorded, supervisor_pass, wait_for_outbox
+from tests.helpers import (
+    OPERATOR,
+    bearer,
+    free_port,
+    login,
+    recorded,
+    supervisor_pass,
+    wait_for_outbox,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 PICKLE = b"\x80\x04K\x01."
@@ -274,3 +285,36 @@ def test_the_monitoring_docs_name_only_metrics_a_scrape_has(
     documented = set(re.findall(r"\bsealroom_\w+", (DOCS / "monitoring.md").read_text()))
     families = {n for n in exposed if not n.endswith(("_bucket", "_sum", "_count"))}
     assert sorted(families - documented) == [], "metrics docs/monitoring.md does not explain"
+
+
+def test_the_gateway_alone_serves_metrics_on_its_bind_address(tmp_path: Path) -> None:
+    env = {**os.environ, "SEALROOM_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "console.cli", "ssh-gateway", "--port", str(free_port()),
+         "--metrics-bind", "127.0.0.1:0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # it prints the address once it listens
+            if line.startswith("Prometheus metrics on "):
+                url = line.split()[3]
+                break
+        else:
+            raise AssertionError("the gateway never served metrics")
+        with urllib.request.urlopen(url, timeout=20) as answer:
+            text = answer.read().decode()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    found = samples(text)
+    assert value(found, "sealroom_ssh_sessions_open") == 0
+    assert value(found, "sealroom_audit_events_total", action="system:ssh_gateway:start",
+                 outcome="ok") == 1
+
+
+def test_a_bad_metrics_bind_stops_the_gateway_with_exit_2(tmp_path: Path) -> None:
+    done = CliRunner().invoke(main, ["ssh-gateway", "--port", str(free_port()),
+                                     "--metrics-bind", "nowhere"],
+                              env={"SEALROOM_HOME": str(tmp_path / "home")})
+    assert done.exit_code == 2
+    assert "metrics cannot be served on nowhere" in done.output
