@@ -80,12 +80,23 @@ class AuditTally:
         self.check_failures: Counter[str] = Counter()  # by gate check
         self.ssh_ended: Counter[tuple[str, str]] = Counter()  # by outcome and rule
 
-    def advance(self, conn: Connection, head: int) -> None:
+    def advance(self, conn: Connection, head: int) -> AuditTally:
+        """Count the events up to `head`; a copy of the counts, for one scrape to read while
+        others advance."""
         with self._lock:
             while self.last_id < head:
                 upto = min(head, self.last_id + TALLY_PAGE)
                 self._count(conn, self.last_id, upto)
                 self.last_id = upto
+            return self._copy()
+
+    def _copy(self) -> AuditTally:
+        copy = AuditTally()
+        copy.last_id = self.last_id
+        for name in ("events", "launch_refusals", "launch_failures", "login_failures",
+                     "check_failures", "ssh_ended"):
+            setattr(copy, name, Counter(getattr(self, name)))
+        return copy
 
     def _count(self, conn: Connection, above: int, upto: int) -> None:
         span = {"above": above, "upto": upto}
@@ -120,7 +131,7 @@ class AuditTally:
             if isinstance(counted, int) and counted > 0:
                 self.login_failures["rate_limited"] += counted
         elif action == AuditAction.RELEASE_CHECKS:
-            failed = {r.get("check") for r in details.get("results", ())
+            failed = {str(r.get("check")) for r in details.get("results", ())
                       if isinstance(r, dict) and not r.get("passed")}
             for check in failed:
                 self.check_failures[check if check in _CHECKS else "other"] += 1
@@ -204,13 +215,13 @@ class PlatformCollector(Collector):
             conn = session.connection()
             head = int(conn.execute(text(
                 "SELECT coalesce(max(id), 0) FROM audit_event")).scalar_one())
-            self.tally.advance(conn, head)
+            tally = self.tally.advance(conn, head)
             yield from self._sandboxes(conn)
             yield from self._releases(conn)
             yield from self._audit(conn, head)
             yield from self._disclosure(conn)
             yield from self._ssh(conn)
-        yield from self._tallied()
+        yield from _tallied(tally)
         yield GaugeMetricFamily("sealroom_engine_up", "1 if the container engine answers "
                                 "(asked at most every 15 s), else 0",
                                 value=int(self.engine.answer()))
@@ -309,43 +320,43 @@ class PlatformCollector(Collector):
         yield CounterMetricFamily("sealroom_ssh_sessions_opened", "Terminal sessions opened "
                                   "through the SSH gateway", value=opened)
 
-    def _tallied(self) -> Iterator[Metric]:
-        tally = self.tally
-        events = CounterMetricFamily("sealroom_audit_events", "Events written to the audit "
-                                     "chain, by action and outcome",
-                                     labels=["action", "outcome"])
-        for (action, outcome), n in sorted(tally.events.items()):
-            events.add_metric([bounded(action), bounded(outcome)], n)
-        yield events
-        launches = CounterMetricFamily("sealroom_sandbox_launches", "Sandbox launches asked "
-                                       "for, by outcome (ok, denied, failed)",
-                                       labels=["outcome"])
-        for outcome in Outcome:
-            launches.add_metric([outcome.value],
-                                tally.events[(AuditAction.SANDBOX_LAUNCH.value, outcome.value)])
-        yield launches
-        yield _counter("sealroom_sandbox_launch_refusals", "Launches refused, by the policy "
-                       "rule that refused them (none: no rule, e.g. a malformed request)",
-                       "rule", tally.launch_refusals)
-        yield _counter("sealroom_sandbox_launch_failures", "Launches that failed (not "
-                       "refused), by error class (e.g. engine_unavailable)", "reason",
-                       tally.launch_failures, always=list(FAILURE_CLASSES))
-        yield _counter("sealroom_release_check_failures", "Release requests that failed each "
-                       "gate check", "check", tally.check_failures, always=sorted(_CHECKS))
-        yield _counter("sealroom_login_failures", "Refused console logins: wrong user name "
-                       "or password (credentials) or over the login rate (rate_limited)",
-                       "kind", tally.login_failures, always=["credentials", "rate_limited"])
-        ended = CounterMetricFamily("sealroom_ssh_sessions_ended", "Terminal sessions ended, "
-                                    "by outcome (ok: closed; denied: ended by the policy "
-                                    "rule named; failed) and rule",
-                                    labels=["outcome", "rule"])
-        for (outcome, rule), n in sorted(tally.ssh_ended.items()):
-            ended.add_metric([outcome, rule], n)
-        yield ended
-        yield CounterMetricFamily("sealroom_ssh_auth_refusals", "SSH connections refused at "
-                                  "authentication (an unknown, removed or wrong user's key)",
-                                  value=tally.events[(AuditAction.SSH_AUTH.value,
-                                                      Outcome.DENIED.value)])
+
+def _tallied(tally: AuditTally) -> Iterator[Metric]:
+    events = CounterMetricFamily("sealroom_audit_events", "Events written to the audit "
+                                 "chain, by action and outcome",
+                                 labels=["action", "outcome"])
+    for (action, outcome), n in sorted(tally.events.items()):
+        events.add_metric([bounded(action), bounded(outcome)], n)
+    yield events
+    launches = CounterMetricFamily("sealroom_sandbox_launches", "Sandbox launches asked "
+                                   "for, by outcome (ok, denied, failed)",
+                                   labels=["outcome"])
+    for outcome in Outcome:
+        launches.add_metric([outcome.value],
+                            tally.events[(AuditAction.SANDBOX_LAUNCH.value, outcome.value)])
+    yield launches
+    yield _counter("sealroom_sandbox_launch_refusals", "Launches refused, by the policy "
+                   "rule that refused them (none: no rule, e.g. a malformed request)",
+                   "rule", tally.launch_refusals)
+    yield _counter("sealroom_sandbox_launch_failures", "Launches that failed (not "
+                   "refused), by error class (e.g. engine_unavailable)", "reason",
+                   tally.launch_failures, always=list(FAILURE_CLASSES))
+    yield _counter("sealroom_release_check_failures", "Release requests that failed each "
+                   "gate check", "check", tally.check_failures, always=sorted(_CHECKS))
+    yield _counter("sealroom_login_failures", "Refused console logins: wrong user name "
+                   "or password (credentials) or over the login rate (rate_limited)",
+                   "kind", tally.login_failures, always=["credentials", "rate_limited"])
+    ended = CounterMetricFamily("sealroom_ssh_sessions_ended", "Terminal sessions ended, "
+                                "by outcome (ok: closed; denied: ended by the policy "
+                                "rule named; failed) and rule",
+                                labels=["outcome", "rule"])
+    for (outcome, rule), n in sorted(tally.ssh_ended.items()):
+        ended.add_metric([outcome, rule], n)
+    yield ended
+    yield CounterMetricFamily("sealroom_ssh_auth_refusals", "SSH connections refused at "
+                              "authentication (an unknown, removed or wrong user's key)",
+                              value=tally.events[(AuditAction.SSH_AUTH.value,
+                                                  Outcome.DENIED.value)])
 
 
 def _counter(name: str, documentation: str, label: str, counts: Counter[str], *,

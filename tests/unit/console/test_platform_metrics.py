@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from audit.events import Actor, AuditAction, Outcome
 from console.cli import main
 from console.core import Sealroom
 from console.metrics import MetricsServer
@@ -207,12 +208,44 @@ def test_counters_carry_on_and_every_process_tells_the_same(
             {k: v for k, v in after.items() if k[0] == key}
 
 
-def test_the_engine_down_is_reported(client: FlaskClient, core: Sealroom,
-                                     people: dict[str, str], fake_backend: Any) -> None:
+def test_the_engine_down_is_reported_and_launches_fail_by_class(
+        client: FlaskClient, core: Sealroom, people: dict[str, str], fake_backend: Any) -> None:
     _launch(client, people["alice"])
     fake_backend.engine_up = False
     supervisor_pass(core)  # the supervisor sees the engine stop
-    assert value(samples(_scrape(client, people["root"])), "sealroom_engine_up") == 0
+    failed = client.post("/api/v1/sandboxes", headers=bearer(people["alice"]),
+                         json={"dataset": "demo", "example": "mlp"})
+    assert failed.status_code == 503
+    found = samples(_scrape(client, people["root"]))
+    assert value(found, "sealroom_engine_up") == 0
+    assert value(found, "sealroom_sandbox_launches_total", outcome="failed") == 1
+    assert value(found, "sealroom_sandbox_launch_failures_total",
+                 reason="engine_unavailable") == 1
+
+
+def test_sessions_ended_and_counted_login_refusals_are_tallied(
+        client: FlaskClient, core: Sealroom, people: dict[str, str]) -> None:
+    """Events as the gateway and the flood ledger write them (their own tests make them for
+    real): the tally reads their outcome, rule and counts, never their text."""
+    system, user = Actor.system("ssh-gateway"), Actor("alice", "engineer", "ssh-key")
+    core.record(user, AuditAction.SSH_END, target="terminal:ssh-1", outcome=Outcome.DENIED,
+                reason=f"ended: {SECRET}", rule="ssh.max_session_s")
+    core.record(user, AuditAction.SSH_END, target="terminal:ssh-2", reason="closed", rule="")
+    core.record(system, AuditAction.SSH_AUTH, target="ssh:mallory", outcome=Outcome.DENIED,
+                reason="unknown key")
+    core.record(Actor.anonymous("10.0.0.9"), AuditAction.LOGIN, target="user:alice",
+                outcome=Outcome.DENIED, reason="too many attempts", limit="per_address")
+    core.record(Actor.anonymous("10.0.0.9"), AuditAction.REQUEST_DENIED,
+                target="source:10.0.0.9", outcome=Outcome.DENIED, reason="counted",
+                count=7, suppressed=True, actions={"auth:session:login": 5, "x:y:z": 2})
+    text = _scrape(client, people["root"])
+    found = samples(text)
+    assert value(found, "sealroom_ssh_sessions_ended_total", outcome="denied",
+                 rule="ssh.max_session_s") == 1
+    assert value(found, "sealroom_ssh_sessions_ended_total", outcome="ok", rule="none") == 1
+    assert value(found, "sealroom_ssh_auth_refusals_total") == 1
+    assert value(found, "sealroom_login_failures_total", kind="rate_limited") == 6
+    assert SECRET not in text
 
 
 def test_promtool_finds_no_problem_in_a_real_scrape(client: FlaskClient, people: dict[str, str],
