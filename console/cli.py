@@ -27,6 +27,7 @@ from console.services.errors import ServiceError
 from console.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
+    from console.metrics import MetricsServer
     from console.ssh.server import Gateway
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -146,6 +147,7 @@ def up(host: str | None, port: int | None, threads: int, ssh_port: int | None) -
     release_service.resume_sealing(core)
     app = create_app(sealroom=core, supervise=True)
     bind_host, bind_port = host or settings.host, port or settings.port
+    exporter = _start_metrics(core, settings.metrics_bind)
     gateway = _start_gateway(core, bind_host, settings.ssh_port if ssh_port is None
                              else ssh_port)
     click.echo(f"Sealroom console on http://{bind_host}:{bind_port}/  (Ctrl-C stops it)")
@@ -157,6 +159,8 @@ def up(host: str | None, port: int | None, threads: int, ssh_port: int | None) -
     finally:
         if gateway is not None:
             gateway.stop()
+        if exporter is not None:
+            exporter.stop()
         core.close()
 
 
@@ -175,10 +179,31 @@ def _start_gateway(core: Sealroom, host: str, port: int) -> Gateway | None:
     return gateway
 
 
+def _start_metrics(core: Sealroom, bind: str) -> MetricsServer | None:
+    """Prometheus metrics without a token on `bind` (host:port), if one is given."""
+    if not bind:
+        return None
+    from console.metrics import MetricsServer
+
+    try:
+        exporter = MetricsServer(core, bind)
+    except (OSError, ValueError) as exc:
+        click.echo(f"error: metrics cannot be served on {bind} "
+                   f"({getattr(exc, 'strerror', None) or exc})", err=True)
+        sys.exit(EXIT_MISCONFIGURED)
+    host, port = exporter.address
+    click.echo(f"Prometheus metrics on http://{host}:{port}/metrics  (no token: keep this "
+               "address private)")
+    return exporter
+
+
 @main.command("ssh-gateway")
 @click.option("--host", default=None, help="address to bind (default SEALROOM_BIND)")
 @click.option("--port", default=None, type=int, help="port (default SEALROOM_SSH_PORT or 2222)")
-def ssh_gateway(host: str | None, port: int | None) -> None:
+@click.option("--metrics-bind", default=None, metavar="HOST:PORT",
+              help="also serve Prometheus metrics here, without a token: a private "
+                   "interface only (default SEALROOM_METRICS_BIND; none if unset)")
+def ssh_gateway(host: str | None, port: int | None, metrics_bind: str | None) -> None:
     """Serve only the SSH gateway (the console serves pages elsewhere)."""
     settings = Settings.from_env()
     os.umask(0o077)
@@ -188,6 +213,12 @@ def ssh_gateway(host: str | None, port: int | None) -> None:
     if gateway is None:
         click.echo("error: --port 0 serves nothing", err=True)
         sys.exit(EXIT_MISCONFIGURED)
+    try:
+        exporter = _start_metrics(core, settings.metrics_bind if metrics_bind is None
+                                  else metrics_bind)
+    except SystemExit:
+        gateway.stop()
+        raise
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         core.closing.wait()
@@ -195,6 +226,8 @@ def ssh_gateway(host: str | None, port: int | None) -> None:
         pass
     finally:
         gateway.stop()
+        if exporter is not None:
+            exporter.stop()
         core.close()
 
 

@@ -1,68 +1,63 @@
-"""Prometheus metrics at /metrics (bearer token with `system:metrics:read`).
-
-Values are read from the database at scrape time, so every console process reports the same
-truth and nothing is lost on restart.
+"""Prometheus metrics (`console.services.platform_metrics`) over HTTP: `/metrics` on the
+console behind a bearer token with `system:metrics:read`, and `MetricsServer`, the same
+registry without a token on an address of its own (`SEALROOM_METRICS_BIND`, a private
+interface only), for `sealroom up` and `sealroom ssh-gateway`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import weakref
 from typing import Any
 
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-from sqlalchemy import func
-from sqlmodel import select
+from prometheus_client.exposition import start_http_server
 
-from audit.models import AuditEvent
 from console.core import Sealroom
 from console.guards import api_requires, core
-from console.models import Sandbox, SandboxStatus
 from console.permissions import Permission
+from console.services.platform_metrics import registry_for
+from console.settings import parse_bind
 
 metrics = Blueprint("metrics", __name__)
 
 
-class SealroomCollector(Collector):
-    def __init__(self, sealroom: Sealroom) -> None:
-        self.sealroom = sealroom
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self.sealroom.read() as session:
-            by_status = dict(session.exec(
-                select(Sandbox.status, func.count()).group_by(Sandbox.status)).all())
-            events = session.exec(select(func.max(AuditEvent.id))).one() or 0
-            outcomes = dict(session.exec(
-                select(AuditEvent.outcome, func.count())
-                .where(AuditEvent.action == "sandbox:sandbox:launch")
-                .group_by(AuditEvent.outcome)).all())
-        sandboxes = GaugeMetricFamily("sealroom_sandboxes", "Sandboxes by status",
-                                      labels=["status"])
-        for status in SandboxStatus:
-            sandboxes.add_metric([status.value], by_status.get(status.value, 0))
-        yield sandboxes
-        launches = GaugeMetricFamily("sealroom_sandbox_launch_requests",
-                                     "Launch requests by outcome, as audited",
-                                     labels=["outcome"])
-        for outcome in ("ok", "denied", "failed"):
-            launches.add_metric([outcome], outcomes.get(outcome, 0))
-        yield launches
-        yield GaugeMetricFamily("sealroom_audit_events", "Events in the audit chain",
-                                value=events)
+def registry_of(sealroom: Sealroom) -> CollectorRegistry:
+    """The installation's one registry (and so one audit tally) in this process, shared by
+    the console's `/metrics` and a `MetricsServer`."""
+    with _lock:
+        registry = _registries.get(sealroom)
+        if registry is None:
+            registry = _registries[sealroom] = registry_for(sealroom)
+        return registry
 
 
-def registry_for(sealroom: Sealroom) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SealroomCollector(sealroom))
-    return registry
+_lock = threading.Lock()
+_registries: weakref.WeakKeyDictionary[Sealroom, CollectorRegistry] = \
+    weakref.WeakKeyDictionary()
 
 
 @metrics.route("/metrics")
 @api_requires(Permission.METRICS_READ)
 def scrape() -> Any:
-    from flask import current_app
+    return Response(generate_latest(registry_of(core())), mimetype=CONTENT_TYPE_LATEST)
 
-    registry = current_app.extensions.setdefault("sealroom_metrics", registry_for(core()))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+class MetricsServer:
+    """prometheus-client's HTTP server for the registry, in a daemon thread: every path
+    answers the metrics, with no authentication (bind it to a private interface only)."""
+
+    def __init__(self, sealroom: Sealroom, bind: str) -> None:
+        host, port = parse_bind(bind)
+        self._server, self._thread = start_http_server(port, host, registry_of(sealroom))
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()

@@ -86,6 +86,15 @@ def parse_rate(text: str) -> Rate:
     return Rate(int(amount), float(seconds))
 
 
+def parse_bind(text: str) -> tuple[str, int]:
+    """`host:port` (`[v6]:port` for IPv6) as an address to listen on; ValueError if not."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not host:port (e.g. 10.0.0.5:9464)")
+    return host, int(port)
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"SEALROOM_{name}", default)
 
@@ -151,6 +160,10 @@ class Settings:
     # console's address, and the host name engineers' `ssh` commands name (shown on pages).
     ssh_port: int = field(default_factory=lambda: int(_env("SSH_PORT", "2222")))
     ssh_public_host: str = field(default_factory=lambda: _env("SSH_PUBLIC_HOST", ""))
+    # Prometheus metrics without a token on an address of their own (`host:port`; empty:
+    # only the console's token-protected /metrics). A private interface only: anyone who
+    # reaches it reads the platform's counts and user names.
+    metrics_bind: str = field(default_factory=lambda: _env("METRICS_BIND", ""))
     testing: bool = False
 
     def __post_init__(self) -> None:
@@ -185,6 +198,11 @@ class Settings:
                 raise SettingsError(f"SEALROOM_TRUSTED_PROXIES: {entry!r} is not an IP "
                                     "address or CIDR block") from None
         object.__setattr__(self, "trusted_proxies", entries)
+        if self.metrics_bind:
+            try:
+                parse_bind(self.metrics_bind)
+            except ValueError as exc:
+                raise SettingsError(f"SEALROOM_METRICS_BIND: {exc}") from None
 
     @property
     def audit_checkpoint_file(self) -> Path:

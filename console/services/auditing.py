@@ -32,7 +32,8 @@ def refusals(core: Sealroom, caller: Caller, action: AuditAction, target: str, *
     `policy_version`, else the active one), and the error is given that version too. When
     `policy_version` is passed (the version that decided the whole operation) the rule and
     version are recorded for every refusal, even one no rule decided. The error's detail is
-    recorded when it says more than its message. `details` are recorded as given.
+    recorded when it says more than its message, and a failure's code (`error`, e.g.
+    `engine_unavailable`). `details` are recorded as given.
 
     If the audit log cannot be written the refusal still stands: the error becomes
     `AuditUnavailable` (`unrecorded` is its message) unless it already is one.
@@ -57,6 +58,8 @@ def _record(core: Sealroom, caller: Caller, action: AuditAction, target: str,
             else policy_version
     if exc.detail != exc.message:
         recorded["detail"] = exc.detail
+    if exc.status >= 500:  # a failure's class, for counting (platform metrics)
+        recorded["error"] = exc.code
     recorded.update(exc.audit_details())
     try:
         core.record(caller.actor, action, target=target,

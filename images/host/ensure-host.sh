@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make this host ready to build and run sandboxes: a running Docker engine with gVisor
-# (`runsc`) registered and live-restore on, debootstrap, chromium (browser tests) and the
-# OpenSSH client. Idempotent: a ready host costs about a second and touches nothing. Needs
+# (`runsc`) registered and live-restore on, debootstrap, chromium (browser tests), the
+# OpenSSH client and promtool (unpacked under .cache, no Prometheus server). Idempotent: a ready host costs about a second and touches nothing. Needs
 # root only when something has to be installed, configured or started.
 set -euo pipefail
 exec </dev/null
@@ -45,6 +45,10 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 else
     say "packages present (docker, dockerd, runsc, debootstrap, chromium, ssh, rsync)"
 fi
+
+# 1b. promtool (the monitoring docs' rules and the /metrics output are checked with it),
+#     unpacked under .cache, never installed as a service.
+bash "$HERE/ensure-promtool.sh" || die "promtool could not be made available"
 
 # 2. The engine's configuration: gVisor registered as runtime `runsc` (ptrace platform, its
 #    own network stack off so Docker's --network=none works) and live-restore on, merged into

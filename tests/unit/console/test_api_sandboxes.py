@@ -192,6 +192,6 @@ def test_metrics_need_an_admin_token(client: FlaskClient, alice: str,
     assert client.get("/metrics", headers=bearer(alice)).status_code == 403
     _, admin = make_user("root", "admin")
     text = client.get("/metrics", headers=bearer(admin)).get_data(as_text=True)
-    assert 'sealroom_sandboxes{status="running"} 1.0' in text
-    assert 'sealroom_sandbox_launch_requests{outcome="denied"} 1.0' in text
-    assert "sealroom_audit_events " in text
+    assert 'sealroom_sandboxes{kind="single",status="running"} 1.0' in text
+    assert 'sealroom_sandbox_launches_total{outcome="denied"} 1.0' in text
+    assert "sealroom_audit_head_event_id " in text

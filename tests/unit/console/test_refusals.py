@@ -38,7 +38,8 @@ def test_a_refusal_is_denied_and_a_failure_failed(core: Sealroom) -> None:
     assert _refused(core, BadRequest("say why")).message == "say why"
     assert _last(core) == ("denied", "say why", {})
     _refused(core, EngineDown("the engine is away", detail="connection refused"))
-    assert _last(core) == ("failed", "the engine is away", {"detail": "connection refused"})
+    assert _last(core) == ("failed", "the engine is away", {"detail": "connection refused",
+                                                            "error": "engine_unavailable"})
 
 
 def test_the_deciding_rule_and_version_are_recorded_and_given_to_the_error(
