@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,6 +19,7 @@ from console.core import Caller, Sealroom
 from console.models import SandboxLog
 from console.services import disclosure
 from console.services.errors import PolicyDenied
+from console.services.sandbox_locks import SandboxLocks
 from sandbox.backend import LAUNCHER, BackendState
 from sandbox.errors import SandboxError
 
@@ -32,13 +32,8 @@ KEEP_BYTES = 32 << 20
 #: Bytes taken from the engine per call.
 PULL_BYTES = 8 << 20
 
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def _lock(sandbox_id: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(sandbox_id, threading.Lock())
+#: Reading one sandbox's log copy is done by one thread at a time.
+_lock = SandboxLocks()
 
 
 def _dir(core: Sealroom, sandbox_id: str) -> Path:

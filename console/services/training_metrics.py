@@ -10,7 +10,6 @@ words, never the line's text). A point kept once is free to show again.
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from audit.events import AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
 from console.models import MetricPoint, MetricStream, Sandbox, SandboxLog, SandboxStatus
 from console.services import disclosure, sandbox_log
+from console.services.sandbox_locks import SandboxLocks
 from policies.evaluator import PolicyDecision
 from sandbox.training_metrics import MARKER, Dropped, MetricLines, parse_lines
 from sandbox.training_metrics import MetricPoint as TrainingPoint
@@ -32,13 +32,8 @@ PARSE_BYTES = 1 << 20
 #: Log bytes skipped per pass once nothing more may be kept (only metric lines are counted).
 SKIP_BYTES = 16 << 20
 
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def _lock(sandbox_id: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(sandbox_id, threading.Lock())
+#: Ingesting one sandbox's metric lines is done by one thread at a time.
+_lock = SandboxLocks()
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from sqlmodel import col, delete, select
+from sqlmodel import col, delete
 
-from audit.events import Actor
 from console.core import Caller, Sealroom
-from console.models import DisclosureItem, MetricPoint, MetricStream, Sandbox, User
-from console.services import accounts, datasets, images, training_metrics
+from console.models import DisclosureItem, MetricPoint, MetricStream, Sandbox
 from console.services import launch as launch_service
 from console.services import sandboxes as sandbox_service
-from console.settings import Settings
-from sandbox.images import find_image
-from tests.helpers import OPERATOR, PASSWORD, change_policy, supervisor_pass, write_dataset
+from console.services import training_metrics
+from tests.benchmarks.bench_home import bench_home
+from tests.helpers import change_policy, supervisor_pass
 
 NAME = "metrics"
 RUNS = 3
@@ -65,20 +63,8 @@ def _read_log(core: Sealroom, caller: Caller, sandbox_id: str) -> int:
 
 
 def _core(home: Path) -> tuple[Sealroom, Caller]:
-    image = find_image("base")
-    if image is None:
-        raise RuntimeError("the sandbox image is not built; run 'sealroom images build'")
-    core = Sealroom(Settings.from_env(home=home / "home",
-                                      audit_checkpoint_dir=home / "home" / "checkpoints"))
-    images.register_image(core, OPERATOR, "base", image.tag, image.digest)
-    accounts.create_user(core, OPERATOR, "bench", "engineer", PASSWORD)
-    datasets.register_dataset(core, OPERATOR, write_dataset(home / "src"), "demo", ["bench"])
-    change_policy(core, {"metrics": {"points_per_minute": 1_000_000, "max_points": 1_000_000},
-                         "disclosure": {"per_sandbox_bytes": 1 << 40,
-                                        "per_user_daily_bytes": 1 << 40}})
-    with core.read() as session:
-        user = session.exec(select(User).where(User.name == "bench")).one()
-    return core, Caller(Actor("bench", "engineer", "password", "bench"), user_id=user.id)
+    return bench_home(home, {"metrics": {"points_per_minute": 1_000_000,
+                                         "max_points": 1_000_000}})
 
 
 def _finished(core: Sealroom, sandbox_id: str) -> Sandbox:

@@ -26,15 +26,13 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit.events import Actor
-from console.core import Caller, Sealroom
-from console.services import accounts, datasets, images, ssh_keys
+from console.core import Sealroom
 from console.services import launch as launch_service
-from console.settings import Settings
+from console.services import ssh_keys
 from console.ssh.server import Gateway
-from sandbox.images import find_image
 from sandbox.terminal import DockerTerminal, TerminalSize
-from tests.helpers import OPERATOR, PASSWORD, change_policy, supervisor_pass, write_dataset
+from tests.benchmarks.bench_home import bench_home
+from tests.helpers import supervisor_pass
 
 NAME = "ssh"
 RUNS = 5
@@ -97,26 +95,10 @@ def _direct(api: Any, container: str) -> tuple[float, float]:
 
 
 def _core(home: Path) -> tuple[Sealroom, str, paramiko.PKey]:
-    image = find_image("base")
-    if image is None:
-        raise RuntimeError("the sandbox image is not built; run 'sealroom images build'")
-    core = Sealroom(Settings.from_env(home=home / "home",
-                                      audit_checkpoint_dir=home / "home" / "checkpoints"))
-    images.register_image(core, OPERATOR, "base", image.tag, image.digest)
-    accounts.create_user(core, OPERATOR, "bench", "engineer", PASSWORD)
-    datasets.register_dataset(core, OPERATOR, write_dataset(home / "src"), "demo", ["bench"])
-    change_policy(core, {"interactive": {"ssh": True, "output_per_session_kb": 1 << 20,
-                                         "output_per_minute_kb": 1 << 20},
-                         "disclosure": {"per_sandbox_bytes": 1 << 40,
-                                        "per_user_daily_bytes": 1 << 40}})
+    core, caller = bench_home(home, {"interactive": {"ssh": True,
+                                                     "output_per_session_kb": 1 << 20,
+                                                     "output_per_minute_kb": 1 << 20}})
     key = _key()
-    with core.read() as session:
-        from sqlmodel import select
-
-        from console.models import User
-
-        user = session.exec(select(User).where(User.name == "bench")).one()
-    caller = Caller(Actor("bench", "engineer", "password", "bench"), user_id=user.id)
     ssh_keys.add(core, caller, f"{key.get_name()} {key.get_base64()}")
     record = launch_service.launch(core, caller, launch_service.LaunchOrder(
         datasets=["demo"], code_name="train.py", code=SLEEPER, timeout_s=600))
