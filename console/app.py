@@ -28,6 +28,7 @@ from console.guards import (
     refusal_recorded,
     too_many,
 )
+from console.params import RowNumberConverter
 from console.permissions import PUBLIC, declare, declared_permission
 from console.services import sandboxes as sandbox_service
 from console.services.audit_log import record_unaudited_request
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     settings = settings or (sealroom.settings if sealroom else Settings.from_env())
     sealroom = sealroom or Sealroom(settings)
     app = Flask(__name__)
+    app.url_map.converters["int"] = RowNumberConverter
     app.config.update(
         SECRET_KEY=settings.secret_key(),
         MAX_CONTENT_LENGTH=settings.max_request_mb * 1024 * 1024,

@@ -10,7 +10,6 @@ from typing import Any
 
 from flask import Response, jsonify, request, send_file
 
-# Routes kept in their own modules register on the same blueprint when imported.
 from console.api import audit as _audit_routes  # noqa: F401
 from console.api import datasets as _dataset_routes  # noqa: F401
 from console.api import policy as _policy_routes  # noqa: F401
@@ -21,6 +20,9 @@ from console.api import tokens as _token_routes  # noqa: F401
 from console.api.blueprint import BadApiRequest as _Bad
 from console.api.blueprint import api
 from console.guards import api_requires, caller, core, public
+
+# Routes kept in their own modules register on the same blueprint when imported.
+from console.params import whole_number
 from console.permissions import Permission
 from console.services import launch as launch_service
 from console.services import releases as release_service
@@ -128,10 +130,11 @@ def sandbox_logs(sandbox_id: str) -> Any:
         chunk, start, total = sandbox_service.logs(core(), caller(), sandbox_id, offset=offset)
         end = start + len(chunk)
     else:
-        if not rank.isdigit():
+        number = whole_number(rank)
+        if number is None:
             raise _Bad("rank must be a whole number")
         chunk, start, end, total = sandbox_service.rank_logs(core(), caller(), sandbox_id,
-                                                             int(rank), offset=offset)
+                                                             number, offset=offset)
     if request.args.get("format") == "json":
         return jsonify({"log": chunk.decode("utf-8", "replace"), "start": start,
                         "offset": end, "total": total})
@@ -144,10 +147,10 @@ def sandbox_logs(sandbox_id: str) -> Any:
 @api.route("/sandboxes/<sandbox_id>/metrics", methods=["GET"])
 @api_requires(Permission.LOGS_READ)
 def sandbox_metrics(sandbox_id: str) -> Any:
-    since = request.args.get("since", "0")
-    if not since.isdigit():
+    since = whole_number(request.args.get("since", "0"))
+    if since is None:
         raise _Bad("since must be a whole number (the cursor of an earlier answer)")
-    return jsonify(sandbox_service.metrics(core(), caller(), sandbox_id, since=int(since)))
+    return jsonify(sandbox_service.metrics(core(), caller(), sandbox_id, since=since))
 
 
 @api.route("/sandboxes/<sandbox_id>/stop", methods=["POST"])

@@ -12,6 +12,7 @@ from flask import Response, jsonify, request, send_file, stream_with_context
 from audit.export import MEDIA_TYPE
 from console.api.blueprint import api
 from console.guards import api_requires, caller, core
+from console.params import whole_number
 from console.permissions import Permission
 from console.services import audit_log, recordings
 from console.services.errors import BadRequest
@@ -21,10 +22,10 @@ def _int_arg(name: str) -> int | None:
     value = request.args.get(name)
     if value in (None, ""):
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be a whole number") from None
+    number = whole_number(value)
+    if number is None:
+        raise BadRequest(f"{name} must be a whole number")
+    return number
 
 
 def filters_from_args() -> audit_log.EventFilter:

@@ -12,6 +12,7 @@ from flask import Blueprint, make_response, render_template, request
 from audit.events import AuditAction
 from console.api.audit import export_response, filters_from_args, recording_response
 from console.guards import caller, core, requires
+from console.params import whole_number
 from console.permissions import Permission
 from console.services import audit_log, recordings
 from console.services.errors import ServiceError
@@ -24,8 +25,7 @@ def _error(exc: ServiceError) -> Any:
 
 
 def _cursor(name: str) -> int | None:
-    value = request.args.get(name, "")
-    return int(value) if value.isdigit() else None
+    return whole_number(request.args.get(name))
 
 
 @audit_pages.route("")

@@ -16,6 +16,7 @@ from wtforms.fields.choices import SelectChoice
 
 from console.guards import caller, core, requires
 from console.models import SandboxStatus
+from console.params import whole_number
 from console.permissions import Permission
 from console.services import datasets as dataset_service
 from console.services import launch as launch_service
@@ -174,9 +175,9 @@ def live(sandbox_id: str) -> Any:
     offset = request.args.get("offset", default=0, type=int)
     rank_arg = request.args.get("rank")
     try:
-        if rank_arg is not None and not rank_arg.isdigit():
+        rank = None if rank_arg is None else whole_number(rank_arg)
+        if rank_arg is not None and rank is None:
             raise BadRequest("rank must be a whole number")
-        rank = None if rank_arg is None else int(rank_arg)
         body: dict[str, Any] = {"log": "", "offset": offset}
         if request.args.get("log", "1") != "0":
             try:
@@ -204,11 +205,11 @@ def live(sandbox_id: str) -> Any:
 @requires(Permission.LOGS_READ)
 def metrics(sandbox_id: str) -> Any:
     """What the detail page's charts poll: new training-metric points past `since`."""
-    since = request.args.get("since", "0")
+    since = whole_number(request.args.get("since", "0"))
     try:
-        if not since.isdigit():
+        if since is None:
             raise BadRequest("since must be a whole number")
-        return jsonify(sandbox_service.metrics(core(), caller(), sandbox_id, since=int(since)))
+        return jsonify(sandbox_service.metrics(core(), caller(), sandbox_id, since=since))
     except ServiceError as exc:
         return jsonify({"error": {"code": exc.code, "message": exc.message}}), exc.status
 

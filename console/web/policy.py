@@ -11,6 +11,7 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from flask_login import current_user
 
 from console.guards import caller, core, requires
+from console.params import whole_number
 from console.permissions import Permission, role_has
 from console.services import policy as policy_service
 from console.services.errors import ServiceError
@@ -21,8 +22,8 @@ policy_pages = Blueprint("policy_pages", __name__, url_prefix="/policy")
 
 
 def _int_arg(name: str) -> int | None:
-    value = request.args.get(name, type=int)
-    return value if value and value > 0 else None
+    value = whole_number(request.args.get(name))
+    return value if value else None
 
 
 @policy_pages.route("")
@@ -91,7 +92,7 @@ def check() -> Any:
 
 
 def _base() -> int:
-    return request.form.get("base_version", type=int) or 0
+    return whole_number(request.form.get("base_version")) or 0
 
 
 @policy_pages.route("/dry-run", methods=["POST"])
