@@ -12,6 +12,9 @@
   const progress = document.getElementById("metrics-progress");
   const progressText = document.getElementById("metrics-progress-text");
   const COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d"];
+  // Steps are whole numbers: ticks fall on 1, 2, 5, 10, 20, 50, ... steps, never on 2.5.
+  const STEP_INCREMENTS = [];
+  for (let ten = 1; ten <= 1e9; ten *= 10) STEP_INCREMENTS.push(ten, 2 * ten, 5 * ten);
   const series = new Map();  // metric name -> Map(rank -> Map(step -> value))
   const plots = new Map();   // metric name -> {plot, ranks}
   let cursor = 0;
@@ -23,8 +26,9 @@
     return (seconds / 3600).toFixed(1) + " h";
   }
 
-  function width() {
-    return Math.max(240, Math.min(charts.clientWidth || 600, 640));
+  function width() {  // two charts a row where there is room, else one as wide as the page
+    const room = charts.clientWidth || 600;
+    return room >= 720 ? Math.floor((room - 16) / 2) : Math.max(240, room);
   }
 
   function data(name) {
@@ -60,7 +64,7 @@
     const options = {
       width: width(), height: 220,
       scales: {x: {time: false}},
-      axes: [{label: "step"}, {}],
+      axes: [{label: "step", incrs: STEP_INCREMENTS}, {}],
       series: [{label: "step"}].concat(ranks.map(function (rank, i) {
         return {label: ranks.length > 1 || Number(box.dataset.ranks) > 1 ? "rank " + rank : name,
                 stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: true};
