@@ -80,6 +80,8 @@ def test_engineer_trains_the_example_and_sees_the_outbox(page: Page, engineer: s
         assert "/outbox" not in (control.get_attribute("href") or ""), described
         assert control.get_attribute("download") is None, f"a download link: {described!r}"
 
+    # the example's curves (loss, accuracy) are drawn before the picture is taken
+    expect(page.locator("#metrics-charts .uplot")).to_have_count(2)
     target = SCREENSHOT if os.environ.get("SEALROOM_SCREENSHOTS") == "1" \
         else tmp_path / "sandbox.png"
     target.parent.mkdir(parents=True, exist_ok=True)
