@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.routing import IntegerConverter
 
 from console.core import Sealroom
 from console.models import Role
@@ -31,7 +32,7 @@ def _calls(app: Flask) -> Iterator[tuple[str, str, str, str]]:
         values: dict[str, Any] = {}
         for argument in rule.arguments:
             converter = rule._converters[argument]  # noqa: SLF001
-            values[argument] = 1 if type(converter).__name__ == "IntegerConverter" else "x1"
+            values[argument] = 1 if isinstance(converter, IntegerConverter) else "x1"
         with app.test_request_context():
             from flask import url_for
 
