@@ -292,11 +292,13 @@ class PlatformCollector(Collector):
         budget = self.sealroom.policy.disclosure
         by_user = GaugeMetricFamily("sealroom_disclosure_user_spent_today_bytes",
                                     "Bytes of sandbox content shown to each user today (UTC), "
-                                    "by channel", labels=["user", "channel"])
-        for user, channel, spent in conn.execute(text(
-                "SELECT user, channel, sum(bytes) FROM disclosure_item WHERE day = :day "
-                "GROUP BY user, channel"), {"day": today()}):
-            by_user.add_metric([user, bounded(channel)], spent)
+                                    "by channel (the user's id, never a name)",
+                                    labels=["user_id", "channel"])
+        for user_id, channel, spent in conn.execute(text(
+                'SELECT u.id, d.channel, sum(d.bytes) FROM disclosure_item AS d '
+                'JOIN "user" AS u ON u.name = d.user WHERE d.day = :day '
+                'GROUP BY u.id, d.channel'), {"day": today()}):
+            by_user.add_metric([str(user_id), bounded(channel)], spent)
         yield by_user
         by_channel = GaugeMetricFamily("sealroom_disclosure_spent_bytes", "Bytes of sandbox "
                                        "content shown to anyone, all time, by channel",

@@ -3,7 +3,7 @@ parsed with prometheus-client's parser and linted by `promtool`; refused without
 (audited); served without one on a bind address of its own.
 
 Which of the two /metrics is (the product's one rule): text the console composed itself.
-Its label values are ids and fixed vocabularies (user names, rule ids, check names,
+Its label values are ids and fixed vocabularies (user ids, never names; rule ids, check names,
 channels), never sandbox output: no log bytes, file names or commands.
 """
 
@@ -24,11 +24,13 @@ import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlmodel import select
 
 from audit.events import Actor, AuditAction, Outcome
 from console.cli import main
 from console.core import Sealroom
 from console.metrics import MetricsServer
+from console.models import User
 from console.services import audit_log
 from console.services.platform_metrics import registry_for
 from console.settings import Settings, SettingsError
@@ -179,9 +181,13 @@ def test_a_scrape_after_activity_shows_it(client: FlaskClient, core: Sealroom,
     assert 0 < verified < value(found, "sealroom_audit_head_event_id")
     assert value(found, "sealroom_audit_checkpoint_tree_size") > verified
     assert value(found, "sealroom_audit_checkpoint_timestamp_seconds") > 0
-    spent = value(found, "sealroom_disclosure_user_spent_today_bytes", user="alice",
+    with core.read() as session:
+        alice = str(session.exec(select(User).where(User.name == "alice")).one().id)
+    spent = value(found, "sealroom_disclosure_user_spent_today_bytes", user_id=alice,
                   channel="log")
     assert spent > 0
+    # a user is an id in every label, never a name
+    assert not {v for _, labels in found for _, v in labels} & set(people)
     assert value(found, "sealroom_disclosure_spent_bytes", channel="log") >= spent
     assert value(found, "sealroom_disclosure_user_daily_limit_bytes") == \
         core.policy.disclosure.per_user_daily_bytes
