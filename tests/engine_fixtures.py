@@ -5,6 +5,7 @@ runtimes (runc, and gVisor where `runsc` runs) for suites that attack each."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -14,6 +15,7 @@ from typing import Any
 
 import docker
 import pytest
+import requests
 from flask import Flask
 
 from console.app import create_app
@@ -119,6 +121,8 @@ def docker_core(settings: Settings, docker_client: docker.DockerClient,
         except docker.errors.APIError as exc:  # the supervisor may be removing it too
             if exc.status_code not in (404, 409):
                 raise
+            if exc.status_code == 409:  # its removal is under way: its volumes are busy
+                _until_removed(container)  # until it is gone (a cold run caught this)
     sealroom.close()  # first: its background work mounts outboxes to hash them
     if sealroom.backend_built:  # projects' volumes hold loop devices: give them back
         volumes = sealroom.backend.storage.projects
@@ -127,6 +131,13 @@ def docker_core(settings: Settings, docker_client: docker.DockerClient,
         storage = sealroom.backend.storage  # so do sandboxes' workspaces and outboxes
         for sandbox_id in _sandbox_ids(storage.root):
             storage.volumes.remove(sandbox_id)
+
+
+def _until_removed(container: Any) -> None:
+    """Wait, on the engine's own event, until a container whose removal is under way is
+    gone (or a minute has passed: the volumes' removal then says what holds them)."""
+    with contextlib.suppress(docker.errors.NotFound, requests.exceptions.RequestException):
+        container.wait(condition="removed", timeout=60)
 
 
 def _mounted_under(root: Path) -> list[str]:
