@@ -25,8 +25,15 @@ from console.services import accounts, datasets, images
 from console.settings import Settings
 from tests.browser.test_engineer_flow import log_in
 from tests.conftest import make_fake_backend
-from tests.helpers import (OPERATOR, PASSWORD, bearer, record_terminal_session,
-                           safetensors_bytes, supervisor_pass, write_dataset)
+from tests.helpers import (
+    OPERATOR,
+    PASSWORD,
+    bearer,
+    record_terminal_session,
+    safetensors_bytes,
+    supervisor_pass,
+    write_dataset,
+)
 from tests.mocking import FakeBackend
 
 pytestmark = [pytest.mark.browser]
