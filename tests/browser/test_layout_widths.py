@@ -13,7 +13,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator
-from urllib.parse import parse_qsl, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 from flask.testing import FlaskClient
@@ -38,6 +38,7 @@ from tests.mocking import FakeBackend
 
 pytestmark = [pytest.mark.browser]
 
+# From 1148 px up <main> is its full 1100 px: what fits its column at 1920 px fits at 1280.
 WIDTHS = (360, 1920)
 HEIGHT = 800
 #: One demo user per role (console/cli.py DEMO_USERS; carol is a second approver).
@@ -50,6 +51,12 @@ LONG_NAME = ("checkpoints_of_the_long_running_sweep_over_learning_rates_2026/"
              "epoch_0005_of_0010_lr_0.0003_weight_decay_0.01_seed_1234/"
              "model_weights_after_the_fifth_epoch_of_ten_final.safetensors")
 LONG_PROJECT = "study-" + "x" * 50
+#: Pages with ids each role must have reached by links (the crawl found the data).
+WITH_IDS = {"engineer": {"/sandboxes/*", "/releases/*", f"/projects/{LONG_PROJECT}"},
+            "approver": {"/releases/*", "/releases/*/files/*"},
+            "security_officer": {"/policy/versions/*", "/datasets/demo/versions/*"},
+            "auditor": {"/audit/events/*", "/audit/sessions/*", "/policy/versions/*"},
+            "admin": {"/audit/events/*", "/audit/sessions/*"}}
 #: Links that are not pages: downloads and raw recordings.
 NOT_PAGES = re.compile(r"/(export|bundle)(\?|$)|\.cast$|/live$|/metrics$")
 #: Path segments that are ids: one page of each kind is enough to measure its layout.
@@ -144,11 +151,11 @@ def _install(client: FlaskClient, core: Sealroom, backend: FakeBackend) -> None:
 
 
 def _kind(url: str) -> str:
-    """A page's kind: its path with ids starred, and its query's keys."""
+    """A page's kind: its path with ids starred, and whether it has a query (a filtered or
+    later page of a list, a diff: one of them is measured, the template is the same)."""
     parts = urlsplit(url)
     path = "/".join("*" if _ID.match(s) else s for s in parts.path.split("/"))
-    keys = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)})
-    return path + ("?" + "&".join(keys) if keys else "")
+    return path + ("?" if parts.query else "")
 
 
 def _is_page(url: str, origin: str) -> bool:
@@ -214,5 +221,5 @@ def test_every_page_fits_a_phone_and_a_wide_screen(
     finally:
         context.close()
     kinds = {_kind(u) for u in visited}
-    assert "/" in kinds and len(kinds) > 3, visited
+    assert WITH_IDS[role] <= kinds, sorted(kinds)
     assert not problems, "\n".join(problems)
