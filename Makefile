@@ -10,7 +10,7 @@ export SEALROOM_HOME ?= $(CURDIR)/var
 export TESTCONTAINERS_RYUK_DISABLED := true
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench setup host venv images seed unit lint typecheck clean-containers
+.PHONY: demo test bench setup host venv images seed unit lint typecheck clean-containers docs-images
 
 demo: setup
 	@echo
@@ -23,6 +23,17 @@ test: setup lint typecheck
 
 unit: venv
 	$(BIN)/pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
+# The pictures in docs/img come from the browser tests that take them; a normal run writes
+# them only to its temporary folders (tests/browser/screenshots.py).
+DOCS_IMAGE_TESTS := tests/browser/test_engineer_flow.py::test_engineer_trains_the_example_and_sees_the_outbox \
+	tests/browser/test_policy_flow.py tests/browser/test_auditor_flow.py
+
+docs-images: setup
+	@out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
+	SEALROOM_SCREENSHOT_DIR=$$out SEALROOM_REQUIRE_ENGINE=1 \
+		$(BIN)/pytest -p no:cacheprovider $(DOCS_IMAGE_TESTS) $(PYTEST_ARGS) && \
+	cp -v "$$out"/*.png docs/img/
 
 bench: setup
 	$(BIN)/python -m tests.benchmarks

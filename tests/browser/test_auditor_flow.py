@@ -12,13 +12,12 @@ from playwright.sync_api import Page, expect
 
 from console.core import Sealroom
 from console.services import accounts
+from tests.browser import screenshots
 from tests.browser.test_engineer_flow import log_in
 from tests.browser.test_release_flow import log_out
 from tests.helpers import OPERATOR, PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]
-
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "audit.png"
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def auditor(docker_core: Sealroom) -> str:
 
 
 def test_auditor_filters_events_and_sees_a_break_after_tampering(
-        page: Page, auditor: str, docker_core: Sealroom) -> None:
+        page: Page, auditor: str, docker_core: Sealroom, tmp_path: Path) -> None:
     log_in(page, "mallory", "not her password")
     expect(page.get_by_role("alert")).to_contain_text("Wrong user name or password")
     log_in(page, "mallory")
@@ -46,7 +45,7 @@ def test_auditor_filters_events_and_sees_a_break_after_tampering(
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("auth:session:login")
     expect(rows.first).to_contain_text("wrong user name or password")
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    screenshots.take(page, "audit.png", tmp_path)
     rows.first.get_by_role("link").click()
     expect(page.locator("#event")).to_contain_text("mallory")
     expect(page.locator("#event")).to_contain_text("denied")

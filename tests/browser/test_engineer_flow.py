@@ -3,7 +3,6 @@ bundled example, watch it train to completion, see the outbox and no way to down
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -14,12 +13,12 @@ from playwright.sync_api import Page, expect
 from console.core import Sealroom
 from console.services import accounts, datasets
 from sandbox.backend import LABEL_INSTALLATION
+from tests.browser import screenshots
 from tests.helpers import OPERATOR, PASSWORD, write_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]
 
 ENGINEER = "ada"
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "sandbox.png"
 # A cold start of the example (torch import, 5 epochs on one CPU) takes well under a minute.
 TRAINING_TIMEOUT_MS = 120_000
 
@@ -82,10 +81,7 @@ def test_engineer_trains_the_example_and_sees_the_outbox(page: Page, engineer: s
 
     # the example's curves (loss, accuracy) are drawn before the picture is taken
     expect(page.locator("#metrics-charts .uplot")).to_have_count(2)
-    target = SCREENSHOT if os.environ.get("SEALROOM_SCREENSHOTS") == "1" \
-        else tmp_path / "sandbox.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(target), full_page=True)
+    screenshots.take(page, "sandbox.png", tmp_path)  # README's picture (make docs-images)
 
 
 def test_wrong_password_shows_the_error(page: Page, engineer: str) -> None:

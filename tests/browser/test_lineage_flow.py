@@ -5,7 +5,6 @@ through the upload form and opens the pages of its versions."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from console.core import Sealroom
 from console.services import accounts
+from tests.browser import screenshots
 from tests.browser.conftest import VIEWPORT
 from tests.browser.test_engineer_flow import engineer, log_in  # noqa: F401
 from tests.helpers import OPERATOR, PASSWORD
@@ -25,14 +25,6 @@ OFFICER = "sam"
 # A cold start of the example (torch import, 5 epochs on one CPU) takes well under a minute.
 TRAINING_TIMEOUT_MS = 120_000
 _SANDBOX_URL = re.compile(r"/sandboxes/(sb-[0-9a-f]+)$")
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
-
-
-def _screenshot(page: Page, name: str, tmp_path: Path) -> None:
-    """Into docs/img with SEALROOM_SCREENSHOTS=1 (for the guides), else into tmp_path."""
-    folder = IMAGES if os.environ.get("SEALROOM_SCREENSHOTS") == "1" else tmp_path
-    folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(folder / name), full_page=True)
 
 
 @pytest.fixture
@@ -91,7 +83,7 @@ def test_engineer_builds_on_a_project_and_an_earlier_sandbox_and_follows_the_lin
     expect(page).to_have_url(re.compile(rf"/sandboxes/{first}$"))
     used_by = page.locator("#lineage-used-by")
     expect(used_by).to_contain_text("mounted its outputs")
-    _screenshot(page, "lineage.png", tmp_path)
+    screenshots.take(page, "lineage.png", tmp_path)
     used_by.get_by_role("link", name=second).click()
     expect(page).to_have_url(re.compile(rf"/sandboxes/{second}$"))
     expect(page.locator("#lineage-project")).to_contain_text("none")
@@ -120,6 +112,6 @@ def test_engineer_builds_on_a_project_and_an_earlier_sandbox_and_follows_the_lin
     descendants = officer.locator("#descendants")
     expect(descendants).to_contain_text(first)
     expect(descendants).to_contain_text(second)
-    _screenshot(officer, "dataset-version.png", tmp_path)
+    screenshots.take(officer, "dataset-version.png", tmp_path)
     descendants.get_by_role("link", name=second).click()
     expect(officer.locator("#lineage-inputs").get_by_role("link", name=first)).to_be_visible()

@@ -4,7 +4,6 @@ launch over the new limit is refused with the reason and the rule."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -13,13 +12,13 @@ from playwright.sync_api import Page, expect
 
 from console.core import Sealroom
 from console.services import accounts, datasets
+from tests.browser import screenshots
 from tests.browser.test_engineer_flow import log_in, open_launch_form
 from tests.browser.test_release_flow import log_out
 from tests.helpers import OPERATOR, PASSWORD, write_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]
 
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "policy.png"
 ENGINEER_CPUS = "max_cpus: 2.0"  # the default policy's engineer entry
 
 
@@ -69,10 +68,7 @@ def test_officer_tightens_the_policy_and_the_engineer_is_refused(
     page.get_by_role("button", name="Show differences").click()
     expect(page.locator("#diff .del")).to_contain_text("max_cpus: 2.0")
     expect(page.locator("#diff .add")).to_contain_text("max_cpus: 0.5")
-    target = SCREENSHOT if os.environ.get("SEALROOM_SCREENSHOTS") == "1" \
-        else tmp_path / "policy.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(target), full_page=True)
+    screenshots.take(page, "policy.png", tmp_path)
     log_out(page)
 
     log_in(page, "ada")
