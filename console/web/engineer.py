@@ -21,6 +21,7 @@ from console.permissions import Permission
 from console.services import datasets as dataset_service
 from console.services import launch as launch_service
 from console.services import projects as project_service
+from console.services import sandbox_usage
 from console.services import sandboxes as sandbox_service
 from console.services import terminal_sessions
 from console.services.errors import BadRequest, PolicyDenied, ServiceError
@@ -160,7 +161,8 @@ def detail(sandbox_id: str) -> Any:
         core(), caller(), record, urlsplit(request.host_url).hostname or "localhost")
     return render_template(
         "sandbox_detail.html", sandbox=sandbox_service.to_dict(record), outbox=outbox,
-        terminal=terminal,
+        terminal=terminal, usage=sandbox_usage.figures(core(), record), clock=clock,
+        log_window=LIVE_LOG_MAX,
         outbox_note=outbox_note, approvals_needed=core().policy.release.approvals_needed,
         lineage=lineage, links=lineage_web.links(
             lineage, lambda other, owner: url_for("engineer.detail", sandbox_id=other)
@@ -170,14 +172,23 @@ def detail(sandbox_id: str) -> Any:
 @engineer.route("/<sandbox_id>/live")
 @requires(Permission.LOGS_READ)
 def live(sandbox_id: str) -> Any:
-    """What the detail page polls: status, new log bytes since `offset` (of one rank's lines
-    with `rank`), and the outbox."""
+    """What the detail page polls: status and running figures, new log bytes since `offset`
+    (negative: the last bytes; of one rank's lines with `rank`), and the outbox.
+
+    `more` says the log had more than one answer's worth past `offset`: the page asks again
+    at once until it reaches the end. A showing is charged and audited by the log service
+    (a block shown once is free again), so polling from where the last answer ended never
+    pays twice for a byte."""
     offset = request.args.get("offset", default=0, type=int)
     rank_arg = request.args.get("rank")
     try:
         rank = None if rank_arg is None else whole_number(rank_arg)
         if rank_arg is not None and rank is None:
             raise BadRequest("rank must be a whole number")
+        if rank is not None and offset < 0:
+            raise BadRequest("a rank's lines are read from a position, not from the end")
+        record = sandbox_service.get(core(), caller(), sandbox_id)
+        ended = SandboxStatus(record.status).terminal
         body: dict[str, Any] = {"log": "", "offset": offset}
         if request.args.get("log", "1") != "0":
             try:
@@ -188,17 +199,45 @@ def live(sandbox_id: str) -> Any:
                 else:
                     chunk, start, end, total = sandbox_service.rank_logs(
                         core(), caller(), sandbox_id, rank, offset=offset, limit=LIVE_LOG_MAX)
-                body.update(log=chunk.decode("utf-8", "replace"), offset=end,
-                            total=total, skipped=start - offset)
+                if end < total or not ended:
+                    # A character cut by the window waits for the next answer.
+                    kept = whole_characters(chunk)
+                    end -= len(chunk) - len(kept)
+                    chunk = kept
+                body.update(log=chunk.decode("utf-8", "replace"), offset=end, start=start,
+                            total=total, skipped=max(start - offset, 0) if offset >= 0 else 0,
+                            more=total - start > LIVE_LOG_MAX)
             except PolicyDenied as exc:  # the viewing budget is used up: say so, once
                 body.update(log_refused=exc.message, rule=exc.rule)
         record = sandbox_service.get(core(), caller(), sandbox_id)
         body["sandbox"] = sandbox_service.to_dict(record)
+        body["usage"] = sandbox_usage.figures(core(), record)
         if record.status not in ("starting", "running") and request.args.get("outbox"):
             body["outbox"] = sandbox_service.outbox(core(), caller(), sandbox_id)
     except ServiceError as exc:
         return jsonify({"error": {"code": exc.code, "message": exc.message}}), exc.status
     return jsonify(body)
+
+
+def clock(seconds: float) -> str:
+    """A duration as the page shows it (sandbox.js writes the same): "4 min 05 s"."""
+    whole = max(round(seconds), 0)
+    hours, minutes, rest = whole // 3600, whole % 3600 // 60, whole % 60
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+def whole_characters(chunk: bytes) -> bytes:
+    """`chunk` without a UTF-8 character its end cuts in two (at most the last 3 bytes)."""
+    for back in range(1, min(len(chunk), 4) + 1):
+        byte = chunk[-back]
+        if byte < 0x80:
+            return chunk  # ASCII: nothing cut
+        if byte >= 0xC0:  # the lead byte of the last character: is the character whole?
+            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return chunk if back >= needed else chunk[:-back]
+    return chunk
 
 
 @engineer.route("/<sandbox_id>/metrics")
