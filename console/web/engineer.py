@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import current_user
 from wtforms.fields.choices import SelectChoice
 
@@ -19,11 +28,10 @@ from console.models import SandboxStatus
 from console.params import whole_number
 from console.permissions import Permission
 from console.services import datasets as dataset_service
+from console.services import held_uploads, sandbox_usage, terminal_sessions
 from console.services import launch as launch_service
 from console.services import projects as project_service
-from console.services import sandbox_usage
 from console.services import sandboxes as sandbox_service
-from console.services import terminal_sessions
 from console.services.errors import BadRequest, PolicyDenied, ServiceError
 from console.web import lineage as lineage_web
 from console.web import refusal
@@ -106,40 +114,88 @@ def _launch_form() -> LaunchForm:
     return form
 
 
+#: The session's note of a refused launch's upload, kept for the next try.
+HELD_UPLOAD = "held_upload"
+
+
+def _held() -> dict[str, Any] | None:
+    """The upload kept from the caller's last refused launch, if it is still kept."""
+    held = session.get(HELD_UPLOAD)
+    if not isinstance(held, dict) or not held_uploads.exists(core(), str(held.get("token"))):
+        session.pop(HELD_UPLOAD, None)
+        return None
+    return held
+
+
+def _hold(name: str, code: bytes | None) -> None:
+    """Keep the upload of a launch being refused for the next try (replacing any older)."""
+    _forget_held()
+    if code is not None and name:
+        session[HELD_UPLOAD] = {"token": held_uploads.hold(core(), code), "name": name,
+                                "size": len(code)}
+
+
+def _forget_held() -> None:
+    held = session.pop(HELD_UPLOAD, None)
+    if isinstance(held, dict):
+        held_uploads.drop(core(), str(held.get("token")))
+
+
+def _uploaded() -> tuple[str, bytes | None]:
+    """The code file of this request, or else the one kept from the last refused launch."""
+    upload = request.files.get("code")
+    if upload is not None and upload.filename:
+        return upload.filename, upload.read()
+    held = _held()
+    if held is None:
+        return "", None
+    code = held_uploads.take(core(), str(held["token"]))
+    session.pop(HELD_UPLOAD, None)
+    return (str(held["name"]), code) if code is not None else ("", None)
+
+
 @engineer.route("/new", methods=["GET", "POST"])
 @requires(Permission.SANDBOX_LAUNCH)
 def new() -> Any:
     form = _launch_form()
     maxima = core().evaluator.limits_for(current_user.name, current_user.role).limits
-    if request.method == "POST":
-        if not form.validate():
-            errors = "; ".join(f"{form[k].label.text}: {' '.join(v)}"
-                               for k, v in form.errors.items())
-            flash(f"Check the form: {errors}", "error")
-            return render_template("sandbox_new.html", form=form, maxima=maxima), 400
-        order = launch_service.LaunchOrder(
-            datasets=[form.dataset.data], command=form.command.data,
-            cpus=float(form.cpus.data), memory_mb=form.memory_mb.data,
-            pids=form.pids.data or 256, timeout_s=form.timeout_s.data,
-            kind=form.kind.data, ranks=form.ranks.data,
-            inputs=[*(form.inputs.data or []), *split_ids(form.other_inputs.data or "")],
-            project=form.project.data or "")
+
+    def refused(message: str, status: int) -> Any:
+        """The form again, with every value as sent and the upload kept for the next try."""
+        flash(message, "error")
         if form.source.data == "upload":
-            upload = request.files.get("code")
-            if upload is None or not upload.filename:
-                flash("Choose a script or zip to upload.", "error")
-                return render_template("sandbox_new.html", form=form, maxima=maxima), 400
-            order.code_name, order.code = upload.filename, upload.read()
-        else:
-            order.example = form.example.data
-        try:
-            record = launch_service.launch(core(), caller(), order)
-        except ServiceError as exc:
-            flash(refusal(exc), "error")
-            return render_template("sandbox_new.html", form=form, maxima=maxima), exc.status
-        flash(f"Sandbox {record.id} launched.", "info")
-        return redirect(url_for("engineer.detail", sandbox_id=record.id))
-    return render_template("sandbox_new.html", form=form, maxima=maxima)
+            _hold(code_name, code)
+        return render_template("sandbox_new.html", form=form, maxima=maxima,
+                               held=_held()), status
+
+    if request.method != "POST":
+        return render_template("sandbox_new.html", form=form, maxima=maxima, held=_held())
+    code_name, code = _uploaded() if form.source.data == "upload" else ("", None)
+    if not form.validate():
+        errors = "; ".join(f"{form[k].label.text}: {' '.join(v)}"
+                           for k, v in form.errors.items())
+        return refused(f"Check the form: {errors}", 400)
+    order = launch_service.LaunchOrder(
+        datasets=[form.dataset.data], command=form.command.data,
+        shell=form.command_kind.data == "shell",
+        cpus=float(form.cpus.data), memory_mb=form.memory_mb.data,
+        pids=form.pids.data or 256, timeout_s=form.timeout_s.data,
+        kind=form.kind.data, ranks=form.ranks.data,
+        inputs=[*(form.inputs.data or []), *split_ids(form.other_inputs.data or "")],
+        project=form.project.data or "")
+    if form.source.data == "upload":
+        if code is None:
+            return refused("Choose a script or zip to upload.", 400)
+        order.code_name, order.code = code_name, code
+    else:
+        order.example = form.example.data
+    try:
+        record = launch_service.launch(core(), caller(), order)
+    except ServiceError as exc:
+        return refused(refusal(exc), exc.status)
+    _forget_held()
+    flash(f"Sandbox {record.id} launched.", "info")
+    return redirect(url_for("engineer.detail", sandbox_id=record.id))
 
 
 @engineer.route("/<sandbox_id>")
