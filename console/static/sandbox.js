@@ -77,10 +77,13 @@
     text("remaining", u.remaining_s === null ? "—" : duration(u.remaining_s));
     meter("elapsed-meter", u.elapsed_s === null ? null : Math.min(u.elapsed_s, u.time_limit_s), u.time_limit_s);
     text("cpu-use", u.cpus_used === null ? "—" :
-         "about " + u.cpus_used + " of " + u.cpus_limit + " CPU (" + Math.round(100 * u.cpus_used / u.cpus_limit) + " %)");
+         (u.cpus_used ? "about " + u.cpus_used : "under " + (u.cpus_limit / 20)) + " of " + u.cpus_limit + " CPU (" + Math.round(100 * u.cpus_used / u.cpus_limit) + " %)");
     meter("cpu-meter", u.cpus_used, u.cpus_limit);
+    // Figures come in steps of 5 % of the limit: the lowest step reads "under" it.
     text("memory-use", u.memory_mb_used === null ? "—" :
-         "about " + u.memory_mb_used.toLocaleString("en") + " of " + u.memory_mb_limit.toLocaleString("en") +
+         (u.memory_mb_used ? "about " + u.memory_mb_used.toLocaleString("en")
+                           : "under " + Math.round(u.memory_mb_limit / 20).toLocaleString("en")) +
+         " of " + u.memory_mb_limit.toLocaleString("en") +
          " MB (" + Math.round(100 * u.memory_mb_used / u.memory_mb_limit) + " %)");
     meter("memory-meter", u.memory_mb_used, u.memory_mb_limit);
   }
