@@ -54,9 +54,11 @@ def stepped(value: float, limit: float) -> float:
     return min(max(round(value / step), 0), STEPS) * step
 
 
-def figures(core: Sealroom, record: Sandbox, *, now: datetime | None = None) -> dict[str, object]:
+def figures(core: Sealroom, record: Sandbox, *, now: datetime | None = None,
+            ask_engine: bool = True) -> dict[str, object]:
     """Elapsed and remaining time, and (while it runs) CPU and memory use with their limits:
-    every figure the console's own. `None` where a figure does not apply or is not known."""
+    every figure the console's own. `None` where a figure does not apply or is not known.
+    Without `ask_engine` (a page being rendered), CPU and memory are the last reading's."""
     now = now or datetime.now(UTC)
     started, finished = _parse(record.started_at), _parse(record.finished_at)
     elapsed = None if started is None else max(((finished or now) - started).total_seconds(),
@@ -73,11 +75,15 @@ def figures(core: Sealroom, record: Sandbox, *, now: datetime | None = None) -> 
         "memory_mb_used": None, "memory_mb_limit": record.memory_mb * members,
         "sampled_at": None,
     }
-    if running and started is not None:
+    if not running or started is None:
+        with _lock:
+            _samples.pop(record.id, None)
+    elif ask_engine:
         shown.update(_engine_figures(core, record, started, now))
     else:
         with _lock:
-            _samples.pop(record.id, None)
+            last = _samples.get(record.id)
+        shown.update(last.figures if last is not None else {})
     return shown
 
 

@@ -217,7 +217,10 @@ def detail(sandbox_id: str) -> Any:
         core(), caller(), record, urlsplit(request.host_url).hostname or "localhost")
     return render_template(
         "sandbox_detail.html", sandbox=sandbox_service.to_dict(record), outbox=outbox,
-        terminal=terminal, usage=sandbox_usage.figures(core(), record), clock=clock,
+        terminal=terminal, clock=clock,
+        # Rendered from the record alone (a page never waits on the engine); the live poll,
+        # which reads the engine for the log anyway, brings CPU and memory.
+        usage=sandbox_usage.figures(core(), record, ask_engine=False),
         log_window=LIVE_LOG_MAX,
         outbox_note=outbox_note, approvals_needed=core().policy.release.approvals_needed,
         lineage=lineage, links=lineage_web.links(
