@@ -159,18 +159,19 @@ def _uploaded() -> tuple[str, bytes | None]:
 def new() -> Any:
     form = _launch_form()
     maxima = core().evaluator.limits_for(current_user.name, current_user.role).limits
+    if request.method != "POST":
+        return render_template("sandbox_new.html", form=form, maxima=maxima, held=_held())
+    code_name, code = _uploaded() if form.source.data == "upload" else ("", None)
 
     def refused(message: str, status: int) -> Any:
-        """The form again, with every value as sent and the upload kept for the next try."""
+        """The form again, with every value as sent and the upload kept for the next try
+        (unless the upload itself was refused as too large)."""
         flash(message, "error")
-        if form.source.data == "upload":
+        if form.source.data == "upload" and status != 413:
             _hold(code_name, code)
         return render_template("sandbox_new.html", form=form, maxima=maxima,
                                held=_held()), status
 
-    if request.method != "POST":
-        return render_template("sandbox_new.html", form=form, maxima=maxima, held=_held())
-    code_name, code = _uploaded() if form.source.data == "upload" else ("", None)
     if not form.validate():
         errors = "; ".join(f"{form[k].label.text}: {' '.join(v)}"
                            for k, v in form.errors.items())
