@@ -223,3 +223,17 @@ def test_a_kept_upload_expires(core: Sealroom, monkeypatch: pytest.MonkeyPatch) 
     assert not held_uploads.exists(core, token)
     assert held_uploads.take(core, token) is None
     assert held_uploads.take(core, "../../etc/passwd") is None
+
+
+def test_the_cli_launches_a_shell_command(served: str, alice: str,
+                                          fake_backend: FakeBackend) -> None:
+    from click.testing import CliRunner
+
+    from console.cli import main
+
+    result = CliRunner().invoke(main, [
+        "sandbox", "launch", "--dataset", "demo", "--example", "mlp", "--shell",
+        "--command", "cd /workspace && python train.py", "--url", served, "--token", alice])
+    assert result.exit_code == 0, result.output
+    assert fake_backend.created_specs[-1].command == (
+        "/bin/sh", "-c", "cd /workspace && python train.py")
