@@ -63,6 +63,9 @@ def sandbox() -> None:
 @click.option("--code", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="a .py script or a .zip of code")
 @click.option("--command", "command", default="python train.py", show_default=True)
+@click.option("--shell", is_flag=True,
+              help="run the command with sh -c (for cd, &&, pipes, $VARS); by default it is "
+                   "a program and its arguments, run with no shell")
 @click.option("--input", "inputs", multiple=True,
               help="a finished sandbox whose outputs are mounted at /inputs/<id> (repeatable)")
 @click.option("--project", default="", help="work in this project's workspace")
@@ -74,14 +77,16 @@ def sandbox() -> None:
 @_url
 @_token
 def sandbox_launch(datasets: tuple[str, ...], example: str | None, code: Path | None,
-                   command: str, inputs: tuple[str, ...], project: str, kind: str, ranks: int,
-                   cpus: float, memory_mb: int, timeout_s: int, url: str, token: str) -> None:
+                   command: str, shell: bool, inputs: tuple[str, ...], project: str,
+                   kind: str, ranks: int, cpus: float, memory_mb: int, timeout_s: int,
+                   url: str, token: str) -> None:
     """Launch a sandbox; prints its id."""
     if (example is None) == (code is None):
         click.echo("error: give --example or --code", err=True)
         sys.exit(EXIT_REFUSED)
     order: dict[str, Any] = {
-        "datasets": list(datasets), "command": command, "inputs": list(inputs),
+        "datasets": list(datasets), "command": command, "shell": shell,
+        "inputs": list(inputs),
         "project": project, "kind": kind, "ranks": ranks,
         "limits": {"cpus": cpus, "memory_mb": memory_mb, "timeout_s": timeout_s}}
     api = _Api(url, token)

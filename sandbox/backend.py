@@ -71,6 +71,17 @@ class LogChunk:
     cursor: str
 
 
+@dataclass(frozen=True)
+class ResourceUsage:
+    """The engine's own counters for a running sandbox, summed over its members: CPU time
+    used since it started (nanoseconds), memory in use (bytes, without the page cache the
+    kernel may take back), and when the engine read them (UTC)."""
+
+    cpu_ns: int
+    memory_bytes: int
+    read_at: datetime
+
+
 #: What a backend keeps about one sandbox, as JSON: opaque to the console, which stores it with
 #: the sandbox and hands it back on every call (like JupyterHub's `get_state`/`load_state`).
 BackendState = dict[str, Any]
@@ -226,6 +237,10 @@ class Backend(Protocol):
                    max_bytes: int = 16 << 20) -> LogChunk:
         """Output of one member ("" for the launcher) written after `cursor` ("" for the
         start), at most about `max_bytes`."""
+
+    def usage(self, state: BackendState) -> ResourceUsage | None:
+        """The engine's CPU and memory counters for the sandbox, read once (None when no
+        member runs, or the engine keeps no counters for it)."""
 
     def open_terminal(self, state: BackendState, member: str = "", *, term: str = "xterm",
                       size: TerminalSize = DEFAULT_SIZE) -> Terminal:

@@ -34,6 +34,7 @@ from sandbox.backend import (
     LogChunk,
     Member,
     OwnedSandbox,
+    ResourceUsage,
     RunState,
     SandboxStatus,
     combine,
@@ -127,6 +128,30 @@ def _engine_errors(
         raise SandboxError(f"The container engine failed to {action}.", detail=detail) from exc
     except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as exc:
         raise EngineUnavailable(_ENGINE_DOWN, detail=f"{action}: {exc!r}") from exc
+
+
+def _counted(sample: object) -> tuple[int, int, datetime] | None:
+    """(CPU ns, memory bytes, read at) from one stats sample; None for a container that is
+    not running (the engine answers with empty memory counters)."""
+    if not isinstance(sample, dict):
+        return None
+    memory = sample.get("memory_stats") or {}
+    cpu = ((sample.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+    usage = memory.get("usage")
+    if not isinstance(usage, int) or not isinstance(cpu, int):
+        return None
+    stats = memory.get("stats") or {}
+    # What `docker stats` subtracts: the inactive page cache (cgroup v1's total_, v2's own).
+    cache = stats.get("total_inactive_file", stats.get("inactive_file", 0))
+    read = str(sample.get("read") or "")
+    try:
+        read_at = datetime.strptime(read[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+        fraction = read[19:].rstrip("Z").partition("+")[0]
+        if fraction.startswith("."):
+            read_at = read_at.replace(microsecond=int(fraction[1:7].ljust(6, "0")))
+    except ValueError:
+        read_at = datetime.now(UTC)
+    return cpu, max(usage - (cache if isinstance(cache, int) else 0), 0), read_at
 
 
 def _timestamp(value: object) -> str | None:
@@ -447,6 +472,23 @@ class DockerBackend:
                 if close is not None:
                     close()
         return LogChunk(b"".join(out), f"{last} {same}" if last else "")
+
+    def usage(self, state: BackendState) -> ResourceUsage | None:
+        """`docker stats --no-stream` for each running member, one-shot (one sample, no
+        wait for a second): cumulative CPU time, and memory as the docker CLI counts it."""
+        cpu, memory, read_at, running = 0, 0, None, False
+        for member in ContainerState.from_state(state).members:
+            with _engine_errors("read the sandbox's resource use", done=_gone):
+                sample = self._client().api.stats(member.container, stream=False,
+                                                  one_shot=True)
+                counted = _counted(sample)
+                if counted is not None:
+                    running = True
+                    cpu, memory = cpu + counted[0], memory + counted[1]
+                    read_at = read_at or counted[2]
+        if not running or read_at is None:
+            return None
+        return ResourceUsage(cpu_ns=cpu, memory_bytes=memory, read_at=read_at)
 
     def stop(self, state: BackendState, *, timeout_s: int = 10) -> None:
         # The launcher first, so mpirun sees its ranks go only after it was told to stop.

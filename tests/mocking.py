@@ -28,6 +28,7 @@ from sandbox.backend import (
     LogChunk,
     Member,
     OwnedSandbox,
+    ResourceUsage,
     RunState,
     SandboxStatus,
     combine,
@@ -94,6 +95,9 @@ class FakeSandbox:
     #: earliest entries the "engine" has rotated away.
     written: list[bytes] = field(default_factory=list)
     rotated: int = 0
+    #: The engine's counters while it runs: CPU time used (ns) and memory in use (bytes).
+    cpu_ns: int = 0
+    memory_bytes: int = 0
 
     def frames(self) -> list[bytes]:
         if self.starts == 0:
@@ -217,6 +221,11 @@ class FakeBackend:
         """The engine rotates the log: everything written so far is gone from `logs`."""
         box = self._get(handle)
         box.rotated = len(box.frames())
+
+    def use(self, handle: Ref, *, cpu_ns: int, memory_bytes: int) -> None:
+        """The sandbox has used this much CPU time so far and holds this much memory."""
+        box = self._get(handle)
+        box.cpu_ns, box.memory_bytes = cpu_ns, memory_bytes
 
     def handle_of(self, sandbox_id: str) -> str:
         for box in self.sandboxes.values():
@@ -351,6 +360,18 @@ class FakeBackend:
             size += len(frames[done])
             done += 1
         return LogChunk(b"".join(taken), str(done))
+
+    def usage(self, state: BackendState) -> ResourceUsage | None:
+        """The running members' counters summed (as `DockerBackend.usage`), read now."""
+        self._engine()
+        running = [box for m in ContainerState.from_state(state).members
+                   if (box := self.sandboxes.get(m.container)) is not None
+                   and box.state is RunState.RUNNING]
+        if not running:
+            return None
+        return ResourceUsage(cpu_ns=sum(b.cpu_ns for b in running),
+                             memory_bytes=sum(b.memory_bytes for b in running),
+                             read_at=datetime.now(UTC))
 
     def open_terminal(self, state: BackendState, member: str = "", *, term: str = "xterm",
                       size: TerminalSize = DEFAULT_SIZE) -> Terminal:

@@ -26,6 +26,7 @@ from console.params import whole_number
 from console.permissions import Permission
 from console.services import launch as launch_service
 from console.services import releases as release_service
+from console.services import sandbox_usage
 from console.services import sandboxes as sandbox_service
 
 __all__ = ["api"]
@@ -78,8 +79,11 @@ def _launch_order() -> launch_service.LaunchOrder:
     project = data.get("project") or ""
     if not isinstance(project, str):
         raise _Bad("project must be a project name")
+    shell = data.get("shell", False)
+    if not isinstance(shell, bool):
+        raise _Bad("shell must be true (run the command with sh -c) or false")
     order = launch_service.LaunchOrder(
-        datasets=datasets, example=example, command=command,
+        datasets=datasets, example=example, command=command, shell=shell,
         cpus=_number(limits, "cpus", float, 1.0),
         memory_mb=_number(limits, "memory_mb", int, 2048),
         pids=_number(limits, "pids", int, 256),
@@ -118,7 +122,9 @@ def list_sandboxes() -> Any:
 @api.route("/sandboxes/<sandbox_id>", methods=["GET"])
 @api_requires(Permission.SANDBOX_READ)
 def get_sandbox(sandbox_id: str) -> Any:
-    return jsonify(sandbox_service.to_dict(sandbox_service.get(core(), caller(), sandbox_id)))
+    record = sandbox_service.get(core(), caller(), sandbox_id)
+    return jsonify({**sandbox_service.to_dict(record),
+                    "usage": sandbox_usage.figures(core(), record)})
 
 
 @api.route("/sandboxes/<sandbox_id>/logs", methods=["GET"])

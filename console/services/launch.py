@@ -91,6 +91,40 @@ class LaunchOrder:
     inputs: list[str] = field(default_factory=list)
     #: The project whose workspace the sandbox works in ("": a fresh workspace).
     project: str = ""
+    #: Run `command` by the image's shell (`/bin/sh -c COMMAND`: `cd`, `&&`, pipes,
+    #: variables); otherwise it is split into a program and its arguments, with no shell.
+    shell: bool = False
+
+
+#: The shell a shell command runs under (every sandbox image has it; the hardening lets it run).
+SHELL = "/bin/sh"
+#: Words that mean a shell is wanted: builtins a program cannot be, and unquoted operators.
+SHELL_BUILTINS = frozenset({"cd", "export", "source", ".", "set", "unset", "alias", "ulimit",
+                            "umask", "exec", "eval", "for", "while", "if"})
+SHELL_OPERATORS = frozenset({"&&", "||", "|", ";", ">", ">>", "<", "2>", "2>&1", "&"})
+
+
+def command_of(order: LaunchOrder) -> tuple[str, ...]:
+    """The argv the sandbox runs: `sh -c COMMAND` for a shell command, else the command split
+    like a shell would split it (quotes respected) but run with no shell. A plain command
+    that needs a shell is refused with how to ask for one, instead of failing in the sandbox
+    (`exec cd failed`)."""
+    if order.shell:
+        if not order.command.strip():
+            raise BadRequest("the command must not be empty")
+        return (SHELL, "-c", order.command)
+    try:
+        command = tuple(shlex.split(order.command))
+    except ValueError as exc:
+        raise BadRequest(f"invalid launch request: {exc}") from exc
+    if not command:
+        raise BadRequest("the command must not be empty")
+    needs = command[0] if command[0] in SHELL_BUILTINS else next(
+        (word for word in command if word in SHELL_OPERATORS), None)
+    if needs is not None:
+        raise BadRequest(f"{needs!r} needs a shell, and a plain command runs with none: "
+                         "choose a shell command (sh -c) to run it")
+    return command
 
 
 def examples() -> list[str]:
@@ -236,14 +270,12 @@ def parse(order: LaunchOrder, policy: Policy) -> ParsedLaunch:
     """Check the order on its own (and the upload's size): nothing is read or written."""
     if not order.datasets:
         raise BadRequest("choose a dataset")
+    command = command_of(order)
     try:
-        command = tuple(shlex.split(order.command))
         limits = sandbox_spec.Limits(cpus=order.cpus, memory_mb=order.memory_mb,
                                      pids=order.pids, timeout_s=order.timeout_s)
     except (ValueError, InvalidSpec) as exc:
         raise BadRequest(f"invalid launch request: {exc}") from exc
-    if not command:
-        raise BadRequest("the command must not be empty")
     if order.example is None and order.code is None:
         raise BadRequest("upload a script or a zip of code, or pick the bundled example")
     if order.example is not None and order.example not in examples():

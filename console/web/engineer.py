@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import current_user
 from wtforms.fields.choices import SelectChoice
 
@@ -19,10 +28,10 @@ from console.models import SandboxStatus
 from console.params import whole_number
 from console.permissions import Permission
 from console.services import datasets as dataset_service
+from console.services import held_uploads, sandbox_usage, terminal_sessions
 from console.services import launch as launch_service
 from console.services import projects as project_service
 from console.services import sandboxes as sandbox_service
-from console.services import terminal_sessions
 from console.services.errors import BadRequest, PolicyDenied, ServiceError
 from console.web import lineage as lineage_web
 from console.web import refusal
@@ -105,40 +114,89 @@ def _launch_form() -> LaunchForm:
     return form
 
 
+#: The session's note of a refused launch's upload, kept for the next try.
+HELD_UPLOAD = "held_upload"
+
+
+def _held() -> dict[str, Any] | None:
+    """The upload kept from the caller's last refused launch, if it is still kept."""
+    held = session.get(HELD_UPLOAD)
+    if not isinstance(held, dict) or not held_uploads.exists(core(), str(held.get("token"))):
+        session.pop(HELD_UPLOAD, None)
+        return None
+    return held
+
+
+def _hold(name: str, code: bytes | None) -> None:
+    """Keep the upload of a launch being refused for the next try (replacing any older)."""
+    _forget_held()
+    if code is not None and name:
+        session[HELD_UPLOAD] = {"token": held_uploads.hold(core(), code), "name": name,
+                                "size": len(code)}
+
+
+def _forget_held() -> None:
+    held = session.pop(HELD_UPLOAD, None)
+    if isinstance(held, dict):
+        held_uploads.drop(core(), str(held.get("token")))
+
+
+def _uploaded() -> tuple[str, bytes | None]:
+    """The code file of this request, or else the one kept from the last refused launch."""
+    upload = request.files.get("code")
+    if upload is not None and upload.filename:
+        return upload.filename, upload.read()
+    held = _held()
+    if held is None:
+        return "", None
+    code = held_uploads.take(core(), str(held["token"]))
+    session.pop(HELD_UPLOAD, None)
+    return (str(held["name"]), code) if code is not None else ("", None)
+
+
 @engineer.route("/new", methods=["GET", "POST"])
 @requires(Permission.SANDBOX_LAUNCH)
 def new() -> Any:
     form = _launch_form()
     maxima = core().evaluator.limits_for(current_user.name, current_user.role).limits
-    if request.method == "POST":
-        if not form.validate():
-            errors = "; ".join(f"{form[k].label.text}: {' '.join(v)}"
-                               for k, v in form.errors.items())
-            flash(f"Check the form: {errors}", "error")
-            return render_template("sandbox_new.html", form=form, maxima=maxima), 400
-        order = launch_service.LaunchOrder(
-            datasets=[form.dataset.data], command=form.command.data,
-            cpus=float(form.cpus.data), memory_mb=form.memory_mb.data,
-            pids=form.pids.data or 256, timeout_s=form.timeout_s.data,
-            kind=form.kind.data, ranks=form.ranks.data,
-            inputs=[*(form.inputs.data or []), *split_ids(form.other_inputs.data or "")],
-            project=form.project.data or "")
-        if form.source.data == "upload":
-            upload = request.files.get("code")
-            if upload is None or not upload.filename:
-                flash("Choose a script or zip to upload.", "error")
-                return render_template("sandbox_new.html", form=form, maxima=maxima), 400
-            order.code_name, order.code = upload.filename, upload.read()
-        else:
-            order.example = form.example.data
-        try:
-            record = launch_service.launch(core(), caller(), order)
-        except ServiceError as exc:
-            flash(refusal(exc), "error")
-            return render_template("sandbox_new.html", form=form, maxima=maxima), exc.status
-        flash(f"Sandbox {record.id} launched.", "info")
-        return redirect(url_for("engineer.detail", sandbox_id=record.id))
-    return render_template("sandbox_new.html", form=form, maxima=maxima)
+    if request.method != "POST":
+        return render_template("sandbox_new.html", form=form, maxima=maxima, held=_held())
+    code_name, code = _uploaded() if form.source.data == "upload" else ("", None)
+
+    def refused(message: str, status: int) -> Any:
+        """The form again, with every value as sent and the upload kept for the next try
+        (unless the upload itself was refused as too large)."""
+        flash(message, "error")
+        if form.source.data == "upload" and status != 413:
+            _hold(code_name, code)
+        return render_template("sandbox_new.html", form=form, maxima=maxima,
+                               held=_held()), status
+
+    if not form.validate():
+        errors = "; ".join(f"{form[k].label.text}: {' '.join(v)}"
+                           for k, v in form.errors.items())
+        return refused(f"Check the form: {errors}", 400)
+    order = launch_service.LaunchOrder(
+        datasets=[form.dataset.data], command=form.command.data,
+        shell=form.command_kind.data == "shell",
+        cpus=float(form.cpus.data), memory_mb=form.memory_mb.data,
+        pids=form.pids.data or 256, timeout_s=form.timeout_s.data,
+        kind=form.kind.data, ranks=form.ranks.data,
+        inputs=[*(form.inputs.data or []), *split_ids(form.other_inputs.data or "")],
+        project=form.project.data or "")
+    if form.source.data == "upload":
+        if code is None:
+            return refused("Choose a script or zip to upload.", 400)
+        order.code_name, order.code = code_name, code
+    else:
+        order.example = form.example.data
+    try:
+        record = launch_service.launch(core(), caller(), order)
+    except ServiceError as exc:
+        return refused(refusal(exc), exc.status)
+    _forget_held()
+    flash(f"Sandbox {record.id} launched.", "info")
+    return redirect(url_for("engineer.detail", sandbox_id=record.id))
 
 
 @engineer.route("/<sandbox_id>")
@@ -160,7 +218,11 @@ def detail(sandbox_id: str) -> Any:
         core(), caller(), record, urlsplit(request.host_url).hostname or "localhost")
     return render_template(
         "sandbox_detail.html", sandbox=sandbox_service.to_dict(record), outbox=outbox,
-        terminal=terminal,
+        terminal=terminal, clock=clock,
+        # Rendered from the record alone (a page never waits on the engine); the live poll,
+        # which reads the engine for the log anyway, brings CPU and memory.
+        usage=sandbox_usage.figures(core(), record, ask_engine=False),
+        log_window=LIVE_LOG_MAX,
         outbox_note=outbox_note, approvals_needed=core().policy.release.approvals_needed,
         lineage=lineage, links=lineage_web.links(
             lineage, lambda other, owner: url_for("engineer.detail", sandbox_id=other)
@@ -170,14 +232,23 @@ def detail(sandbox_id: str) -> Any:
 @engineer.route("/<sandbox_id>/live")
 @requires(Permission.LOGS_READ)
 def live(sandbox_id: str) -> Any:
-    """What the detail page polls: status, new log bytes since `offset` (of one rank's lines
-    with `rank`), and the outbox."""
+    """What the detail page polls: status and running figures, new log bytes since `offset`
+    (negative: the last bytes; of one rank's lines with `rank`), and the outbox.
+
+    `more` says the log had more than one answer's worth past `offset`: the page asks again
+    at once until it reaches the end. A showing is charged and audited by the log service
+    (a block shown once is free again), so polling from where the last answer ended never
+    pays twice for a byte."""
     offset = request.args.get("offset", default=0, type=int)
     rank_arg = request.args.get("rank")
     try:
         rank = None if rank_arg is None else whole_number(rank_arg)
         if rank_arg is not None and rank is None:
             raise BadRequest("rank must be a whole number")
+        if rank is not None and offset < 0:
+            raise BadRequest("a rank's lines are read from a position, not from the end")
+        record = sandbox_service.get(core(), caller(), sandbox_id)
+        ended = SandboxStatus(record.status).terminal
         body: dict[str, Any] = {"log": "", "offset": offset}
         if request.args.get("log", "1") != "0":
             try:
@@ -188,17 +259,45 @@ def live(sandbox_id: str) -> Any:
                 else:
                     chunk, start, end, total = sandbox_service.rank_logs(
                         core(), caller(), sandbox_id, rank, offset=offset, limit=LIVE_LOG_MAX)
-                body.update(log=chunk.decode("utf-8", "replace"), offset=end,
-                            total=total, skipped=start - offset)
+                if end < total or not ended:
+                    # A character cut by the window waits for the next answer.
+                    kept = whole_characters(chunk)
+                    end -= len(chunk) - len(kept)
+                    chunk = kept
+                body.update(log=chunk.decode("utf-8", "replace"), offset=end, start=start,
+                            total=total, skipped=max(start - offset, 0) if offset >= 0 else 0,
+                            more=total - start > LIVE_LOG_MAX)
             except PolicyDenied as exc:  # the viewing budget is used up: say so, once
                 body.update(log_refused=exc.message, rule=exc.rule)
         record = sandbox_service.get(core(), caller(), sandbox_id)
         body["sandbox"] = sandbox_service.to_dict(record)
+        body["usage"] = sandbox_usage.figures(core(), record)
         if record.status not in ("starting", "running") and request.args.get("outbox"):
             body["outbox"] = sandbox_service.outbox(core(), caller(), sandbox_id)
     except ServiceError as exc:
         return jsonify({"error": {"code": exc.code, "message": exc.message}}), exc.status
     return jsonify(body)
+
+
+def clock(seconds: float) -> str:
+    """A duration as the page shows it (sandbox.js writes the same): "4 min 05 s"."""
+    whole = max(round(seconds), 0)
+    hours, minutes, rest = whole // 3600, whole % 3600 // 60, whole % 60
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+def whole_characters(chunk: bytes) -> bytes:
+    """`chunk` without a UTF-8 character its end cuts in two (at most the last 3 bytes)."""
+    for back in range(1, min(len(chunk), 4) + 1):
+        byte = chunk[-back]
+        if byte < 0x80:
+            return chunk  # ASCII: nothing cut
+        if byte >= 0xC0:  # the lead byte of the last character: is the character whole?
+            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return chunk if back >= needed else chunk[:-back]
+    return chunk
 
 
 @engineer.route("/<sandbox_id>/metrics")

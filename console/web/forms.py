@@ -48,6 +48,11 @@ class LaunchForm(FlaskForm):  # type: ignore[misc]
     ranks = IntegerField("Ranks (N)", default=1, validators=[NumberRange(min=1)])
     command = StringField("Command", default="python train.py",
                           validators=[DataRequired(), Length(max=1000)])
+    #: How the command runs: a program with its arguments (no shell), or by `sh -c`.
+    command_kind = RadioField("How to run the command", choices=[
+        SelectChoice("program", "A program and its arguments (no shell)"),
+        SelectChoice("shell", "A shell command (sh -c: cd, &&, pipes, $VARIABLES)")],
+        default="program")
     cpus = DecimalField("CPUs", default=1, places=2, validators=[NumberRange(min=0.1)])
     memory_mb = IntegerField("Memory (MB)", default=2048, validators=[NumberRange(min=64)])
     pids = IntegerField("Max processes", default=256, validators=[Optional(), NumberRange(min=16)])

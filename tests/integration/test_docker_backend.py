@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -653,3 +654,34 @@ def test_logs_since_survives_the_engine_rotating_its_log(
     numbers = [int(line.split()[1]) for line in (first.data + rest.data).splitlines()]
     assert numbers == list(range(numbers[0], 20000))
     assert backend.logs_since(_naming(container.id), "", rest.cursor).data == b""
+
+
+# --- resource use -------------------------------------------------------------------------
+
+
+def test_usage_reads_the_engines_cpu_and_memory_counters(
+    backend: DockerBackend, make_spec: Callable[..., SandboxSpec],
+    docker_client: docker.DockerClient,
+) -> None:
+    """`usage` is the engine's own counters (docker stats, one-shot) summed over members:
+    what the console shows beside the log as its own figures. A stopped sandbox has none."""
+    code = ("import sys, time\n"
+            "held = b'\\x01' * (96 << 20)\n"  # touched, so resident
+            "sum(range(3_000_000))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(600)\n")
+    state = backend.create(make_spec(code, limits=Limits(memory_mb=512)))
+    backend.start(state)
+    # Block on the engine's log stream (no polling) until the sandbox says it holds the memory.
+    for line in docker_client.api.logs(_container(state), stream=True, follow=True):
+        if b"ready" in line:
+            break
+    usage = backend.usage(state)
+    assert usage is not None
+    assert usage.memory_bytes >= 90 << 20 and usage.memory_bytes < 512 << 20
+    assert usage.cpu_ns > 0
+    assert abs((datetime.now(UTC) - usage.read_at).total_seconds()) < 300
+    backend.stop(state, timeout_s=1)
+    assert backend.usage(state) is None
+    backend.remove(state)
+    assert backend.usage(state) is None
