@@ -15,6 +15,7 @@ from playwright.sync_api import Page, expect
 
 from console.core import Sealroom
 from console.services import accounts, datasets
+from tests.browser import screenshots
 from tests.helpers import OPERATOR, PASSWORD, write_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]
@@ -102,7 +103,7 @@ def test_the_log_follows_a_job_that_prints_2000_lines(page: Page, engineer: str,
     expect(page.locator("#remaining")).to_contain_text(re.compile(r"\d+ min"))
     expect(page.locator("#cpu-use")).to_contain_text("of 1 CPU")
     expect(page.locator("#memory-use")).to_contain_text("of 2,048 MB")
-    page.screenshot(path=str(tmp_path / "log-follows.png"), full_page=True)
+    screenshots.take(page, "log-follows.png", tmp_path)
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
@@ -129,7 +130,7 @@ def test_a_shell_command_runs_and_a_plain_one_that_needs_a_shell_is_refused(
     expect(page.locator("#status")).to_have_text("succeeded", timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#log")).to_contain_text("main.py ran in /workspace/src")
     expect(page.get_by_text("/bin/sh -c 'cd src && python main.py'")).to_be_visible()
-    page.screenshot(path=str(tmp_path / "shell-command.png"), full_page=True)
+    screenshots.take(page, "shell-command.png", tmp_path)
 
 
 def test_a_refused_launch_keeps_the_forms_values(page: Page, engineer: str,
@@ -152,7 +153,7 @@ def test_a_refused_launch_keeps_the_forms_values(page: Page, engineer: str,
     expect(page.get_by_label("Memory (MB)")).to_have_value("512")
     expect(page.get_by_label("Time limit (s)")).to_have_value("300")
     expect(page.locator("#kept-upload")).to_contain_text("train.py")
-    page.screenshot(path=str(tmp_path / "refused-launch.png"), full_page=True)
+    screenshots.take(page, "refused-launch.png", tmp_path)
 
     page.get_by_label("CPUs").fill("1")
     page.get_by_role("button", name="Launch").click()
