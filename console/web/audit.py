@@ -65,10 +65,9 @@ def _links() -> dict[str, Any]:
 
 
 def _events_page(page: audit_log.EventPage | None, filters: audit_log.EventFilter,
-                 error: str) -> str:
+                 error: str, newest: int) -> str:
     return render_template("audit_events.html", page=page, filters=filters, error=error,
-                           status=audit_log.last_verification(core()),
-                           newest=audit_log.newest_event_id(core()),
+                           status=audit_log.last_verification(core()), newest=newest,
                            outcomes=audit_log.OUTCOMES, read_actions=audit_log.READ_ACTIONS,
                            **_links())
 
@@ -77,12 +76,15 @@ def _events_page(page: audit_log.EventPage | None, filters: audit_log.EventFilte
 @requires(Permission.AUDIT_READ)
 def events() -> Any:
     filters = filters_from_args()
+    # The newest event as the list reads it: before this read is itself recorded, so the
+    # banner's count and the list's first row (unfiltered) are the same event.
+    newest = audit_log.newest_event_id(core())
     try:
         page = audit_log.search(core(), caller(), filters, before=_cursor("before"),
                                 after=_cursor("after"))
     except ServiceError as exc:
-        return _events_page(None, filters, exc.message), exc.status
-    return _events_page(page, filters, "")
+        return _events_page(None, filters, exc.message, newest), exc.status
+    return _events_page(page, filters, "", newest)
 
 
 @audit_pages.route("/events/<int:event_id>")
