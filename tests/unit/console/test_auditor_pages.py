@@ -71,6 +71,12 @@ def _html(client: FlaskClient, url: str, status: int = 200) -> str:
     return response.get_data(as_text=True)
 
 
+def _number(pattern: str, html: str) -> int:
+    found = re.search(pattern, html)
+    assert found, pattern
+    return int(found.group(1))
+
+
 def _spent_by(core: Sealroom, user: str) -> list[DisclosureItem]:
     with core.read() as session:
         return list(session.exec(select(DisclosureItem).where(
@@ -273,15 +279,15 @@ def test_the_audit_public_key_is_a_page_and_a_file(
 def test_the_banner_counts_by_event_id_as_the_list_does(
         app: Flask, core: Sealroom, people: dict[str, str]) -> None:
     audrey = _as(app, "audrey")
-    status = _html(audrey, "/audit/chain")
-    verified = int(re.search(r"Intact up to event #(\d+)", status).group(1))  # type: ignore[union-attr]
+    verified = _number(r"Intact up to event #(\d+)", _html(audrey, "/audit/chain"))
     for n in range(3):
         core.record(Actor.system(), AuditAction.CONSOLE_START, target="console", n=n)
     html = _html(audrey, "/audit")
-    newest = int(re.search(r'data-newest="(\d+)"', html).group(1))  # type: ignore[union-attr]
-    first_row = int(re.search(r'<td><a href="/audit/events/(\d+)"', html).group(1))  # type: ignore[union-attr]
+    newest = _number(r'data-newest="(\d+)"', html)
+    first_row = _number(r'<td><a href="/audit/events/(\d+)"', html)
     assert first_row == newest  # the list's newest row is the banner's newest event
-    glance = html[html.index('id="chain-glance"'):html.index("</p>", html.index('id="chain-glance"'))]
+    start = html.index('id="chain-glance"')
+    glance = html[start:html.index("</p>", start)]
     assert f"Chain intact up to event #{verified}" in glance
     assert f"{newest - verified} later events (to #{newest}) not verified since" in glance
 
