@@ -384,7 +384,9 @@ def may_view_files(caller: Caller, record: ReleaseRequest) -> bool:
     auditor) only once the files are out anyway (released); never while the request is
     open."""
     if record.requester == caller.name or not _may_review(caller):
-        return record.status == ReleaseStatus.RELEASED
+        return record.status == ReleaseStatus.RELEASED and (
+            record.requester == caller.name
+            or role_has(caller.role, Permission.RELEASE_INSPECT))
     return True
 
 
