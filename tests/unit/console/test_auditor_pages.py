@@ -30,7 +30,7 @@ from tests.helpers import bearer, csrf_from, login, recorded, supervisor_pass
 from tests.mocking import FakeBackend, ScriptedOutcome
 
 LOG_LINE = "PLANTED log line from the sandbox"
-OUTBOX_NAME = "weights.bin"
+OUTBOX_NAME = "metrics.json"
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def _finished(core: Sealroom, fake_backend: FakeBackend, client: FlaskClient,
     sandbox_id = _launched(client, token)
     handle = fake_backend.handle_of(sandbox_id)
     fake_backend.emit(handle, f"{LOG_LINE}\n".encode())
-    (fake_backend.storage.outbox(sandbox_id) / OUTBOX_NAME).write_bytes(b"weights")
+    (fake_backend.storage.outbox(sandbox_id) / OUTBOX_NAME).write_bytes(b'{"accuracy": 0.9}')
     fake_backend.finish(handle, exit_code=0)
     supervisor_pass(core)
     outbox_service.schedule_manifest(core, sandbox_id).result(timeout=60)
@@ -180,6 +180,15 @@ def test_an_auditor_reads_anyones_release_page_with_no_action_offered(
     _html(audrey, f"/releases/{release_id}/files/1", 403)
     assert [e.outcome for e in recorded(core, AuditAction.RELEASE_FILE_VIEW)
             if e.actor == "audrey"] == ["denied"]
+
+    # once released the files are out anyway: the auditor may look, as the requester may
+    for approver in ("bob", "carol"):
+        assert client.post(f"/api/v1/releases/{release_id}/approve",
+                           headers=bearer(people[approver])).status_code == 200
+    assert 'class="file-view"' in _html(audrey, f"/releases/{release_id}")
+    _html(audrey, f"/releases/{release_id}/files/1")
+    assert [e.outcome for e in recorded(core, AuditAction.RELEASE_FILE_VIEW)
+            if e.actor == "audrey"] == ["denied", "ok"]
 
 
 # --- the audit log ---------------------------------------------------------------------------
