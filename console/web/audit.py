@@ -49,7 +49,7 @@ def target_url(target: str) -> str | None:
         return actor_url(object_id)
     if kind == "terminal":
         return url_for("audit_pages.terminal_session", session_id=object_id)
-    kind, _, number = object_id.partition(":")
+    number = target.removeprefix("audit:event:")
     if target.startswith("audit:event:") and number.isdigit():
         return url_for("audit_pages.event", event_id=int(number))
     return None
