@@ -205,6 +205,15 @@ def public(view: F) -> F:
 
 def requires(permission: Permission) -> Callable[[F], F]:
     """For console pages: a logged-in user whose role holds `permission`."""
+    return requires_any(permission)
+
+
+def requires_any(permission: Permission, *more: Permission) -> Callable[[F], F]:
+    """For console pages open to several roles for different reasons (a sandbox's page: its
+    owner's `SANDBOX_READ`, an auditor's `SANDBOX_INSPECT`): a logged-in user whose role
+    holds any one of them. The service still decides which records the caller may read."""
+    allowed = (permission, *more)
+    named = " or ".join(allowed)
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
@@ -212,13 +221,13 @@ def requires(permission: Permission) -> Callable[[F], F]:
             if not current_user.is_authenticated:
                 _deny(permission, "not logged in")
                 return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
-            if not role_has(current_user.role, permission):
-                _deny(permission, f"role {current_user.role} lacks {permission}")
+            if not any(role_has(current_user.role, p) for p in allowed):
+                _deny(permission, f"role {current_user.role} lacks {named}")
                 return render_template("error.html", status=403,
                                        message="You do not have access to this page."), 403
             return view(*args, **kwargs)
 
-        return declare(wrapper, permission)  # type: ignore[return-value]
+        return declare(wrapper, permission, *more)  # type: ignore[return-value]
 
     return decorate
 

@@ -42,6 +42,10 @@ class Permission(enum.StrEnum):
     DATASET_REGISTER = "data:dataset:register"  # register a dataset or a new version
     DATASET_RETIRE = "data:dataset:retire"
     LINEAGE_READ = "audit:lineage:read"  # every sandbox and release descending from data
+    #: Anyone's sandbox page, read-only: the console-composed facts; its log, outbox names and
+    #: metrics only through the paid, audited paths, charged to the reader's own budget.
+    SANDBOX_INSPECT = "audit:sandbox:read"
+    RELEASE_INSPECT = "audit:release:read"  # anyone's release request pages, read-only
     TOKEN_SELF = "account:token:manage"  # list, make and revoke one's own API tokens
     PASSWORD_SELF = "account:password:change"  # change one's own password
     SSH_KEY_SELF = "account:ssh_key:manage"  # add, list and remove one's own SSH public keys
@@ -89,6 +93,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.DISCLOSURE_READ,
         Permission.DATASET_READ,
         Permission.LINEAGE_READ,
+        Permission.SANDBOX_INSPECT,
+        Permission.RELEASE_INSPECT,
     },
     Role.ADMIN: _EVERYONE | {
         Permission.USER_ADMIN,
@@ -113,9 +119,18 @@ def role_has(role: str, permission: Permission) -> bool:
 
 
 def declared_permission(view: Callable[..., Any]) -> str | None:
+    """The permission a view declares; for one open to several (`requires_any`), the first."""
     return getattr(view, "sealroom_permission", None)
 
 
-def declare(view: F, permission: str) -> F:
+def declared_permissions(view: Callable[..., Any]) -> tuple[str, ...]:
+    """Every permission that opens a view (any one of them is enough)."""
+    found: tuple[str, ...] = getattr(view, "sealroom_permissions", ())
+    first = declared_permission(view)
+    return found or ((first,) if first is not None else ())
+
+
+def declare(view: F, permission: str, *more: str) -> F:
     view.sealroom_permission = permission  # type: ignore[attr-defined]
+    view.sealroom_permissions = (permission, *more)  # type: ignore[attr-defined]
     return view

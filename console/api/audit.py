@@ -33,7 +33,8 @@ def filters_from_args() -> audit_log.EventFilter:
     return audit_log.EventFilter(
         actor=args.get("actor", ""), action=args.get("action", ""),
         target=args.get("target", ""), outcome=args.get("outcome", ""),
-        since=args.get("since", ""), until=args.get("until", ""))
+        since=args.get("since", ""), until=args.get("until", ""),
+        hide_reads=args.get("hide_reads", ""))
 
 
 @api.route("/audit/events", methods=["GET"])

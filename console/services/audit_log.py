@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnClause, func, literal_column
+from sqlalchemy import ColumnClause, func, literal_column, or_
 from sqlmodel import Session, col, select
 
 from audit.chain import append, utc_now
 from audit.events import AuditAction, EventDraft, Outcome
+from audit.keyring import PublicKeyInfo
 from audit.models import AuditEvent
 from console.core import Caller, Sealroom
 from console.models import ReleaseRequest, Sandbox, TerminalSession
@@ -31,9 +32,24 @@ _NO_ID = 1 << 62
 _LIKELY: ColumnClause[Any] = literal_column("0.99")  # SQLite wants the likelihood as a literal
 
 
+#: The last word of an action that only reads (a page, a list, a file's view).
+READ_VERBS = frozenset({"view", "read", "list"})
+#: Actions that only read, derived from the one enumeration: what "hide reads" leaves out
+#: (with the completeness net's record of a served GET, `console:request:serve` "GET …").
+READ_ACTIONS = tuple(sorted(a.value for a in AuditAction
+                            if a.value.rsplit(":", 1)[-1] in READ_VERBS))
+
+
+def is_read(action: str, target: str = "") -> bool:
+    """Whether an event only records a read (for timelines filtered in memory)."""
+    return action in READ_ACTIONS or (action == AuditAction.REQUEST_SERVE
+                                      and target.startswith("GET "))
+
+
 @dataclass(frozen=True)
 class EventFilter:
-    """What an auditor asked for. `action` and `target` ending in `*` or `:` match a prefix."""
+    """What an auditor asked for. `action` and `target` ending in `*` or `:` match a prefix;
+    `hide_reads` ("1") leaves out the events that only record a read (`READ_ACTIONS`)."""
 
     actor: str = ""
     action: str = ""
@@ -41,6 +57,7 @@ class EventFilter:
     outcome: str = ""
     since: str = ""  # ISO 8601; a bare date means its first instant
     until: str = ""  # ISO 8601; a bare date means its last instant
+    hide_reads: str = ""
 
     def is_empty(self) -> bool:
         return not any(asdict(self).values())
@@ -115,8 +132,11 @@ def _parse_filter(filters: EventFilter) -> EventFilter:
     until = _timestamp(filters.until, end=True) if filters.until else ""
     if since and until and since > until:
         raise BadRequest("the time range ends before it starts")
+    if filters.hide_reads not in ("", "0", "1"):
+        raise BadRequest("hide_reads is 1 (leave out reads) or 0")
     return EventFilter(filters.actor.strip(), filters.action.strip(), filters.target.strip(),
-                       filters.outcome, since, until)
+                       filters.outcome, since, until,
+                       "1" if filters.hide_reads == "1" else "")
 
 
 def _queries(session: Session, parsed: EventFilter) -> list[Any]:
@@ -143,6 +163,10 @@ def _queries(session: Session, parsed: EventFilter) -> list[Any]:
             query = query.where(func.likelihood(AuditEvent.time >= parsed.since, _LIKELY))
         if parsed.until:
             query = query.where(func.likelihood(AuditEvent.time <= parsed.until, _LIKELY))
+    if parsed.hide_reads:
+        query = query.where(col(AuditEvent.action).not_in(READ_ACTIONS)).where(
+            or_(col(AuditEvent.action) != AuditAction.REQUEST_SERVE.value,
+                col(AuditEvent.target).not_like("GET %")))
     if not parsed.action:
         return [query]
     prefix = parsed.action.rstrip("*")
@@ -307,6 +331,21 @@ def checkpoints(core: Sealroom, caller: Caller) -> list[dict[str, Any]]:
 
 def public_pem(core: Sealroom, caller: Caller) -> bytes:
     return core.audit_public_pem()
+
+
+def public_keys(core: Sealroom, caller: Caller) -> list[PublicKeyInfo]:
+    """Every audit public key, active first (the console's page of them); audited."""
+    keys = core.audit_public_keys()
+    core.record(caller.actor, AuditAction.KEY_VIEW, target="key:audit",
+                request_id=caller.request_id, keyids=[k.keyid for k in keys])
+    return keys
+
+
+def newest_event_id(core: Sealroom) -> int:
+    """The id of the newest event now (the list's first row when unfiltered), 0 if none."""
+    with core.read() as session:
+        newest = session.exec(select(func.max(AuditEvent.id))).one()
+    return int(newest or 0)
 
 
 OUTCOMES = tuple(o.value for o in Outcome)

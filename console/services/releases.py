@@ -246,14 +246,23 @@ def _visible(session: Session, caller: Caller, release_id: str) -> ReleaseReques
     return record
 
 
+def _readable(session: Session, caller: Caller, release_id: str) -> ReleaseRequest:
+    """`_visible`, and for a role that inspects anyone's requests (an auditor), any request:
+    to read, never to act on."""
+    record = session.get(ReleaseRequest, release_id)
+    if record is not None and role_has(caller.role, Permission.RELEASE_INSPECT):
+        return record
+    return _visible(session, caller, release_id)
+
+
 def get(core: Sealroom, caller: Caller, release_id: str) -> ReleaseRequest:
     with core.read() as session:
-        return _visible(session, caller, release_id)
+        return _readable(session, caller, release_id)
 
 
 def _query(caller: Caller, status: str | None) -> Any:
     query = select(ReleaseRequest).order_by(col(ReleaseRequest.created_at).desc())
-    if not _may_review(caller):
+    if not _may_review(caller) and not role_has(caller.role, Permission.RELEASE_INSPECT):
         query = query.where(ReleaseRequest.requester == caller.name)
     if status:
         query = query.where(ReleaseRequest.status == status)
@@ -371,11 +380,14 @@ VIEW_MAX_ELEMENTS = 1_000_000
 
 
 def may_view_files(caller: Caller, record: ReleaseRequest) -> bool:
-    """Rendered views are sandbox bytes: for approvers, and for the requester only once the
-    files are out anyway (released); never for the requester while the request is open."""
-    if record.requester == caller.name:
-        return record.status == ReleaseStatus.RELEASED
-    return _may_review(caller)
+    """Rendered views are sandbox bytes: for approvers, and for the requester (or an
+    auditor) only once the files are out anyway (released); never while the request is
+    open."""
+    if record.requester == caller.name or not _may_review(caller):
+        return record.status == ReleaseStatus.RELEASED and (
+            record.requester == caller.name
+            or role_has(caller.role, Permission.RELEASE_INSPECT))
+    return True
 
 
 def file_view(core: Sealroom, caller: Caller, release_id: str, position: int) -> dict[str, Any]:
@@ -384,11 +396,11 @@ def file_view(core: Sealroom, caller: Caller, release_id: str, position: int) ->
     target = f"release:{release_id[:64]}"
     with refusals(core, caller, AuditAction.RELEASE_FILE_VIEW, target):
         with core.read() as session:
-            record = _visible(session, caller, release_id)
+            record = _readable(session, caller, release_id)
             files = _files(session, release_id)
         if not may_view_files(caller, record):
             raise Forbidden("the files' contents are shown to approvers; the requester "
-                            "sees them once the release is released")
+                            "and auditors see them once the release is released")
         if not 1 <= position <= len(files):
             raise NotFound(f"this release has no file {position}")
     chosen = files[position - 1]

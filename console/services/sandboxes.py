@@ -285,9 +285,15 @@ def _owned(session: Session, caller: Caller, sandbox_id: str) -> Sandbox:
 
 
 def get(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
-    """The sandbox as last recorded. Pages read the database only: the supervisor alone
-    polls the engine (`refresh_all`), so a page view never waits on Docker."""
+    """The sandbox as last recorded, for its owner or a role that inspects anyone's (an
+    auditor: read only; what it shows of the sandbox's output is charged to the reader).
+    Pages read the database only: the supervisor alone polls the engine (`refresh_all`), so
+    a page view never waits on Docker."""
     with core.read() as session:
+        record = session.get(Sandbox, sandbox_id)
+        if record is not None and record.owner != caller.name \
+                and role_has(caller.role, Permission.SANDBOX_INSPECT):
+            return record
         return _owned(session, caller, sandbox_id)
 
 
@@ -299,7 +305,8 @@ def list_for(core: Sealroom, caller: Caller) -> list[Sandbox]:
 
 
 def stop(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
-    get(core, caller, sandbox_id)  # only the owner may stop it (404 for anyone else)
+    with core.read() as session:
+        _owned(session, caller, sandbox_id)  # only the owner may stop it (404 for anyone else)
     # Stopping needs the engine's word, asked outside any transaction: a sandbox that has
     # already exited is recorded as the exit it was, not as stopped.
     record = refresh(core, sandbox_id)

@@ -19,7 +19,7 @@ from sqlalchemy import select as columns
 from sqlmodel import Session, col, select
 
 from audit.chain import append
-from audit.events import AuditAction, EventDraft, Outcome
+from audit.events import Actor, AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
 from console.models import MetricPoint, MetricStream, Sandbox, SandboxLog, SandboxStatus
 from console.services import disclosure, sandbox_log
@@ -216,8 +216,11 @@ def _audit(session: Session, caller: Caller, sandbox_id: str, *, kept: int, spen
         rule = refusal.rule if refusal is not None else "metrics.format"
         reason = refusal.reason if refusal is not None else \
             "metric lines or points that are not a short name and a finite number"
-        append(session, EventDraft(caller.actor, AuditAction.METRICS_DROP, target,
+        # The platform drops, whoever's view made it read the log: recorded as `system`,
+        # with the viewer named in the details and the request id tying the two together.
+        append(session, EventDraft(Actor.system("metrics"), AuditAction.METRICS_DROP, target,
                                    Outcome.DENIED, reason, caller.request_id, details={
+                                       "viewer": caller.name,
                                        "dropped": dict(sorted(dropped.items())),
                                        "rule": rule, "log_span": list(span),
                                        "policy_version": policy_version}))

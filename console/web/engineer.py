@@ -23,10 +23,11 @@ from flask import (
 from flask_login import current_user
 from wtforms.fields.choices import SelectChoice
 
-from console.guards import caller, core, requires
+from audit.events import AuditAction
+from console.guards import caller, core, requires, requires_any
 from console.models import SandboxStatus
 from console.params import whole_number
-from console.permissions import Permission
+from console.permissions import Permission, role_has
 from console.services import datasets as dataset_service
 from console.services import held_uploads, sandbox_usage, terminal_sessions
 from console.services import launch as launch_service
@@ -200,12 +201,18 @@ def new() -> Any:
 
 
 @engineer.route("/<sandbox_id>")
-@requires(Permission.SANDBOX_READ)
+@requires_any(Permission.SANDBOX_READ, Permission.SANDBOX_INSPECT)
 def detail(sandbox_id: str) -> Any:
+    """The owner's page; an auditor's is the same read-only (`may_act` false), its log,
+    outbox names and metrics fetched through the owner's paid paths, charged to them."""
     try:
         record = sandbox_service.get(core(), caller(), sandbox_id)
     except ServiceError as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
+    may_act = record.owner == current_user.name
+    if not may_act:
+        core().record(caller().actor, AuditAction.SANDBOX_VIEW, target=f"sandbox:{sandbox_id}",
+                      request_id=caller().request_id, owner=record.owner, read_only=True)
     outbox: dict[str, Any] | None = None
     outbox_note = ""
     try:
@@ -214,11 +221,12 @@ def detail(sandbox_id: str) -> Any:
         outbox_note = f"{exc.message} (policy rule {exc.rule})"
     lineage = sandbox_service.lineage(core(), caller(), sandbox_id)
     me = current_user.name
+    everyone = role_has(current_user.role, Permission.SANDBOX_INSPECT)
     terminal = terminal_sessions.terminal_facts(
         core(), caller(), record, urlsplit(request.host_url).hostname or "localhost")
     return render_template(
         "sandbox_detail.html", sandbox=sandbox_service.to_dict(record), outbox=outbox,
-        terminal=terminal, clock=clock,
+        terminal=terminal, clock=clock, may_act=may_act,
         # Rendered from the record alone (a page never waits on the engine); the live poll,
         # which reads the engine for the log anyway, brings CPU and memory.
         usage=sandbox_usage.figures(core(), record, ask_engine=False),
@@ -226,11 +234,11 @@ def detail(sandbox_id: str) -> Any:
         outbox_note=outbox_note, approvals_needed=core().policy.release.approvals_needed,
         lineage=lineage, links=lineage_web.links(
             lineage, lambda other, owner: url_for("engineer.detail", sandbox_id=other)
-            if owner == me else None))
+            if owner == me or everyone else None))
 
 
 @engineer.route("/<sandbox_id>/live")
-@requires(Permission.LOGS_READ)
+@requires_any(Permission.LOGS_READ, Permission.SANDBOX_INSPECT)
 def live(sandbox_id: str) -> Any:
     """What the detail page polls: status and running figures, new log bytes since `offset`
     (negative: the last bytes; of one rank's lines with `rank`), and the outbox.
@@ -301,7 +309,7 @@ def whole_characters(chunk: bytes) -> bytes:
 
 
 @engineer.route("/<sandbox_id>/metrics")
-@requires(Permission.LOGS_READ)
+@requires_any(Permission.LOGS_READ, Permission.SANDBOX_INSPECT)
 def metrics(sandbox_id: str) -> Any:
     """What the detail page's charts poll: new training-metric points past `since`."""
     since = whole_number(request.args.get("since", "0"))

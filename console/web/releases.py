@@ -11,7 +11,7 @@ from flask import Blueprint, flash, redirect, render_template, request, send_fil
 from flask_login import current_user
 
 from audit.events import AuditAction
-from console.guards import caller, core, public, requires
+from console.guards import caller, core, public, requires, requires_any
 from console.permissions import Permission, role_has
 from console.services import releases as release_service
 from console.services.errors import ServiceError
@@ -37,7 +37,7 @@ def request_release(sandbox_id: str) -> Any:
 
 
 @releases.route("/releases")
-@requires(Permission.RELEASE_READ)
+@requires_any(Permission.RELEASE_READ, Permission.RELEASE_INSPECT)
 def index() -> Any:
     rows = release_service.listing(core(), caller())
     reviewer = role_has(current_user.role, Permission.RELEASE_REVIEW)
@@ -48,7 +48,7 @@ def index() -> Any:
 
 
 @releases.route("/releases/<release_id>")
-@requires(Permission.RELEASE_READ)
+@requires_any(Permission.RELEASE_READ, Permission.RELEASE_INSPECT)
 def detail(release_id: str) -> Any:
     try:
         record = release_service.get(core(), caller(), release_id)
@@ -74,7 +74,7 @@ def detail(release_id: str) -> Any:
 
 
 @releases.route("/releases/<release_id>/files/<int:position>")
-@requires(Permission.RELEASE_READ)
+@requires_any(Permission.RELEASE_READ, Permission.RELEASE_INSPECT)
 def file_view(release_id: str, position: int) -> Any:
     """One file of a release as the console renders it (never its raw bytes), a page per
     file so each view is one audited event."""
