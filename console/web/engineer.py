@@ -21,6 +21,7 @@ from console.permissions import Permission
 from console.services import datasets as dataset_service
 from console.services import launch as launch_service
 from console.services import projects as project_service
+from console.services import releases as release_service
 from console.services import sandboxes as sandbox_service
 from console.services import terminal_sessions
 from console.services.errors import BadRequest, PolicyDenied, ServiceError
@@ -162,6 +163,7 @@ def detail(sandbox_id: str) -> Any:
         "sandbox_detail.html", sandbox=sandbox_service.to_dict(record), outbox=outbox,
         terminal=terminal,
         outbox_note=outbox_note, approvals_needed=core().policy.release.approvals_needed,
+        requested=release_service.requested_files(core(), caller(), sandbox_id),
         lineage=lineage, links=lineage_web.links(
             lineage, lambda other, owner: url_for("engineer.detail", sandbox_id=other)
             if owner == me else None))
