@@ -1,6 +1,7 @@
-"""Release pages: request a release from a sandbox, my releases, the approvers' queue, a
-release's detail with its checks, provenance, decisions and audit timeline, and the rendered
-view of each of its files."""
+"""Release pages: request a release from a sandbox, my releases, the approvers' queue (and
+its "waiting on me" count in the navigation), a release's detail with its checks,
+provenance, decisions and audit timeline, the review forms, and the rendered view of each of
+its files."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def request_release(sandbox_id: str) -> Any:
     return redirect(url_for("releases.detail", release_id=record.id))
 
 
+#: Characters of a justification the queue shows (the request's page shows all of it).
+JUSTIFICATION_PREVIEW = 140
+
+
 @releases.app_context_processor
 def _waiting_on_me() -> dict[str, Any]:
     """`waiting_on_me()` for the navigation: counted only where a page asks (approvers)."""
@@ -54,10 +59,6 @@ def index() -> Any:
     queue = release_service.queue(core(), caller()) if reviewer else []
     return render_template("releases.html", releases=rows, queue=queue, reviewer=reviewer,
                            preview=JUSTIFICATION_PREVIEW)
-
-
-#: Characters of a justification the queue shows (the request's page shows all of it).
-JUSTIFICATION_PREVIEW = 140
 
 
 @releases.route("/releases/<release_id>")
