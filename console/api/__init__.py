@@ -28,6 +28,7 @@ from console.services import launch as launch_service
 from console.services import releases as release_service
 from console.services import sandbox_usage
 from console.services import sandboxes as sandbox_service
+from console.services.errors import ServiceError
 
 __all__ = ["api"]
 
@@ -221,16 +222,27 @@ def release_file_view(release_id: str, position: int) -> Any:
 @api.route("/releases/<release_id>/approve", methods=["POST"])
 @api_requires(Permission.RELEASE_REVIEW)
 def approve_release(release_id: str) -> Any:
-    record = release_service.approve(core(), caller(), release_id)
+    comment = _review_note("comment")
+    record = release_service.approve(core(), caller(), release_id, comment)
     return jsonify(release_service.to_dict(core(), record))
+
+
+def _review_note(key: str, required: str = "") -> str:
+    """A review's words from the JSON body; bad input is refused here, before the service,
+    so it is recorded at the request level and not in the release's timeline."""
+    note = (request.get_json(silent=True) or {}).get(key, "")
+    if not isinstance(note, str):
+        raise _Bad(f"{key} must be a string")
+    try:
+        return release_service.review_note(note, required=required)
+    except ServiceError as exc:
+        raise _Bad(exc.message) from None
 
 
 @api.route("/releases/<release_id>/reject", methods=["POST"])
 @api_requires(Permission.RELEASE_REVIEW)
 def reject_release(release_id: str) -> Any:
-    reason = (request.get_json(silent=True) or {}).get("reason", "")
-    if not isinstance(reason, str):
-        raise _Bad("reason must be a string")
+    reason = _review_note("reason", release_service.REJECT_NEEDS_REASON)
     record = release_service.reject(core(), caller(), release_id, reason)
     return jsonify(release_service.to_dict(core(), record))
 
@@ -238,9 +250,7 @@ def reject_release(release_id: str) -> Any:
 @api.route("/releases/<release_id>/withdraw", methods=["POST"])
 @api_requires(Permission.RELEASE_WITHDRAW)
 def withdraw_release(release_id: str) -> Any:
-    reason = (request.get_json(silent=True) or {}).get("reason", "")
-    if not isinstance(reason, str):
-        raise _Bad("reason must be a string")
+    reason = _review_note("reason")
     record = release_service.withdraw(core(), caller(), release_id, reason)
     return jsonify(release_service.to_dict(core(), record))
 

@@ -2,7 +2,9 @@
 review by approvers other than the requester, sealing (signatures + provenance), download.
 
 States: submitted → checks_failed | in_review → approved | rejected | withdrawn → released.
-Sealing is atomic and idempotent, so a crash while `approved` is finished on the next start.
+Only a request still open (submitted, in review) can be withdrawn: `checks_failed` is already
+an end. Sealing is atomic and idempotent, so a crash while `approved` is finished on the next
+start.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from audit.chain import append, utc_now
 from audit.events import Actor, AuditAction, EventDraft, Outcome
@@ -59,6 +61,8 @@ from sandbox.gate.store import BlobStore
 log = logging.getLogger(__name__)
 
 MAX_JUSTIFICATION = 4000
+#: An approval's comment, a rejection's reason, a withdrawal's reason.
+MAX_NOTE = 2000
 _NAME = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,254}$")
 
 
@@ -277,6 +281,57 @@ def listing(core: Sealroom, caller: Caller, *, status: str | None = None
         return _bodies(session, list(session.exec(_query(caller, status)).all()))
 
 
+def _waiting_query(caller: Caller, what: Any) -> Any:
+    """Requests `caller` may still decide: in review, someone else's, not yet approved by
+    them (a rejection ends the review, so it needs no test of its own)."""
+    decided = select(ReleaseDecision.release_id).where(
+        ReleaseDecision.approver == caller.name, ReleaseDecision.decision == "approve")
+    return select(what).where(
+        ReleaseRequest.status == ReleaseStatus.IN_REVIEW,
+        ReleaseRequest.requester != caller.name,
+        col(ReleaseRequest.id).not_in(decided))
+
+
+def queue(core: Sealroom, caller: Caller) -> list[dict[str, Any]]:
+    """The approver's queue, oldest first (the one waiting longest on top), as `to_dict`;
+    empty for a caller who may not review."""
+    if not _may_review(caller):
+        return []
+    with core.read() as session:
+        records = session.exec(_waiting_query(caller, ReleaseRequest).order_by(
+            col(ReleaseRequest.created_at))).all()
+        return _bodies(session, list(records))
+
+
+def waiting_count(core: Sealroom, caller: Caller) -> int:
+    """How many requests are waiting on `caller` (the queue's length, counted in SQL)."""
+    if not _may_review(caller):
+        return 0
+    with core.read() as session:
+        return int(session.exec(_waiting_query(caller, func.count())).one())
+
+
+#: Statuses in which a request still holds its files: open, on the way out, or out.
+_HOLDING = (ReleaseStatus.SUBMITTED, ReleaseStatus.IN_REVIEW, ReleaseStatus.APPROVED,
+            ReleaseStatus.RELEASED)
+
+
+def requested_files(core: Sealroom, caller: Caller, sandbox_id: str
+                    ) -> dict[tuple[str, str], dict[str, str]]:
+    """The caller's own sandbox's outbox files already in a request that is open or released,
+    keyed by (label, SHA-256) as the outbox lists them, each with the request's id and
+    status; the sandbox page offers only the others for a new request."""
+    with core.read() as session:
+        rows = session.exec(select(ReleaseFile, ReleaseRequest).join(
+            ReleaseRequest, col(ReleaseFile.release_id) == col(ReleaseRequest.id)).where(
+            ReleaseRequest.sandbox_id == sandbox_id,
+            ReleaseRequest.requester == caller.name,
+            col(ReleaseRequest.status).in_(_HOLDING)).order_by(
+            col(ReleaseRequest.created_at))).all()
+    return {(file.label or file.name, file.sha256): {"id": record.id, "status": record.status}
+            for file, record in rows}
+
+
 def _files(session: Session, release_id: str) -> list[ReleaseFile]:
     return list(session.exec(select(ReleaseFile).where(
         ReleaseFile.release_id == release_id).order_by(col(ReleaseFile.name))).all())
@@ -311,21 +366,21 @@ def _bodies(session: Session, records: list[ReleaseRequest]) -> list[dict[str, A
     """`to_dict` for many requests, with their files and approvals loaded in bulk."""
     ids = [r.id for r in records]
     files: dict[str, list[ReleaseFile]] = {i: [] for i in ids}
-    approvals: dict[str, list[str]] = {i: [] for i in ids}
+    decisions: dict[str, list[ReleaseDecision]] = {i: [] for i in ids}
     for first in range(0, len(ids), _BATCH):
         batch = ids[first:first + _BATCH]
         for file in session.exec(select(ReleaseFile).where(
                 col(ReleaseFile.release_id).in_(batch)).order_by(col(ReleaseFile.name))):
             files[file.release_id].append(file)
         for decision in session.exec(select(ReleaseDecision).where(
-                col(ReleaseDecision.release_id).in_(batch),
-                ReleaseDecision.decision == "approve").order_by(col(ReleaseDecision.id))):
-            approvals[decision.release_id].append(decision.approver)
-    return [_body(r, files[r.id], approvals[r.id]) for r in records]
+                col(ReleaseDecision.release_id).in_(batch)).order_by(col(ReleaseDecision.id))):
+            decisions[decision.release_id].append(decision)
+    return [_body(r, files[r.id], decisions[r.id]) for r in records]
 
 
 def _body(record: ReleaseRequest, files: list[ReleaseFile],
-          approvals: list[str]) -> dict[str, Any]:
+          decisions: list[ReleaseDecision]) -> dict[str, Any]:
+    approvals = [d.approver for d in decisions if d.decision == "approve"]
     return {
         "id": record.id,
         "sandbox": record.sandbox_id,
@@ -340,6 +395,10 @@ def _body(record: ReleaseRequest, files: list[ReleaseFile],
         "checks": json.loads(record.checks),
         "approvals": approvals,
         "approvals_needed": record.approvals_needed,
+        # Each approver's decision with what they wrote: an approval's optional comment, a
+        # rejection's reason (people's words, typed into the console, never sandbox bytes).
+        "decisions": [{"approver": d.approver, "decision": d.decision, "comment": d.reason,
+                       "at": d.created_at} for d in decisions],
         "policy_version": record.policy_version,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
@@ -434,7 +493,30 @@ def _approved_once() -> Iterator[None]:
         raise Conflict("you have already approved this request") from None
 
 
-def approve(core: Sealroom, caller: Caller, release_id: str) -> ReleaseRequest:
+def review_note(text: str, *, required: str = "") -> str:
+    """An approver's or requester's words as stored: stripped, at most `MAX_NOTE` characters.
+    `required` is the message for an empty note where one is needed (a rejection).
+
+    The views call this before the service, so bad input is a form error (or a 400) recorded
+    at the request level (`auth:request:deny` on the request's path), not a refusal in the
+    release's timeline, which keeps to what happened to the release; the service calls it
+    again before it opens that timeline, for any other caller."""
+    note = text.strip()
+    if required and not note:
+        raise BadRequest(required)
+    if len(note) > MAX_NOTE:
+        raise BadRequest(f"write at most {MAX_NOTE} characters")
+    return note
+
+
+REJECT_NEEDS_REASON = "say why the request is rejected"
+
+
+def approve(core: Sealroom, caller: Caller, release_id: str,
+            comment: str = "") -> ReleaseRequest:
+    """One approval, with the approver's optional comment (stored with the decision and
+    recorded as the event's reason); the last approval needed seals the release."""
+    comment = review_note(comment)
     target = f"release:{release_id[:64]}"
     with refusals(core, caller, AuditAction.RELEASE_APPROVE, target), _approved_once(), \
             core.transaction() as session:
@@ -450,7 +532,7 @@ def approve(core: Sealroom, caller: Caller, release_id: str) -> ReleaseRequest:
                 ReleaseDecision.decision == "approve")).first():
             raise Conflict("you have already approved this request")
         session.add(ReleaseDecision(release_id=release_id, approver=caller.name,
-                                    decision="approve", created_at=utc_now()))
+                                    decision="approve", reason=comment, created_at=utc_now()))
         session.flush()
         count = len(session.exec(select(ReleaseDecision).where(
             ReleaseDecision.release_id == release_id,
@@ -464,7 +546,8 @@ def approve(core: Sealroom, caller: Caller, release_id: str) -> ReleaseRequest:
         if complete:
             _transition(session, record, ReleaseStatus.APPROVED)
         append(session, EventDraft(
-            caller.actor, AuditAction.RELEASE_APPROVE, target, request_id=caller.request_id,
+            caller.actor, AuditAction.RELEASE_APPROVE, target, reason=comment,
+            request_id=caller.request_id,
             details={"approvals": count, "needed": record.approvals_needed,
                      "rule": "release.approvals_needed",
                      "policy_version": policy.version}))
@@ -474,42 +557,46 @@ def approve(core: Sealroom, caller: Caller, release_id: str) -> ReleaseRequest:
 
 
 def reject(core: Sealroom, caller: Caller, release_id: str, reason: str) -> ReleaseRequest:
+    reason = review_note(reason, required=REJECT_NEEDS_REASON)
     target = f"release:{release_id[:64]}"
-    with refusals(core, caller, AuditAction.RELEASE_REJECT, target):
-        reason = reason.strip()
-        if not reason:
-            raise BadRequest("say why the request is rejected")
-        with core.transaction() as session:
-            record = _visible(session, caller, release_id)
-            if record.requester == caller.name:
-                raise Forbidden("you cannot review your own release request; withdraw it")
-            if record.status != ReleaseStatus.IN_REVIEW:
-                raise Conflict(f"the request is {record.status.replace('_', ' ')}, "
-                               "not in review")
-            session.add(ReleaseDecision(release_id=release_id, approver=caller.name,
-                                        decision="reject", reason=reason[:2000],
-                                        created_at=utc_now()))
-            _transition(session, record, ReleaseStatus.REJECTED, reason[:2000])
-            append(session, EventDraft(caller.actor, AuditAction.RELEASE_REJECT, target,
-                                       reason=reason[:2000], request_id=caller.request_id))
+    with refusals(core, caller, AuditAction.RELEASE_REJECT, target), \
+            core.transaction() as session:
+        record = _visible(session, caller, release_id)
+        if record.requester == caller.name:
+            raise Forbidden("you cannot review your own release request; withdraw it")
+        if record.status != ReleaseStatus.IN_REVIEW:
+            raise Conflict(f"the request is {record.status.replace('_', ' ')}, "
+                           "not in review")
+        session.add(ReleaseDecision(release_id=release_id, approver=caller.name,
+                                    decision="reject", reason=reason,
+                                    created_at=utc_now()))
+        _transition(session, record, ReleaseStatus.REJECTED, reason)
+        append(session, EventDraft(caller.actor, AuditAction.RELEASE_REJECT, target,
+                                   reason=reason, request_id=caller.request_id))
     return record
 
 
+def may_withdraw(record: ReleaseRequest) -> bool:
+    """Withdrawing ends a request still waiting on someone; one whose checks failed is
+    already ended (nobody can approve it), so there is nothing to withdraw."""
+    return ReleaseStatus(record.status).open
+
+
 def withdraw(core: Sealroom, caller: Caller, release_id: str, reason: str = "") -> ReleaseRequest:
+    reason = review_note(reason)
     target = f"release:{release_id[:64]}"
     with refusals(core, caller, AuditAction.RELEASE_WITHDRAW, target), \
             core.transaction() as session:
         record = _visible(session, caller, release_id)
         if record.requester != caller.name:
             raise Forbidden("only the requester can withdraw a release request")
-        if record.status not in (ReleaseStatus.SUBMITTED, ReleaseStatus.IN_REVIEW,
-                                 ReleaseStatus.CHECKS_FAILED):
+        if not may_withdraw(record):
             raise Conflict(f"the request is {record.status.replace('_', ' ')}; "
                            "it can no longer be withdrawn")
         _transition(session, record, ReleaseStatus.WITHDRAWN,
-                    reason.strip()[:2000] or "withdrawn by the requester")
+                    reason or "withdrawn by the requester")
         append(session, EventDraft(caller.actor, AuditAction.RELEASE_WITHDRAW, target,
-                                   reason=reason[:2000], request_id=caller.request_id))
+                                   reason=reason, request_id=caller.request_id))
     return record
 
 

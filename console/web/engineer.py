@@ -32,6 +32,7 @@ from console.services import datasets as dataset_service
 from console.services import held_uploads, sandbox_usage, terminal_sessions
 from console.services import launch as launch_service
 from console.services import projects as project_service
+from console.services import releases as release_service
 from console.services import sandboxes as sandbox_service
 from console.services.errors import BadRequest, PolicyDenied, ServiceError
 from console.web import lineage as lineage_web
@@ -232,6 +233,7 @@ def detail(sandbox_id: str) -> Any:
         usage=sandbox_usage.figures(core(), record, ask_engine=False),
         log_window=LIVE_LOG_MAX,
         outbox_note=outbox_note, approvals_needed=core().policy.release.approvals_needed,
+        requested=release_service.requested_files(core(), caller(), sandbox_id),
         lineage=lineage, links=lineage_web.links(
             lineage, lambda other, owner: url_for("engineer.detail", sandbox_id=other)
             if owner == me or everyone else None))

@@ -1,6 +1,7 @@
-"""Release pages: request a release from a sandbox, my releases, the approvers' queue, a
-release's detail with its checks, provenance, decisions and audit timeline, and the rendered
-view of each of its files."""
+"""Release pages: request a release from a sandbox, my releases, the approvers' queue (and
+its "waiting on me" count in the navigation), a release's detail with its checks,
+provenance, decisions and audit timeline, the review forms, and the rendered view of each of
+its files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from flask import Blueprint, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user
 
-from audit.events import AuditAction
+from audit.events import AuditAction, Outcome
 from console.guards import caller, core, public, requires, requires_any
 from console.permissions import Permission, role_has
 from console.services import releases as release_service
@@ -36,20 +37,39 @@ def request_release(sandbox_id: str) -> Any:
     return redirect(url_for("releases.detail", release_id=record.id))
 
 
+#: Characters of a justification the queue shows (the request's page shows all of it).
+JUSTIFICATION_PREVIEW = 140
+
+
+@releases.app_context_processor
+def _waiting_on_me() -> dict[str, Any]:
+    """`waiting_on_me()` for the navigation: counted only where a page asks (approvers)."""
+
+    def count() -> int:
+        return release_service.waiting_count(core(), caller())
+
+    return {"waiting_on_me": count}
+
+
 @releases.route("/releases")
 @requires_any(Permission.RELEASE_READ, Permission.RELEASE_INSPECT)
 def index() -> Any:
     rows = release_service.listing(core(), caller())
     reviewer = role_has(current_user.role, Permission.RELEASE_REVIEW)
-    queue = [r for r in rows if reviewer and r["status"] == "in_review"
-             and r["requester"] != current_user.name
-             and current_user.name not in r["approvals"]]
-    return render_template("releases.html", releases=rows, queue=queue, reviewer=reviewer)
+    queue = release_service.queue(core(), caller()) if reviewer else []
+    return render_template("releases.html", releases=rows, queue=queue, reviewer=reviewer,
+                           preview=JUSTIFICATION_PREVIEW)
 
 
 @releases.route("/releases/<release_id>")
 @requires_any(Permission.RELEASE_READ, Permission.RELEASE_INSPECT)
 def detail(release_id: str) -> Any:
+    return _detail_page(release_id)
+
+
+def _detail_page(release_id: str, *, reject_error: str = "", comment: str = "",
+                 status: int = 200) -> Any:
+    """The release's page; after a refused form, again with the form's error and values."""
     try:
         record = release_service.get(core(), caller(), release_id)
     except ServiceError as exc:
@@ -64,13 +84,14 @@ def detail(release_id: str) -> Any:
     return render_template(
         "release_detail.html", release=body, sandbox=sandbox,
         datasets=json.loads(sandbox.datasets) if sandbox else [], decisions=shown.decisions,
-        events=events, mine=mine,
+        events=events, mine=mine, reject_error=reject_error, comment=comment,
         can_view_files=release_service.may_view_files(caller(), record),
+        can_withdraw=mine and release_service.may_withdraw(record),
         can_review=role_has(current_user.role, Permission.RELEASE_REVIEW) and not mine
         and record.status == "in_review"
         and current_user.name not in body["approvals"],
         can_download=record.status == "released"
-        and (mine or current_user.name in body["approvals"]))
+        and (mine or current_user.name in body["approvals"])), status
 
 
 @releases.route("/releases/<release_id>/files/<int:position>")
@@ -85,40 +106,57 @@ def file_view(release_id: str, position: int) -> Any:
     return render_template("release_file.html", shown=shown, view=shown["view"])
 
 
-def _act(release_id: str, action: str) -> Any:
-    try:
-        if action == "approve":
-            record = release_service.approve(core(), caller(), release_id)
-            flash("Released and signed." if record.status == "released"
-                  else "Approved.", "info")
-        elif action == "reject":
-            release_service.reject(core(), caller(), release_id, request.form.get("reason", ""))
-            flash("Rejected.", "info")
-        else:
-            release_service.withdraw(core(), caller(), release_id,
-                                     request.form.get("reason", ""))
-            flash("Withdrawn.", "info")
-    except ServiceError as exc:
-        flash(exc.message, "error")
-    return redirect(url_for("releases.detail", release_id=release_id), 303)
+def _refused_form(message: str) -> None:
+    """Bad input in a review form, recorded at the request level (like the API's parse-time
+    refusals), not in the release's timeline: it decided nothing about the release."""
+    core().record(caller().actor, AuditAction.REQUEST_DENIED,
+                  target=f"{request.method} {request.path}"[:200], outcome=Outcome.DENIED,
+                  reason=message, request_id=caller().request_id)
 
 
 @releases.route("/releases/<release_id>/approve", methods=["POST"])
 @requires(Permission.RELEASE_REVIEW)
 def approve(release_id: str) -> Any:
-    return _act(release_id, "approve")
+    try:
+        comment = release_service.review_note(request.form.get("comment", ""))
+    except ServiceError as exc:
+        _refused_form(exc.message)
+        flash(f"Your comment: {exc.message}.", "error")
+        return _detail_page(release_id, comment=request.form.get("comment", ""), status=400)
+    try:
+        record = release_service.approve(core(), caller(), release_id, comment)
+        flash("Released and signed." if record.status == "released" else "Approved.", "info")
+    except ServiceError as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("releases.detail", release_id=release_id), 303)
 
 
 @releases.route("/releases/<release_id>/reject", methods=["POST"])
 @requires(Permission.RELEASE_REVIEW)
 def reject(release_id: str) -> Any:
-    return _act(release_id, "reject")
+    try:
+        reason = release_service.review_note(request.form.get("reason", ""),
+                                             required=release_service.REJECT_NEEDS_REASON)
+    except ServiceError as exc:
+        _refused_form(exc.message)
+        return _detail_page(release_id, reject_error=exc.message, status=400)
+    try:
+        release_service.reject(core(), caller(), release_id, reason)
+        flash("Rejected.", "info")
+    except ServiceError as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("releases.detail", release_id=release_id), 303)
 
 
 @releases.route("/releases/<release_id>/withdraw", methods=["POST"])
 @requires(Permission.RELEASE_WITHDRAW)
 def withdraw(release_id: str) -> Any:
-    return _act(release_id, "withdraw")
+    try:
+        release_service.withdraw(core(), caller(), release_id, request.form.get("reason", ""))
+        flash("Withdrawn.", "info")
+    except ServiceError as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("releases.detail", release_id=release_id), 303)
 
 
 @releases.route("/releases/<release_id>/bundle")

@@ -58,7 +58,7 @@ WITH_IDS = {"engineer": {"/sandboxes/*", "/releases/*", f"/projects/{LONG_PROJEC
             "auditor": {"/audit/events/*", "/audit/sessions/*", "/policy/versions/*"},
             "admin": {"/audit/events/*", "/audit/sessions/*"}}
 #: Links that are not pages: downloads and raw recordings.
-NOT_PAGES = re.compile(r"/(export|bundle)(\?|$)|\.cast$|/live$|/metrics$")
+NOT_PAGES = re.compile(r"/(export|bundle)(\?|$)|\.(cast|pem)$|/live$|/metrics$")
 #: Path segments that are ids: one page of each kind is enough to measure its layout.
 _ID = re.compile(r"^(\d+|sb-[0-9a-f]+|rel-[0-9a-f]+|ssh-[0-9a-f]+)$")
 #: At most this many pages a role: a crawl that finds more is finding pages without end.

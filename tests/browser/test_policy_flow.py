@@ -56,6 +56,7 @@ def test_officer_tightens_the_policy_and_the_engineer_is_refused(
     expect(page.get_by_role("heading", name="Dry run: version 3 would deny")).to_be_visible()
     expect(page.locator("#dry-run-no-sandboxes")).to_have_text("None.")
     page.get_by_label("Reason").fill("CPU share for the spring course")
+    page.once("dialog", lambda dialog: dialog.accept())  # "Activate version 3?"
     page.get_by_role("button", name="Activate version 3").click()
 
     expect(page.get_by_role("status").filter(has_text="Policy version 3 is active")

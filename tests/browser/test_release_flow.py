@@ -47,7 +47,9 @@ def approve_from_queue(page: Page, approver: str, release_id: str,
         expect(page.locator("#view-kind")).to_have_text("safetensors weights")
         expect(page.locator("#tensors tbody tr").first).to_be_visible()
         page.go_back()
+    page.once("dialog", lambda dialog: dialog.accept())  # "Approve rel-...?"
     page.get_by_role("button", name="Approve").click()
+    expect(page.locator("#decisions")).to_contain_text(f"{approver} approved")
     log_out(page)
 
 

@@ -51,6 +51,7 @@ def test_curves_grow_while_the_job_runs(page: Page, engineer: str,  # noqa: F811
     expect(page.locator("#status")).to_have_text("running")
     assert int(box.get_attribute("data-points") or "0") > first
 
+    page.once("dialog", lambda dialog: dialog.accept())  # "Stop sb-...?"
     page.get_by_role("button", name="Stop").click()
     expect(page.locator("#status")).not_to_have_text("running", timeout=60_000)
     assert violations == []
