@@ -2,6 +2,8 @@
 // chosen), updates status, refreshes the outbox.
 (function () {
   "use strict";
+  // A sandbox in these statuses has not ended yet (a stopping one ends as stopped).
+  const LIVE = ["starting", "running", "stopping"];
   const log = document.getElementById("log");
   if (!log) return;
   const url = log.dataset.live;
@@ -87,10 +89,10 @@
         // Listed and hashed at last: render again to offer the release form.
         if (wasPending && !outboxPending) setTimeout(function () { location.reload(); }, 300);
       }
-      if (s.status !== "starting" && s.status !== "running") {
+      if (!LIVE.includes(s.status)) {
         done = true;
         // The page was rendered while running: render it again to offer the release form.
-        if (log.dataset.status === "starting" || log.dataset.status === "running") {
+        if (LIVE.includes(log.dataset.status)) {
           log.dataset.status = s.status;
           setTimeout(function () { location.reload(); }, 300);
         }
