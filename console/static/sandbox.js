@@ -16,6 +16,16 @@
   let view = 0;  // which choice of rank a reply belongs to: replies for an older one are dropped
   let timer = null;
   let more = false;  // a finished sandbox's log has more than one reply's worth
+  // A form sent from this page (Stop) is answered by a page of its own, with the message
+  // saying what was recorded: a reload now would abandon it, message and all.
+  let submitted = false;
+  document.addEventListener("submit", function (event) {
+    if (!event.defaultPrevented) submitted = true;  // not one a confirmation called off
+  });
+
+  function reload() {
+    if (!submitted) location.reload();
+  }
 
   function text(id, value) {
     const el = document.getElementById(id);
@@ -87,14 +97,14 @@
         const wasPending = outboxPending;
         outboxPending = body.outbox.state === "hashing";
         // Listed and hashed at last: render again to offer the release form.
-        if (wasPending && !outboxPending) setTimeout(function () { location.reload(); }, 300);
+        if (wasPending && !outboxPending) setTimeout(reload, 300);
       }
       if (!LIVE.includes(s.status)) {
         done = true;
         // The page was rendered while running: render it again to offer the release form.
         if (LIVE.includes(log.dataset.status)) {
           log.dataset.status = s.status;
-          setTimeout(function () { location.reload(); }, 300);
+          setTimeout(reload, 300);
         }
         const stop = document.getElementById("stop-form");
         if (stop) stop.remove();

@@ -351,3 +351,30 @@ def test_20_sandboxes_stopped_at_once_while_the_supervisor_runs_all_end_stopped_
         _assert_stopped_once(core, client, alice, sandbox_id)
     stops = [json.loads(e.details) for e in recorded(core, "sandbox:sandbox:stop")]
     assert len(stops) == 20 and {s["status"] for s in stops} == {"stopped"}
+
+
+# --- the message, once, on the page that asked ----------------------------------------------
+
+
+def test_a_pages_polling_never_brings_back_a_message_another_tab_has_shown(
+        client: FlaskClient, core: Sealroom, alice: str) -> None:
+    """Two tabs: one stops its sandbox and shows the message; the other's poll, sent with
+    the cookie as it was in between, must not write that message back for its next page."""
+    sandbox_id, other = _launch(client, alice), _launch(client, alice)
+    login(client, "alice")
+    token = csrf_from(client, f"/sandboxes/{sandbox_id}")
+    client.post(f"/sandboxes/{sandbox_id}/stop", data={"csrf_token": token})
+    cookie = client.get_cookie("sealroom_session")
+    assert cookie is not None
+    in_between = cookie.value  # holds the message, not shown yet
+    shown = client.get(f"/sandboxes/{sandbox_id}").get_data(as_text=True)
+    assert _page_says(shown) == ("stopped", f"Sandbox {sandbox_id} stopped by alice.")
+    shown_cookie = client.get_cookie("sealroom_session")
+    assert shown_cookie is not None
+    client.set_cookie("sealroom_session", in_between)
+    for poll in (f"/sandboxes/{other}/live", f"/sandboxes/{other}/metrics"):
+        response = client.get(poll)
+        assert response.status_code == 200
+        assert "Set-Cookie" not in response.headers, poll
+    client.set_cookie("sealroom_session", shown_cookie.value)  # what the browser kept
+    assert "flash" not in client.get(f"/sandboxes/{other}").get_data(as_text=True)
