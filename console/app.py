@@ -157,9 +157,18 @@ class PolicySessionInterface(SecureCookieSessionInterface):
         lifetime = core().policy.sessions.absolute_timeout_s
         return datetime.now().astimezone() + timedelta(seconds=lifetime)
 
+    def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
+        # A page's own polling never writes the cookie back: written from the copy it was
+        # sent with, it would bring back what another tab has changed since, such as a
+        # message already shown there ("Sandbox ... stopped" on the wrong sandbox's page).
+        # Emptying the session (its end) still removes the cookie.
+        if request.endpoint in BACKGROUND_ENDPOINTS:
+            return False
+        return super().should_set_cookie(app, session)
+
 
 #: Views a page calls on its own (polling): they do not count as the user being active.
-BACKGROUND_ENDPOINTS = frozenset({"engineer.live"})
+BACKGROUND_ENDPOINTS = frozenset({"engineer.live", "engineer.metrics"})
 
 
 def _install_session_timeouts(app: Flask) -> None:

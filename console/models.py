@@ -76,6 +76,9 @@ class Dataset(SQLModel, table=True):
 class SandboxStatus(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
+    #: Someone asked for the stop (audited then); it ends as STOPPED with that stop's
+    #: reason, whoever records the end (`console.services.sandboxes.finish`).
+    STOPPING = "stopping"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     OOM_KILLED = "oom_killed"
@@ -85,7 +88,12 @@ class SandboxStatus(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self not in (SandboxStatus.STARTING, SandboxStatus.RUNNING)
+        return self not in LIVE_STATUSES
+
+
+#: The statuses of a sandbox that still holds the engine's containers, its volumes, its
+#: datasets and its place in the concurrency cap.
+LIVE_STATUSES = (SandboxStatus.STARTING, SandboxStatus.RUNNING, SandboxStatus.STOPPING)
 
 
 class Sandbox(SQLModel, table=True):

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from audit.chain import append, utc_now
 from audit.events import Actor, AuditAction, EventDraft
 from console.core import Sealroom
-from console.models import Dataset, Sandbox, SandboxStatus
+from console.models import LIVE_STATUSES, Dataset, Sandbox
 from console.services.errors import BadRequest, Conflict
 
 #: A dataset as a launch names it: `name`, or `name@version`.
@@ -68,8 +68,8 @@ def require_mountable(session: Session, versions: Sequence[dict[str, object]]) -
 
 def _in_use(session: Session) -> set[str]:
     """Digests of the dataset versions running sandboxes mount."""
-    rows = session.exec(select(Sandbox.datasets).where(col(Sandbox.status).in_(
-        [SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all()
+    rows = session.exec(select(Sandbox.datasets)
+                        .where(col(Sandbox.status).in_(LIVE_STATUSES))).all()
     return {d["digest"] for text in rows for d in json.loads(text)}
 
 

@@ -28,7 +28,7 @@ from audit.chain import append, utc_now
 from audit.errors import AuditWriteFailed
 from audit.events import AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
-from console.models import Image, Sandbox, SandboxInput, SandboxStatus, User
+from console.models import LIVE_STATUSES, Image, Sandbox, SandboxInput, SandboxStatus, User
 from console.services import dataset_versions as versions_service
 from console.services import lineage as lineage_service
 from console.services import sandboxes
@@ -351,7 +351,7 @@ def decide(core: Sealroom, caller: Caller, parsed: ParsedLaunch, policy: Policy)
                              "digest": dataset.digest})
         built_on = lineage_service.built_on(session, parsed.inputs, parsed.project)
         running = len(session.exec(select(Sandbox.id).where(Sandbox.owner == caller.name).where(
-            col(Sandbox.status).in_([SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all())
+            col(Sandbox.status).in_(LIVE_STATUSES))).all())
         registered = set(session.exec(select(Image.digest)).all())
     facts = LaunchFacts(tuple((str(v["name"]), int(str(v["version"]))) for v in versions),
                         built_on.sources, built_on.project)
@@ -477,7 +477,7 @@ def require_room(core: Sealroom, session: Session, caller: Caller) -> None:
     effective = PolicyEvaluator(policy).limits_for(caller.name, caller.role)
     cap = effective.limits.max_concurrent
     running = len(session.exec(select(Sandbox.id).where(Sandbox.owner == caller.name).where(
-        col(Sandbox.status).in_([SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all())
+        col(Sandbox.status).in_(LIVE_STATUSES))).all())
     if running >= cap:
         raise PolicyDenied(f"at most {cap} sandboxes may run at once",
                            rule=effective.rule("max_concurrent"), policy_version=policy.version)

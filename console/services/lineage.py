@@ -15,6 +15,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from console.models import (
+    LIVE_STATUSES,
     Dataset,
     OutboxManifest,
     Project,
@@ -27,7 +28,7 @@ from console.services.errors import BadRequest, Conflict
 from policies.evaluator import DatasetVersion, OutputsSource, ProjectFacts
 from sandbox.spec import InputMount
 
-_LIVE = (SandboxStatus.STARTING, SandboxStatus.RUNNING)
+_LIVE = LIVE_STATUSES
 
 
 def versions_of(lineage: str) -> tuple[DatasetVersion, ...]:

@@ -34,13 +34,12 @@ from console.services import lineage as lineage_service
 from console.services import releases as release_service
 from console.services import sandboxes as sandbox_service
 from console.services.auditing import refusals
-from console.services.errors import BadRequest, Conflict, EngineDown, NotFound
+from console.services.errors import BadRequest, Conflict, NotFound
 from console.services.launch import ParsedLaunch, judge
 from policies.edit import with_dataset_rule
 from policies.errors import InvalidPolicy, PolicyProblem
 from policies.evaluator import PolicyDecision, PolicyEvaluator
 from policies.schema import CheckedPolicy, Policy, PolicyContext, check_policy
-from sandbox.errors import EngineUnavailable
 from sandbox.gate.checks import CandidateFile, run_checks
 
 MAX_REASON = 2000
@@ -408,7 +407,9 @@ def forbidding_decision(core: Sealroom, sandbox_id: str) -> PolicyDecision | Non
 
 
 def stop_forbidden(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
-    """A security officer stops someone's running sandbox that the active policy forbids."""
+    """A security officer stops someone's running sandbox that the active policy forbids:
+    recorded (stopping, with the rule, and its end event) before the engine is told, as the
+    owner's stop is (`console.services.sandboxes.request_stop`)."""
     target = f"sandbox:{sandbox_id[:64]}"
     with refusals(core, caller, AuditAction.SANDBOX_STOP, target):
         # The engine's word first (outside any transaction), as for the owner's stop.
@@ -417,20 +418,15 @@ def stop_forbidden(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
             raise NotFound("no such sandbox")
         if SandboxStatus(record.status).terminal:
             return record  # stopping twice is fine
+        if record.status == SandboxStatus.STOPPING:  # asked for already: see it through
+            return sandbox_service.carry_out_stop(core, record)
         decision = forbidding_decision(core, sandbox_id)
         if decision is None:
             raise Conflict("the active policy allows this sandbox; only its owner may stop it")
-        try:
-            core.backend.stop(sandbox_service.state_of(record), timeout_s=5)
-        except EngineUnavailable as exc:
-            raise EngineDown("the container engine is not available; try again later",
-                             detail=exc.detail) from exc
-    status = core.backend.poll(sandbox_service.state_of(record))
-    finished = sandbox_service.finish(
-        core, sandbox_id, SandboxStatus.STOPPED, AuditAction.SANDBOX_STOP,
-        f"stopped by {caller.name}: policy version {decision.policy_version} forbids it "
-        f"({decision.rule}: {decision.reason})", exit_code=status.exit_code, caller=caller,
-        details={"rule": decision.rule, "policy_version": decision.policy_version,
-                 "owner": record.owner})
-    assert finished is not None
-    return finished
+        record = sandbox_service.request_stop(
+            core, caller, sandbox_id,
+            f"stopped by {caller.name}: policy version {decision.policy_version} forbids it "
+            f"({decision.rule}: {decision.reason})",
+            details={"rule": decision.rule, "policy_version": decision.policy_version,
+                     "owner": record.owner})
+    return sandbox_service.carry_out_stop(core, record)

@@ -2,7 +2,9 @@
 and reconcile with the engine.
 
 Docker calls happen outside database transactions; every state change and its audit event
-are written together.
+are written together. A stop is recorded (STOPPING, with its reason and its audit event)
+before the engine is told, so whoever then sees the end, the stop or the supervisor, records
+it as that stop: the database decides, once.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from sqlmodel import Session, col, select
 from audit.chain import append, utc_now
 from audit.events import Actor, AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
-from console.models import Sandbox, SandboxInput, SandboxStatus
+from console.models import LIVE_STATUSES, Sandbox, SandboxInput, SandboxStatus
 from console.permissions import Permission, role_has
 from console.services import dataset_versions, sandbox_log, training_metrics
 from console.services import lineage as lineage_service
 from console.services import outbox as outbox_service
-from console.services.errors import BadRequest, EngineDown, NotFound
+from console.services.errors import BadRequest, NotFound
 from sandbox.backend import BackendState, RunState
 from sandbox.backend import SandboxStatus as RunStatus
 from sandbox.cluster import rank_output
@@ -67,7 +69,9 @@ def finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audit
     """Move a sandbox to a terminal state once (compare-and-set), keep its log (`remove`:
     its launcher still exists to read from), free everything of it the engine still holds
     (a lost cluster's other members and keys too), and have its outbox listed and hashed in
-    the background."""
+    the background. A sandbox someone asked to stop (STOPPING) ends as STOPPED with that
+    stop's reason, whatever ended it and whoever saw it first: its stop event, written with
+    the request, was its end event."""
     with core.transaction() as session:
         record = session.get(Sandbox, sandbox_id)
     if record is None or SandboxStatus(record.status).terminal:
@@ -79,16 +83,18 @@ def finish(core: Sealroom, sandbox_id: str, status: SandboxStatus, action: Audit
         record = session.get(Sandbox, sandbox_id)
         if record is None or SandboxStatus(record.status).terminal:
             return record
-        record.status = status
+        stopping = record.status == SandboxStatus.STOPPING
+        record.status = SandboxStatus.STOPPED if stopping else status
         record.exit_code = exit_code
-        record.reason = reason
+        record.reason = record.reason if stopping else reason
         record.finished_at = utc_now()
         session.add(record)
-        actor = caller.actor if caller else _system()
-        append(session, EventDraft(
-            actor, action, f"sandbox:{sandbox_id}", outcome, reason,
-            caller.request_id if caller else "",
-            details={"status": str(status), "exit_code": exit_code, **(details or {})}))
+        if not stopping:
+            actor = caller.actor if caller else _system()
+            append(session, EventDraft(
+                actor, action, f"sandbox:{sandbox_id}", outcome, reason,
+                caller.request_id if caller else "",
+                details={"status": str(status), "exit_code": exit_code, **(details or {})}))
     if state:
         try:
             core.backend.remove(state)  # what is already gone counts as removed
@@ -131,6 +137,8 @@ def refresh(core: Sealroom, sandbox_id: str) -> Sandbox | None:
     except SandboxError:
         return record  # engine unreachable: keep the last known state
     record = _note_members(core, record, status)
+    if record.status == SandboxStatus.STOPPING:
+        return _carry_out_stop(core, record, status)
     if status.state == RunState.MISSING:
         return finish(core, record.id, SandboxStatus.LOST, AuditAction.SANDBOX_LOST,
                       "the container vanished from the engine", outcome=Outcome.FAILED,
@@ -193,7 +201,7 @@ def refresh_all(core: Sealroom) -> None:
     comes back), retry the removals that failed, then look at every live sandbox."""
     with core.transaction() as session:
         ids = session.exec(select(Sandbox.id).where(col(Sandbox.status).in_(
-            [SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all()
+            LIVE_STATUSES))).all()
     watch = core.engine_watch
     if not ids and not watch.removals() and watch.down_since is None:
         return
@@ -231,7 +239,7 @@ def reconcile(core: Sealroom) -> None:
     held = {o.sandbox_id: o for o in core.backend.list_owned()}
     with core.transaction() as session:
         live = {r.id: r for r in session.exec(select(Sandbox).where(col(Sandbox.status).in_(
-            [SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all()}
+            LIVE_STATUSES))).all()}
     for sandbox_id in sorted(held.keys() - live.keys()):
         _remove_orphan(core, held[sandbox_id].state, sandbox_id, held[sandbox_id].owner,
                        "held by the engine for no running sandbox (unknown, or ended)")
@@ -259,7 +267,7 @@ def _settle_volumes(core: Sealroom) -> None:
     mounts as an input (read since the last start; mounted again when next read)."""
     with core.transaction() as session:
         running = set(session.exec(select(Sandbox.id).where(col(Sandbox.status).in_(
-            [SandboxStatus.STARTING, SandboxStatus.RUNNING]))).all())
+            LIVE_STATUSES))).all())
         inputs = set(session.exec(select(SandboxInput.source_id).where(
             col(SandboxInput.sandbox_id).in_(running))).all()) if running else set()
     let_go = core.storage.settle(running | inputs)
@@ -305,6 +313,9 @@ def list_for(core: Sealroom, caller: Caller) -> list[Sandbox]:
 
 
 def stop(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
+    """The owner stops the sandbox: `stopped` once the engine has stopped it, `stopping`
+    while the engine does not answer (the supervisor finishes the stop when it does), or
+    the end it had already reached, as recorded then. Stopping twice is fine."""
     with core.read() as session:
         _owned(session, caller, sandbox_id)  # only the owner may stop it (404 for anyone else)
     # Stopping needs the engine's word, asked outside any transaction: a sandbox that has
@@ -312,18 +323,79 @@ def stop(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
     record = refresh(core, sandbox_id)
     assert record is not None
     if SandboxStatus(record.status).terminal:
-        return record  # stopping twice is fine
+        return record
+    return carry_out_stop(core, request_stop(core, caller, record.id,
+                                             f"stopped by {caller.name}"))
+
+
+def request_stop(core: Sealroom, caller: Caller, sandbox_id: str, reason: str, *,
+                 details: dict[str, object] | None = None) -> Sandbox:
+    """Record that `caller` stops the sandbox, before the engine is told: STOPPING with the
+    `reason` it will end with, and its end event (`sandbox:sandbox:stop`), in one
+    transaction, once (compare-and-set). A sandbox already stopping or ended is left as it
+    is, with no second event. Callers have checked that the sandbox exists and who may stop
+    it."""
+    with core.transaction() as session:
+        record = session.get(Sandbox, sandbox_id)
+        if record is None:
+            raise NotFound("no such sandbox")
+        if record.status not in (SandboxStatus.STARTING, SandboxStatus.RUNNING):
+            return record
+        record.status = SandboxStatus.STOPPING
+        record.reason = reason
+        session.add(record)
+        append(session, EventDraft(
+            caller.actor, AuditAction.SANDBOX_STOP, f"sandbox:{sandbox_id}", Outcome.OK,
+            reason, caller.request_id, details={"status": str(SandboxStatus.STOPPED),
+                                                **(details or {})}))
+    return record
+
+
+def carry_out_stop(core: Sealroom, record: Sandbox) -> Sandbox:
+    """Have the engine stop a sandbox `request_stop` recorded, and record its end. If the
+    engine does not answer, the sandbox stays STOPPING: the supervisor stops it when it
+    answers again (and the console's start does, after a crash)."""
+    if record.status != SandboxStatus.STOPPING:
+        return record
     state = state_of(record)
     try:
-        core.backend.stop(state, timeout_s=5)
-    except EngineUnavailable as exc:
-        raise EngineDown("the container engine is not available; try again later",
-                         detail=exc.detail) from exc
-    status = core.backend.poll(state)
-    finished = finish(core, sandbox_id, SandboxStatus.STOPPED, AuditAction.SANDBOX_STOP,
-                      f"stopped by {caller.name}", exit_code=status.exit_code, caller=caller)
-    assert finished is not None
-    return finished
+        if state:
+            core.backend.stop(state, timeout_s=5)
+        status = core.backend.poll(state) if state else None
+    except SandboxError as exc:
+        log.warning("could not stop %s yet (%s); the supervisor retries", record.id,
+                    exc.detail)
+        return record
+    return _finish_stop(core, record, status)
+
+
+def _carry_out_stop(core: Sealroom, record: Sandbox, status: RunStatus) -> Sandbox:
+    """The supervisor's part of a stop: a STOPPING sandbox still running is stopped (the
+    console that asked may have crashed, or the engine was down then)."""
+    if status.state in (RunState.RUNNING, RunState.CREATED):
+        return carry_out_stop(core, record)
+    return _finish_stop(core, record, status)
+
+
+def _finish_stop(core: Sealroom, record: Sandbox, status: RunStatus | None) -> Sandbox:
+    gone = status is None or status.state == RunState.MISSING
+    finished = finish(core, record.id, SandboxStatus.STOPPED, AuditAction.SANDBOX_STOP,
+                      record.reason, exit_code=None if status is None else status.exit_code,
+                      remove=not gone)
+    return finished or record
+
+
+def stop_message(record: Sandbox) -> str:
+    """What a person who just asked for a stop is told: the status recorded, in words."""
+    status = SandboxStatus(record.status)
+    said = record.reason if record.reason.startswith("stopped") else f"stopped: {record.reason}"
+    if status == SandboxStatus.STOPPED:
+        return f"Sandbox {record.id} {said}."
+    if status == SandboxStatus.STOPPING:
+        return (f"Sandbox {record.id} is stopping ({said}): the container engine has not "
+                "confirmed it yet; it is recorded as stopped once it has.")
+    return (f"Sandbox {record.id} had already ended: {status.replace('_', ' ')}, "
+            f"{record.reason or 'no reason recorded'}.")
 
 
 def logs(core: Sealroom, caller: Caller, sandbox_id: str, *, offset: int = 0,

@@ -121,7 +121,7 @@
       showProgress(body.progress);
       showNote(body);
       if (body.more) again = 200;
-      else if (body.status !== "starting" && body.status !== "running") again = 0;
+      else if (!["starting", "running", "stopping"].includes(body.status)) again = 0;
     } finally {
       if (again) setTimeout(tick, again);
     }

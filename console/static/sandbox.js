@@ -6,6 +6,8 @@
 // answer ended costs nothing twice.
 (function () {
   "use strict";
+  // A sandbox in these statuses has not ended yet (a stopping one ends as stopped).
+  const LIVE = ["starting", "running", "stopping"];
   const log = document.getElementById("log");
   if (!log) return;
   const url = log.dataset.live;
@@ -23,6 +25,16 @@
   let timer = null;
   let more = false;  // the log has more than one reply's worth past `offset`: ask again at once
   let following = true;
+  // A form sent from this page (Stop) is answered by a page of its own, with the message
+  // saying what was recorded: a reload now would abandon it, message and all.
+  let submitted = false;
+  document.addEventListener("submit", function (event) {
+    if (!event.defaultPrevented) submitted = true;  // not one a confirmation called off
+  });
+
+  function reload() {
+    if (!submitted) location.reload();
+  }
 
   function text(id, value) {
     const el = document.getElementById(id);
@@ -155,14 +167,14 @@
         const wasPending = outboxPending;
         outboxPending = body.outbox.state === "hashing";
         // Listed and hashed at last: render again to offer the release form.
-        if (wasPending && !outboxPending) setTimeout(function () { location.reload(); }, 300);
+        if (wasPending && !outboxPending) setTimeout(reload, 300);
       }
-      if (s.status !== "starting" && s.status !== "running") {
+      if (!LIVE.includes(s.status)) {
         done = true;
         // The page was rendered while running: render it again to offer the release form.
-        if (log.dataset.status === "starting" || log.dataset.status === "running") {
+        if (LIVE.includes(log.dataset.status)) {
           log.dataset.status = s.status;
-          setTimeout(function () { location.reload(); }, 300);
+          setTimeout(reload, 300);
         }
         const stop = document.getElementById("stop-form");
         if (stop) stop.remove();

@@ -282,7 +282,7 @@ def live(sandbox_id: str) -> Any:
         record = sandbox_service.get(core(), caller(), sandbox_id)
         body["sandbox"] = sandbox_service.to_dict(record)
         body["usage"] = sandbox_usage.figures(core(), record)
-        if record.status not in ("starting", "running") and request.args.get("outbox"):
+        if SandboxStatus(record.status).terminal and request.args.get("outbox"):
             body["outbox"] = sandbox_service.outbox(core(), caller(), sandbox_id)
     except ServiceError as exc:
         return jsonify({"error": {"code": exc.code, "message": exc.message}}), exc.status
@@ -327,9 +327,9 @@ def metrics(sandbox_id: str) -> Any:
 @requires(Permission.SANDBOX_STOP)
 def stop(sandbox_id: str) -> Any:
     try:
-        sandbox_service.stop(core(), caller(), sandbox_id)
+        record = sandbox_service.stop(core(), caller(), sandbox_id)
     except ServiceError as exc:
         flash(exc.message, "error")
         return redirect(url_for("engineer.detail", sandbox_id=sandbox_id)), 303
-    flash("Sandbox stopped.", "info")
+    flash(sandbox_service.stop_message(record), "info")  # what was recorded, in words
     return redirect(url_for("engineer.detail", sandbox_id=sandbox_id))

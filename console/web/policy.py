@@ -14,6 +14,7 @@ from console.guards import caller, core, requires
 from console.params import whole_number
 from console.permissions import Permission, role_has
 from console.services import policy as policy_service
+from console.services import sandboxes as sandbox_service
 from console.services.errors import ServiceError
 from console.services.policy import InvalidPolicyDocument
 from policies.schema import policy_sha256
@@ -159,9 +160,9 @@ def restore(number: int) -> Any:
 @requires(Permission.SANDBOX_OVERSEE)
 def stop_sandbox(sandbox_id: str) -> Any:
     try:
-        policy_service.stop_forbidden(core(), caller(), sandbox_id)
+        record = policy_service.stop_forbidden(core(), caller(), sandbox_id)
     except ServiceError as exc:
         flash(exc.message, "error")
         return redirect(url_for("policy_pages.index")), 303
-    flash(f"Sandbox {sandbox_id} stopped.", "info")
+    flash(sandbox_service.stop_message(record), "info")  # what was recorded, in words
     return redirect(url_for("policy_pages.index"))

@@ -132,7 +132,8 @@ def test_edit_dry_run_activate(client: FlaskClient, core: Sealroom,
     stopped = client.post(f"/policy/sandboxes/{sandbox_id}/stop",
                           data={"csrf_token": csrf_from(client, "/policy")},
                           follow_redirects=True)
-    assert f"Sandbox {sandbox_id} stopped." in _html(stopped)
+    # the message says what was recorded: the stop, by whom, and why
+    assert f"Sandbox {sandbox_id} stopped by sam: policy version 3 forbids it" in _html(stopped)
     assert "None: every running sandbox is within the active policy." in _html(stopped)
     event = recorded(core, "sandbox:sandbox:stop")[-1]
     details = json.loads(event.details)
