@@ -36,7 +36,7 @@ def test_curves_grow_while_the_job_runs(page: Page, engineer: str,  # noqa: F811
     open_launch_form(page)
     page.get_by_label("Upload a script (.py) or a zip").check()
     page.get_by_label("Script or zip").set_input_files(str(job))
-    page.get_by_label("Command").fill("python curves.py")
+    page.get_by_role("textbox", name="Command").fill("python curves.py")
     page.get_by_role("button", name="Launch").click()
     expect(page).to_have_url(re.compile(r"/sandboxes/sb-[0-9a-f]+$"))
 
