@@ -181,6 +181,9 @@ def test_a_withheld_file_is_requested_by_position_and_never_named(
     listing = wait_for_outbox(client, people["alice"], sandbox_id)
     (item,) = listing["files"]
     assert item["withheld"] and item["sha256"]
+    login(client, "alice")
+    page = client.get(f"/sandboxes/{sandbox_id}").get_data(as_text=True)
+    assert ROW not in page and f'value="#{item["position"]}"' in page  # offered by position
     guessed = client.post("/api/v1/releases", headers=bearer(people["alice"]), json={
         "sandbox": sandbox_id, "files": [f"{ROW}.json"], "justification": "guess"})
     assert guessed.status_code == 400  # a withheld name, even guessed right, is not accepted
@@ -197,7 +200,9 @@ def test_a_withheld_file_is_requested_by_position_and_never_named(
     page = client.get(f"/releases/{body['id']}").get_data(as_text=True)
     assert ROW not in page and item["label"] in page
     page = client.get(f"/sandboxes/{sandbox_id}").get_data(as_text=True)
-    assert ROW not in page and f'value="#{item["position"]}"' in page
+    # the file is in a request now: listed by its label with a link, not offered again
+    assert ROW not in page and f'value="#{item["position"]}"' not in page
+    assert f"{item['label']}: <a href=\"/releases/{body['id']}\"" in page
 
 
 def test_the_running_outbox_is_closed_unless_the_policy_opens_it(
