@@ -136,6 +136,7 @@ def test_a_shell_opens_in_the_only_running_sandbox_and_is_recorded(
     terminal.peer.sendall(printed)
     assert _read_until(channel, b"$ ") == printed
     channel.resize_pty(120, 40)
+    terminal.wait_for_size(120, 40)  # else the hang-up can reach the shell first (CI saw it)
     terminal.hang_up()
     tail = _read_all(channel)
     assert b"[sealroom] session ended: the shell ended" in tail
