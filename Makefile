@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/sealroom up
 
 test: setup lint typecheck
-	SEALROOM_REQUIRE_ENGINE=1 $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+	SEALROOM_REQUIRE_ENGINE=1 $(BIN)/pytest -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 unit: venv
 	$(BIN)/pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
