@@ -512,6 +512,11 @@ def review_note(text: str, *, required: str = "") -> str:
 REJECT_NEEDS_REASON = "say why the request is rejected"
 
 
+def _must_be_in_review(record: ReleaseRequest) -> None:
+    if record.status != ReleaseStatus.IN_REVIEW:
+        raise Conflict(f"the request is {record.status.replace('_', ' ')}, not in review")
+
+
 def approve(core: Sealroom, caller: Caller, release_id: str,
             comment: str = "") -> ReleaseRequest:
     """One approval, with the approver's optional comment (stored with the decision and
@@ -523,9 +528,7 @@ def approve(core: Sealroom, caller: Caller, release_id: str,
         record = _visible(session, caller, release_id)
         if record.requester == caller.name:
             raise Forbidden("you cannot approve your own release request")
-        if record.status != ReleaseStatus.IN_REVIEW:
-            raise Conflict(f"the request is {record.status.replace('_', ' ')}, "
-                           "not in review")
+        _must_be_in_review(record)
         if session.exec(select(ReleaseDecision).where(
                 ReleaseDecision.release_id == release_id,
                 ReleaseDecision.approver == caller.name,
@@ -564,9 +567,7 @@ def reject(core: Sealroom, caller: Caller, release_id: str, reason: str) -> Rele
         record = _visible(session, caller, release_id)
         if record.requester == caller.name:
             raise Forbidden("you cannot review your own release request; withdraw it")
-        if record.status != ReleaseStatus.IN_REVIEW:
-            raise Conflict(f"the request is {record.status.replace('_', ' ')}, "
-                           "not in review")
+        _must_be_in_review(record)
         session.add(ReleaseDecision(release_id=release_id, approver=caller.name,
                                     decision="reject", reason=reason,
                                     created_at=utc_now()))
