@@ -122,6 +122,12 @@ def dataset(core: Sealroom, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def alice(make_user: Callable[..., tuple[str, str]], dataset: str) -> str:
+    """An engineer named alice who may use the `demo` dataset; her API token."""
+    return make_user("alice")[1]
+
+
+@pytest.fixture
 def served(app: Flask) -> Iterator[str]:
     """The console on a real HTTP server in a thread (for the CLI's API client), stopped
     cleanly after the test."""

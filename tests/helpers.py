@@ -80,6 +80,14 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def launch_example(client: FlaskClient, token: str, **fields: Any) -> str:
+    """Launch the bundled mlp example on `demo` through the API; the new sandbox's id."""
+    body = {"dataset": "demo", "example": "mlp", **fields}
+    response = client.post("/api/v1/sandboxes", headers=bearer(token), json=body)
+    assert response.status_code == 201, response.get_json()
+    return str(response.get_json()["id"])
+
+
 def login(client: FlaskClient, name: str, password: str = PASSWORD) -> Any:
     """Log in through the real form, CSRF token included."""
     page = client.get("/login").get_data(as_text=True)

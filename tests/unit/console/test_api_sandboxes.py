@@ -28,11 +28,6 @@ def _sandboxes(core: Sealroom) -> list[Sandbox]:
         return list(session.exec(select(Sandbox)).all())
 
 
-@pytest.fixture
-def alice(make_user: Callable[..., tuple[str, str]], dataset: str) -> str:
-    return make_user("alice")[1]
-
-
 def test_launch_list_get_logs_outbox_stop(client: FlaskClient, alice: str, core: Sealroom,
                                           fake_backend: Any) -> None:
     created = client.post("/api/v1/sandboxes", headers=bearer(alice),

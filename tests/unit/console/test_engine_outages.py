@@ -6,7 +6,6 @@ pass (each behaviour also has a real-engine test, tests/integration/test_engine_
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,19 +14,7 @@ from flask.testing import FlaskClient
 from console.core import Sealroom
 from console.services import sandbox_log
 from sandbox.errors import EngineUnavailable
-from tests.helpers import bearer, recorded, supervisor_pass
-
-
-@pytest.fixture
-def alice(make_user: Callable[..., tuple[str, str]], dataset: str) -> str:
-    return make_user("alice")[1]
-
-
-def _launch(client: FlaskClient, token: str) -> str:
-    response = client.post("/api/v1/sandboxes", headers=bearer(token),
-                           json={"dataset": "demo", "example": "mlp"})
-    assert response.status_code == 201, response.get_json()
-    return str(response.get_json()["id"])
+from tests.helpers import bearer, launch_example, recorded, supervisor_pass
 
 
 def _sandbox(client: FlaskClient, token: str, sandbox_id: str) -> dict[str, Any]:
@@ -38,7 +25,7 @@ def _sandbox(client: FlaskClient, token: str, sandbox_id: str) -> dict[str, Any]
 
 def test_a_sandbox_the_engine_stopped_says_so_and_keeps_its_log(
         client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
-    sandbox_id = _launch(client, alice)
+    sandbox_id = launch_example(client, alice)
     handle = fake_backend.handle_of(sandbox_id)
     fake_backend.emit(handle, b"epoch 1/5 loss=0.6\n")
     supervisor_pass(core)
@@ -63,7 +50,7 @@ def test_a_sandbox_the_engine_stopped_says_so_and_keeps_its_log(
 def test_an_exit_143_outside_an_outage_is_the_jobs_own_once_it_has_settled(
         client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
     core.engine_watch.settle_s = 60
-    sandbox_id = _launch(client, alice)
+    sandbox_id = launch_example(client, alice)
     fake_backend.finish(fake_backend.handle_of(sandbox_id), exit_code=143)
     supervisor_pass(core)  # an engine shutting down stops containers first: wait a moment
     assert _sandbox(client, alice, sandbox_id)["status"] == "running"
@@ -75,7 +62,7 @@ def test_an_exit_143_outside_an_outage_is_the_jobs_own_once_it_has_settled(
 def test_an_exit_143_seen_just_before_the_engine_went_quiet_is_the_engines(
         client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any) -> None:
     core.engine_watch.settle_s = 60
-    sandbox_id = _launch(client, alice)
+    sandbox_id = launch_example(client, alice)
     fake_backend.finish(fake_backend.handle_of(sandbox_id), exit_code=143)
     supervisor_pass(core)  # seen while the engine still answers
     fake_backend.engine_up = False
@@ -89,7 +76,7 @@ def test_an_exit_143_seen_just_before_the_engine_went_quiet_is_the_engines(
 def test_a_log_is_never_saved_empty_while_the_engine_does_not_answer(
         client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    sandbox_id = _launch(client, alice)
+    sandbox_id = launch_example(client, alice)
     handle = fake_backend.handle_of(sandbox_id)
     fake_backend.emit(handle, b"the whole story\n")
     fake_backend.finish(handle, exit_code=0)
@@ -112,7 +99,7 @@ def test_a_log_is_never_saved_empty_while_the_engine_does_not_answer(
 def test_a_removal_that_failed_is_retried_on_the_next_pass(
         client: FlaskClient, core: Sealroom, alice: str, fake_backend: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    sandbox_id = _launch(client, alice)
+    sandbox_id = launch_example(client, alice)
     handle = fake_backend.handle_of(sandbox_id)
     fake_backend.finish(handle, exit_code=0)
     real = fake_backend.remove
@@ -141,7 +128,7 @@ def test_an_exit_143_just_before_the_engine_started_again_is_the_engines(
     from datetime import UTC, datetime, timedelta
 
     core.engine_watch.settle_s = 60
-    sandbox_id = _launch(client, alice)
+    sandbox_id = launch_example(client, alice)
     fake_backend.finish(fake_backend.handle_of(sandbox_id), exit_code=143)
     fake_backend.engine_start = datetime.now(UTC) + timedelta(seconds=2)
     supervisor_pass(core)

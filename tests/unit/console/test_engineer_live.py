@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,11 +20,6 @@ from tests.helpers import bearer, csrf_from, login, recorded
 from tests.mocking import FakeBackend
 
 LOGS_VIEW = "sandbox:logs:view"
-
-
-@pytest.fixture
-def alice(make_user: Callable[..., tuple[str, str]], dataset: str) -> str:
-    return make_user("alice")[1]
 
 
 def _launch(client: FlaskClient, **fields: Any) -> Any:

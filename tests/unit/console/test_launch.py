@@ -5,7 +5,6 @@ MPI nodes included), and a launch refused after its container exists leaving not
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,11 +19,6 @@ from console.services import policy as policy_service
 from console.services.errors import AuditUnavailable
 from sandbox.spec import NetworkPlan
 from tests.helpers import OPERATOR, bearer, change_policy, login, recorded, supervisor_pass
-
-
-@pytest.fixture
-def alice(make_user: Callable[..., tuple[str, str]], dataset: str) -> str:
-    return make_user("alice")[1]
 
 
 def _launch(client: FlaskClient, token: str, **body: Any) -> Any:

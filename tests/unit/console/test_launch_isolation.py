@@ -5,10 +5,8 @@ and a cluster that would need it, are refused with the rule, audited, leaving no
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
-import pytest
 from flask.testing import FlaskClient
 from sqlmodel import select
 
@@ -17,11 +15,6 @@ from console.models import Sandbox
 from sandbox.backend import ContainerState
 from sandbox.spec import Runtime
 from tests.helpers import bearer, change_policy, recorded
-
-
-@pytest.fixture
-def alice(make_user: Callable[..., tuple[str, str]], dataset: str) -> str:
-    return make_user("alice")[1]
 
 
 def _launch(client: FlaskClient, token: str, **body: Any) -> Any:

@@ -8,10 +8,8 @@ sandbox is an orphan; what belongs to no live sandbox, or that no record names, 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from alembic import command
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
@@ -25,11 +23,6 @@ from sandbox.backend import LAUNCHER, ContainerState, Member
 from sandbox.spec import SandboxSpec
 from tests.helpers import bearer, recorded
 from tests.mocking import FakeBackend
-
-
-@pytest.fixture
-def alice(make_user: Callable[..., tuple[str, str]], dataset: str) -> str:
-    return make_user("alice")[1]
 
 
 def _launch(client: FlaskClient, token: str) -> str:

@@ -31,11 +31,6 @@ END_ACTIONS = ("sandbox:sandbox:stop", "sandbox:sandbox:exit", "sandbox:sandbox:
 WAIT_S = 30  # a bound on a wait for the other thread, never a delay
 
 
-@pytest.fixture
-def alice(make_user: Callable[..., tuple[str, str]], dataset: str) -> str:
-    return make_user("alice")[1]
-
-
 def _launch(client: FlaskClient, token: str) -> str:
     response = client.post("/api/v1/sandboxes", headers=bearer(token),
                            json={"dataset": "demo", "example": "mlp"})

@@ -5,33 +5,18 @@ sandbox-written byte is shown, so nothing spends the disclosure budget."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import pytest
 from click.testing import CliRunner
 from flask import Flask
-from flask.testing import FlaskClient
 
 from console.cli import main
 from console.core import Sealroom
 from console.services import disclosure
 from console.ssh.host_key import fingerprint, load_or_create
-from tests.helpers import bearer, change_policy, login
+from tests.helpers import bearer, change_policy, launch_example, login
 
 SEALROOM_URL = "SEALROOM_URL"
-
-
-@pytest.fixture
-def alice(make_user: Callable[..., tuple[str, str]], dataset: str) -> str:
-    return make_user("alice")[1]
-
-
-def _launch(client: FlaskClient, token: str) -> str:
-    response = client.post("/api/v1/sandboxes", headers=bearer(token),
-                           json={"dataset": "demo", "example": "mlp"})
-    assert response.status_code == 201, response.get_json()
-    return str(response.get_json()["id"])
 
 
 def test_the_page_and_the_api_show_the_command_and_the_host_key(
@@ -39,7 +24,7 @@ def test_the_page_and_the_api_show_the_command_and_the_host_key(
     change_policy(core, {"interactive": {"ssh": True}})
     host_key = fingerprint(load_or_create(core.settings.ssh_host_key))
     client = app.test_client()
-    sandbox_id = _launch(client, alice)
+    sandbox_id = launch_example(client, alice)
     facts = client.get(f"/api/v1/sandboxes/{sandbox_id}/terminal",
                        headers=bearer(alice)).get_json()
     assert facts["allowed"] and facts["running"]
@@ -56,7 +41,7 @@ def test_the_page_and_the_api_show_the_command_and_the_host_key(
 def test_the_page_says_why_there_is_no_terminal(app: Flask, core: Sealroom,
                                                alice: str) -> None:
     client = app.test_client()
-    sandbox_id = _launch(client, alice)  # the shipped policy keeps the gateway shut
+    sandbox_id = launch_example(client, alice)  # the shipped policy keeps the gateway shut
     login(client, "alice")
     page = client.get(f"/sandboxes/{sandbox_id}").get_data(as_text=True)
     assert "No terminal: SSH access is turned off (policy rule interactive.ssh)" in page
@@ -72,7 +57,7 @@ def _cli(served: str, token: str, *args: str) -> Any:
 
 def test_the_cli_prints_the_command_or_says_why_not(served: str, app: Flask, core: Sealroom,
                                                     alice: str) -> None:
-    sandbox_id = _launch(app.test_client(), alice)
+    sandbox_id = launch_example(app.test_client(), alice)
     refused = _cli(served, alice, sandbox_id, "--print")
     assert refused.exit_code == 1
     assert "no terminal: SSH access is turned off (rule interactive.ssh)" in refused.output
