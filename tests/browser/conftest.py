@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
+from console.core import Sealroom
+from console.services import accounts, datasets
+from tests.browser.people import ENGINEER
+from tests.helpers import OPERATOR, PASSWORD, write_dataset
+
 CHROMIUM = Path("/usr/bin/chromium")
 # `playwright install` cannot download its own browser here; Debian's Chromium is used, told
 # to stay off the network except for the console under test.
@@ -55,3 +60,13 @@ def page(browser: Browser, live_server: str) -> Iterator[Page]:
     page = context.new_page()
     yield page
     context.close()
+
+
+@pytest.fixture
+def engineer(docker_core: Sealroom, tmp_path: Path) -> str:
+    """The demo engineer, with the demo dataset granted to every engineer."""
+    accounts.create_user(docker_core, OPERATOR, ENGINEER, "engineer", PASSWORD)
+    # 10,000 rows: enough for the example to reach its accuracy.
+    datasets.register_dataset(docker_core, OPERATOR, write_dataset(tmp_path / "src", 10_000),
+                              "demo", ["role:engineer"])
+    return ENGINEER

@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect
 from console.core import Sealroom
 from console.services import accounts
 from tests.browser import screenshots
-from tests.browser.test_engineer_flow import log_in
+from tests.browser.people import log_in
 from tests.browser.test_release_flow import log_out
 from tests.helpers import OPERATOR, PASSWORD
 

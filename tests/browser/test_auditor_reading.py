@@ -23,7 +23,7 @@ from console.services import accounts, datasets
 from console.services import launch as launch_service
 from console.services import releases as release_service
 from tests.browser import screenshots
-from tests.browser.test_engineer_flow import log_in
+from tests.browser.people import log_in
 from tests.helpers import OPERATOR, PASSWORD, write_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]

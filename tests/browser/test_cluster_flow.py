@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from console.core import Sealroom
-from tests.browser.test_engineer_flow import engineer, log_in, open_launch_form  # noqa: F401
+from tests.browser.people import log_in, open_launch_form
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]
 

@@ -16,11 +16,11 @@ from playwright.sync_api import Page, expect
 from console.core import Sealroom
 from console.services import accounts, datasets
 from tests.browser import screenshots
+from tests.browser.people import ENGINEER, log_in, open_launch_form
 from tests.helpers import OPERATOR, PASSWORD, write_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]
 
-ENGINEER = "ada"
 RUN_TIMEOUT_MS = 90_000
 AT_END = "el => el.scrollHeight - el.scrollTop - el.clientHeight < 4"
 
@@ -45,12 +45,8 @@ def engineer(docker_core: Sealroom, tmp_path: Path) -> str:
 
 
 def _log_in_and_open_the_form(page: Page) -> None:
-    page.goto("/login")
-    page.get_by_label("User name").fill(ENGINEER)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.get_by_role("navigation").get_by_role("link", name="New sandbox").click()
-    expect(page.get_by_role("heading", name="New sandbox")).to_be_visible()
+    log_in(page, ENGINEER)
+    open_launch_form(page)
 
 
 def _upload(page: Page, name: str, data: bytes, command: str, *, shell: bool = False) -> None:

@@ -11,39 +11,11 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from console.core import Sealroom
-from console.services import accounts, datasets
 from sandbox.backend import LABEL_INSTALLATION
 from tests.browser import screenshots
-from tests.helpers import OPERATOR, PASSWORD, write_dataset
+from tests.browser.people import TRAINING_TIMEOUT_MS, log_in, open_launch_form
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]
-
-ENGINEER = "ada"
-# A cold start of the example (torch import, 5 epochs on one CPU) takes well under a minute.
-TRAINING_TIMEOUT_MS = 120_000
-
-
-@pytest.fixture
-def engineer(docker_core: Sealroom, tmp_path: Path) -> str:
-    """The demo engineer, with the demo dataset granted to every engineer."""
-    accounts.create_user(docker_core, OPERATOR, ENGINEER, "engineer", PASSWORD)
-    # 10,000 rows: enough for the example to reach its accuracy.
-    datasets.register_dataset(docker_core, OPERATOR, write_dataset(tmp_path / "src", 10_000),
-                              "demo", ["role:engineer"])
-    return ENGINEER
-
-
-def log_in(page: Page, name: str, password: str = PASSWORD) -> None:
-    page.goto("/login")
-    page.get_by_label("User name").fill(name)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-
-
-def open_launch_form(page: Page) -> None:
-    page.get_by_role("navigation").get_by_role("link", name="New sandbox").click()
-    expect(page.get_by_role("heading", name="New sandbox")).to_be_visible()
-
 
 def test_engineer_trains_the_example_and_sees_the_outbox(page: Page, engineer: str,
                                                          tmp_path: Path) -> None:

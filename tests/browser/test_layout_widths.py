@@ -23,7 +23,7 @@ from console.app import create_app
 from console.core import Sealroom
 from console.services import accounts, datasets, images
 from console.settings import Settings
-from tests.browser.test_engineer_flow import log_in
+from tests.browser.people import log_in
 from tests.conftest import make_fake_backend
 from tests.helpers import (
     OPERATOR,

@@ -16,7 +16,7 @@ from console.core import Sealroom
 from console.services import accounts
 from tests.browser import screenshots
 from tests.browser.conftest import VIEWPORT
-from tests.browser.test_engineer_flow import engineer, log_in  # noqa: F401
+from tests.browser.people import log_in
 from tests.helpers import OPERATOR, PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]

@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect
 from console.core import Sealroom
 from console.services import accounts, datasets
 from tests.browser import screenshots
-from tests.browser.test_engineer_flow import log_in, open_launch_form
+from tests.browser.people import log_in, open_launch_form
 from tests.browser.test_release_flow import log_out
 from tests.helpers import OPERATOR, PASSWORD, write_dataset
 

@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect
 
 from console.core import Sealroom
 from console.services import accounts, datasets
-from tests.browser.test_engineer_flow import TRAINING_TIMEOUT_MS, log_in, open_launch_form
+from tests.browser.people import TRAINING_TIMEOUT_MS, log_in, open_launch_form
 from tests.helpers import OPERATOR, PASSWORD, write_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]

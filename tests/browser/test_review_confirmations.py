@@ -19,7 +19,7 @@ from console.core import Sealroom
 from console.services import releases as release_service
 from tests.browser import screenshots
 from tests.browser.conftest import VIEWPORT
-from tests.browser.test_engineer_flow import log_in
+from tests.browser.people import log_in
 from tests.helpers import bearer, recorded, safetensors_bytes, supervisor_pass
 
 pytestmark = [pytest.mark.browser]

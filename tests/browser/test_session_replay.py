@@ -17,7 +17,7 @@ from playwright.sync_api import ConsoleMessage, Page, expect
 from audit.events import AuditAction
 from console.core import Sealroom
 from console.services import accounts
-from tests.browser.test_engineer_flow import log_in
+from tests.browser.people import log_in
 from tests.helpers import OPERATOR, PASSWORD, record_terminal_session, recorded
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]

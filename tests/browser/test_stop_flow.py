@@ -15,11 +15,11 @@ from console.core import Caller, Sealroom
 from console.services import accounts, datasets
 from console.services import launch as launch_service
 from tests.browser import screenshots
+from tests.browser.people import ENGINEER, log_in
 from tests.helpers import OPERATOR, PASSWORD, change_policy, recorded, write_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]
 
-ENGINEER = "ada"
 SANDBOXES = 20
 SLEEPER = b"import time\nprint('sleeping', flush=True)\ntime.sleep(600)\n"
 END_ACTIONS = ("sandbox:sandbox:stop", "sandbox:sandbox:exit", "sandbox:sandbox:oom",
@@ -49,10 +49,7 @@ def sleepers(docker_core: Sealroom, tmp_path: Path) -> list[str]:
 
 
 def _log_in(page: Page) -> None:
-    page.goto("/login")
-    page.get_by_label("User name").fill(ENGINEER)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
+    log_in(page, ENGINEER)
     expect(page.get_by_role("button", name="Log out")).to_be_visible()
 
 
