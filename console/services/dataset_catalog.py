@@ -189,7 +189,10 @@ def _header_columns(path: Path, delimiter: str) -> tuple[tuple[str, ...] | None,
     line = line.removeprefix("\ufeff").rstrip("\r")
     if not line.strip():
         return None, "no header line"
-    names = next(csv.reader([line], delimiter=delimiter), [])
+    try:
+        names = next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error as exc:
+        return None, f"columns not read ({exc})"
     note = ""
     if len(names) > MAX_COLUMNS:
         note = f"the first {MAX_COLUMNS} of {len(names)} columns"
