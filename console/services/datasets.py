@@ -2,7 +2,8 @@
 content hash (a known name gets its next version), mounted read-only into sandboxes, never
 downloadable; retired versions take no new mounts and their files go once no running
 sandbox uses them. Who may mount one is policy: the access list given at registration is
-activated as a new policy version."""
+activated as a new policy version. What a version holds (its catalog) is shown to those who
+may use it (`version_catalog`, read by `dataset_catalog`)."""
 
 from __future__ import annotations
 
