@@ -374,6 +374,36 @@ def dataset_list() -> None:
                    f"bytes  {row.digest}")
 
 
+@dataset.command("show")
+@click.argument("name")
+@click.option("--version", type=int, default=None,
+              help="a version number (default: the one a launch would mount)")
+@_refusals
+def dataset_show(name: str, version: int | None) -> None:
+    """What dataset NAME holds: description, files with sizes, columns, README (audited)."""
+    from console.services import datasets
+
+    body = datasets.version_catalog(_core(), _caller(), name, version)
+    shown, catalog = body.version, body.catalog
+    click.echo(f"{shown['label']}  {shown['files']} files, {shown['bytes']:,} bytes  "
+               f"{shown['digest']}")
+    if not catalog["available"]:
+        click.echo("its files are removed (the version was retired)")
+        return
+    click.echo(f"description: {catalog['description'] or '(no README)'}")
+    files = catalog["files"]
+    assert isinstance(files, list)
+    for entry in files:
+        columns = f"  columns: {', '.join(entry['columns'])}" if entry["columns"] else ""
+        note = f"  ({entry['note']})" if entry["note"] else ""
+        click.echo(f"  {entry['path']:<40} {entry['bytes']:>14,}{columns}{note}")
+    if catalog["files_not_listed"]:
+        click.echo(f"  ... only the first {len(files)} files are listed")
+    if catalog["readme"]:
+        click.echo(f"--- {catalog['readme_file']} ---")
+        click.echo(str(catalog["readme"]).rstrip("\n"))
+
+
 @dataset.command("retire")
 @click.argument("name")
 @click.argument("version", type=int)

@@ -1,5 +1,6 @@
-"""/api/v1/datasets: datasets and their versions (never their files), registering a new
-version from an upload, retiring one, and every sandbox and release descending from it."""
+"""/api/v1/datasets: datasets and their versions, what a version holds (README, files, sizes,
+columns: never the files' contents), registering a new version from an upload, retiring one,
+and every sandbox and release descending from it."""
 
 from __future__ import annotations
 
@@ -39,7 +40,18 @@ def register_dataset() -> Any:
 @api.route("/datasets/<name>", methods=["GET"])
 @api_requires(Permission.DATASET_READ)
 def get_dataset(name: str) -> Any:
-    return jsonify(dataset_service.dataset_detail(core(), caller(), name))
+    """The dataset's versions, and `catalog`: what the version a launch would mount holds."""
+    body = dataset_service.version_catalog(core(), caller(), name)
+    return jsonify({**body.dataset,
+                    "catalog": {"version": body.version["version"], **body.catalog}})
+
+
+@api.route("/datasets/<name>/versions/<int:version>", methods=["GET"])
+@api_requires(Permission.DATASET_READ)
+def get_dataset_version(name: str, version: int) -> Any:
+    """One version and what it holds (`catalog`)."""
+    body = dataset_service.version_catalog(core(), caller(), name, version)
+    return jsonify({**body.version, "catalog": body.catalog})
 
 
 @api.route("/datasets/<name>/versions/<int:version>/retire", methods=["POST"])

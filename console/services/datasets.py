@@ -2,7 +2,8 @@
 content hash (a known name gets its next version), mounted read-only into sandboxes, never
 downloadable; retired versions take no new mounts and their files go once no running
 sandbox uses them. Who may mount one is policy: the access list given at registration is
-activated as a new policy version."""
+activated as a new policy version. What a version holds (its catalog) is shown to those who
+may use it (`version_catalog`, read by `dataset_catalog`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from sqlmodel import Session, col, select
 
@@ -21,7 +23,7 @@ from console.core import Caller, Sealroom
 from console.files import seal_dataset_copy
 from console.models import Dataset, Role, User
 from console.permissions import Permission, role_has
-from console.services import dataset_versions
+from console.services import dataset_catalog, dataset_versions
 from console.services import lineage as lineage_service
 from console.services import policy as policy_service
 from console.services.auditing import refusals
@@ -216,7 +218,7 @@ def version_dict(row: Dataset) -> dict[str, object]:
 def catalogue(core: Sealroom, caller: Caller) -> list[dict[str, object]]:
     """Every dataset with its versions, for officers, auditors and admins; an engineer sees
     the datasets the policy lets them use."""
-    everything = role_has(caller.role, Permission.LINEAGE_READ)
+    everything = _sees_every_dataset(caller)
     allowed = set(core.evaluator.usable_datasets(caller.name, caller.role))
     with core.read() as session:
         rows = session.exec(select(Dataset).order_by(Dataset.name,
@@ -235,11 +237,53 @@ def catalogue(core: Sealroom, caller: Caller) -> list[dict[str, object]]:
     return list(found.values())
 
 
+def _sees_every_dataset(caller: Caller) -> bool:
+    # the host's operator (the CLI) reads the data directory anyway
+    return role_has(caller.role, Permission.LINEAGE_READ) or caller.role == "operator"
+
+
 def dataset_detail(core: Sealroom, caller: Caller, name: str) -> dict[str, object]:
     for entry in catalogue(core, caller):
         if entry["name"] == name:
             return entry
     raise NotFound("no such dataset")
+
+
+class VersionCatalog(NamedTuple):
+    """One version as its catalog page shows it: the dataset (its versions), the version,
+    and what the version holds (`dataset_catalog.Catalog.as_dict`)."""
+
+    dataset: dict[str, object]
+    version: dict[str, object]
+    catalog: dict[str, object]
+
+
+def version_catalog(core: Sealroom, caller: Caller, name: str,
+                    version: int | None = None) -> VersionCatalog:
+    """What one version holds (`version` None: the one a launch naming the dataset would
+    mount, else the newest), for someone who may see the dataset. Read from the
+    files the dataset's registrar gave, never from a sandbox; audited as a view, and a
+    dataset the caller may not see is not found (audited as a refusal)."""
+    target = f"dataset:{name[:64]}" + (f"@{version}" if version is not None else "")
+    with refusals(core, caller, AuditAction.DATASET_VIEW, target):
+        entry = dataset_detail(core, caller, name)
+        with core.read() as session:
+            rows = dataset_versions.versions_of(session, name)
+        row = _chosen(core, rows, version)
+        if row is None:
+            raise NotFound(f"dataset {name!r} has no version {version}")
+    catalog = dataset_catalog.Catalog(available=False) if row.removed_at is not None \
+        else dataset_catalog.read_catalog(Path(row.path), row.digest)
+    core.record(caller.actor, AuditAction.DATASET_VIEW, target=f"dataset:{row.label}",
+                request_id=caller.request_id, digest=row.digest,
+                files=len(catalog.files), readme=catalog.readme_file)
+    return VersionCatalog(entry, version_dict(row), catalog.as_dict())
+
+
+def _chosen(core: Sealroom, rows: list[Dataset], version: int | None) -> Dataset | None:
+    if version is not None:
+        return next((r for r in rows if r.version == version), None)
+    return next((r for r in rows if _mountable(core, r)), rows[0] if rows else None)
 
 
 def version_lineage(core: Sealroom, caller: Caller, name: str,

@@ -1,6 +1,7 @@
-"""Dataset pages: the catalogue of datasets and their versions (never their files), one
-dataset's versions, and for security officers and admins registering a new version from an
-upload and retiring a version. Engineers see the datasets the policy lets them use."""
+"""Dataset pages: the catalogue of datasets and their versions, one dataset's versions with
+what its newest usable version holds (README, files, sizes, columns), each version's own
+catalog, and for security officers and admins registering a new version from an upload and
+retiring a version. Engineers see the datasets the policy lets them use."""
 
 from __future__ import annotations
 
@@ -24,14 +25,18 @@ def _catalogue(form: DatasetUploadForm, status: int = 200) -> Any:
 
 
 def _detail(name: str, form: DatasetUploadForm, status: int = 200) -> Any:
-    try:
-        entry = dataset_service.dataset_detail(core(), caller(), name)
-    except ServiceError as exc:
-        if status != 200:  # a refused upload for a dataset that does not exist (yet)
+    if status != 200:
+        try:
+            dataset_service.dataset_detail(core(), caller(), name)
+        except ServiceError:  # a refused upload for a dataset that does not exist (yet)
             return _catalogue(form, status)
+    try:
+        body = dataset_service.version_catalog(core(), caller(), name)
+    except ServiceError as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
     form.name.data = name
-    return render_template("dataset_detail.html", dataset=entry, form=form,
+    return render_template("dataset_detail.html", dataset=body.dataset,
+                           version=body.version, catalog=body.catalog, form=form,
                            retire=RetireForm()), status
 
 
@@ -45,6 +50,18 @@ def index() -> Any:
 @requires(Permission.DATASET_READ)
 def detail(name: str) -> Any:
     return _detail(name, DatasetUploadForm())
+
+
+@dataset_pages.route("/<name>/versions/<int:version>/catalog")
+@requires(Permission.DATASET_READ)
+def version(name: str, version: int) -> Any:
+    """What one version holds: its README, files with sizes, and columns (audited)."""
+    try:
+        body = dataset_service.version_catalog(core(), caller(), name, version)
+    except ServiceError as exc:
+        return render_template("error.html", status=exc.status, message=exc.message), exc.status
+    return render_template("dataset_catalog.html", dataset=body.dataset,
+                           version=body.version, catalog=body.catalog)
 
 
 @dataset_pages.route("", methods=["POST"])

@@ -49,6 +49,9 @@ VIEWS = {
     "project_pages.detail": "console",
     "dataset_pages.index": "console",
     "dataset_pages.detail": "console",
+    # the registered files' README, sizes and columns: the platform's people's, not a
+    # sandbox's (tests/unit/console/test_dataset_catalog.py)
+    "dataset_pages.version": "console",
     "dataset_pages.register": "console",  # POST: answers with the console's own words
     "dataset_pages.retire": "console",  # POST
     "lineage_pages.dataset_version": "console",
@@ -407,7 +410,8 @@ def test_engineers_see_the_datasets_they_may_use(
     login(sam, "sam")
     mine = _html(alice, "/datasets")
     assert 'id="versions-demo"' in mine and "secret" not in mine
-    assert "/datasets/demo/versions/1" not in mine  # the lineage page is not theirs
+    assert 'href="/datasets/demo/versions/1"' not in mine  # the lineage page is not theirs
+    assert 'href="/datasets/demo/versions/1/catalog"' in mine  # what the version holds is
     assert alice.get("/datasets/secret").status_code == 404
     everything = _html(sam, "/datasets")
     assert 'id="versions-secret"' in everything and 'id="versions-demo"' in everything
