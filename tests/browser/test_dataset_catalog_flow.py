@@ -16,7 +16,7 @@ from console.core import Sealroom
 from console.services import datasets as dataset_service
 from tests.browser import screenshots
 from tests.browser.conftest import VIEWPORT
-from tests.browser.test_engineer_flow import log_in
+from tests.browser.people import log_in
 from tests.helpers import OPERATOR
 
 pytestmark = [pytest.mark.browser]
