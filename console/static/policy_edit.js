@@ -47,8 +47,9 @@
   function selectLine(line) {
     if (cm) {
       const n = Math.min(line, cm.lineCount()) - 1;
+      const indent = cm.getLine(n).search(/\S|$/); // select what is written, not its indentation
       cm.focus();
-      cm.setSelection({line: n, ch: 0}, {line: n, ch: cm.getLine(n).length});
+      cm.setSelection({line: n, ch: indent}, {line: n, ch: cm.getLine(n).length});
       cm.scrollIntoView({line: n, ch: 0}, 80);
       return;
     }
