@@ -34,12 +34,14 @@ document.addEventListener("securitypolicyviolation", (e) => {
 
 
 def policy_text(page: Page) -> str:
-    """The document in the editor."""
+    """The document in the editor (once the page has made one)."""
+    expect(page.locator("#policy-form .CodeMirror")).to_be_visible()
     return str(page.evaluate(f"{_EDITOR}.getValue()"))
 
 
 def set_policy_text(page: Page, text: str) -> None:
     """Replace the editor's document, as a paste would (it is checked as typed text is)."""
+    expect(page.locator("#policy-form .CodeMirror")).to_be_visible()
     page.evaluate(f"(text) => {_EDITOR}.setValue(text)", text)
 
 
