@@ -28,6 +28,8 @@
     extraKeys: {
       Tab: function (editor) { editor.replaceSelection("  "); }, // YAML indents with spaces
       "Shift-Tab": "indentLess",
+      // Tab indents, so the keyboard leaves the editor with Esc (to the Dry run button)
+      Esc: function () { const next = document.getElementById("dry-run"); if (next) next.focus(); },
     },
   }) : null;
   let marked = [];
@@ -38,6 +40,11 @@
     const input = cm.getInputField();
     input.setAttribute("aria-labelledby", "policy-text-label");
     input.setAttribute("aria-multiline", "true");
+    const keys = document.getElementById("policy-keys");
+    if (keys) {
+      keys.hidden = false;
+      input.setAttribute("aria-describedby", "policy-keys");
+    }
     const label = document.getElementById("policy-text-label");
     if (label) label.addEventListener("click", function () { cm.focus(); });
     cm.on("gutterClick", function (editor, line) { selectLine(line + 1); });

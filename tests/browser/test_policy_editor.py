@@ -118,6 +118,8 @@ def test_a_bad_value_is_marked_on_its_line_and_the_dry_run_shows_the_diff(
     assert page.evaluate(f"{_EDITOR}.getSelection()") == "max_cpus: -0.5"
 
     page.keyboard.type("max_cpus: 0.5")  # replaces the selected line
+    page.keyboard.press("Escape")  # Tab indents inside; Esc leaves the editor
+    expect(page.get_by_role("button", name="Dry run")).to_be_focused()
     expect(summary).to_have_text("Valid.")
     expect(marker).to_have_count(0)
     expect(page.locator("#policy-form .policy-problem-line")).to_have_count(0)
