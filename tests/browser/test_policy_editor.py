@@ -16,14 +16,13 @@ from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect
 from console.core import Sealroom
 from tests.browser import screenshots
 from tests.browser.conftest import VIEWPORT
-from tests.browser.test_engineer_flow import log_in
+from tests.browser.people import log_in
+from tests.browser.policy_editor import EDITOR, editor_line, policy_text
 from tests.helpers import change_policy
 
 pytestmark = [pytest.mark.browser]
 
 ENGINEER_CPUS = "max_cpus: 2.0"  # the default policy's engineer entry
-#: The page's CodeMirror instance (CodeMirror keeps it on its wrapper element).
-_EDITOR = "document.querySelector('#policy-form .CodeMirror').CodeMirror"
 # Collects what the page's own CSP refused (Playwright's init script is not bound by it).
 _CSP_WATCH = """
 window.__cspViolations = [];
@@ -31,23 +30,6 @@ document.addEventListener("securitypolicyviolation", (e) => {
   window.__cspViolations.push(e.violatedDirective + " " + e.blockedURI);
 });
 """
-
-
-def policy_text(page: Page) -> str:
-    """The document in the editor (once the page has made one)."""
-    expect(page.locator("#policy-form .CodeMirror")).to_be_visible()
-    return str(page.evaluate(f"{_EDITOR}.getValue()"))
-
-
-def set_policy_text(page: Page, text: str) -> None:
-    """Replace the editor's document, as a paste would (it is checked as typed text is)."""
-    expect(page.locator("#policy-form .CodeMirror")).to_be_visible()
-    page.evaluate(f"(text) => {_EDITOR}.setValue(text)", text)
-
-
-def editor_line(page: Page, number: int) -> str:
-    """A selector for line `number` (from 1) of the editor, gutter included."""
-    return f"#policy-form .CodeMirror-code > div:nth-child({number})"
 
 
 @pytest.fixture
@@ -86,13 +68,13 @@ def test_a_bad_value_is_marked_on_its_line_and_the_dry_run_shows_the_diff(
     expect(page.locator("#policy-text")).to_be_hidden()
     original = policy_text(page)
     line = next(n for n, row in enumerate(original.splitlines(), 1) if ENGINEER_CPUS in row)
-    expect(page.locator(f"{editor_line(page, line)} .CodeMirror-linenumber")
+    expect(page.locator(f"{editor_line(line)} .CodeMirror-linenumber")
            ).to_have_text(str(line))
     expect(page.locator("#policy-form .CodeMirror-code .CodeMirror-linenumber")).to_have_count(
-        page.evaluate(f"{_EDITOR}.lineCount()"))  # every line numbered
+        page.evaluate(f"{EDITOR}.lineCount()"))  # every line numbered
 
     # type a bad value at the end of that line
-    page.evaluate(f"(n) => {{ const cm = {_EDITOR}; cm.focus(); "
+    page.evaluate(f"(n) => {{ const cm = {EDITOR}; cm.focus(); "
                   "cm.setCursor({line: n - 1, ch: cm.getLine(n - 1).length}); }", line)
     for _ in "2.0":
         page.keyboard.press("Backspace")
@@ -105,17 +87,17 @@ def test_a_bad_value_is_marked_on_its_line_and_the_dry_run_shows_the_diff(
         f"line {line}: resources.roles.engineer.max_cpus: must be greater than 0")
     marker = page.locator("#policy-form .policy-marker:not(.warning)")
     expect(marker).to_have_count(1)
-    expect(page.locator(f"{editor_line(page, line)} .policy-marker")).to_be_visible()
-    expect(page.locator(f"{editor_line(page, line)} .policy-problem-line")).to_have_count(1)
+    expect(page.locator(f"{editor_line(line)} .policy-marker")).to_be_visible()
+    expect(page.locator(f"{editor_line(line)} .policy-problem-line")).to_have_count(1)
     expect(page.locator("#policy-form .policy-problem-line")).to_have_count(1)
     expect(page.locator("#policy-text")).to_have_attribute("aria-invalid", "true")
     screenshots.take(page, "policy-editor.png", tmp_path)
 
     # clicking the problem goes to its line
-    page.evaluate(f"{_EDITOR}.setCursor({{line: 0, ch: 0}})")
+    page.evaluate(f"{EDITOR}.setCursor({{line: 0, ch: 0}})")
     problem.click()
-    assert page.evaluate(f"{_EDITOR}.getCursor().line") == line - 1
-    assert page.evaluate(f"{_EDITOR}.getSelection()") == "max_cpus: -0.5"
+    assert page.evaluate(f"{EDITOR}.getCursor().line") == line - 1
+    assert page.evaluate(f"{EDITOR}.getSelection()") == "max_cpus: -0.5"
 
     page.keyboard.type("max_cpus: 0.5")  # replaces the selected line
     page.keyboard.press("Escape")  # Tab indents inside; Esc leaves the editor
@@ -128,7 +110,7 @@ def test_a_bad_value_is_marked_on_its_line_and_the_dry_run_shows_the_diff(
                      if "approvals_needed" in row)
     expect(page.locator("#validation li")).to_have_text(re.compile(
         rf"^warning: line {approvals}: release\.approvals_needed: "))
-    expect(page.locator(f"{editor_line(page, approvals)} .policy-marker.warning")).to_be_visible()
+    expect(page.locator(f"{editor_line(approvals)} .policy-marker.warning")).to_be_visible()
 
     page.get_by_role("button", name="Dry run").click()
     expect(page.get_by_role("heading", name="Dry run: version 3")).to_be_visible()

@@ -14,7 +14,7 @@ from console.core import Sealroom
 from console.services import accounts, datasets
 from tests.browser import screenshots
 from tests.browser.people import log_in, open_launch_form
-from tests.browser.test_policy_editor import policy_text, set_policy_text
+from tests.browser.policy_editor import policy_text, set_policy_text
 from tests.browser.test_release_flow import log_out
 from tests.helpers import OPERATOR, PASSWORD, write_dataset
 
