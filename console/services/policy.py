@@ -7,7 +7,6 @@ what the activation then marks.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from console.services import sandboxes as sandbox_service
 from console.services.auditing import refusals
 from console.services.errors import BadRequest, Conflict, NotFound
 from console.services.launch import ParsedLaunch, judge
+from console.services.policy_diff import DiffLine, policy_diff
 from policies.edit import with_dataset_rule
 from policies.errors import InvalidPolicy, PolicyProblem
 from policies.evaluator import PolicyDecision, PolicyEvaluator
@@ -134,11 +134,17 @@ def version_to_dict(row: PolicyVersion, *, text: bool = True) -> dict[str, objec
     return body
 
 
-def diff(core: Sealroom, old: int, new: int) -> list[str]:
+def diff(core: Sealroom, old: int, new: int) -> list[DiffLine]:
     """A unified diff between two versions' documents."""
     a, b = get_version(core, old), get_version(core, new)
-    return list(difflib.unified_diff(a.text.splitlines(), b.text.splitlines(),
-                                     f"version {old}", f"version {new}", lineterm=""))
+    return policy_diff(a.text, b.text, f"version {old}", f"version {new}")
+
+
+def changes(core: Sealroom, text: str, result: DryRun) -> tuple[PolicyVersion, list[DiffLine]]:
+    """The active version, and what `text` (dry-run as `result`) changes in its document."""
+    active = active_version(core)
+    return active, policy_diff(active.text, text, f"version {active.version} (active)",
+                               f"version {result.version} (this dry run)")
 
 
 def record_view(core: Sealroom, caller: Caller, target: str) -> None:
@@ -257,15 +263,32 @@ def _findings(core: Sealroom, session: Session, checked: CheckedPolicy,
                           tuple(f for _, f, _ in releases), checked.warnings), releases
 
 
-def dry_run(core: Sealroom, caller: Caller, text: str) -> DryRun:
-    with refusals(core, caller, AuditAction.POLICY_DRY_RUN, "policy"), \
+def dry_run(core: Sealroom, caller: Caller, text: str, *,
+            restoring: int | None = None) -> DryRun:
+    """What `text` would deny if activated now; audited (with the version it would restore,
+    when it is an earlier version's text)."""
+    target = f"policy:{restoring}" if restoring else "policy"
+    with refusals(core, caller, AuditAction.POLICY_DRY_RUN, target), \
             core.read() as session:
         checked = _check(session, text)
         _, result, _ = _findings(core, session, checked, _latest(session).version + 1)
+    details = _summary(result) | ({"restores": restoring} if restoring else {})
     with core.transaction() as session:
-        append(session, EventDraft(caller.actor, AuditAction.POLICY_DRY_RUN, "policy",
-                                   request_id=caller.request_id, details=_summary(result)))
+        append(session, EventDraft(caller.actor, AuditAction.POLICY_DRY_RUN, target,
+                                   request_id=caller.request_id, details=details))
     return result
+
+
+def restore_dry_run(core: Sealroom, caller: Caller, number: int) -> tuple[PolicyVersion, DryRun]:
+    """The dry run of restoring version `number`: refused (and audited) for a version that
+    does not exist or whose document is the active one already, as its restore would be."""
+    with refusals(core, caller, AuditAction.POLICY_DRY_RUN, f"policy:{number}"):
+        old = get_version(core, number)
+        active = active_version(core)
+        if old.sha256 == active.sha256:
+            raise Conflict(f"version {number}'s document is the active policy already "
+                           f"(version {active.version}); there is nothing to restore")
+    return old, dry_run(core, caller, old.text, restoring=number)
 
 
 def _summary(result: DryRun) -> dict[str, object]:
@@ -354,11 +377,14 @@ def _apply(session: Session, caller: Caller, policy: Policy, result: DryRun,
                      "effect": effect}))
 
 
-def restore(core: Sealroom, caller: Caller, number: int, reason: str) -> Activation:
-    """Activate an earlier version's document again, as a new version."""
+def restore(core: Sealroom, caller: Caller, number: int, reason: str, *,
+            base_version: int | None = None) -> Activation:
+    """Activate an earlier version's document again, as a new version (refused when
+    `base_version`, the active version its dry run was shown against, is no longer active)."""
     with refusals(core, caller, AuditAction.POLICY_RESTORE, f"policy:{number}"):
         old = get_version(core, number)
-    return activate(core, caller, old.text, reason, restored_from=number)
+    return activate(core, caller, old.text, reason, base_version=base_version,
+                    restored_from=number)
 
 
 # --- dataset rules, on registration -------------------------------------------------------

@@ -1,6 +1,6 @@
 """Security officer pages: the active policy, its history and diffs, edit with validation as
-you type, dry run, activate with a reason, restore, and the running sandboxes the active
-policy forbids (with a Stop button)."""
+you type, dry run (with what it changes), activate with a reason, restore through the same dry
+run, and the running sandboxes the active policy forbids (with a Stop button)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from console.services import policy as policy_service
 from console.services import sandboxes as sandbox_service
 from console.services.errors import ServiceError
 from console.services.policy import InvalidPolicyDocument
+from console.services.policy_diff import DiffLine
 from policies.schema import policy_sha256
 
 policy_pages = Blueprint("policy_pages", __name__, url_prefix="/policy")
@@ -33,7 +34,7 @@ def index() -> Any:
     history = policy_service.versions(core())
     active = history[0]
     old, new = _int_arg("a"), _int_arg("b")
-    diff: list[str] | None = None
+    diff: list[DiffLine] | None = None
     if old and new:
         try:
             diff = policy_service.diff(core(), old, new)
@@ -57,14 +58,31 @@ def version(number: int) -> Any:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
     policy_service.record_view(core(), caller(), f"policy:{number}")
     return render_template("policy_version.html", row=row,
-                           active=policy_service.active_version(core()).version,
+                           active=policy_service.active_version(core()),
                            can_write=role_has(current_user.role, Permission.POLICY_WRITE))
 
 
 def _editor(text: str, base: int, *, status: int = 200, problems: Any = (),
-            result: policy_service.DryRun | None = None, reason: str = "") -> Any:
+            result: policy_service.DryRun | None = None, reason: str = "",
+            restoring: int | None = None) -> Any:
+    """The editor page; after a dry run, its result first: what changes against the active
+    version, what it would deny, and the activation form (a restore when `restoring`)."""
+    active, changes = policy_service.changes(core(), text, result) if result else (None, [])
     return render_template("policy_edit.html", text=text, base=base, problems=problems,
-                           result=result, reason=reason), status
+                           result=result, reason=reason, restoring=restoring,
+                           active=active, changes=changes), status
+
+
+def _restoring(text: str) -> int | None:
+    """The earlier version this form says it restores, if `text` is that version's document
+    (once edited, it is a new document, activated as such)."""
+    number = whole_number(request.form.get("restored_from"))
+    if not number:
+        return None
+    with contextlib.suppress(ServiceError):
+        if policy_service.get_version(core(), number).sha256 == policy_sha256(text):
+            return number
+    return None
 
 
 @policy_pages.route("/edit")
@@ -92,6 +110,12 @@ def check() -> Any:
                     "warnings": [w.to_dict() for w in checked.warnings]})
 
 
+def _posted_text() -> str:
+    """The document as posted: a browser sends a textarea's line breaks as CRLF, and the
+    same document must hash (and compare with a stored version) the same from every client."""
+    return request.form.get("yaml", "").replace("\r\n", "\n")
+
+
 def _base() -> int:
     return whole_number(request.form.get("base_version")) or 0
 
@@ -99,29 +123,36 @@ def _base() -> int:
 @policy_pages.route("/dry-run", methods=["POST"])
 @requires(Permission.POLICY_WRITE)
 def dry_run() -> Any:
-    text = request.form.get("yaml", "")
+    text = _posted_text()
+    restoring = _restoring(text)
     try:
-        result = policy_service.dry_run(core(), caller(), text)
+        result = policy_service.dry_run(core(), caller(), text, restoring=restoring)
     except InvalidPolicyDocument as exc:
         flash("The policy does not validate; nothing was changed.", "error")
         return _editor(text, _base(), status=400, problems=exc.problems)
-    return _editor(text, _base(), result=result)
+    return _editor(text, _base(), result=result, restoring=restoring)
 
 
 @policy_pages.route("/activate", methods=["POST"])
 @requires(Permission.POLICY_WRITE)
 def activate() -> Any:
-    text, reason = request.form.get("yaml", ""), request.form.get("reason", "")
+    text, reason = _posted_text(), request.form.get("reason", "")
     checked_sha = request.form.get("dry_run_sha256", "")
+    restoring = _restoring(text)
     try:
         if checked_sha != policy_sha256(text):
             # the text changed after its dry run: show what this text would do first
             flash("The policy changed since its dry run; here is the dry run of this text.",
                   "error")
-            result = policy_service.dry_run(core(), caller(), text)
-            return _editor(text, _base(), status=409, result=result, reason=reason)
-        activation = policy_service.activate(core(), caller(), text, reason,
-                                             base_version=_base())
+            result = policy_service.dry_run(core(), caller(), text, restoring=restoring)
+            return _editor(text, _base(), status=409, result=result, reason=reason,
+                           restoring=restoring)
+        if restoring:
+            activation = policy_service.restore(core(), caller(), restoring, reason,
+                                                base_version=_base())
+        else:
+            activation = policy_service.activate(core(), caller(), text, reason,
+                                                 base_version=_base())
     except InvalidPolicyDocument as exc:
         flash("The policy does not validate; nothing was changed.", "error")
         return _editor(text, _base(), status=400, problems=exc.problems)
@@ -129,8 +160,9 @@ def activate() -> Any:
         flash(exc.message, "error")
         result = None
         with contextlib.suppress(ServiceError):
-            result = policy_service.dry_run(core(), caller(), text)
-        return _editor(text, _base(), status=exc.status, result=result, reason=reason)
+            result = policy_service.dry_run(core(), caller(), text, restoring=restoring)
+        return _editor(text, _base(), status=exc.status, result=result, reason=reason,
+                       restoring=restoring)
     _flash_activation(activation)
     return redirect(url_for("policy_pages.index"))
 
@@ -146,14 +178,21 @@ def _flash_activation(activation: policy_service.Activation) -> None:
 @policy_pages.route("/versions/<int:number>/restore", methods=["POST"])
 @requires(Permission.POLICY_WRITE)
 def restore(number: int) -> Any:
+    """Restore goes through the dry run: version `number`'s document in the editor, what it
+    changes against the active version and what it would deny, then activation (confirmed)."""
     try:
-        activation = policy_service.restore(core(), caller(), number,
-                                            request.form.get("reason", ""))
+        old, result = policy_service.restore_dry_run(core(), caller(), number)
+    except InvalidPolicyDocument as exc:
+        flash(f"Version {number}'s document does not validate now; nothing was changed.",
+              "error")
+        text = policy_service.get_version(core(), number).text
+        return _editor(text, policy_service.active_version(core()).version, status=400,
+                       problems=exc.problems)
     except ServiceError as exc:
-        flash(exc.message, "error")
-        return redirect(url_for("policy_pages.index")), 303
-    _flash_activation(activation)
-    return redirect(url_for("policy_pages.index"))
+        return render_template("error.html", status=exc.status, message=exc.message), \
+            exc.status
+    return _editor(old.text, policy_service.active_version(core()).version, result=result,
+                   restoring=number)
 
 
 @policy_pages.route("/sandboxes/<sandbox_id>/stop", methods=["POST"])

@@ -14,6 +14,7 @@ from console.core import Sealroom
 from console.services import accounts, datasets
 from tests.browser import screenshots
 from tests.browser.people import log_in, open_launch_form
+from tests.browser.policy_editor import policy_text, set_policy_text
 from tests.browser.test_release_flow import log_out
 from tests.helpers import OPERATOR, PASSWORD, write_dataset
 
@@ -37,11 +38,11 @@ def test_officer_tightens_the_policy_and_the_engineer_is_refused(
     expect(page.locator("#active-version")).to_have_text("version 2")
     page.get_by_role("link", name="Edit policy").click()
 
-    editor = page.locator("#policy-text")
-    original = editor.input_value()
+    editor = page.locator("#policy-text")  # the textarea the CodeMirror editor posts
+    original = policy_text(page)
     assert ENGINEER_CPUS in original
     line = next(n for n, row in enumerate(original.splitlines(), 1) if ENGINEER_CPUS in row)
-    editor.fill(original.replace(ENGINEER_CPUS, "max_cpus: -0.5"))
+    set_policy_text(page, original.replace(ENGINEER_CPUS, "max_cpus: -0.5"))
     summary = page.locator("#validation-summary")
     expect(summary).to_have_text("The policy does not validate:")
     problem = page.locator("#validation li").first
@@ -49,11 +50,12 @@ def test_officer_tightens_the_policy_and_the_engineer_is_refused(
         f"line {line}: resources.roles.engineer.max_cpus: must be greater than 0")
     expect(editor).to_have_attribute("aria-invalid", "true")
 
-    editor.fill(original.replace(ENGINEER_CPUS, "max_cpus: 0.5"))
+    set_policy_text(page, original.replace(ENGINEER_CPUS, "max_cpus: 0.5"))
     expect(summary).to_have_text("Valid.")
     page.get_by_role("button", name="Dry run").click()
 
-    expect(page.get_by_role("heading", name="Dry run: version 3 would deny")).to_be_visible()
+    expect(page.get_by_role("heading", name="Dry run: version 3")).to_be_visible()
+    expect(page.locator("#dry-run-diff .add")).to_have_text("+      max_cpus: 0.5")
     expect(page.locator("#dry-run-no-sandboxes")).to_have_text("None.")
     page.get_by_label("Reason").fill("CPU share for the spring course")
     page.once("dialog", lambda dialog: dialog.accept())  # "Activate version 3?"

@@ -1,7 +1,7 @@
 """The security officer's pages through HTTP: the active policy, history and diff, checking
-as you type (JSON, CSRF header), dry run then activation with a reason, restore, stopping a
+as you type (JSON, CSRF header), dry run then activation with a reason, stopping a
 running sandbox the active policy forbids; and the console's sessions ending as the policy
-says, the log budget in the live view."""
+says, the log budget in the live view. The dry run's diff and restore: test_policy_editor_pages."""
 
 from __future__ import annotations
 
@@ -155,17 +155,6 @@ def test_the_officer_cannot_stop_an_allowed_sandbox(client: FlaskClient, core: S
     assert recorded(core, "sandbox:sandbox:stop")[-1].outcome == "denied"
     assert client.get(f"/api/v1/sandboxes/{sandbox_id}", headers=bearer(people["alice"])
                       ).get_json()["status"] == "running"
-
-
-def test_restore_from_the_history(client: FlaskClient, core: Sealroom,
-                                  people: dict[str, str]) -> None:
-    change_policy(core, {"disclosure": {"per_sandbox_bytes": 1024}})
-    login(client, "sam")
-    response = client.post("/policy/versions/2/restore", data={
-        "csrf_token": csrf_from(client, "/policy"), "reason": "undo"}, follow_redirects=True)
-    assert "Policy version 4 is active" in _html(response)
-    assert policy_service.active_version(core).text == policy_service.get_version(core, 2).text
-    assert recorded(core, "policy:policy:restore")[-1].actor == "sam"
 
 
 # --- sessions and logs, as the policy says -------------------------------------------------
