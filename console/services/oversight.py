@@ -8,6 +8,7 @@ image names, statuses, counts and times. Nothing here is a byte a sandbox wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,15 +90,17 @@ def running(core: Sealroom, caller: Caller, *, now: datetime | None = None
         forbids = policy_service.forbidding_decisions(session, policy)
     found = []
     for record in rows:
-        decision = forbids.get(record.id)
         spec = json.loads(record.spec or "{}")
-        found.append(LiveSandbox(
+        live = LiveSandbox(
             record, sandbox_usage.figures(core, record, now=now, ask_engine=False),
             max((now - datetime.fromisoformat(record.created_at)).total_seconds(), 0.0),
-            str(spec.get("runtime", "runc")) if isinstance(spec, dict) else "runc",
-            forbidden_rule=decision.rule if decision else "",
-            forbidden_reason=decision.reason if decision else "",
-            policy_version=policy.version if decision else 0))
+            str(spec.get("runtime", "runc")) if isinstance(spec, dict) else "runc")
+        decision = forbids.get(record.id)  # (a denial is falsy: compare with None)
+        if decision is not None:
+            live = dataclasses.replace(live, forbidden_rule=decision.rule,
+                                       forbidden_reason=decision.reason,
+                                       policy_version=decision.policy_version)
+        found.append(live)
     core.record(caller.actor, AuditAction.SANDBOX_LIST, target="sandboxes:live",
                 request_id=caller.request_id, shown=len(found),
                 forbidden=sum(1 for s in found if s.forbidden_rule))
