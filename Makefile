@@ -27,7 +27,8 @@ unit: venv
 # The pictures in docs/img come from the browser tests that take them; a normal run writes
 # them only to its temporary folders (tests/browser/screenshots.py).
 DOCS_IMAGE_TESTS := tests/browser/test_engineer_flow.py::test_engineer_trains_the_example_and_sees_the_outbox \
-	tests/browser/test_policy_flow.py tests/browser/test_auditor_flow.py
+	tests/browser/test_policy_flow.py tests/browser/test_auditor_flow.py \
+	tests/browser/test_oversight_flow.py
 
 docs-images: setup
 	@out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
