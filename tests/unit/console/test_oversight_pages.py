@@ -205,3 +205,30 @@ def test_auditors_read_the_page_without_a_stop_and_other_roles_do_not_see_it(
         assert client.get("/api/v1/oversight/sandboxes",
                           headers=bearer(people[name])).status_code == 403, name
     assert _status(client, people["alice"], sandbox_id) == "running"
+
+
+def test_the_cli_lists_and_stops_as_the_officer(
+        served: str, client: FlaskClient, people: dict[str, str]) -> None:
+    from click.testing import CliRunner
+
+    from console.cli import main
+
+    sandbox_id = _launched(client, people["alice"])
+    sam = ["--url", served, "--token", people["sam"]]
+    listed = CliRunner().invoke(main, ["sandbox", "running", *sam])
+    assert listed.exit_code == 0, listed.output
+    assert sandbox_id in listed.output and "alice" in listed.output
+    assert "demo@1" in listed.output and "allowed" in listed.output
+    assert "1 running under policy version" in listed.output
+
+    refused = CliRunner().invoke(main, ["sandbox", "stop-any", sandbox_id, *sam])
+    assert refused.exit_code == 1
+    assert "the active policy allows this sandbox: say why you stop it" in refused.output
+    stopped = CliRunner().invoke(main, ["sandbox", "stop-any", sandbox_id, "--reason",
+                                        "quota review", *sam])
+    assert stopped.exit_code == 0, stopped.output
+    assert stopped.output.strip() == \
+        f"{sandbox_id} stopped: stopped by sam (security officer): quota review"
+    engineer = CliRunner().invoke(main, ["sandbox", "running", "--url", served,
+                                         "--token", people["alice"]])
+    assert engineer.exit_code == 1 and "your role may not" in engineer.output
