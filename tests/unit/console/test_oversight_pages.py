@@ -23,7 +23,7 @@ from sqlmodel import select
 from audit.events import AuditAction
 from console.core import Sealroom
 from console.models import DisclosureItem
-from tests.helpers import bearer, change_policy, csrf_from, login, recorded
+from tests.helpers import bearer, change_policy, csrf_from, login, recorded, supervisor_pass
 from tests.mocking import FakeBackend, ScriptedOutcome
 
 PLANTED_LOG = "PLANTED-LOG-LINE-from-the-sandbox"
@@ -232,3 +232,20 @@ def test_the_cli_lists_and_stops_as_the_officer(
     engineer = CliRunner().invoke(main, ["sandbox", "running", "--url", served,
                                          "--token", people["alice"]])
     assert engineer.exit_code == 1 and "your role may not" in engineer.output
+
+
+def test_a_cluster_is_listed_with_its_ranks_and_members(
+        app: Flask, client: FlaskClient, core: Sealroom, people: dict[str, str]) -> None:
+    created = client.post("/api/v1/sandboxes", headers=bearer(people["alice"]), json={
+        "dataset": "demo", "example": "mlp-horovod", "kind": "mpi", "ranks": 2})
+    assert created.status_code == 201, created.get_json()
+    sandbox_id = created.get_json()["id"]
+    supervisor_pass(core)  # the supervisor notes each member's state
+    html = _as(app, "sam").get("/oversight/sandboxes").get_data(as_text=True)
+    row = _row(html, sandbox_id)
+    assert "cluster of 2" in row and "sealroom/horovod:test" in row
+    body = client.get("/api/v1/oversight/sandboxes", headers=bearer(people["sam"])).get_json()
+    [listed] = body["sandboxes"]
+    assert (listed["kind"], listed["ranks"]) == ("mpi", 2)
+    assert [m["state"] for m in listed["members"]] == ["running", "running"]
+    assert "(running, running)" in row
