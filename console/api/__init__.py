@@ -136,8 +136,10 @@ def get_sandbox(sandbox_id: str) -> Any:
 
 
 @api.route("/sandboxes/<sandbox_id>/logs", methods=["GET"])
-@api_requires(Permission.LOGS_READ)
+@api_requires_any(Permission.LOGS_READ, Permission.SANDBOX_INSPECT)
 def sandbox_logs(sandbox_id: str) -> Any:
+    """The log, as the owner's page shows it; an auditor's reading spends the auditor's own
+    disclosure budget and is audited under the auditor's name (`sandbox_log.view`)."""
     offset = request.args.get("offset", default=0, type=int)
     rank = request.args.get("rank")
     if rank is None:
@@ -159,7 +161,7 @@ def sandbox_logs(sandbox_id: str) -> Any:
 
 
 @api.route("/sandboxes/<sandbox_id>/metrics", methods=["GET"])
-@api_requires(Permission.LOGS_READ)
+@api_requires_any(Permission.LOGS_READ, Permission.SANDBOX_INSPECT)
 def sandbox_metrics(sandbox_id: str) -> Any:
     since = whole_number(request.args.get("since", "0"))
     if since is None:
@@ -174,7 +176,7 @@ def stop_sandbox(sandbox_id: str) -> Any:
 
 
 @api.route("/sandboxes/<sandbox_id>/outbox", methods=["GET"])
-@api_requires(Permission.OUTBOX_READ)
+@api_requires_any(Permission.OUTBOX_READ, Permission.SANDBOX_INSPECT)
 def sandbox_outbox(sandbox_id: str) -> Any:
     return jsonify(sandbox_service.outbox(core(), caller(), sandbox_id))
 

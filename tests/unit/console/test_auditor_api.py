@@ -1,12 +1,14 @@
 """An auditor's API token reads what the auditor's pages show, and no more: anyone's sandbox
 (GET /api/v1/sandboxes/<id>) and anyone's release request (GET /api/v1/releases and
-/api/v1/releases/<id>), read-only and each read audited under the auditor's name; every write
-still answers 403.
+/api/v1/releases/<id>), read-only and each read audited under the auditor's name; the
+sandbox's log, outbox names and metrics through the owner's paid paths, on the auditor's own
+disclosure budget; every write still answers 403.
 
 Which of the two these views are (the product's one rule): the sandbox's and the request's
 records are the console's own words (ids, statuses, limits, hashes, counts, times) and the
 requester's (the justification, the file names sent for review, as on the pages); no line
-the sandbox printed is in them, and reading them spends nobody's disclosure budget."""
+the sandbox printed is in them, and reading them spends nobody's disclosure budget. The log and
+the outbox names are sandbox output: each showing is charged to the auditor and audited."""
 
 from __future__ import annotations
 
@@ -23,7 +25,13 @@ from console.core import Sealroom
 from console.models import DisclosureItem
 from tests.helpers import bearer, recorded
 from tests.mocking import FakeBackend
-from tests.unit.console.test_auditor_pages import LOG_LINE, _launched, _released
+from tests.unit.console.test_auditor_pages import (
+    LOG_LINE,
+    OUTBOX_NAME,
+    _finished,
+    _launched,
+    _released,
+)
 
 
 @pytest.fixture
@@ -120,3 +128,26 @@ def test_an_auditor_token_reads_anyones_release_request_and_cannot_decide_it(
     assert client.get(f"/api/v1/releases/{release_id}", headers=bearer(
         people["alice"])).get_json()["status"] == "in_review"
     assert _spent(core, "audrey") == []
+
+
+def test_an_auditor_token_reads_the_log_and_outbox_names_on_the_auditors_own_budget(
+        client: FlaskClient, core: Sealroom, fake_backend: FakeBackend,
+        people: dict[str, str]) -> None:
+    """The sandbox's output, as on the auditor's page: through the owner's paid paths, each
+    showing charged to the auditor (not the owner) and audited under the auditor's name."""
+    sandbox_id = _finished(core, fake_backend, client, people["alice"])
+    audrey = bearer(people["audrey"])
+    log = client.get(f"/api/v1/sandboxes/{sandbox_id}/logs?format=json", headers=audrey)
+    assert log.status_code == 200 and LOG_LINE in log.get_json()["log"]
+    outbox = client.get(f"/api/v1/sandboxes/{sandbox_id}/outbox", headers=audrey)
+    assert outbox.status_code == 200
+    assert [f["name"] for f in outbox.get_json()["files"]] == [OUTBOX_NAME]
+    assert client.get(f"/api/v1/sandboxes/{sandbox_id}/metrics",
+                      headers=audrey).status_code == 200
+    assert {i.channel for i in _spent(core, "audrey")} == {"log", "outbox_name"}
+    assert _spent(core, "alice") == []
+    assert any(e.actor == "audrey" for e in recorded(core, AuditAction.LOGS_VIEW))
+    assert any(e.actor == "audrey" for e in recorded(core, AuditAction.OUTBOX_VIEW))
+    # another engineer still reads none of it
+    assert client.get(f"/api/v1/sandboxes/{sandbox_id}/logs",
+                      headers=bearer(people["erin"])).status_code == 404
