@@ -29,7 +29,8 @@ unit: venv
 DOCS_IMAGE_TESTS := tests/browser/test_engineer_flow.py::test_engineer_trains_the_example_and_sees_the_outbox \
 	tests/browser/test_policy_flow.py tests/browser/test_auditor_flow.py \
 	tests/browser/test_dataset_catalog_flow.py \
-	tests/browser/test_policy_editor.py::test_a_bad_value_is_marked_on_its_line_and_the_dry_run_shows_the_diff
+	tests/browser/test_policy_editor.py::test_a_bad_value_is_marked_on_its_line_and_the_dry_run_shows_the_diff \
+	tests/browser/test_oversight_flow.py
 
 docs-images: setup
 	@out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \

@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     from console.web.engineer import engineer
     from console.web.home import home
     from console.web.lineage import lineage_pages
+    from console.web.oversight import oversight_pages
     from console.web.policy import policy_pages
     from console.web.projects import project_pages
     from console.web.releases import releases
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, *, sealroom: Sealroom | None = 
     app.register_blueprint(project_pages)
     app.register_blueprint(dataset_pages)
     app.register_blueprint(lineage_pages)
+    app.register_blueprint(oversight_pages)  # every running sandbox, for officers
     app.jinja_env.globals["may"] = may  # templates show links only where they lead
     app.register_blueprint(api)
     app.register_blueprint(metrics)

@@ -1,5 +1,5 @@
 """`sealroom sandbox ...`, `sealroom project ...` and `sealroom ssh-key ...`: an engineer's
-commands, spoken to a
+commands (and the security officer's `sandbox running` and `sandbox stop-any`), spoken to a
 running console over the JSON API with their token (`SEALROOM_URL`, `SEALROOM_TOKEN`), so
 they pass through the same policy, audit and errors as the web console."""
 
@@ -171,6 +171,44 @@ def sandbox_metrics(sandbox_id: str, as_csv: bool, url: str, token: str) -> None
     if body["refused"]:
         click.echo(f"refused: {body['refused']['reason']} (rule {body['refused']['rule']})",
                    err=True)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = max(round(seconds), 0)
+    hours, minutes = whole // 3600, whole % 3600 // 60
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{whole % 60:02d}s"
+
+
+@sandbox.command("running")
+@_url
+@_token
+def sandbox_running(url: str, token: str) -> None:
+    """Every running sandbox of every user (security officers and auditors): id, owner,
+    status, datasets, age, time left, and what the active policy says of it."""
+    body = _Api(url, token).call("GET", "/oversight/sandboxes")
+    rows = body["sandboxes"]
+    for s in rows:
+        datasets = ",".join(f"{d['name']}@{d['version']}" for d in s["datasets"]) or "-"
+        kind = f"cluster of {s['ranks']}" if s["kind"] == "mpi" else "single"
+        policy = f"forbidden ({s['forbidden']['rule']}: {s['forbidden']['reason']})" \
+            if s["forbidden"] else "allowed"
+        click.echo(f"{s['id']}  {s['owner']:<16} {s['status']:<9} {datasets:<20} {kind:<14}"
+                   f"age {_clock(s['age_s']):>8}  left {_clock(s['remaining_s']):>8}  {policy}")
+    click.echo(f"{len(rows)} running under policy version {body['policy_version']}")
+
+
+@sandbox.command("stop-any")
+@click.argument("sandbox_id")
+@click.option("--reason", default="", help="why (needed for a sandbox the policy allows)")
+@_url
+@_token
+def sandbox_stop_any(sandbox_id: str, reason: str, url: str, token: str) -> None:
+    """A security officer stops anyone's sandbox (audited, as from the console's page)."""
+    body = _Api(url, token).call("POST", f"/oversight/sandboxes/{sandbox_id}/stop",
+                                 json={"reason": reason})
+    click.echo(f"{body['id']} {body['status']}: {body['reason']}")
 
 
 @sandbox.command("ssh")

@@ -241,6 +241,15 @@ def api_error(status: int, code: str, message: str, **extra: Any) -> Any:
 
 def api_requires(permission: Permission) -> Callable[[F], F]:
     """For /api/v1: a bearer token (never a session cookie) whose user holds `permission`."""
+    return api_requires_any(permission)
+
+
+def api_requires_any(permission: Permission, *more: Permission) -> Callable[[F], F]:
+    """`api_requires` for a route open to several roles for different reasons (a sandbox:
+    its owner's `SANDBOX_READ`, an auditor's `SANDBOX_INSPECT`), as `requires_any` for
+    pages: a token whose user holds any one of them. The service decides what they read."""
+    allowed = (permission, *more)
+    named = " or ".join(allowed)
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
@@ -257,11 +266,11 @@ def api_requires(permission: Permission) -> Callable[[F], F]:
                       else exc.detail)
                 return api_error(401, exc.code, exc.message)
             g.api_user, g.api_token = user, api_token
-            if not role_has(user.role, permission):
-                _deny(permission, f"role {user.role} lacks {permission}")
-                return api_error(403, "forbidden", f"your role may not {permission}")
+            if not any(role_has(user.role, p) for p in allowed):
+                _deny(permission, f"role {user.role} lacks {named}")
+                return api_error(403, "forbidden", f"your role may not {named}")
             return view(*args, **kwargs)
 
-        return declare(wrapper, permission)  # type: ignore[return-value]
+        return declare(wrapper, permission, *more)  # type: ignore[return-value]
 
     return decorate

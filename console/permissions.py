@@ -35,7 +35,7 @@ class Permission(enum.StrEnum):
     AUDIT_EXPORT = "audit:event:export"
     POLICY_READ = "policy:policy:read"
     POLICY_WRITE = "policy:policy:write"
-    SANDBOX_OVERSEE = "sandbox:any:stop"  # list every running sandbox, stop one policy forbids
+    SANDBOX_OVERSEE = "sandbox:any:stop"  # list every running sandbox, stop any (with a reason)
     DISCLOSURE_READ = "policy:disclosure:read"  # what each user has been shown of sandboxes
     PROJECT_USE = "sandbox:project:use"  # create projects, list one's own and shared ones
     DATASET_READ = "data:dataset:read"  # datasets and their versions (not their files)

@@ -10,8 +10,10 @@ from typing import Any
 
 from flask import Response, jsonify, request, send_file
 
+from audit.events import AuditAction
 from console.api import audit as _audit_routes  # noqa: F401
 from console.api import datasets as _dataset_routes  # noqa: F401
+from console.api import oversight as _oversight_routes  # noqa: F401
 from console.api import policy as _policy_routes  # noqa: F401
 from console.api import projects as _project_routes  # noqa: F401
 from console.api import ssh_keys as _ssh_key_routes  # noqa: F401
@@ -19,11 +21,11 @@ from console.api import terminals as _terminal_routes  # noqa: F401
 from console.api import tokens as _token_routes  # noqa: F401
 from console.api.blueprint import BadApiRequest as _Bad
 from console.api.blueprint import api
-from console.guards import api_requires, caller, core, public
+from console.guards import api_requires, api_requires_any, caller, core, public
 
 # Routes kept in their own modules register on the same blueprint when imported.
 from console.params import whole_number
-from console.permissions import Permission
+from console.permissions import Permission, role_has
 from console.services import launch as launch_service
 from console.services import releases as release_service
 from console.services import sandbox_usage
@@ -121,16 +123,23 @@ def list_sandboxes() -> Any:
 
 
 @api.route("/sandboxes/<sandbox_id>", methods=["GET"])
-@api_requires(Permission.SANDBOX_READ)
+@api_requires_any(Permission.SANDBOX_READ, Permission.SANDBOX_INSPECT)
 def get_sandbox(sandbox_id: str) -> Any:
+    """The owner's sandbox; an auditor's read of anyone's (read-only, audited as the page
+    is): the console's record, no byte the sandbox wrote."""
     record = sandbox_service.get(core(), caller(), sandbox_id)
+    if record.owner != caller().name:
+        core().record(caller().actor, AuditAction.SANDBOX_VIEW, target=f"sandbox:{sandbox_id}",
+                      request_id=caller().request_id, owner=record.owner, read_only=True)
     return jsonify({**sandbox_service.to_dict(record),
                     "usage": sandbox_usage.figures(core(), record)})
 
 
 @api.route("/sandboxes/<sandbox_id>/logs", methods=["GET"])
-@api_requires(Permission.LOGS_READ)
+@api_requires_any(Permission.LOGS_READ, Permission.SANDBOX_INSPECT)
 def sandbox_logs(sandbox_id: str) -> Any:
+    """The log, as the owner's page shows it; an auditor's reading spends the auditor's own
+    disclosure budget and is audited under the auditor's name (`sandbox_log.view`)."""
     offset = request.args.get("offset", default=0, type=int)
     rank = request.args.get("rank")
     if rank is None:
@@ -152,7 +161,7 @@ def sandbox_logs(sandbox_id: str) -> Any:
 
 
 @api.route("/sandboxes/<sandbox_id>/metrics", methods=["GET"])
-@api_requires(Permission.LOGS_READ)
+@api_requires_any(Permission.LOGS_READ, Permission.SANDBOX_INSPECT)
 def sandbox_metrics(sandbox_id: str) -> Any:
     since = whole_number(request.args.get("since", "0"))
     if since is None:
@@ -167,7 +176,7 @@ def stop_sandbox(sandbox_id: str) -> Any:
 
 
 @api.route("/sandboxes/<sandbox_id>/outbox", methods=["GET"])
-@api_requires(Permission.OUTBOX_READ)
+@api_requires_any(Permission.OUTBOX_READ, Permission.SANDBOX_INSPECT)
 def sandbox_outbox(sandbox_id: str) -> Any:
     return jsonify(sandbox_service.outbox(core(), caller(), sandbox_id))
 
@@ -200,21 +209,30 @@ def create_release() -> Any:
 
 
 @api.route("/releases", methods=["GET"])
-@api_requires(Permission.RELEASE_READ)
+@api_requires_any(Permission.RELEASE_READ, Permission.RELEASE_INSPECT)
 def list_releases() -> Any:
+    """The caller's requests; an approver's and an auditor's, everyone's (read-only)."""
     status = request.args.get("status") or None
-    return jsonify({"releases": release_service.listing(core(), caller(), status=status)})
+    rows = release_service.listing(core(), caller(), status=status)
+    if not role_has(caller().role, Permission.RELEASE_READ):  # an auditor's read
+        core().record(caller().actor, AuditAction.RELEASE_LIST, target="releases",
+                      request_id=caller().request_id, shown=len(rows), read_only=True,
+                      status=(status or "")[:32])
+    return jsonify({"releases": rows})
 
 
 @api.route("/releases/<release_id>", methods=["GET"])
-@api_requires(Permission.RELEASE_READ)
+@api_requires_any(Permission.RELEASE_READ, Permission.RELEASE_INSPECT)
 def get_release(release_id: str) -> Any:
     record = release_service.get(core(), caller(), release_id)
+    if not role_has(caller().role, Permission.RELEASE_READ):  # an auditor's read
+        core().record(caller().actor, AuditAction.RELEASE_VIEW, target=f"release:{release_id}",
+                      request_id=caller().request_id, read_only=True)
     return jsonify(release_service.to_dict(core(), record))
 
 
 @api.route("/releases/<release_id>/files/<int:position>/view", methods=["GET"])
-@api_requires(Permission.RELEASE_READ)
+@api_requires_any(Permission.RELEASE_READ, Permission.RELEASE_INSPECT)
 def release_file_view(release_id: str, position: int) -> Any:
     return jsonify(release_service.file_view(core(), caller(), release_id, position))
 

@@ -31,7 +31,6 @@ from console.models import (
 )
 from console.services import lineage as lineage_service
 from console.services import releases as release_service
-from console.services import sandboxes as sandbox_service
 from console.services.auditing import refusals
 from console.services.errors import BadRequest, Conflict, NotFound
 from console.services.launch import ParsedLaunch, judge
@@ -422,37 +421,14 @@ def forbidden_sandboxes(core: Sealroom) -> list[Finding]:
                 for s, d in _sandbox_findings(session, policy)]
 
 
+def forbidding_decisions(session: Session, policy: Policy) -> dict[str, PolicyDecision]:
+    """Each running (or starting) sandbox `policy` forbids, by id, with the decision saying
+    why: what its launch would be told under `policy` (`_sandbox_findings`)."""
+    return {sandbox.id: decision for sandbox, decision in _sandbox_findings(session, policy)}
+
+
 def forbidding_decision(core: Sealroom, sandbox_id: str) -> PolicyDecision | None:
     """Why the active policy forbids this running sandbox, or None if it does not."""
     policy = core.policy
     with core.read() as session:
-        for sandbox, decision in _sandbox_findings(session, policy):
-            if sandbox.id == sandbox_id:
-                return decision
-    return None
-
-
-def stop_forbidden(core: Sealroom, caller: Caller, sandbox_id: str) -> Sandbox:
-    """A security officer stops someone's running sandbox that the active policy forbids:
-    recorded (stopping, with the rule, and its end event) before the engine is told, as the
-    owner's stop is (`console.services.sandboxes.request_stop`)."""
-    target = f"sandbox:{sandbox_id[:64]}"
-    with refusals(core, caller, AuditAction.SANDBOX_STOP, target):
-        # The engine's word first (outside any transaction), as for the owner's stop.
-        record = sandbox_service.refresh(core, sandbox_id)
-        if record is None:
-            raise NotFound("no such sandbox")
-        if SandboxStatus(record.status).terminal:
-            return record  # stopping twice is fine
-        if record.status == SandboxStatus.STOPPING:  # asked for already: see it through
-            return sandbox_service.carry_out_stop(core, record)
-        decision = forbidding_decision(core, sandbox_id)
-        if decision is None:
-            raise Conflict("the active policy allows this sandbox; only its owner may stop it")
-        record = sandbox_service.request_stop(
-            core, caller, sandbox_id,
-            f"stopped by {caller.name}: policy version {decision.policy_version} forbids it "
-            f"({decision.rule}: {decision.reason})",
-            details={"rule": decision.rule, "policy_version": decision.policy_version,
-                     "owner": record.owner})
-    return sandbox_service.carry_out_stop(core, record)
+        return forbidding_decisions(session, policy).get(sandbox_id)

@@ -1,6 +1,7 @@
 """Security officer pages: the active policy, its history and diffs, edit with validation as
 you type, dry run (with what it changes), activate with a reason, restore through the same dry
-run, and the running sandboxes the active policy forbids (with a Stop button)."""
+run, and the running sandboxes the active policy forbids (with a Stop button; every running
+sandbox: `console.web.oversight`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from flask_login import current_user
 from console.guards import caller, core, requires
 from console.params import whole_number
 from console.permissions import Permission, role_has
+from console.services import oversight as oversight_service
 from console.services import policy as policy_service
 from console.services import sandboxes as sandbox_service
 from console.services.errors import ServiceError
@@ -199,7 +201,9 @@ def restore(number: int) -> Any:
 @requires(Permission.SANDBOX_OVERSEE)
 def stop_sandbox(sandbox_id: str) -> Any:
     try:
-        record = policy_service.stop_forbidden(core(), caller(), sandbox_id)
+        # the officer's stop (`console.services.oversight`); with no reason given, only a
+        # sandbox the active policy forbids is stopped from here
+        record = oversight_service.stop(core(), caller(), sandbox_id)
     except ServiceError as exc:
         flash(exc.message, "error")
         return redirect(url_for("policy_pages.index")), 303

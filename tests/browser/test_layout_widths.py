@@ -54,8 +54,10 @@ LONG_PROJECT = "study-" + "x" * 50
 #: Pages with ids each role must have reached by links (the crawl found the data).
 WITH_IDS = {"engineer": {"/sandboxes/*", "/releases/*", f"/projects/{LONG_PROJECT}"},
             "approver": {"/releases/*", "/releases/*/files/*"},
-            "security_officer": {"/policy/versions/*", "/datasets/demo/versions/*"},
-            "auditor": {"/audit/events/*", "/audit/sessions/*", "/policy/versions/*"},
+            "security_officer": {"/policy/versions/*", "/datasets/demo/versions/*",
+                                 "/oversight/sandboxes", "/lineage/sandboxes/*"},
+            "auditor": {"/audit/events/*", "/audit/sessions/*", "/policy/versions/*",
+                        "/oversight/sandboxes"},
             "admin": {"/audit/events/*", "/audit/sessions/*"}}
 #: Links that are not pages: downloads and raw recordings.
 NOT_PAGES = re.compile(r"/(export|bundle)(\?|$)|\.(cast|pem)$|/live$|/metrics$")

@@ -19,6 +19,7 @@ from audit.events import Actor
 from audit.models import AuditEvent
 from console.core import Caller, Sealroom
 from console.services import accounts, datasets
+from console.services import oversight as oversight_service
 from console.services import policy as policy_service
 from sandbox.backend import LABEL_INSTALLATION
 from tests.helpers import OPERATOR, PASSWORD, bearer, change_policy, write_dataset
@@ -79,7 +80,7 @@ def test_image_and_resource_rules_on_the_real_engine(
     (finding,) = policy_service.forbidden_sandboxes(docker_core)
     assert (finding.id, finding.rule) == (sandbox_id, "resources.roles.engineer.max_memory_mb")
     officer = Caller(Actor("sam", "security_officer", "session", "127.0.0.1"))
-    stopped = policy_service.stop_forbidden(docker_core, officer, sandbox_id)
+    stopped = oversight_service.stop(docker_core, officer, sandbox_id)
     assert stopped.status == "stopped"
     deadline = time.monotonic() + 20
     while _containers(docker_client, docker_core) and time.monotonic() < deadline:
