@@ -273,7 +273,7 @@ def audit_refused_launch(core: Sealroom, caller: Caller, reason: str) -> None:
 
 def parse(order: LaunchOrder, policy: Policy) -> ParsedLaunch:
     """Check the order on its own (and the upload's size): nothing is read or written."""
-    name, tags = labels.parse_name(order.name), labels.parse_tags(order.tags)
+    run_name, tags = labels.parse_name(order.name), labels.parse_tags(order.tags)
     if not order.datasets:
         raise BadRequest("choose a dataset")
     command = command_of(order)
@@ -320,7 +320,7 @@ def parse(order: LaunchOrder, policy: Policy) -> ParsedLaunch:
                         example=order.example, code_name=order.code_name, code=order.code,
                         extra_env=tuple(sorted(order.extra_env.items())),
                         versions=tuple(sorted(versions.items())), inputs=inputs,
-                        project=project, name=name, tags=tags)
+                        project=project, name=run_name, tags=tags)
 
 
 def _kind(value: str) -> LaunchKind:

@@ -65,7 +65,7 @@ def sandboxes() -> Any:
         query = sandbox_search.SandboxQuery.parse(
             q=args.get("q", ""), status=args.get("status", ""), tags=args.getlist("tag"),
             dataset=args.get("dataset", ""), kind=args.get("kind", ""),
-            page=args.get("page", ""))
+            page=args.get("page", ""), default_per_page=sandbox_search.PAGE_SIZE)
     except BadRequest as exc:
         refused_request(exc.message)
         typed = {"q": args.get("q", ""), "status": args.get("status", ""),
