@@ -117,11 +117,13 @@ def _dataset_choices() -> list[SelectChoice]:
 
 def _input_choices() -> list[SelectChoice]:
     """The caller's own finished sandboxes, newest first, in the console's own words (id,
-    status, launch time, code name: nothing the sandbox wrote)."""
+    status, launch time, code name, and the run's name the engineer typed: nothing the
+    sandbox wrote)."""
     finished = [r for r in sandbox_service.list_for(core(), caller())
                 if SandboxStatus(r.status).terminal][:INPUT_CHOICES_MAX]
     return [SelectChoice(r.id, f"{r.id} — {r.status.replace('_', ' ')}, launched "
-                               f"{r.created_at[:16].replace('T', ' ')} UTC, {r.code_name}")
+                               f"{r.created_at[:16].replace('T', ' ')} UTC, {r.code_name}"
+                               + (f" ({r.name})" if r.name else ""))
             for r in finished]
 
 
