@@ -67,7 +67,7 @@ def sandboxes() -> Any:
             dataset=args.get("dataset", ""), kind=args.get("kind", ""),
             page=args.get("page", ""), default_per_page=sandbox_search.PAGE_SIZE)
     except BadRequest as exc:
-        refused_request(exc.message)
+        _refused_request(exc.message)
         typed = {"q": args.get("q", ""), "status": args.get("status", ""),
                  "tags": args.getlist("tag"), "dataset": args.get("dataset", ""),
                  "kind": args.get("kind", "")}
@@ -81,7 +81,7 @@ def sandboxes() -> Any:
                            typed=typed, error="", **choices)
 
 
-def refused_request(message: str) -> None:
+def _refused_request(message: str) -> None:
     """Bad input in a page's parameters or a form, refused before any service acted on it:
     recorded at the request level, as the API's parse-time refusals are."""
     core().record(caller().actor, AuditAction.REQUEST_DENIED,
