@@ -39,6 +39,7 @@ class AuditAction(enum.StrEnum):
     SANDBOX_TIMEOUT = "sandbox:sandbox:timeout"
     SANDBOX_LOST = "sandbox:sandbox:lost"
     SANDBOX_VIEW = "sandbox:sandbox:view"
+    SANDBOX_LABEL = "sandbox:sandbox:label"  # its owner renamed it or changed its tags
     CODE_UPLOAD = "sandbox:code:upload"
     LOGS_VIEW = "sandbox:logs:view"
     METRICS_VIEW = "sandbox:metrics:view"  # training metrics read from the log and shown

@@ -74,12 +74,16 @@ def sandbox() -> None:
 @click.option("--cpus", type=float, default=1.0)
 @click.option("--memory-mb", type=int, default=2048)
 @click.option("--timeout-s", type=int, default=1800)
+@click.option("--name", default="", help="your name for the run (up to 80 characters)")
+@click.option("--tag", "tags", multiple=True,
+              help="a label for the run: lowercase letters, digits, . _ - (repeatable, at "
+                   "most 8)")
 @_url
 @_token
 def sandbox_launch(datasets: tuple[str, ...], example: str | None, code: Path | None,
                    command: str, shell: bool, inputs: tuple[str, ...], project: str,
                    kind: str, ranks: int, cpus: float, memory_mb: int, timeout_s: int,
-                   url: str, token: str) -> None:
+                   name: str, tags: tuple[str, ...], url: str, token: str) -> None:
     """Launch a sandbox; prints its id."""
     if (example is None) == (code is None):
         click.echo("error: give --example or --code", err=True)
@@ -87,7 +91,7 @@ def sandbox_launch(datasets: tuple[str, ...], example: str | None, code: Path | 
     order: dict[str, Any] = {
         "datasets": list(datasets), "command": command, "shell": shell,
         "inputs": list(inputs),
-        "project": project, "kind": kind, "ranks": ranks,
+        "project": project, "kind": kind, "ranks": ranks, "name": name, "tags": list(tags),
         "limits": {"cpus": cpus, "memory_mb": memory_mb, "timeout_s": timeout_s}}
     api = _Api(url, token)
     if code is not None:
@@ -96,6 +100,58 @@ def sandbox_launch(datasets: tuple[str, ...], example: str | None, code: Path | 
     else:
         body = api.call("POST", "/sandboxes", json={**order, "example": example})
     click.echo(body["id"])
+
+
+@sandbox.command("list")
+@click.option("--search", "text", default="", help="text in the name or the id")
+@click.option("--status", default="", help="running, succeeded, failed, stopped, ...")
+@click.option("--tag", "tags", multiple=True, help="only runs with this tag (repeatable: all)")
+@click.option("--dataset", default="", help="only runs that mounted this dataset")
+@click.option("--kind", type=click.Choice(["single", "mpi"]), default=None)
+@click.option("--page", type=int, default=1, show_default=True)
+@_url
+@_token
+def sandbox_list(text: str, status: str, tags: tuple[str, ...], dataset: str,
+                 kind: str | None, page: int, url: str, token: str) -> None:
+    """Your sandboxes, newest first: id, status, started, name and tags."""
+    params: list[tuple[str, str]] = [
+        (key, value) for key, value in [("q", text), ("status", status),
+                                        ("dataset", dataset), ("kind", kind or ""),
+                                        ("page", str(page))] if value]
+    params += [("tag", tag) for tag in tags]
+    body = _Api(url, token).call("GET", "/sandboxes", params=params)
+    for s in body["sandboxes"]:
+        started = (s["started_at"] or s["created_at"])[:19].replace("T", " ")
+        label = " ".join([s["name"] or "", *(f"#{t}" for t in s["tags"])]).strip()
+        click.echo(f"{s['id']:<16} {s['status']:<10} {started}  {label}".rstrip())
+    if not body["sandboxes"]:
+        click.echo("no sandbox matches" if len(params) > 1 or page > 1 else "no sandboxes yet")
+    elif body["pages"] > 1:
+        click.echo(f"page {body['page']} of {body['pages']} ({body['total']} sandboxes); "
+                   "--page for others")
+
+
+@sandbox.command("label")
+@click.argument("sandbox_id")
+@click.option("--name", default=None, help="the run's new name ('' for none)")
+@click.option("--tag", "tags", multiple=True, help="its tags, replacing the old (repeatable)")
+@click.option("--no-tags", is_flag=True, help="remove every tag")
+@_url
+@_token
+def sandbox_label(sandbox_id: str, name: str | None, tags: tuple[str, ...], no_tags: bool,
+                  url: str, token: str) -> None:
+    """Rename your sandbox and/or replace its tags."""
+    change: dict[str, Any] = {}
+    if name is not None:
+        change["name"] = name
+    if tags or no_tags:
+        change["tags"] = [] if no_tags else list(tags)
+    if not change:
+        click.echo("error: give --name, --tag or --no-tags", err=True)
+        sys.exit(EXIT_REFUSED)
+    body = _Api(url, token).call("PATCH", f"/sandboxes/{sandbox_id}", json=change)
+    click.echo(f"{body['id']}: {body['name'] or '(no name)'}; tags: "
+               f"{', '.join(body['tags']) or 'none'}")
 
 
 @sandbox.command("show")

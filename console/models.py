@@ -134,6 +134,10 @@ class Sandbox(SQLModel, table=True):
     #: Every dataset version this sandbox's outputs descend from: its own, its inputs' and
     #: its project's (JSON list of {name, version, digest}).
     lineage: str = "[]"
+    #: What the engineer calls the run, and their labels for it (JSON list, sorted): typed
+    #: into the console by the owner, never written by the sandbox (`console.services.labels`).
+    name: str = ""
+    tags: str = "[]"
 
 
 class SandboxInput(SQLModel, table=True):

@@ -26,9 +26,9 @@ from console.guards import api_requires, api_requires_any, caller, core, public
 # Routes kept in their own modules register on the same blueprint when imported.
 from console.params import whole_number
 from console.permissions import Permission, role_has
+from console.services import labels, sandbox_search, sandbox_usage
 from console.services import launch as launch_service
 from console.services import releases as release_service
-from console.services import sandbox_usage
 from console.services import sandboxes as sandbox_service
 from console.services.errors import ServiceError
 
@@ -85,6 +85,7 @@ def _launch_order() -> launch_service.LaunchOrder:
     shell = data.get("shell", False)
     if not isinstance(shell, bool):
         raise _Bad("shell must be true (run the command with sh -c) or false")
+    name, tags = _label_fields(data)
     order = launch_service.LaunchOrder(
         datasets=datasets, example=example, command=command, shell=shell,
         cpus=_number(limits, "cpus", float, 1.0),
@@ -92,10 +93,22 @@ def _launch_order() -> launch_service.LaunchOrder:
         pids=_number(limits, "pids", int, 256),
         timeout_s=_number(limits, "timeout_s", int, 1800),
         gpus=_number(limits, "gpus", int, 0), kind=kind, ranks=ranks, inputs=inputs,
-        project=project)
+        project=project, name=name or "", tags=tags or [])
     if upload is not None and upload.filename:
         order.code_name, order.code = upload.filename, upload.read()
     return order
+
+
+def _label_fields(data: dict[str, Any]) -> tuple[str | None, list[str] | None]:
+    """`name` (a string) and `tags` (a list of strings) of a JSON body, None where absent;
+    what they may hold is the service's to check (`console.services.labels`)."""
+    name, tags = data.get("name"), data.get("tags")
+    if name is not None and not isinstance(name, str):
+        raise _Bad("name must be a string")
+    if tags is not None and (not isinstance(tags, list)
+                             or not all(isinstance(t, str) for t in tags)):
+        raise _Bad("tags must be a list of strings")
+    return name, tags
 
 
 @api.route("/sandboxes", methods=["POST"])
@@ -118,8 +131,40 @@ def create_sandbox() -> Any:
 @api.route("/sandboxes", methods=["GET"])
 @api_requires(Permission.SANDBOX_READ)
 def list_sandboxes() -> Any:
-    return jsonify({"sandboxes": [sandbox_service.to_dict(r)
-                                  for r in sandbox_service.list_for(core(), caller())]})
+    """Your sandboxes, newest first, a page at a time (`per_page`, default 100): `q`
+    searches names and ids; `status`, `tag` (repeatable: all of them), `dataset` and `kind`
+    filter."""
+    args = request.args
+    try:
+        query = sandbox_search.SandboxQuery.parse(
+            q=args.get("q", ""), status=args.get("status", ""), tags=args.getlist("tag"),
+            dataset=args.get("dataset", ""), kind=args.get("kind", ""),
+            page=args.get("page", ""), per_page=args.get("per_page", ""),
+            default_per_page=API_PAGE_SIZE)
+    except ServiceError as exc:
+        raise _Bad(exc.message) from None
+    found = sandbox_search.search(core(), caller(), query)
+    return jsonify({"sandboxes": [sandbox_service.to_dict(r) for r in found.sandboxes],
+                    "total": found.total, "page": found.page, "pages": found.pages,
+                    "per_page": found.per_page})
+
+
+#: Sandboxes on one page of `GET /api/v1/sandboxes` unless `per_page` says otherwise.
+API_PAGE_SIZE = 100
+
+
+@api.route("/sandboxes/<sandbox_id>", methods=["PATCH"])
+@api_requires(Permission.SANDBOX_LAUNCH)
+def label_sandbox(sandbox_id: str) -> Any:
+    """Rename your sandbox and/or replace its tags: `{"name"?, "tags"?}` (audited)."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise _Bad("send a JSON object with name and/or tags")
+    name, tags = _label_fields(data)
+    if name is None and tags is None:
+        raise _Bad("send name and/or tags")
+    record = labels.relabel(core(), caller(), sandbox_id, name=name, tags=tags)
+    return jsonify(sandbox_service.to_dict(record))
 
 
 @api.route("/sandboxes/<sandbox_id>", methods=["GET"])

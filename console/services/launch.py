@@ -30,8 +30,8 @@ from audit.events import AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
 from console.models import LIVE_STATUSES, Image, Sandbox, SandboxInput, SandboxStatus, User
 from console.services import dataset_versions as versions_service
+from console.services import labels, sandboxes
 from console.services import lineage as lineage_service
-from console.services import sandboxes
 from console.services.auditing import refusals
 from console.services.errors import (
     AuditUnavailable,
@@ -94,6 +94,9 @@ class LaunchOrder:
     #: Run `command` by the image's shell (`/bin/sh -c COMMAND`: `cd`, `&&`, pipes,
     #: variables); otherwise it is split into a program and its arguments, with no shell.
     shell: bool = False
+    #: What the engineer calls the run, and their tags for it (`console.services.labels`).
+    name: str = ""
+    tags: list[str] = field(default_factory=list)
 
 
 #: The shell a shell command runs under (every sandbox image has it; the hardening lets it run).
@@ -162,6 +165,8 @@ class ParsedLaunch:
     versions: tuple[tuple[str, int], ...] = ()
     inputs: tuple[str, ...] = ()
     project: str = ""
+    name: str = ""
+    tags: tuple[str, ...] = ()
     #: What it builds on, once resolved (`decide`), or as recorded (`of_sandbox`).
     facts: LaunchFacts = LaunchFacts()
 
@@ -268,6 +273,7 @@ def audit_refused_launch(core: Sealroom, caller: Caller, reason: str) -> None:
 
 def parse(order: LaunchOrder, policy: Policy) -> ParsedLaunch:
     """Check the order on its own (and the upload's size): nothing is read or written."""
+    run_name, tags = labels.parse_name(order.name), labels.parse_tags(order.tags)
     if not order.datasets:
         raise BadRequest("choose a dataset")
     command = command_of(order)
@@ -314,7 +320,7 @@ def parse(order: LaunchOrder, policy: Policy) -> ParsedLaunch:
                         example=order.example, code_name=order.code_name, code=order.code,
                         extra_env=tuple(sorted(order.extra_env.items())),
                         versions=tuple(sorted(versions.items())), inputs=inputs,
-                        project=project)
+                        project=project, name=run_name, tags=tags)
 
 
 def _kind(value: str) -> LaunchKind:
@@ -508,7 +514,8 @@ def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decis
             pids=limits.pids, timeout_s=limits.timeout_s, backend_state=json.dumps(state),
             created_at=utc_now(), inputs=json.dumps(inputs_json(decision)),
             project=parsed.project, project_parent=decision.project_parent,
-            lineage=json.dumps(list(decision.lineage))))
+            lineage=json.dumps(list(decision.lineage)), name=parsed.name,
+            tags=json.dumps(list(parsed.tags))))
         session.flush()  # the edges reference the row
         for mount in decision.inputs:
             session.add(SandboxInput(sandbox_id=sandbox_id, source_id=mount.sandbox_id))
@@ -531,7 +538,9 @@ def record(core: Sealroom, caller: Caller, parsed: ParsedLaunch, decision: Decis
                      **({"project": parsed.project,
                          "project_parent": decision.project_parent}
                         if parsed.project else {}),
-                     "lineage": list(decision.lineage)}))
+                     "lineage": list(decision.lineage),
+                     **({"name": parsed.name} if parsed.name else {}),
+                     **({"tags": list(parsed.tags)} if parsed.tags else {})}))
 
 
 def start(core: Sealroom, caller: Caller, sandbox_id: str, state: BackendState) -> Sandbox:

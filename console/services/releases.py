@@ -332,6 +332,17 @@ def requested_files(core: Sealroom, caller: Caller, sandbox_id: str
             for file, record in rows}
 
 
+def of_sandbox(core: Sealroom, caller: Caller, sandbox_id: str) -> list[dict[str, str]]:
+    """Every release request made from the sandbox that the caller may read (their own; any,
+    for a role that inspects requests), oldest first: id, status and when, for links."""
+    query = select(ReleaseRequest).where(ReleaseRequest.sandbox_id == sandbox_id)
+    if not role_has(caller.role, Permission.RELEASE_INSPECT):
+        query = query.where(ReleaseRequest.requester == caller.name)
+    with core.read() as session:
+        rows = session.exec(query.order_by(col(ReleaseRequest.created_at))).all()
+    return [{"id": r.id, "status": r.status, "created_at": r.created_at} for r in rows]
+
+
 def _files(session: Session, release_id: str) -> list[ReleaseFile]:
     return list(session.exec(select(ReleaseFile).where(
         ReleaseFile.release_id == release_id).order_by(col(ReleaseFile.name))).all())

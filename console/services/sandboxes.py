@@ -20,7 +20,7 @@ from audit.events import Actor, AuditAction, EventDraft, Outcome
 from console.core import Caller, Sealroom
 from console.models import LIVE_STATUSES, Sandbox, SandboxInput, SandboxStatus
 from console.permissions import Permission, role_has
-from console.services import dataset_versions, sandbox_log, training_metrics
+from console.services import dataset_versions, labels, sandbox_log, training_metrics
 from console.services import lineage as lineage_service
 from console.services import outbox as outbox_service
 from console.services.errors import BadRequest, NotFound
@@ -468,6 +468,8 @@ def to_dict(record: Sandbox) -> dict[str, object]:
         duration = round(((finished or _now()) - started).total_seconds(), 1)
     return {
         "id": record.id,
+        "name": record.name or None,
+        "tags": labels.tags_of(record),
         "owner": record.owner,
         "status": record.status,
         "exit_code": record.exit_code,

@@ -23,13 +23,19 @@ from flask import (
 from flask_login import current_user
 from wtforms.fields.choices import SelectChoice
 
-from audit.events import AuditAction
+from audit.events import AuditAction, Outcome
 from console.guards import caller, core, requires, requires_any
 from console.models import SandboxStatus
 from console.params import whole_number
 from console.permissions import Permission, role_has
 from console.services import datasets as dataset_service
-from console.services import held_uploads, sandbox_usage, terminal_sessions
+from console.services import (
+    held_uploads,
+    labels,
+    sandbox_search,
+    sandbox_usage,
+    terminal_sessions,
+)
 from console.services import launch as launch_service
 from console.services import projects as project_service
 from console.services import releases as release_service
@@ -49,8 +55,38 @@ LIVE_LOG_MAX = 256 * 1024
 @engineer.route("")
 @requires(Permission.SANDBOX_READ)
 def sandboxes() -> Any:
-    rows = [sandbox_service.to_dict(r) for r in sandbox_service.list_for(core(), caller())]
-    return render_template("sandboxes.html", sandboxes=rows)
+    """My sandboxes, newest first, a page at a time: searched by name or id and filtered by
+    status, tag, dataset and kind through GET parameters (a search can be bookmarked)."""
+    args = request.args
+    choices = {"statuses": sandbox_search.STATUSES, "kinds": sandbox_search.KINDS,
+               "tags": sandbox_search.tags_in_use(core(), caller()),
+               "datasets": sandbox_search.datasets_in_use(core(), caller())}
+    try:
+        query = sandbox_search.SandboxQuery.parse(
+            q=args.get("q", ""), status=args.get("status", ""), tags=args.getlist("tag"),
+            dataset=args.get("dataset", ""), kind=args.get("kind", ""),
+            page=args.get("page", ""), default_per_page=sandbox_search.PAGE_SIZE)
+    except BadRequest as exc:
+        _refused_request(exc.message)
+        typed = {"q": args.get("q", ""), "status": args.get("status", ""),
+                 "tags": args.getlist("tag"), "dataset": args.get("dataset", ""),
+                 "kind": args.get("kind", "")}
+        return render_template("sandboxes.html", found=None, query=None, typed=typed,
+                               error=exc.message, **choices), 400
+    found = sandbox_search.search(core(), caller(), query)
+    rows = [sandbox_service.to_dict(r) for r in found.sandboxes]
+    typed = {"q": query.text, "status": query.status, "tags": list(query.tags),
+             "dataset": query.dataset, "kind": query.kind}
+    return render_template("sandboxes.html", sandboxes=rows, found=found, query=query,
+                           typed=typed, error="", **choices)
+
+
+def _refused_request(message: str) -> None:
+    """Bad input in a page's parameters or a form, refused before any service acted on it:
+    recorded at the request level, as the API's parse-time refusals are."""
+    core().record(caller().actor, AuditAction.REQUEST_DENIED,
+                  target=f"{request.method} {request.path}"[:200], outcome=Outcome.DENIED,
+                  reason=message, request_id=caller().request_id)
 
 
 #: At most this many of one's own finished sandboxes are offered as inputs (newest first).
@@ -81,11 +117,13 @@ def _dataset_choices() -> list[SelectChoice]:
 
 def _input_choices() -> list[SelectChoice]:
     """The caller's own finished sandboxes, newest first, in the console's own words (id,
-    status, launch time, code name: nothing the sandbox wrote)."""
+    status, launch time, code name, and the run's name the engineer typed: nothing the
+    sandbox wrote)."""
     finished = [r for r in sandbox_service.list_for(core(), caller())
                 if SandboxStatus(r.status).terminal][:INPUT_CHOICES_MAX]
     return [SelectChoice(r.id, f"{r.id} — {r.status.replace('_', ' ')}, launched "
-                               f"{r.created_at[:16].replace('T', ' ')} UTC, {r.code_name}")
+                               f"{r.created_at[:16].replace('T', ' ')} UTC, {r.code_name}"
+                               + (f" ({r.name})" if r.name else ""))
             for r in finished]
 
 
@@ -185,7 +223,8 @@ def new() -> Any:
         pids=form.pids.data or 256, timeout_s=form.timeout_s.data,
         kind=form.kind.data, ranks=form.ranks.data,
         inputs=[*(form.inputs.data or []), *split_ids(form.other_inputs.data or "")],
-        project=form.project.data or "")
+        project=form.project.data or "", name=form.name.data or "",
+        tags=labels.split_tags(form.tags.data or ""))
     if form.source.data == "upload":
         if code is None:
             return refused("Choose a script or zip to upload.", 400)
@@ -206,6 +245,29 @@ def new() -> Any:
 def detail(sandbox_id: str) -> Any:
     """The owner's page; an auditor's is the same read-only (`may_act` false), its log,
     outbox names and metrics fetched through the owner's paid paths, charged to them."""
+    return _detail_page(sandbox_id)
+
+
+@engineer.route("/<sandbox_id>/label", methods=["POST"])
+@requires(Permission.SANDBOX_LAUNCH)
+def label(sandbox_id: str) -> Any:
+    """The owner renames the sandbox and/or replaces its tags (audited); a bad name or tag
+    is the page again with the form's error and what was typed, status 400."""
+    name, tags = request.form.get("name", ""), request.form.get("tags", "")
+    try:
+        labels.relabel(core(), caller(), sandbox_id, name=name, tags=labels.split_tags(tags))
+    except BadRequest as exc:
+        return _detail_page(sandbox_id, label_error=exc.message,
+                            label_typed={"name": name, "tags": tags}, status=400)
+    except ServiceError as exc:
+        return render_template("error.html", status=exc.status, message=exc.message), exc.status
+    flash("Name and tags saved.", "info")
+    return redirect(url_for("engineer.detail", sandbox_id=sandbox_id), 303)
+
+
+def _detail_page(sandbox_id: str, *, label_error: str = "",
+                 label_typed: dict[str, str] | None = None, status: int = 200) -> Any:
+    """The sandbox's page; after a refused relabelling, with the error and what was typed."""
     try:
         record = sandbox_service.get(core(), caller(), sandbox_id)
     except ServiceError as exc:
@@ -234,9 +296,11 @@ def detail(sandbox_id: str) -> Any:
         log_window=LIVE_LOG_MAX,
         outbox_note=outbox_note, approvals_needed=core().policy.release.approvals_needed,
         requested=release_service.requested_files(core(), caller(), sandbox_id),
+        releases=release_service.of_sandbox(core(), caller(), sandbox_id),
+        label_error=label_error, label_typed=label_typed,
         lineage=lineage, links=lineage_web.links(
             lineage, lambda other, owner: url_for("engineer.detail", sandbox_id=other)
-            if owner == me or everyone else None))
+            if owner == me or everyone else None)), status
 
 
 @engineer.route("/<sandbox_id>/live")

@@ -29,6 +29,10 @@ def split_ids(text: str) -> list[str]:
 
 
 class LaunchForm(FlaskForm):  # type: ignore[misc]
+    #: The engineer's own words for the run, checked by `console.services.labels` (so a bad
+    #: one is refused and audited like any refused launch, the form keeping what was typed).
+    name = StringField("Name", validators=[Optional()])
+    tags = StringField("Tags", validators=[Optional()])
     #: `name` (its newest usable version) or `name@version`.
     dataset = SelectField("Dataset version", validators=[DataRequired()])
     #: The caller's own finished sandboxes whose outputs to mount under /inputs.

@@ -84,7 +84,7 @@ def test_the_auditor_opens_a_sandbox_and_a_release_page_read_only(
     expect(page.locator("#download")).to_have_count(0)
     screenshots.take(page, "auditor-release.png", tmp_path)
 
-    page.locator("#read-only").get_by_role("link", name="Audit timeline").click()
+    page.locator("#audit-timeline").click()
     expect(page.get_by_role("heading", name=f"Timeline of release {release.id}")).to_be_visible()
     expect(page.locator("#timeline")).to_contain_text("release:request:view")
     page.get_by_role("link", name="Hide reads").click()
