@@ -252,7 +252,9 @@ def sandbox_running(url: str, token: str) -> None:
             if s["forbidden"] else "allowed"
         click.echo(f"{s['id']}  {s['owner']:<16} {s['status']:<9} {datasets:<20} {kind:<14}"
                    f"age {_clock(s['age_s']):>8}  left {_clock(s['remaining_s']):>8}  {policy}")
-    click.echo(f"{len(rows)} running under policy version {body['policy_version']}")
+    count = f"{len(rows)} sandbox{'es' if len(rows) != 1 else ''}"
+    click.echo(f"{count} running, starting or stopping; active policy version "
+               f"{body['policy_version']}")
 
 
 @sandbox.command("stop-any")

@@ -219,7 +219,7 @@ def test_the_cli_lists_and_stops_as_the_officer(
     assert listed.exit_code == 0, listed.output
     assert sandbox_id in listed.output and "alice" in listed.output
     assert "demo@1" in listed.output and "allowed" in listed.output
-    assert "1 running under policy version" in listed.output
+    assert "1 sandbox running, starting or stopping; active policy version" in listed.output
 
     refused = CliRunner().invoke(main, ["sandbox", "stop-any", sandbox_id, *sam])
     assert refused.exit_code == 1
