@@ -77,7 +77,11 @@ def validate_policy() -> Any:
 @api_requires(Permission.POLICY_WRITE)
 def dry_run_policy() -> Any:
     text, _ = _document()
-    return jsonify(policy_service.dry_run(core(), caller(), text).to_dict())
+    result = policy_service.dry_run(core(), caller(), text)
+    active, changes = policy_service.changes(core(), text, result)
+    # The same diff the dry-run page shows, as unified-diff text (officers' words, no sandbox's).
+    return jsonify({**result.to_dict(), "against": active.version,
+                    "diff": "\n".join(line.text for line in changes)})
 
 
 @api.route("/policy/activate", methods=["POST"])

@@ -350,6 +350,12 @@ def test_dry_run_lists_exactly_what_activation_then_does(
         (big, "resources.roles.engineer.max_cpus"),
         (third, "resources.roles.engineer.max_concurrent")}  # the third one started last
     assert small not in {f["id"] for f in result["sandboxes"]}
+    # What changes, against the active version, as the dry-run page shows it.
+    assert result["against"] == 2
+    diff = result["diff"].splitlines()
+    assert diff[:2] == ["--- version 2 (active)", "+++ version 3 (this dry run)"]
+    assert any(line.startswith("-") and "max_cpus: 2.0" in line for line in diff)
+    assert any(line.startswith("+") and "max_cpus: 1.5" in line for line in diff)
     assert [(f["id"], f["rule"], f["denied"]) for f in result["releases"]] == [
         (with_metrics["id"], "release.file_types", True),
         (model_only["id"], "release.approvals_needed", False)]
@@ -358,7 +364,8 @@ def test_dry_run_lists_exactly_what_activation_then_does(
 
     activated = _activate(client, people["sam"], text, "metrics as CSV only")
     assert activated.status_code == 201
-    assert activated.get_json()["dry_run"] == result
+    assert activated.get_json()["dry_run"] == {k: v for k, v in result.items()
+                                               if k not in ("against", "diff")}
     decided = {(e.target, _details(e)["rule"]) for e in recorded(core, "policy:decision:deny")
                if _details(e)["policy_version"] == 3}
     assert decided == {(f"{f['kind']}:{f['id']}", f["rule"])
