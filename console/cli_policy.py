@@ -14,7 +14,7 @@ from audit.events import Actor
 from console.core import Caller, Sealroom
 from console.services import policy as policy_service
 from console.services.errors import ServiceError
-from console.services.policy import Activation, InvalidPolicyDocument
+from console.services.policy import Activation, DryRun, InvalidPolicyDocument
 from console.settings import Settings
 from policies.errors import PolicyProblem
 
@@ -72,6 +72,28 @@ def validate(file: Path) -> None:
     click.echo(f"{file}: valid (sha256 {checked.sha256[:16]})")
 
 
+@policy.command("dry-run")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def dry_run(file: Path) -> None:
+    """What activating FILE would change (a diff against the active version) and deny; nothing
+    is activated."""
+    text = _read(file)
+    try:
+        result = policy_service.dry_run(_core(), _caller(), text)
+    except ServiceError as exc:
+        _refused(file, exc)
+        return
+    _warn(file, result.warnings)
+    active, changes = policy_service.changes(_core(), text, result)
+    for line in changes:
+        click.echo(line.text)
+    if not changes:
+        click.echo(f"# the same document as the active version {active.version}")
+    click.echo(f"# would become policy version {result.version} (sha256 {result.sha256[:16]})")
+    _findings(result, now="would be forbidden", failed="would fail its checks",
+              waits="would wait for more approvals")
+
+
 @policy.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--reason", required=True, help="Why this policy is activated (recorded).")
@@ -101,11 +123,16 @@ def restore(version: int, reason: str) -> None:
 def _report(activation: Activation) -> None:
     row, result = activation.version, activation.result
     click.echo(f"policy version {row.version} is active (sha256 {row.sha256[:16]})")
+    _findings(result, now="is now forbidden", failed="failed its checks",
+              waits="waits for more approvals")
+
+
+def _findings(result: DryRun, *, now: str, failed: str, waits: str) -> None:
     for finding in result.sandboxes:
-        click.echo(f"  running sandbox {finding.id} of {finding.owner} is now forbidden: "
+        click.echo(f"  running sandbox {finding.id} of {finding.owner} {now}: "
                    f"{finding.rule}: {finding.reason}")
     for finding in result.releases:
-        effect = "failed its checks" if finding.denied else "waits for more approvals"
+        effect = failed if finding.denied else waits
         click.echo(f"  release request {finding.id} {effect}: {finding.rule}: {finding.reason}")
 
 

@@ -137,6 +137,16 @@ def test_policy_validate_activate_show(cli: CliRunner, tmp_path: Path) -> None:
     not_activated = cli.invoke(main, ["policy", "activate", str(broken), "--reason", "x"])
     assert not_activated.exit_code == 1 and _core(tmp_path).policy.version == 1
     assert cli.invoke(main, ["policy", "activate", str(document)]).exit_code == 2  # no reason
+    refused_dry = cli.invoke(main, ["policy", "dry-run", str(broken)])
+    assert refused_dry.exit_code == 1 and "release.leek" in refused_dry.output
+
+    dry = cli.invoke(main, ["policy", "dry-run", str(document)])
+    assert dry.exit_code == 0, dry.output
+    assert "--- version 1 (active)\n+++ version 2 (this dry run)" in dry.output
+    changed = [line for line in dry.output.splitlines() if "max_cpus" in line]
+    assert [line.replace(" ", "") for line in changed] == ["-max_cpus:2.0", "+max_cpus:1.5"]
+    assert "# would become policy version 2" in dry.output
+    assert _core(tmp_path).policy.version == 1  # a dry run activates nothing
 
     activated = cli.invoke(main, ["policy", "activate", str(document), "--reason", "smaller"])
     assert activated.exit_code == 0, activated.output
