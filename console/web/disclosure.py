@@ -11,6 +11,7 @@ from audit.events import AuditAction
 from console.guards import caller, core, requires
 from console.permissions import Permission
 from console.services import disclosure as disclosure_service
+from console.web.links import sandbox_link
 
 disclosure_pages = Blueprint("disclosure_pages", __name__, url_prefix="/disclosure")
 
@@ -25,4 +26,5 @@ def index() -> Any:
     return render_template(
         "disclosure.html", users=disclosure_service.users_today(core()),
         usage=disclosure_service.usage(core(), user) if user else None,
-        budget=core().policy.disclosure, day=disclosure_service.today())
+        budget=core().policy.disclosure, day=disclosure_service.today(),
+        sandbox_link=sandbox_link)

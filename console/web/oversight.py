@@ -19,18 +19,9 @@ from console.services.errors import ServiceError
 from console.web import may
 from console.web.engineer import clock
 from console.web.lineage import dataset_link
+from console.web.links import sandbox_link
 
 oversight_pages = Blueprint("oversight_pages", __name__, url_prefix="/oversight")
-
-
-def _sandbox_link(sandbox_id: str) -> str | None:
-    """Where a listed id leads for this viewer: the read-only sandbox page (auditors), else
-    its lineage (officers), else nowhere."""
-    if may("SANDBOX_INSPECT"):
-        return url_for("engineer.detail", sandbox_id=sandbox_id)
-    if may("LINEAGE_READ"):
-        return url_for("lineage_pages.sandbox", sandbox_id=sandbox_id)
-    return None
 
 
 @oversight_pages.route("/sandboxes")
@@ -41,7 +32,7 @@ def sandboxes() -> Any:
     except ServiceError as exc:
         return render_template("error.html", status=exc.status, message=exc.message), exc.status
     return render_template("oversight_sandboxes.html", rows=rows, clock=clock,
-                           sandbox_link=_sandbox_link, dataset_link=dataset_link,
+                           sandbox_link=sandbox_link, dataset_link=dataset_link,
                            may_stop=may("SANDBOX_OVERSEE"),
                            policy_version=core().policy.version,
                            max_reason=oversight_service.MAX_REASON)

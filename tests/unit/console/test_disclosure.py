@@ -273,6 +273,14 @@ def test_officers_see_each_users_spending(client: FlaskClient, core: Sealroom,
     login(client, "sam")
     page = client.get("/disclosure?user=alice").get_data(as_text=True)
     assert sandbox_id in page and "512" in page
+    # Every channel has its column, and the id leads where this viewer may go: an officer to
+    # the sandbox's lineage, an auditor to its read-only page.
+    assert "<th>Metrics (bytes)</th><th>Terminal (bytes)</th>" in page
+    assert f'href="/lineage/sandboxes/{sandbox_id}"' in page
+    auditor = client.application.test_client()
+    login(auditor, "audrey")
+    page = auditor.get("/disclosure?user=alice").get_data(as_text=True)
+    assert f'href="/sandboxes/{sandbox_id}"' in page
 
 
 def test_the_cli_shows_a_users_spending(core: Sealroom, people: dict[str, str],
