@@ -52,14 +52,21 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
     chromium.close()
 
 
-@pytest.fixture
-def page(browser: Browser, live_server: str) -> Iterator[Page]:
-    """A page in its own browser context, with relative URLs resolved against the console."""
-    context = browser.new_context(base_url=live_server, viewport=VIEWPORT)
+def open_page(browser: Browser, console_url: str) -> Iterator[Page]:
+    """A page in its own browser context, with relative URLs resolved against `console_url`;
+    closed after the test. Modules whose console runs on the fake backend (the `served`
+    fixture) override `page` with `yield from open_page(browser, served)`."""
+    context = browser.new_context(base_url=console_url, viewport=VIEWPORT)
     context.set_default_timeout(15_000)
     page = context.new_page()
     yield page
     context.close()
+
+
+@pytest.fixture
+def page(browser: Browser, live_server: str) -> Iterator[Page]:
+    """A page on the console served for real, with the real engine (`live_server`)."""
+    yield from open_page(browser, live_server)
 
 
 @pytest.fixture

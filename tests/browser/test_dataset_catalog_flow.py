@@ -15,7 +15,7 @@ from playwright.sync_api import Browser, Page, expect
 from console.core import Sealroom
 from console.services import datasets as dataset_service
 from tests.browser import screenshots
-from tests.browser.conftest import VIEWPORT
+from tests.browser.conftest import open_page
 from tests.browser.people import log_in
 from tests.helpers import OPERATOR
 
@@ -42,11 +42,7 @@ def engineer(make_user: Callable[..., tuple[str, str]], dataset: str, core: Seal
 @pytest.fixture
 def page(browser: Browser, served: str) -> Iterator[Page]:
     """A page on the console served with the fake backend (no engine needed)."""
-    context = browser.new_context(base_url=served, viewport=VIEWPORT)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    yield page
-    context.close()
+    yield from open_page(browser, served)
 
 
 def test_an_engineer_opens_the_catalog_from_the_launch_form(page: Page, engineer: str,

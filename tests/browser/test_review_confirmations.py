@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Dialog, Page, expect
 from console.core import Sealroom
 from console.services import releases as release_service
 from tests.browser import screenshots
-from tests.browser.conftest import VIEWPORT
+from tests.browser.conftest import open_page
 from tests.browser.people import log_in
 from tests.helpers import bearer, recorded, safetensors_bytes, supervisor_pass
 
@@ -58,11 +58,7 @@ def in_review(client: FlaskClient, people: dict[str, str], core: Sealroom,
 @pytest.fixture
 def page(browser: Browser, served: str) -> Iterator[Page]:
     """A page on the console served with the fake backend (no engine needed)."""
-    context = browser.new_context(base_url=served, viewport=VIEWPORT)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    yield page
-    context.close()
+    yield from open_page(browser, served)
 
 
 class Confirmations:

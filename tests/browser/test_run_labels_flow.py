@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from console.core import Sealroom
 from tests.browser import screenshots
-from tests.browser.conftest import VIEWPORT
+from tests.browser.conftest import open_page
 from tests.browser.people import log_in
 from tests.helpers import bearer, recorded, safetensors_bytes, supervisor_pass
 
@@ -33,11 +33,7 @@ def people(make_user: Callable[..., tuple[str, str]], dataset: str) -> dict[str,
 @pytest.fixture
 def page(browser: Browser, served: str) -> Iterator[Page]:
     """A page on the console served with the fake backend (no engine needed)."""
-    context = browser.new_context(base_url=served, viewport=VIEWPORT)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    yield page
-    context.close()
+    yield from open_page(browser, served)
 
 
 def _launch_from_the_form(page: Page, name: str, tags: str) -> str:
