@@ -21,6 +21,7 @@ from console.core import Caller, Sealroom
 from console.models import DisclosureItem
 from console.services import accounts, datasets
 from console.services import launch as launch_service
+from console.services import outbox as outbox_service
 from console.services import releases as release_service
 from tests.browser import screenshots
 from tests.browser.people import log_in
@@ -65,6 +66,12 @@ def test_the_auditor_opens_a_sandbox_and_a_release_page_read_only(
     expect(page.get_by_role("button", name="Stop")).to_have_count(0)
     expect(page.locator("#release-form")).to_have_count(0)
     expect(page.locator("#build-on")).to_have_count(0)
+    # The page was rendered while the sandbox ran; it renders itself again once the sandbox
+    # and its outbox have settled, and that reload would cancel a link followed meanwhile.
+    # So: wait for the outbox's hashing, then render the settled page, which stays put.
+    outbox_service.schedule_manifest(docker_core, finished_sandbox).result(timeout=120)
+    page.reload()
+    expect(page.locator("#status")).to_have_text("succeeded")
     with docker_core.read() as session:
         charged = session.exec(select(DisclosureItem.user).where(
             DisclosureItem.sandbox_id == finished_sandbox)
