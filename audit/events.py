@@ -50,6 +50,7 @@ class AuditAction(enum.StrEnum):
     # releases
     RELEASE_REQUEST = "release:request:create"
     RELEASE_CHECKS = "release:request:check"
+    RELEASE_MODEL_RISK = "release:request:model-risk"  # the attacks on a model, judged
     RELEASE_APPROVE = "release:request:approve"
     RELEASE_REJECT = "release:request:reject"
     RELEASE_WITHDRAW = "release:request:withdraw"

@@ -130,6 +130,7 @@ def up(host: str | None, port: int | None, threads: int, ssh_port: int | None) -
     import waitress
 
     from console.app import create_app
+    from console.services import model_risk as model_risk_service
     from console.services import releases as release_service
     from console.services import sandboxes as sandbox_service
 
@@ -145,6 +146,7 @@ def up(host: str | None, port: int | None, threads: int, ssh_port: int | None) -
         click.echo(f"warning: could not reconcile with the container engine: {exc}", err=True)
     core.gate_key()  # made on first start; fails early if the passphrase is wrong
     release_service.resume_sealing(core)
+    model_risk_service.resume(core)  # attacks a stop cut short run again
     app = create_app(sealroom=core, supervise=True)
     bind_host, bind_port = host or settings.host, port or settings.port
     exporter = _start_metrics(core, settings.metrics_bind)

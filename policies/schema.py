@@ -294,6 +294,46 @@ class Launch(_Strict):
     roles: list[RoleName] = []
 
 
+AttackName = Literal["lira", "worstcase"]
+
+
+class AttackLimits(_Strict):
+    """The most one membership-inference attack may achieve against a model that leaves;
+    a figure above its limit fails the check (no limit: the figure is shown, not judged)."""
+
+    #: Area under the attack's ROC curve (0.5: the attack does no better than a coin).
+    auc: float | None = Field(default=None, ge=0.5, le=1.0)
+    #: Attack advantage (true positive rate minus false positive rate at its best threshold).
+    advantage: float | None = Field(default=None, ge=0.0, le=1.0)
+    #: True positive rate at a 0.1 % false positive rate (the LiRA paper's headline figure).
+    tpr_at_low_fpr: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class ModelRisk(_Strict):
+    """Membership-inference attacks (SACRO-ML) the gate runs on each model before it leaves,
+    in a sealed sandbox of their own, from the target description the training job wrote
+    beside the model (`sealroom.save_target`)."""
+
+    enabled: bool = True
+    #: A model without a target description is refused (true) or passes unattacked (false).
+    required: bool = False
+    attacks: list[AttackName] = ["lira", "worstcase"]
+    #: Shadow models LiRA trains: more is slower and steadier.
+    shadow_models: int = Field(default=10, ge=2, le=256)
+    limits: dict[AttackName, AttackLimits] = {"lira": AttackLimits(auc=0.6),
+                                              "worstcase": AttackLimits(auc=0.75)}
+    #: The attack run's wall-clock limit; past it the check fails closed.
+    timeout_minutes: int = Field(default=30, ge=1, le=24 * 60)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelRisk:
+        if self.enabled and not self.attacks:
+            raise _contradiction("attacks", "model_risk is enabled but lists no attacks")
+        if len(set(self.attacks)) != len(self.attacks):
+            raise _contradiction("attacks", "model_risk lists an attack twice")
+        return self
+
+
 class Release(_Strict):
     """What may leave through the release gate, and how many approvers must agree."""
 
@@ -316,6 +356,7 @@ class Release(_Strict):
     leak_scan: bool = True
     leak_min_row_bytes: int = Field(default=16, ge=4)
     approvals_needed: int = Field(default=2, ge=1, le=20)
+    model_risk: ModelRisk = ModelRisk()
 
     @model_validator(mode="after")
     def _consistent(self) -> Release:

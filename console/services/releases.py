@@ -40,6 +40,7 @@ from console.models import (
 )
 from console.permissions import Permission, role_has
 from console.services import lineage as lineage_service
+from console.services import model_risk
 from console.services import outbox as outbox_service
 from console.services.auditing import refusals
 from console.services.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError
@@ -50,6 +51,8 @@ from sandbox.gate.checks import (
     Check,
     CheckReport,
     CheckResult,
+    FileKind,
+    file_kind,
     run_checks,
     suffix_of,
 )
@@ -106,6 +109,7 @@ _CHECK_RULES = {
     Check.METRICS: "release.metrics_types",
     Check.PICKLE_SCAN: "release.allow_pickle",
     Check.LEAK_SCAN: "release.leak_scan",
+    model_risk.CHECK: "release.model_risk",
 }
 
 
@@ -202,14 +206,30 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
     except SandboxError as exc:  # the outbox could not be opened
         raise BadRequest(exc.user_message) from exc
     report = _labelled(run_checks(candidates, rules, mounted), labels)
+    # Models are attacked only once everything else passed (an attack run takes minutes).
+    attacked: list[model_risk.ModelUnderTest] = []
+    if report.passed:
+        _, outbox_items = outbox_service.manifest_items(core, sandbox_id)
+        models = [(c.name, labels[c.name]) for c in candidates
+                  if file_kind(c.name, rules) is FileKind.WEIGHTS]
+        attacked, unattacked = model_risk.plan(
+            policy.release.model_risk, models,
+            {i.path for i in outbox_items if i.kind == "file" and i.sha256 is not None})
+        report = CheckReport((*report.results, *unattacked))
     release_id = "rel-" + secrets.token_hex(6)
     status = ReleaseStatus.IN_REVIEW if report.passed else ReleaseStatus.CHECKS_FAILED
+    if attacked and report.passed:
+        status = ReleaseStatus.SUBMITTED  # until the attacks have run
+    checks = report_dict(report)
+    if attacked:
+        checks[model_risk.CHECK] = {"pending": [{"path": m.path, "label": m.label}
+                                                for m in attacked]}
     now = utc_now()
     with core.transaction() as session:
         record = ReleaseRequest(
             id=release_id, sandbox_id=sandbox_id, requester=caller.name, status=status,
             justification=justification, approvals_needed=policy.release.approvals_needed,
-            policy_version=policy.version, checks=json.dumps(report_dict(report)),
+            policy_version=policy.version, checks=json.dumps(checks),
             created_at=now, updated_at=now)
         session.add(record)
         session.flush()  # the files reference the request row
@@ -232,7 +252,11 @@ def _create(core: Sealroom, caller: Caller, sandbox_id: str, names: list[str],
             details={"policy_version": policy.version,
                      **({"rule": rules_failed[0], "rules": rules_failed} if failed else {}),
                      "results": [{"check": r.check, "file": r.file, "passed": r.passed}
-                                 for r in report.results]}))
+                                 for r in report.results],
+                     **({"model_risk": "running"} if status == ReleaseStatus.SUBMITTED
+                        else {})}))
+    if status == ReleaseStatus.SUBMITTED:
+        model_risk.start(core, release_id)
     return record
 
 
