@@ -6,6 +6,7 @@ every step holds, 1 when one fails, 2 for usage.
 from __future__ import annotations
 
 import sys
+from typing import Any
 from pathlib import Path
 
 import click
@@ -91,10 +92,34 @@ def _facts(result: BundleVerification) -> None:
         f"Files       {len(result.files)}",
     ]
     lines += [f"  {name:<{size}}  sha256:{digest}" for name, digest in result.files]
+    lines += _model_risk(result.checks)
     if not result.lineage.empty:
         lines += _lineage(result.lineage)
     click.echo("\n".join(lines))
     click.echo("VERIFIED: both signatures and every file hash hold.")
+
+
+def _model_risk(checks: dict[str, Any]) -> list[str]:
+    """The membership-inference attacks the gate ran on each model, as the signed
+    provenance records them (figures, limits, the attack image's digest)."""
+    results = [r for r in checks.get("results", []) if isinstance(r, dict)
+               and r.get("check") == "model_risk"]
+    if not results:
+        return []
+    found = checks.get("model_risk", {}) if isinstance(checks.get("model_risk"), dict) else {}
+    lines = ["Model risk  " + (f"attacked with image {found['image']}" if found.get("image")
+                               else "no model was attacked")]
+    attacks = found.get("attacks", {}) if isinstance(found.get("attacks"), dict) else {}
+    for result in results:
+        name = str(result.get("file", ""))
+        lines.append(f"  {name}  {'pass' if result.get('passed') else 'FAIL'}")
+        for attack in attacks.get(name, []) if isinstance(attacks.get(name), list) else []:
+            lines.append(f"    {attack.get('attack', '?'):<10} AUC {attack.get('auc')}  "
+                         f"advantage {attack.get('advantage')}  "
+                         f"TPR@0.1%FPR {attack.get('tpr_at_low_fpr')}")
+        if name not in attacks:
+            lines.append(f"    {result.get('reason', '')}")
+    return lines
 
 
 def _lineage(lineage: Lineage) -> list[str]:

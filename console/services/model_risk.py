@@ -32,7 +32,13 @@ from console.services import images as images_service
 from policies.schema import ModelRisk
 from sandbox import spec as sandbox_spec
 from sandbox.backend import RunState
-from sandbox.gate.attack_report import AttackReportUnreadable, judge, read_report
+from sandbox.gate.attack_report import (
+    ATTACK_TITLES,
+    FIGURE_TITLES,
+    AttackReportUnreadable,
+    judge,
+    read_report,
+)
 from sandbox.gate.checks import CheckResult
 
 log = logging.getLogger(__name__)
@@ -137,7 +143,8 @@ def run(core: Sealroom, release_id: str) -> None:
         if found is not None:
             figures[model.label] = found
     _finish(core, release_id, results, figures=figures,
-            image=image.digest if image is not None else "")
+            image=image.digest if image is not None else "",
+            limits={name: bound.model_dump() for name, bound in rules.limits.items()})
 
 
 def _attack(core: Sealroom, record: ReleaseRequest, source: Sandbox,
@@ -208,7 +215,8 @@ def _dataset_mounts(session: Any, sandbox: Sandbox) -> tuple[sandbox_spec.Datase
 
 
 def _finish(core: Sealroom, release_id: str, results: list[CheckResult], *,
-            figures: dict[str, Any] | None = None, image: str = "", fallback: str = "") -> None:
+            figures: dict[str, Any] | None = None, image: str = "", fallback: str = "",
+            limits: dict[str, Any] | None = None) -> None:
     """Add the results to the request's checks and move it on, audited, in one transaction."""
     with core.transaction() as session:
         record = session.get(ReleaseRequest, release_id)
@@ -225,7 +233,7 @@ def _finish(core: Sealroom, release_id: str, results: list[CheckResult], *,
         checks["results"] = [*checks.get("results", []), *items]
         passed = bool(checks["results"]) and all(r["passed"] for r in checks["results"])
         checks["passed"] = passed
-        checks[CHECK] = {"image": image, "attacks": figures or {}}
+        checks[CHECK] = {"image": image, "attacks": figures or {}, "limits": limits or {}}
         record.checks = json.dumps(checks)
         record.status = ReleaseStatus.IN_REVIEW if passed else ReleaseStatus.CHECKS_FAILED
         record.updated_at = utc_now()
@@ -238,3 +246,34 @@ def _finish(core: Sealroom, release_id: str, results: list[CheckResult], *,
             details={"image": image, "attacks": figures or {},
                      "results": [{"file": r.file, "passed": r.passed} for r in results],
                      **({"rule": items[results.index(failed[0])]["rule"]} if failed else {})}))
+
+
+def shown(checks: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of a request's attacks as the release page draws them: per model, per
+    attack its title, each figure with the limit it was judged against, and the ROC as
+    points of a 200 x 200 plot (the console's own drawing of the rounded numbers)."""
+    found = checks.get(CHECK, {})
+    limits = found.get("limits", {})
+    pages = []
+    for label, attacks in found.get("attacks", {}).items():
+        rows = []
+        for attack in attacks:
+            bounds = limits.get(attack["attack"], {})
+            figures = [{"name": name, "value": float(attack[name]), "limit": bounds.get(name)}
+                       for name in FIGURE_TITLES]
+            roc = attack.get("roc") or {}
+            points = " ".join(f"{fpr * 200:.1f},{200 - tpr * 200:.1f}"
+                              for fpr, tpr in zip(roc.get("fpr", []), roc.get("tpr", []),
+                                                  strict=False))
+            rows.append({"title": ATTACK_TITLES.get(attack["attack"], "attack"),
+                         "figures": figures, "points": points,
+                         "repetitions": int(attack.get("repetitions", 1)),
+                         "seconds": float(attack.get("seconds", 0.0)),
+                         "over": any(f["limit"] is not None and f["value"] > f["limit"]
+                                     for f in figures)})
+        pages.append({"label": label, "attacks": rows})
+    return pages
+
+
+def attack_titles(rules: ModelRisk) -> str:
+    return ", ".join(ATTACK_TITLES[a] for a in rules.attacks)

@@ -14,6 +14,7 @@ from flask_login import current_user
 from audit.events import AuditAction, Outcome
 from console.guards import caller, core, public, requires, requires_any
 from console.permissions import Permission, role_has
+from console.services import model_risk
 from console.services import releases as release_service
 from console.services.errors import ServiceError
 
@@ -83,6 +84,8 @@ def _detail_page(release_id: str, *, reject_error: str = "", comment: str = "",
     mine = record.requester == current_user.name
     return render_template(
         "release_detail.html", release=body, sandbox=sandbox,
+        model_risk=model_risk.shown(body["checks"]),
+        model_risk_attacks=model_risk.attack_titles(core().policy.release.model_risk),
         datasets=json.loads(sandbox.datasets) if sandbox else [], decisions=shown.decisions,
         events=events, mine=mine, reject_error=reject_error, comment=comment,
         can_view_files=release_service.may_view_files(caller(), record),

@@ -9,8 +9,12 @@ report's text never reaches the engineer or the approver."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import subprocess
+import sys
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,14 @@ from audit.events import Actor
 from console.core import Caller, Sealroom
 from console.services import images as images_service
 from console.services import model_risk
-from tests.helpers import bearer, change_policy, recorded, safetensors_bytes, supervisor_pass
+from tests.helpers import (
+    bearer,
+    change_policy,
+    login,
+    recorded,
+    safetensors_bytes,
+    supervisor_pass,
+)
 
 DATA = Path(__file__).parents[2] / "data"
 SECRET = "Jane Roe 1970-01-01"
@@ -32,7 +43,7 @@ TARGET = json.dumps({"version": 1}).encode()  # the fake attack run does not rea
 @pytest.fixture
 def people(make_user: Callable[..., tuple[str, str]], dataset: str) -> dict[str, str]:
     return {name: make_user(name, role)[1] for name, role in [
-        ("alice", "engineer"), ("bob", "approver")]}
+        ("alice", "engineer"), ("bob", "approver"), ("carol", "approver")]}
 
 
 @pytest.fixture
@@ -121,6 +132,10 @@ def test_an_overfitted_model_fails_the_check_with_its_figures(
     (lira, worst) = figures["attacks"]["model.safetensors"]
     assert (lira["attack"], lira["auc"], len(lira["roc"]["tpr"])) == ("lira", 0.73, 21)
     assert worst["attack"] == "worstcase"
+    login(client, "bob")  # the approver's page: the figures and the console's ROC drawing
+    page = client.get(f"/releases/{body['id']}").get_data(as_text=True)
+    assert 'id="model-risk"' in page and "0.73" in page and "(limit 0.60)" in page
+    assert page.count('class="roc-curve') == 1  # LiRA's; the worst case's arrays are absent
     (event,) = recorded(core, "release:request:model-risk")
     assert (event.outcome, event.actor) == ("denied", "system")
     assert json.loads(event.details)["rule"] == "release.model_risk.limits.lira.auc"
@@ -138,6 +153,23 @@ def test_within_the_limits_the_request_goes_to_review_with_its_figures(
     assert "within the policy's limits" in _risk(body)["reason"]
     assert [e.outcome for e in recorded(core, "release:request:model-risk")] == ["ok"]
 
+    # Approved and sealed: the figures and the attack image are in the signed provenance,
+    # and the offline verifier prints them.
+    client.post(f"/api/v1/releases/{body['id']}/approve", headers=bearer(people["bob"]))
+    client.post(f"/api/v1/releases/{body['id']}/approve", headers=bearer(people["carol"]))
+    bundle = client.get(f"/api/v1/releases/{body['id']}/bundle", headers=bearer(people["bob"]))
+    assert bundle.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(bundle.data)) as tar:
+        tar.extractall(tmp_path / "out", filter="data")
+    key = tmp_path / "release.pem"
+    key.write_bytes(client.get("/api/v1/keys/release.pem").data)
+    verified = subprocess.run([sys.executable, "-m", "console.cli", "release", "verify",
+                               str(tmp_path / "out" / body["id"]), "--key", str(key)],
+                              capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"Model risk  attacked with image sha256:{'5' * 64}" in verified.stdout
+    assert "lira       AUC 0.73  advantage 0.28" in verified.stdout
+
 
 def test_a_hostile_report_shows_no_text_to_anyone(
         client: FlaskClient, people: dict[str, str], core: Sealroom,
@@ -150,14 +182,18 @@ def test_a_hostile_report_shows_no_text_to_anyone(
                              if k not in ("AUC", "Advantage", "TPR@0.1%")})
     directory = tmp_path / "hostile"
     directory.mkdir()
-    (directory / "report.json").write_text(json.dumps({SECRET: v for v in report.values()}))
+    (directory / "report.json").write_text(json.dumps(
+        {f"{SECRET} {n}": v for n, v in enumerate(report.values())}))
     attack_runs.append(directory)
     sandbox_id = finished(_model())
     body = _request(client, people["alice"], sandbox_id)
     assert SECRET not in json.dumps(body)
     assert body["status"] == "checks_failed"
-    page = client.get(f"/api/v1/releases/{body['id']}", headers=bearer(people["bob"]))
-    assert SECRET not in page.get_data(as_text=True)
+    api = client.get(f"/api/v1/releases/{body['id']}", headers=bearer(people["bob"]))
+    assert SECRET not in api.get_data(as_text=True)
+    login(client, "bob")
+    page = client.get(f"/releases/{body['id']}").get_data(as_text=True)
+    assert 'id="model-risk"' in page and SECRET not in page
     assert all(SECRET not in (e.reason + e.details) for e in recorded(core))
 
 
