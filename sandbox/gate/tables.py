@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -31,9 +30,6 @@ _KIND = {FREQUENCY: "frequency", MAGNITUDE: "magnitude"}
 SHOWN_CELLS = 5
 #: Relative slack when comparing a declared total with its contributions (float rounding).
 _SLACK = 1e-9
-
-_acro_lock = threading.Lock()
-
 
 @dataclass(frozen=True)
 class TablesSummary:
@@ -81,7 +77,7 @@ def check_tables(document: Mapping[str, Any], rules: CheckRules) -> TablesSummar
     tables = list(_tables(document, rules))
     if not tables:
         return TablesSummary()
-    failures = [failure for table in tables for failure in _assess(table, rules)]
+    failures = _assess(tables, rules)
     if failures:
         raise MetricsRefused(_refusal(failures, sum(len(t.cells) for t in tables)),
                              limit=failures[0].limit)
@@ -182,8 +178,8 @@ def _whole(value: float, where: str, what: str) -> float:
 # --- acro --------------------------------------------------------------------------------------
 
 
-def _acro() -> tuple[Any, Any, Any]:
-    """acro's checks, its aggregation functions and its table model, imported on first use:
+def _acro() -> tuple[Any, Any]:
+    """acro's checks and its table model, imported on first use:
     importing acro costs seconds (pandas, statsmodels, matplotlib), which only a metrics file
     with tables should pay. Its import calls `logging.basicConfig` and silences FutureWarning
     process-wide; both are undone here so the console's logging and warnings stay its own."""
@@ -196,25 +192,37 @@ def _acro() -> tuple[Any, Any, Any]:
             if handler not in handlers:
                 root.removeHandler(handler)
         root.setLevel(level)
-    import acro.sdc_agg_funcs
     import acro.sdcchecks
     import acro.tablemodeldetails
-    return acro.sdcchecks, acro.sdc_agg_funcs, acro.tablemodeldetails
+    return acro.sdcchecks, acro.tablemodeldetails
 
 
-def _assess(table: _Table, rules: CheckRules) -> list[_Failure]:
-    """acro's threshold check on every table; for magnitude tables its dominance and p%
-    checks too (as acro runs them for a table of sums: its `LinearAggregations` checks).
+def evidence_figures(largest: tuple[float, ...], n: int) -> dict[str, float]:
+    """A magnitude cell's evidence for acro's dominance and p% checks, from its largest
+    contributions (largest first): what acro's `np.max`, `agg_top_2_sum`, `agg_top_n_sum`
+    (for n) and `agg_num_negative` give over them (0 for a cell with none listed)."""
+    return {"max": largest[0] if largest else 0.0,
+            "top_2_sum": sum(largest[:2], 0.0),
+            "top_n_sum": sum(largest[:n], 0.0),
+            "num_negative": float(sum(1 for value in largest if value < 0))}
 
-    acro computes a cell's evidence (sum, max, top-2 and top-n sums, negatives, count) from
-    its raw contributions. The file gives instead the total, the contributor count and the
-    largest contributions: acro's own aggregation functions are run over those largest ones,
-    which decide max and the top-2 and top-n sums exactly (the list holds at least the top n
-    and top two, largest first), and the declared total stands for the sum. (Rebuilding a
-    full series, the rest split into pieces no larger than the smallest listed, would give
-    the same figures, but a file could make that series arbitrarily long.)"""
-    sdcchecks, agg, model_details = _acro()
-    import numpy as np
+
+def _assess(tables: list[_Table], rules: CheckRules) -> list[_Failure]:
+    """acro's threshold check on every cell; on magnitude cells its dominance and p% checks
+    too (as acro runs them for a table of sums: its `LinearAggregations` checks). All cells of
+    all tables go through each check at once, indexed by (table, cell).
+
+    acro gathers a cell's evidence (sum, max, top-2 and top-n sums, negatives, count) from
+    its raw contributions with its aggregation functions (`sdc_agg_funcs`: `agg_top_2_sum`,
+    `agg_top_n_sum`, `agg_num_negative`). The file gives instead the total, the contributor
+    count and the largest contributions, largest first, at least the top n and top two: so
+    max, the top-2 and top-n sums are the first one, two and n listed (what acro's functions
+    give over the listed ones: a test holds them to it), and the declared total is the sum.
+    acro's checks then decide on that evidence. (Rebuilding a full series for acro's own
+    functions, the rest split into pieces no larger than the smallest listed, would give the
+    same figures, but a file could make it arbitrarily long, a remainder of 1e12 in pieces
+    of 1e-6; and running those functions cell by cell costs about a millisecond a cell.)"""
+    sdcchecks, model_details = _acro()
     import pandas as pd
 
     risk_appetite = {
@@ -227,52 +235,51 @@ def _assess(table: _Table, rules: CheckRules) -> list[_Failure]:
     }
     checks = sdcchecks.SDCChecks(risk_appetite)
     model = model_details.TableModelDetails(risk_appetite=risk_appetite)
-    positions = range(1, len(table.cells) + 1)
+    every = [(number, position, cell) for number, table in enumerate(tables)
+             for position, cell in enumerate(table.cells, start=1)]
+    magnitude = [row for row in every if tables[row[0]].section == MAGNITUDE]
 
-    def column(values: list[float]) -> Any:
-        return pd.DataFrame({"cell": values}, index=pd.Index(positions, name="position"))
+    def frame(rows: list[tuple[int, int, _Cell]], values: Any) -> Any:
+        index = pd.MultiIndex.from_tuples([(number, position) for number, position, _ in rows],
+                                          names=["table", "cell"])
+        return pd.DataFrame({"value": list(values)}, index=index)
 
-    evidence = sdcchecks.SDCEvidence()
-    evidence.interim_tables["count_table"] = column([cell.count for cell in table.cells])
-    planned: list[tuple[str, str, Any]] = [
-        ("small_count_k", f"threshold: a count below {rules.small_count_k}",
-         checks.check_min_threshold)]
-    if table.section == MAGNITUDE:
-        with _acro_lock:
-            # acro's top-n sum reads n from a module global (acro sets it the same way).
-            saved, agg.NK_N = agg.NK_N, rules.dominance_n
-            try:
-                largest = [pd.Series(cell.largest, dtype="float64") for cell in table.cells]
-                evidence.interim_tables.update({
-                    "sum": column([cell.total for cell in table.cells]),
-                    "max": column([float(np.max(s)) if len(s) else 0.0 for s in largest]),
-                    "top_2_sum": column([float(agg.agg_top_2_sum(s)) for s in largest]),
-                    "top_n_sum": column([float(agg.agg_top_n_sum(s)) for s in largest]),
-                    "num_negative": column([int(agg.agg_num_negative(s)) for s in largest]),
-                })
-            finally:
-                agg.NK_N = saved
-        if rules.dominance_rule:
-            planned.append((
-                "dominance_k", f"dominance (n={rules.dominance_n}, k={_share(rules.dominance_k)}):"
-                f" the {rules.dominance_n} largest contribution(s) make up at least "
-                f"{_share(rules.dominance_k)} of the total", checks.check_nk_dominance))
-        if rules.p_percent_rule:
-            planned.append((
-                "p_percent", f"p% (p={_share(rules.p_percent)}): the rest beyond the two "
-                f"largest contributions is less than {_share(rules.p_percent)} of the largest",
-                checks.check_ppercent_dominance))
+    flagged: dict[tuple[int, str], list[int]] = {}
 
-    failures = []
-    for limit, stated, check in planned:
+    def run(limit: str, check: Any, evidence: Any, rows: list[tuple[int, int, _Cell]]) -> None:
         status, _summary, mask = check("", evidence, model)
-        flagged = sdcchecks.mask_to_boolmask(mask).to_numpy().ravel()
-        cells = tuple(int(p) for p, bad in zip(positions, flagged, strict=True) if bad)
-        if status != "pass" and not cells:
-            cells = tuple(positions)  # fail closed on a status without a cell to point at
-        if cells:
-            failures.append(_Failure(table.label, stated, limit, cells))
-    return failures
+        mask = sdcchecks.mask_to_boolmask(mask)
+        hits = [tuple(at) for at in mask.index[mask["value"].to_numpy()]]
+        if status != "pass" and not hits:  # fail closed on a status with no cell to point at
+            hits = [(number, position) for number, position, _ in rows]
+        for number, position in hits:
+            flagged.setdefault((number, limit), []).append(position)
+
+    counted = sdcchecks.SDCEvidence()
+    counted.interim_tables["count_table"] = frame(every, (cell.count for *_, cell in every))
+    run("small_count_k", checks.check_min_threshold, counted, every)
+    if magnitude and (rules.dominance_rule or rules.p_percent_rule):
+        evidence = sdcchecks.SDCEvidence()
+        figures = [evidence_figures(cell.largest, rules.dominance_n) for *_, cell in magnitude]
+        for name in ("max", "top_2_sum", "top_n_sum", "num_negative"):
+            evidence.interim_tables[name] = frame(magnitude, (f[name] for f in figures))
+        evidence.interim_tables["sum"] = frame(magnitude, (cell.total for *_, cell in magnitude))
+        if rules.dominance_rule:
+            run("dominance_k", checks.check_nk_dominance, evidence, magnitude)
+        if rules.p_percent_rule:
+            run("p_percent", checks.check_ppercent_dominance, evidence, magnitude)
+
+    stated = {
+        "small_count_k": f"threshold: a count below {rules.small_count_k}",
+        "dominance_k": f"dominance (n={rules.dominance_n}, k={_share(rules.dominance_k)}): the "
+                       f"{rules.dominance_n} largest contribution(s) make up at least "
+                       f"{_share(rules.dominance_k)} of the total",
+        "p_percent": f"p% (p={_share(rules.p_percent)}): the rest beyond the two largest "
+                     f"contributions is less than {_share(rules.p_percent)} of the largest",
+    }
+    return [_Failure(table.label, stated[limit], limit, tuple(sorted(flagged[number, limit])))
+            for number, table in enumerate(tables) for limit in stated
+            if (number, limit) in flagged]
 
 
 # --- reasons -----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from sandbox.gate.checks import CandidateFile, run_checks
 from sandbox.gate.errors import MetricsRefused
 from sandbox.gate.metrics import check_metrics
 from sandbox.gate.rules import CheckRules
+from sandbox.gate.tables import evidence_figures
 
 RULES = CheckRules()
 ROOT = Path(__file__).resolve().parents[3]
@@ -277,3 +278,25 @@ def test_magnitude_cells_fail_as_the_dominance_and_p_percent_rules_state(
     assert ("dominance (" in message) is dominated
     assert ("p% (" in message) is p_failed
     assert caught.value.limit == ("dominance_k" if dominated else "p_percent")
+
+
+@given(st.lists(st.floats(0, 1e12), min_size=1, max_size=12), st.integers(1, 12))
+def test_the_evidence_is_what_acros_aggregation_functions_give(values: list[float],
+                                                               n: int) -> None:
+    """The gate reads a cell's max, top-2 and top-n sums off its listed largest contributions;
+    acro's own functions over the same contributions give the same figures."""
+    import acro.sdc_agg_funcs as agg
+    import numpy as np
+    import pandas as pd
+
+    largest = tuple(sorted(values, reverse=True))
+    series = pd.Series(largest, dtype="float64")
+    saved, agg.NK_N = agg.NK_N, n
+    try:
+        expected = {"max": float(np.max(series)), "top_2_sum": float(agg.agg_top_2_sum(series)),
+                    "top_n_sum": float(agg.agg_top_n_sum(series)),
+                    "num_negative": float(agg.agg_num_negative(series))}
+    finally:
+        agg.NK_N = saved
+    figures = evidence_figures(largest, n)
+    assert figures == pytest.approx(expected, rel=1e-12)
