@@ -300,3 +300,11 @@ def test_the_evidence_is_what_acros_aggregation_functions_give(values: list[floa
         agg.NK_N = saved
     figures = evidence_figures(largest, n)
     assert figures == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_user_guides_example_passes() -> None:
+    guide = (ROOT / "docs" / "user-guide.md").read_text()
+    section = guide.split("### Tables in a metrics file", 1)[1]
+    example = section.split("```json\n", 1)[1].split("```", 1)[0]
+    summary = check_metrics(example.encode(), ".json", RULES)
+    assert (summary.tables.tables, summary.tables.cells) == (2, 6)
