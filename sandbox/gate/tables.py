@@ -1,7 +1,7 @@
 """Statistical disclosure rules for the tables a metrics JSON declares, by acro's own code.
 
-Owns the table format (`frequency_tables`, `magnitude_tables`: numbers only) and hands each
-table to acro's `SDCChecks`: the threshold, dominance (n, k) and p% rules. Reasons point at a
+Owns the table format (`frequency_tables`, `magnitude_tables`: numbers only) and hands the
+cells to acro's `SDCChecks`: the threshold, dominance (n, k) and p% rules. Reasons point at a
 table and its cells by position, never by name, and state the rule with the policy's values.
 """
 
@@ -30,6 +30,7 @@ _KIND = {FREQUENCY: "frequency", MAGNITUDE: "magnitude"}
 SHOWN_CELLS = 5
 #: Relative slack when comparing a declared total with its contributions (float rounding).
 _SLACK = 1e-9
+
 
 @dataclass(frozen=True)
 class TablesSummary:
