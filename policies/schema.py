@@ -353,6 +353,13 @@ class Release(_Strict):
     #: Every string in a model together (names, doc strings, string attributes).
     max_model_strings_bytes: int = Field(default=65536, ge=0)
     small_count_k: int = Field(default=10, ge=1)
+    #: Tables declared in metrics files: acro's dominance (n, k) and p% rules, with acro's
+    #: defaults (safe_nk_n, safe_nk_k, safe_pratio_p). The threshold is small_count_k.
+    dominance_rule: bool = True
+    dominance_n: int = Field(default=2, ge=1)
+    dominance_k: float = Field(default=0.9, gt=0, le=1)
+    p_percent_rule: bool = True
+    p_percent: float = Field(default=0.1, gt=0, lt=1)
     leak_scan: bool = True
     leak_min_row_bytes: int = Field(default=16, ge=4)
     approvals_needed: int = Field(default=2, ge=1, le=20)

@@ -94,6 +94,11 @@ def check_rules(policy: Policy) -> CheckRules:
         max_name_length=release.max_name_length,
         max_model_strings_bytes=release.max_model_strings_bytes,
         small_count_k=release.small_count_k,
+        dominance_rule=release.dominance_rule,
+        dominance_n=release.dominance_n,
+        dominance_k=release.dominance_k,
+        p_percent_rule=release.p_percent_rule,
+        p_percent=release.p_percent,
         leak_scan=release.leak_scan,
         leak_min_row_bytes=release.leak_min_row_bytes,
     )

@@ -28,6 +28,7 @@ from sandbox.gate.leakscan import LeakScanner
 from sandbox.gate.metrics import check_metrics
 from sandbox.gate.pickles import TORCH_STATE_DICT_GLOBALS, read_pickle_streams, scan_pickle_file
 from sandbox.gate.rules import CheckRules
+from sandbox.gate.tables import rules_applied
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +247,12 @@ def _metrics(path: Path, suffix: str, rules: CheckRules) -> str:
     summary = check_metrics(path.read_bytes(), suffix, rules)
     counts = (f"; {summary.counts} count(s), all at least {rules.small_count_k}"
               if summary.counts else "")
+    tables = summary.tables
+    declared = (f"; {tables.tables} declared table(s), {tables.cells} cell(s) "
+                f"({tables.magnitude_cells} of magnitude) pass acro's rules: "
+                f"{rules_applied(rules)}" if tables.tables else "")
     return (f"holds {summary.values} finite number(s) under {summary.keys} plain name(s) "
-            f"(at most {rules.max_metric_values:,} keys and values){counts}")
+            f"(at most {rules.max_metric_values:,} keys and values){counts}{declared}")
 
 
 def _pickle_scan(path: Path) -> str:

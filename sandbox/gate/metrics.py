@@ -2,7 +2,8 @@
 
 Owns the rules that keep metrics from leaking: no strings, plain short keys and literals, a cap
 on keys and values together, and small-cell suppression for count-like keys, as statistical
-disclosure control does. Reasons point at a key by depth and index, never by its text.
+disclosure control does; tables a file declares go on to acro's rules (`sandbox.gate.tables`).
+Reasons point at a key by depth and index, never by its text.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from sandbox.gate.errors import InvalidFormat, MetricsRefused
 from sandbox.gate.formats import parse_csv, parse_json
 from sandbox.gate.rules import CheckRules
+from sandbox.gate.tables import TABLE_SECTIONS, TablesSummary, check_tables, declares_tables
 
 #: Keys read as counts of people or records: `n`, `n_*`, `*_n`, `num_*`, `count`, `count_*`,
 #: `*_count`, `support`, `*_support` (and the plural `counts`). Case-insensitive.
@@ -34,6 +36,7 @@ class MetricsSummary:
     values: int
     counts: int  # values under count-like keys (all at least k)
     keys: int = 0  # object keys, or CSV header columns
+    tables: TablesSummary = TablesSummary()  # declared tables, held to acro's rules
 
 
 class _Number(float):
@@ -98,17 +101,19 @@ class _Walk:
                                  limit="max_metric_key_bytes")
         return key
 
-    def value(self, value: float, where: str, key: str) -> None:
+    def value(self, value: float, where: str, key: str, *, counted: bool = True) -> None:
+        """`counted`: whether the count rule applies (not to declared tables' cells, which
+        acro's threshold covers, whatever their table's name)."""
         self.item()
         self.values += 1
-        if is_count_key(key):
+        if counted and is_count_key(key):
             self.counts += 1
             if value < self.rules.small_count_k:
                 raise MetricsRefused(
                     f"reports a count below {self.rules.small_count_k} at the {where}; small "
                     "counts can identify individuals", limit="small_count_k")
 
-    def walk(self, node: Any, depth: int, where: str, key: str) -> None:
+    def walk(self, node: Any, depth: int, where: str, key: str, *, counted: bool = True) -> None:
         """`depth` counts the objects and arrays around `node` (the top-level object is 1)."""
         if isinstance(node, (dict, list)) and depth + 1 > self.rules.max_key_depth:
             raise MetricsRefused(f"nests objects or arrays {depth + 1} deep at the {where} "
@@ -117,12 +122,15 @@ class _Walk:
         if isinstance(node, dict):
             for index, (child_key, child) in enumerate(node.items(), start=1):
                 at = f"key at depth {depth + 1}, index {index}"
-                self.walk(child, depth + 1, at, self.key(child_key, at))
+                named = self.key(child_key, at)
+                tables = depth == 0 and named in TABLE_SECTIONS
+                self.walk(child, depth + 1, at, named, counted=counted and not tables)
         elif isinstance(node, list):
             for index, child in enumerate(node, start=1):
-                self.walk(child, depth + 1, f"item at depth {depth + 1}, index {index}", key)
+                self.walk(child, depth + 1, f"item at depth {depth + 1}, index {index}", key,
+                          counted=counted)
         elif isinstance(node, _Number):
-            self.value(float(node), where, key)
+            self.value(float(node), where, key, counted=counted)
         else:
             what = {str: "a string", bool: "true/false", type(None): "null"}.get(
                 type(node), "a non-number")
@@ -140,7 +148,8 @@ def check_metrics_json(data: bytes, rules: CheckRules) -> MetricsSummary:
         raise MetricsRefused("is not a JSON object of named metrics")
     walk = _Walk(rules)
     walk.walk(document, 0, "top level", "")
-    return MetricsSummary(values=walk.values, counts=walk.counts, keys=walk.keys)
+    tables = check_tables(document, rules) if declares_tables(document) else TablesSummary()
+    return MetricsSummary(values=walk.values, counts=walk.counts, keys=walk.keys, tables=tables)
 
 
 def check_metrics_csv(data: bytes, rules: CheckRules) -> MetricsSummary:

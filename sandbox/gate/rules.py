@@ -32,6 +32,16 @@ class CheckRules:
     max_metric_key_bytes: int = 4096
     #: Count-like metrics (`n`, `n_*`, `*_count`, `support`, ...) below k are refused.
     small_count_k: int = 10
+    #: Tables a metrics JSON declares (`frequency_tables`, `magnitude_tables`) get acro's
+    #: rules: the threshold (`small_count_k`, acro's safe_threshold) on every cell's count,
+    #: and for magnitude cells the dominance (n, k) rule (the n largest contributions make up
+    #: at least k of the total) and the p% rule (what remains beyond the two largest is less
+    #: than p of the largest). Defaults are acro's (safe_nk_n, safe_nk_k, safe_pratio_p).
+    dominance_rule: bool = True
+    dominance_n: int = 2
+    dominance_k: float = 0.9
+    p_percent_rule: bool = True
+    p_percent: float = 0.1
     #: A metrics file is a handful of numbers; anything bigger is refused unread.
     max_metrics_bytes: int = MiB
     #: UTF-8 bytes of free text in a model: safetensors `__metadata__` keys and values; ONNX
