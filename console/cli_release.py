@@ -6,8 +6,8 @@ every step holds, 1 when one fails, 2 for usage.
 from __future__ import annotations
 
 import sys
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import click
 
