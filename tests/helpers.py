@@ -183,6 +183,21 @@ def wait_for_outbox(client: FlaskClient, token: str, sandbox_id: str,
     raise AssertionError(f"the outbox of {sandbox_id} was never hashed")
 
 
+def settled_release(client: FlaskClient, token: str, release: dict[str, Any],
+                    timeout_s: float = 900) -> dict[str, Any]:
+    """The release request once the gate's attacks on its models have run (it is
+    `submitted` until then); polls the API a bounded number of times, as a client would."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    body = release
+    while body["status"] == "submitted":
+        assert time.monotonic() < deadline, f"the attacks on {body['id']} did not finish"
+        time.sleep(0.5)
+        body = client.get(f"/api/v1/releases/{body['id']}", headers=bearer(token)).get_json()
+    return body
+
+
 def staged_sandbox(storage: Any, prefix: str, files: dict[str, bytes]) -> str:
     """A new sandbox id whose workspace holds `files`, staged in `storage` (a `LocalStorage`)
     and handed to the sandbox user, as a launch would stage it."""

@@ -15,6 +15,7 @@ from playwright.sync_api import Page, expect
 
 from console.core import Sealroom
 from console.services import accounts, datasets
+from tests.browser import screenshots
 from tests.browser.people import TRAINING_TIMEOUT_MS, log_in, open_launch_form
 from tests.helpers import OPERATOR, PASSWORD, write_dataset
 
@@ -53,6 +54,10 @@ def approve_from_queue(page: Page, approver: str, release_id: str,
     log_out(page)
 
 
+#: The attacks on the example's model, on two shared cores.
+MODEL_RISK_TIMEOUT_MS = 600_000
+
+
 def test_release_reviewed_signed_and_verified(page: Page, team: None, tmp_path: Path,
                                               live_server: str) -> None:
     log_in(page, "ada")
@@ -66,7 +71,14 @@ def test_release_reviewed_signed_and_verified(page: Page, team: None, tmp_path: 
 
     expect(page).to_have_url(re.compile(r"/releases/rel-[0-9a-f]+$"))
     release_id = page.url.rsplit("/", 1)[1]
-    expect(page.locator("#release-status")).to_have_text("in review")
+    # The gate attacks the model first; the page says so and refreshes itself meanwhile.
+    expect(page.locator("#release-status")).to_have_text("submitted")
+    expect(page.locator("#model-risk-running")).to_contain_text("attacking 1 model(s)")
+    expect(page.locator("#release-status")).to_have_text("in review",
+                                                         timeout=MODEL_RISK_TIMEOUT_MS)
+    expect(page.locator("#model-risk")).to_be_visible()
+    expect(page.locator("svg.roc polyline")).to_have_count(2)  # LiRA's and the worst case's
+    screenshots.take(page, "release-model-risk.png", tmp_path)
     expect(page.locator("#release-files")).to_contain_text("model.safetensors")
     expect(page.get_by_role("button", name="Approve")).to_have_count(0)  # not for the requester
     log_out(page)

@@ -22,7 +22,7 @@ from console.services import accounts
 from sandbox.cluster import rank_output
 from sandbox.hardening import assert_hardened
 from sandbox.spec import NetworkPlan
-from tests.helpers import OPERATOR, PASSWORD, bearer, wait_for_outbox
+from tests.helpers import OPERATOR, PASSWORD, bearer, settled_release, wait_for_outbox
 from tests.integration.test_api_launch import engineer, wait_for  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.docker
@@ -77,7 +77,8 @@ def test_a_two_rank_horovod_job_trains_and_its_model_passes_the_gate(
         "sandbox": sandbox["id"], "files": ["model.safetensors", "metrics.json"],
         "justification": "the data-parallel example"})
     assert release.status_code == 201, release.get_json()
-    assert release.get_json()["status"] == "in_review", release.get_json()["checks"]
+    settled = settled_release(client, engineer, release.get_json())  # its model is attacked
+    assert settled["status"] == "in_review", settled["checks"]
     rid = release.get_json()["id"]
     for token in approvers.values():
         approved = client.post(f"/api/v1/releases/{rid}/approve", headers=bearer(token))

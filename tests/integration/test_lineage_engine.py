@@ -18,7 +18,7 @@ from flask import Flask
 
 from console.core import Sealroom
 from console.services import accounts
-from tests.helpers import OPERATOR, PASSWORD, bearer, wait_for_outbox
+from tests.helpers import OPERATOR, PASSWORD, bearer, settled_release, wait_for_outbox
 from tests.integration.test_api_launch import engineer, wait_for  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.docker
@@ -63,7 +63,7 @@ def test_resumed_from_an_input_released_with_both_runs_in_its_provenance(
         "sandbox": second["id"], "files": ["model.safetensors", "metrics.json"],
         "justification": "the resumed model"})
     assert created.status_code == 201, created.get_json()
-    release = created.get_json()
+    release = settled_release(client, engineer, created.get_json())  # its model is attacked
     assert release["status"] == "in_review", release["checks"]
     rid = release["id"]
     for token in approvers.values():

@@ -16,7 +16,7 @@ from flask import Flask
 
 from console.core import Sealroom
 from console.services import accounts
-from tests.helpers import OPERATOR, PASSWORD, bearer
+from tests.helpers import OPERATOR, PASSWORD, bearer, settled_release
 from tests.integration.test_api_launch import engineer, wait_for  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.docker
@@ -40,10 +40,14 @@ def test_example_model_released_and_verified(docker_app: Flask, engineer: str,  
         "sandbox": sandbox["id"], "files": ["model.safetensors", "metrics.json"],
         "justification": "the example model, for the methods section"})
     assert created.status_code == 201, created.get_json()
-    release = created.get_json()
+    # The example describes its model, so the gate attacks it before anyone reviews it.
+    release = settled_release(client, engineer, created.get_json())
     assert release["status"] == "in_review", release["checks"]
     checks = {r["check"] for r in release["checks"]["results"]}
-    assert {"file_type", "file_format", "file_size", "total_size", "metrics", "leak_scan"} <= checks
+    assert {"file_type", "file_format", "file_size", "total_size", "metrics", "leak_scan",
+            "model_risk"} <= checks
+    attacks = release["checks"]["model_risk"]["attacks"]["model.safetensors"]
+    assert {a["attack"] for a in attacks} == {"lira", "worstcase"}
     rid = release["id"]
     for name, token in approvers.items():
         approved = client.post(f"/api/v1/releases/{rid}/approve", headers=bearer(token))
@@ -63,7 +67,7 @@ def test_example_model_released_and_verified(docker_app: Flask, engineer: str,  
     ours = subprocess.run([sys.executable, "-m", "console.cli", "release", "verify",
                            str(directory), "--key", str(key)], capture_output=True, text=True)
     assert ours.returncode == 0, ours.stdout + ours.stderr
-    for fact in ("alice", "bob, carol", "demo", final["image_digest"]):
+    for fact in ("alice", "bob, carol", "demo", final["image_digest"], "Model risk  attacked"):
         assert fact in ours.stdout, (fact, ours.stdout)
     theirs = subprocess.run([str(MODEL_SIGNING), "verify", "key", "--signature",
                              str(directory / "model.sig"), "--public_key", str(key),

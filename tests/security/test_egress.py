@@ -250,14 +250,23 @@ class ProbeRun:
     listeners: HostListeners
 
 
+@pytest.fixture(scope="module", params=["sandbox", "attack"])
+def probe_image(request: pytest.FixtureRequest, python_image: str) -> str:
+    """The sandbox image, and the attack image the gate's model-risk sandbox runs (it runs the
+    engineer's model code, so it is attacked from inside like any sandbox)."""
+    if request.param == "sandbox":
+        return python_image
+    return str(request.getfixturevalue("sacroml_image").tag)
+
+
 @pytest.fixture(scope="module")
 def probe_run(
     docker_client: docker.DockerClient,
-    python_image: str,
+    probe_image: str,
     sandbox_runtime: Runtime,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ProbeRun]:
-    """The probe, once per runtime, read by every assertion below."""
+    """The probe, once per runtime and image, read by every assertion below."""
     storage, sandbox_id, dataset = _sandbox_dirs(tmp_path_factory.mktemp("egress"))
     with _open_listeners() as listeners:
         config = _config(listeners, sandbox_runtime)
@@ -265,7 +274,7 @@ def probe_run(
         spec = SandboxSpec(
             sandbox_id=sandbox_id,
             owner="redteam",
-            image=python_image,
+            image=probe_image,
             command=("python3", "/workspace/egress_probe.py", json.dumps(config)),
             datasets=(DatasetMount("demo", dataset),),
             limits=Limits(cpus=1, memory_mb=256, pids=64, timeout_s=120, tmp_mb=16),
