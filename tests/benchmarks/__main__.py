@@ -22,6 +22,7 @@ BENCHMARKS = (
     "tests.benchmarks.bench_launch",
     "tests.benchmarks.bench_leakscan",
     "tests.benchmarks.bench_sealing",
+    "tests.benchmarks.bench_model_risk",
     "tests.benchmarks.bench_audit",
     "tests.benchmarks.bench_audit_paging",
     "tests.benchmarks.bench_cluster",

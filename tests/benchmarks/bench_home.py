@@ -20,8 +20,10 @@ from tests.helpers import OPERATOR, PASSWORD, change_policy, write_dataset
 WIDE_DISCLOSURE = {"disclosure": {"per_sandbox_bytes": 1 << 40, "per_user_daily_bytes": 1 << 40}}
 
 
-def bench_home(home: Path, policy: dict[str, Any]) -> tuple[Sealroom, Caller]:
-    """A fresh installation under `home` and the caller for its engineer "bench"."""
+def bench_home(home: Path, policy: dict[str, Any], *, rows: int = 200
+               ) -> tuple[Sealroom, Caller]:
+    """A fresh installation under `home` (a demo dataset of `rows` rows) and the caller for
+    its engineer "bench"."""
     image = find_image("base")
     if image is None:
         raise RuntimeError("the sandbox image is not built; run 'sealroom images build'")
@@ -29,7 +31,7 @@ def bench_home(home: Path, policy: dict[str, Any]) -> tuple[Sealroom, Caller]:
                                       audit_checkpoint_dir=home / "home" / "checkpoints"))
     images.register_image(core, OPERATOR, "base", image.tag, image.digest)
     accounts.create_user(core, OPERATOR, "bench", "engineer", PASSWORD)
-    datasets.register_dataset(core, OPERATOR, write_dataset(home / "src"), "demo", ["bench"])
+    datasets.register_dataset(core, OPERATOR, write_dataset(home / "src", rows), "demo", ["bench"])
     change_policy(core, {**WIDE_DISCLOSURE, **policy})
     with core.read() as session:
         user = session.exec(select(User).where(User.name == "bench")).one()
