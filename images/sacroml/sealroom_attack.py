@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -135,7 +136,8 @@ def load_table(path: Path, label: str) -> tuple[Any, Any]:
                     labels.append(int(float(row[at])))
                     features.append([float(v) for i, v in enumerate(row) if i != at])
     except (OSError, StopIteration, ValueError, IndexError) as exc:
-        raise BadDescription(f"the data file cannot be read as a numeric CSV ({type(exc).__name__})")
+        raise BadDescription(
+            f"the data file cannot be read as a numeric CSV ({type(exc).__name__})") from None
     return np.asarray(features, dtype=np.float32), np.asarray(labels, dtype=np.int64)
 
 
@@ -159,8 +161,8 @@ def import_module(code: Path, relative: str, name: str) -> ModuleType:
 def build_target(description: Description, *, model_file: Path, code: Path, data: Path) -> Any:
     """The sacroml Target: the model with its weights, and the train and test rows."""
     import torch
-    from safetensors.torch import load_file
     from sacroml.attacks.target import Target
+    from safetensors.torch import load_file
 
     model_module = import_module(code, description.model_module, MODEL_MODULE)
     if description.train_module == description.model_module:
@@ -251,12 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             raw = json.loads(args.target.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise BadDescription(f"the description is not readable JSON ({type(exc).__name__})")
+            raise BadDescription(
+                f"the description is not readable JSON ({type(exc).__name__})") from None
         description = parse_description(raw)
         seed_everything()
         code = args.code.resolve()
         sys.path.insert(0, str(code))  # the job's modules may import their neighbours
-        os.chdir(os.environ.get("TMPDIR", "/tmp"))  # sacroml puts the cwd on sys.path
+        # sacroml puts the cwd on sys.path: make it the sandbox's scratch space, not the code.
+        os.chdir(os.environ.get("TMPDIR") or tempfile.gettempdir())
         target = build_target(description, model_file=args.model, code=code, data=args.data)
     except BadDescription as exc:
         print(f"sealroom-attack: {exc}", file=sys.stderr)
