@@ -148,7 +148,7 @@ def test_the_image_runs_sacroml_on_the_base_torch_as_uid_10001(
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1]) == {
         "uid": 10001, "cwd": "/workspace", "sacroml": "2.0.1", "torch": "2.13.0+cpu",
-        "backend": "agg", "wheels": False, "nccl": False}
+        "backend": "Agg", "wheels": False, "nccl": False}
     labels = engine.images.get(sacroml_image.tag).labels
     assert labels["sealroom.image"] == "sacroml"
     assert sacroml_image.tag.endswith(":" + labels["sealroom.inputs"][:12])
@@ -186,6 +186,7 @@ def described(job: Path, name: str, change: dict[str, Any]) -> Path:
     """A copy of the overfitted model with its description's sections updated by `change`."""
     outbox = owned_dir(job / name)
     shutil.copy(job / "overfitted" / "model.safetensors", outbox / "model.safetensors")
+    (outbox / "model.safetensors").chmod(0o644)  # the copy is root's; the attack runs as 10001
     description = json.loads((job / "overfitted" / "model.safetensors.target.json").read_text())
     for section, fields in change.items():
         description[section].update(fields)
