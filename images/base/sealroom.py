@@ -157,7 +157,7 @@ def _json_params(params: object, what: str) -> dict[str, Any]:
     return decoded
 
 
-def save_target(model_file: str, *, model_module: str, model_class: str,
+def save_target(model_file: str | os.PathLike[str], *, model_module: str, model_class: str,
                 model_params: dict[str, Any], train_module: str, train_params: dict[str, Any],
                 dataset: str, data_file: str, label: str, train_rows: Any, test_rows: Any,
                 batch_size: int) -> str:

@@ -75,7 +75,7 @@ class NumpyLikeInt:
 
 
 def test_row_numbers_may_be_numpy_or_torch_integers(tmp_path: Path) -> None:
-    written = helper.save_target(str(tmp_path / "m.safetensors"),
+    written = helper.save_target(tmp_path / "m.safetensors",  # a Path will do
                                  **arguments(train_rows=[NumpyLikeInt(7), NumpyLikeInt(1)]))
     assert json.loads(Path(written).read_text())["rows"]["train"] == [7, 1]
 
