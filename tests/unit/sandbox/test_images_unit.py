@@ -328,3 +328,33 @@ def test_an_exact_wheelhouse_is_made_by_pip_wheel_without_dependencies(
     assert "--no-deps" in argv and "--only-binary=:all:" not in argv
     assert argv[argv.index("--wheel-dir") + 1] == str(wheelhouse)
     assert (wheelhouse / ".requirements.sha256").is_file()
+
+
+def test_an_up_to_date_sacroml_image_is_reused_without_fetching_a_wheel(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = images.BuiltImage(name="base", tag="sealroom/base:aaaaaaaaaaaa", image_id=BASE_ID,
+                             digest=BASE_ID)
+    sacroml_dir = images.default_images_dir() / "sacroml"
+    files = {name: (sacroml_dir / name).read_bytes() for name in images.SACROML_INPUTS}
+    wanted = images.image_reference("sacroml", images.sacroml_inputs_digest(files, BASE_ID))
+    present = images.BuiltImage(name="sacroml", tag=wanted, image_id="sha256:" + "c" * 64,
+                                digest="sha256:" + "c" * 64)
+    asked: list[str] = []
+
+    def image_if_present(client: object, name: str, ref: str) -> images.BuiltImage:
+        asked.append(ref)
+        return present
+
+    def no_build(**kwargs: object) -> None:
+        raise AssertionError("an up-to-date image must not be rebuilt")
+
+    monkeypatch.setattr(images, "_image_if_present", image_if_present)
+    monkeypatch.setattr(images, "ensure_wheelhouse", no_build)
+    logged: list[str] = []
+    found = images.ensure_sacroml_image(
+        base, cache_dir=Path("/nonexistent"), images_dir=images.default_images_dir(),
+        client=cast(Any, None), log=logged.append)
+    assert found == present
+    assert asked == [wanted]
+    assert logged == [f"images: {wanted} is up to date"]
