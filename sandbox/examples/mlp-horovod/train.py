@@ -115,7 +115,7 @@ def main() -> None:
             single.save_target(
                 str(outbox / "model.safetensors"), model_module=module, model_class="MLP",
                 model_params=model_params, train_module=module, train_params=train_params,
-                dataset=(single.data_dir() / "train.csv").parent.name, data_file="train.csv",
+                dataset=single.data_dir().name, data_file="train.csv",
                 label="label", train_rows=train_idx.tolist(), test_rows=test_idx.tolist(),
                 batch_size=BATCH_SIZE)
         print(f"wrote model.safetensors and metrics.json: accuracy={test_accuracy:.4f}",
