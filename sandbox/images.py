@@ -1,5 +1,5 @@
-"""The offline build of the images sandboxes run: `sealroom/base`, `sealroom/horovod` and the
-debootstrap base they build on.
+"""The offline build of the images sandboxes run: `sealroom/base`, `sealroom/horovod`,
+`sealroom/sacroml` (the release gate's model attacks) and the debootstrap base they build on.
 
 Images are tagged by a hash of their build inputs, so an unchanged input set is never rebuilt;
 Python packages come from a wheelhouse downloaded on the host, and Debian packages from .debs
@@ -59,6 +59,8 @@ HOROVOD_INPUTS = (
     "sealroom-mpi",
 )
 HOROVOD_SDIST = "horovod-0.28.1.tar.gz"
+#: Files of ``images/sacroml/`` the sacroml image's tag covers (its runner included).
+SACROML_INPUTS = ("Dockerfile", "requirements.txt", "sealroom_attack.py")
 
 _TAG_HEX = 12
 _LOG_TAIL = 30
@@ -156,6 +158,12 @@ class HorovodWheelInputs:
         return cache_dir / "wheels" / f"horovod-{self.key()[:16]}"
 
 
+def sacroml_inputs_digest(files: Mapping[str, bytes], base_image_id: str) -> str:
+    """The hash that names ``sealroom/sacroml``: every input file of ``images/sacroml/`` and
+    its base."""
+    return inputs_digest([*sorted(files.items()), ("base-image-id", base_image_id.encode())])
+
+
 def minbase_inputs_digest(script: bytes, mirror: str) -> str:
     """The hash that names the debootstrap base: the script (holding every parameter) and mirror."""
     return inputs_digest([("minbase.sh", script), ("mirror", mirror.encode())])
@@ -178,7 +186,8 @@ def build_images(
 
     ``base_image`` selects a public base such as ``python:3.11-slim-bookworm``; without it a
     debootstrap base is made (or reused) so that no registry is needed. ``sealroom/base`` is
-    built first and ``sealroom/horovod`` from it, each skipped when its inputs are unchanged.
+    built first and ``sealroom/horovod`` and ``sealroom/sacroml`` from it, each skipped when
+    its inputs are unchanged.
     """
     images_dir = images_dir or default_images_dir()
     client = client or _connect()
@@ -188,7 +197,10 @@ def build_images(
     horovod = ensure_horovod_image(
         base, cache_dir=cache_dir, images_dir=images_dir, client=client, log=log
     )
-    return {"base": base, "horovod": horovod}
+    sacroml = ensure_sacroml_image(
+        base, cache_dir=cache_dir, images_dir=images_dir, client=client, log=log
+    )
+    return {"base": base, "horovod": horovod, "sacroml": sacroml}
 
 
 def ensure_base_image(
@@ -319,6 +331,57 @@ def ensure_horovod_image(
                           missing=f"the build of {ref} finished but the image is missing")
 
 
+def ensure_sacroml_image(
+    base: BuiltImage,
+    *,
+    cache_dir: Path,
+    images_dir: Path,
+    client: docker.DockerClient,
+    log: Log = print,
+) -> BuiltImage:
+    """``sealroom/sacroml``: the base plus sacroml 2.0.1 and ``sealroom-attack``, its runner.
+
+    On a cold build the wheels ``requirements.txt`` pins (and nothing they depend on) are
+    fetched on the host, fpdf's sdist made into a wheel there, and the image built with no
+    network.
+    """
+    sacroml_dir = images_dir / "sacroml"
+    files = {name: _read(sacroml_dir / name) for name in SACROML_INPUTS}
+    digest = sacroml_inputs_digest(files, base.image_id)
+    ref = image_reference("sacroml", digest)
+    existing = _image_if_present(client, "sacroml", ref)
+    if existing is not None:
+        log(f"images: {ref} is up to date")
+        return existing
+
+    started = time.monotonic()
+    wheels = ensure_wheelhouse(
+        requirements_file=sacroml_dir / "requirements.txt",
+        wheelhouse=cache_dir / "wheelhouse-sacroml",
+        exactly_listed=True,
+        log=log,
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="build-", dir=cache_dir) as tmp:
+        context = Path(tmp)
+        for name, data in files.items():
+            (context / name).write_bytes(data)
+        _link_tree(wheels, context / "wheelhouse")
+        log(f"images: building {ref} FROM {base.tag}")
+        _docker_build(
+            client,
+            context=context,
+            ref=ref,
+            buildargs={"BASE_IMAGE": base.image_id},
+            labels={IMAGE_LABEL: "sacroml", INPUTS_LABEL: digest},
+            log=log,
+        )
+    image = _present_after(client, "sacroml", ref, started, log=log,
+                           missing=f"the build of {ref} finished but the image is missing")
+    _remove_build_stages(client, log)
+    return image
+
+
 def ensure_horovod_wheel(
     base: BuiltImage,
     *,
@@ -437,6 +500,7 @@ def ensure_wheelhouse(
     requirements_file: Path,
     wheelhouse: Path,
     binary_only: bool = True,
+    exactly_listed: bool = False,
     log: Log = print,
 ) -> Path:
     """Download the wheels ``requirements_file`` pins into ``wheelhouse``, unless already there.
@@ -444,7 +508,8 @@ def ensure_wheelhouse(
     A stamp holding the hash of the requirements marks a complete download; a different hash
     empties the directory first so stale wheels never reach a build context. With
     ``binary_only=False`` exactly the listed files are fetched (sdists too, no dependencies),
-    for a hash-pinned build requirements file.
+    for a hash-pinned build requirements file. With ``exactly_listed`` exactly the listed
+    packages are fetched as wheels (no dependencies), an sdist made into a wheel on the host.
     """
     wanted = hashlib.sha256(_read(requirements_file)).hexdigest()
     stamp = wheelhouse / _WHEELHOUSE_STAMP
@@ -456,15 +521,19 @@ def ensure_wheelhouse(
     log(f"images: downloading wheels into {wheelhouse}")
     # The host's pip (and its configuration) resolves; --only-binary keeps builds compiler-free.
     selection = ["--only-binary=:all:"] if binary_only else ["--no-deps"]
+    if exactly_listed:  # `pip wheel` saves a wheel as it is and builds one from an sdist
+        command, selection = ["wheel", "--wheel-dir"], ["--no-deps"]
+    else:
+        command = ["download", "--dest"]
     _run_logged(
         [
             sys.executable,
             "-m",
             "pip",
-            "download",
+            command[0],
             "--disable-pip-version-check",
             *selection,
-            "--dest",
+            command[1],
             str(wheelhouse),
             "--requirement",
             str(requirements_file),

@@ -66,6 +66,11 @@ def horovod_image(docker_client: docker.DockerClient) -> Any:
 
 
 @pytest.fixture(scope="session")
+def sacroml_image(docker_client: docker.DockerClient) -> Any:
+    return _built_image(docker_client, "sacroml", "model attack (sacroml)")
+
+
+@pytest.fixture(scope="session")
 def python_image(base_image: Any) -> str:
     """The image the red-team and backend tests run: $SEALROOM_TEST_IMAGE or the sandbox image."""
     return os.environ.get("SEALROOM_TEST_IMAGE") or str(base_image.tag)
@@ -113,6 +118,9 @@ def docker_core(settings: Settings, docker_client: docker.DockerClient,
     horovod = find_image("horovod", client=docker_client)
     if horovod is not None:  # clusters run it; tests that need it ask for `horovod_image`
         images.register_image(sealroom, OPERATOR, "horovod", horovod.tag, horovod.digest)
+    sacroml = find_image("sacroml", client=docker_client)
+    if sacroml is not None:  # model releases are attacked with it (`sacroml_image` to need it)
+        images.register_image(sealroom, OPERATOR, "sacroml", sacroml.tag, sacroml.digest)
     yield sealroom
     label = f"{LABEL_INSTALLATION}={settings.installation_id()}"
     for container in docker_client.containers.list(all=True, filters={"label": label}):

@@ -3,7 +3,9 @@
 Every rank reads ``train.csv`` from ``$SEALROOM_DATA``, trains on its own shard of the training
 rows, and averages gradients with the other ranks (``hvd.DistributedOptimizer``); rank 0
 writes the same outbox files as the single example (``model.safetensors``,
-``metrics.json``), so a cluster's model goes through the same release gate. Launch it as a
+``metrics.json``, ``model.safetensors.target.json``), so a cluster's model goes through the
+same release gate; its target description names ``single.py``'s model and training function,
+which the gate's model attack trains its shadow models with (on one process). Launch it as a
 cluster (kind ``mpi``) on the ``sealroom/horovod`` image.
 """
 
@@ -53,14 +55,20 @@ def main() -> None:
     order = torch.randperm(len(y))  # the same on every rank (same seed)
     n_test = int(len(y) * TEST_FRACTION)
     test_idx, train_idx = order[:n_test], order[n_test:]
+    if single.TRAIN_ROWS > 0:
+        train_idx = train_idx[:single.TRAIN_ROWS]
     x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
-    mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-6)
     shard = torch.arange(rank, len(y_train), size)  # this rank's rows
-    model = nn.Sequential(single.Standardise(mean, std), nn.Linear(x.shape[1], 32), nn.ReLU(),
-                          nn.Linear(32, 2))
+    model_params = {"n_features": int(x.shape[1]), "hidden": single.HIDDEN}
+    model = single.MLP(**model_params)
+    model.standardise_from(x_train)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    optimiser = hvd.DistributedOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2),
-                                         named_parameters=model.named_parameters())
+    train_params = {"epochs": EPOCHS, "lr": single.LEARNING_RATE,
+                    "weight_decay": single.WEIGHT_DECAY}
+    optimiser = hvd.DistributedOptimizer(
+        torch.optim.Adam(model.parameters(), lr=single.LEARNING_RATE,
+                         weight_decay=single.WEIGHT_DECAY),
+        named_parameters=model.named_parameters())
     hvd.broadcast_optimizer_state(optimiser, root_rank=0)
     loss_fn = nn.CrossEntropyLoss()
     print(f"rank {rank}/{size}: {len(shard)} of {len(y_train)} training rows", flush=True)
@@ -102,6 +110,14 @@ def main() -> None:
                    "epochs": EPOCHS, "ranks": size, "n_train": len(y_train),
                    "n_test": len(y_test), "seconds": round(time.monotonic() - started, 3)}
         (outbox / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if single.save_target is not None:  # the module shadow models are made and trained by
+            module = single.workspace_path(Path(single.__file__))
+            single.save_target(
+                str(outbox / "model.safetensors"), model_module=module, model_class="MLP",
+                model_params=model_params, train_module=module, train_params=train_params,
+                dataset=single.data_dir().name, data_file="train.csv",
+                label="label", train_rows=train_idx.tolist(), test_rows=test_idx.tolist(),
+                batch_size=BATCH_SIZE)
         print(f"wrote model.safetensors and metrics.json: accuracy={test_accuracy:.4f}",
               flush=True)
 

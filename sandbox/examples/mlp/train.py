@@ -4,6 +4,12 @@ Reads ``train.csv`` (features ``f0..f15``, ``label`` 0/1) from ``$SEALROOM_DATA`
 only directory under /data), writes ``model.safetensors`` and ``metrics.json`` to
 ``$SEALROOM_OUTBOX`` (default /outbox). Runs on one CPU in a few seconds.
 
+Beside the model it writes ``model.safetensors.target.json`` (``sealroom.save_target``): the
+model class and training function below, and the rows it trained and tested on, so the release
+gate can attack the model (membership inference) before it leaves. Knobs for trying that out:
+``$SEALROOM_EPOCHS`` (5), ``$SEALROOM_HIDDEN`` (32 units), ``$SEALROOM_WEIGHT_DECAY`` (0) and
+``$SEALROOM_TRAIN_ROWS`` (train on only the first N training rows).
+
 Resumes from a checkpoint when one is there: ``$SEALROOM_RESUME``, else the
 ``model.safetensors`` of the one earlier sandbox mounted under /inputs that has one, else
 ``/workspace/checkpoint.safetensors`` (a project's workspace keeps it between runs). Every
@@ -18,11 +24,13 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 try:  # the live curves on the sandbox page (images/base/sealroom.py)
     from sealroom import declare_total_steps, log_metrics
@@ -33,7 +41,16 @@ except ImportError:  # an image without the helper: the log alone
     def log_metrics(step: int, *, rank: int | None = None, **values: float) -> None:
         pass
 
+try:  # the description the release gate's model attack needs (images/base/sealroom.py)
+    from sealroom import save_target
+except ImportError:  # an older image: the model is released without one
+    save_target = None
+
 EPOCHS = int(os.environ.get("SEALROOM_EPOCHS", "5"))
+HIDDEN = int(os.environ.get("SEALROOM_HIDDEN", "32"))
+WEIGHT_DECAY = float(os.environ.get("SEALROOM_WEIGHT_DECAY", "0"))
+TRAIN_ROWS = int(os.environ.get("SEALROOM_TRAIN_ROWS", "0"))  # 0: every training row
+LEARNING_RATE = 1e-2
 BATCH_SIZE = 64
 TEST_FRACTION = 0.2
 SEED = 0
@@ -72,6 +89,52 @@ class Standardise(nn.Module):
         return (x - self.mean) / self.std
 
 
+class MLP(nn.Sequential):
+    """The model: standardise, one hidden ReLU layer, two logits. Made from JSON-able
+    parameters, so the release gate can make fresh copies (shadow models) to attack it."""
+
+    def __init__(self, n_features: int = 16, hidden: int = 32) -> None:
+        super().__init__(Standardise(torch.zeros(n_features), torch.ones(n_features)),
+                         nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+    def standardise_from(self, x: torch.Tensor) -> None:
+        """Scale inputs with the statistics of ``x``, the training rows."""
+        self[0].mean.copy_(x.mean(dim=0))
+        self[0].std.copy_(x.std(dim=0).clamp_min(1e-6))
+
+
+def train(model: MLP, dataloader: DataLoader, *, epochs: int = 5, lr: float = LEARNING_RATE,
+          weight_decay: float = 0.0,
+          on_epoch: Callable[[int, float], None] | None = None) -> MLP:
+    """Train ``model`` on the batches of ``dataloader`` (features, labels); the gate trains
+    its shadow models with this too. ``on_epoch(epoch, mean loss)`` follows each epoch."""
+    model.standardise_from(torch.cat([features for features, _ in dataloader]))
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, seen = 0.0, 0
+        for features, labels in dataloader:
+            optimiser.zero_grad()
+            loss = loss_fn(model(features), labels.long())
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(labels)
+            seen += len(labels)
+        model.eval()
+        if on_epoch is not None:
+            on_epoch(epoch, total / seen)
+    return model
+
+
+def workspace_path(path: Path) -> str:
+    """``path`` relative to /workspace, where the job's code is (its name elsewhere)."""
+    try:
+        return str(path.absolute().relative_to(Path("/workspace")))
+    except ValueError:
+        return path.name
+
+
 def checkpoint() -> Path | None:
     """The checkpoint to resume from, if any (see the module docstring)."""
     configured = os.environ.get("SEALROOM_RESUME")
@@ -103,47 +166,36 @@ def main() -> None:
     order = torch.randperm(len(y))
     n_test = int(len(y) * TEST_FRACTION)
     test_idx, train_idx = order[:n_test], order[n_test:]
+    if TRAIN_ROWS > 0:
+        train_idx = train_idx[:TRAIN_ROWS]
     x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
-    # Standardise with training statistics only; the model carries them.
-    mean = x_train.mean(dim=0)
-    std = x_train.std(dim=0).clamp_min(1e-6)
     print(
         f"data {source}: {len(y_train)} train, {len(y_test)} test, {x.shape[1]} features",
         flush=True,
     )
 
-    model = nn.Sequential(
-        Standardise(mean, std), nn.Linear(x.shape[1], 32), nn.ReLU(), nn.Linear(32, 2)
-    )
+    model_params = {"n_features": int(x.shape[1]), "hidden": HIDDEN}
+    model = MLP(**model_params)
     resume = checkpoint()
     if resume is not None:
         model.load_state_dict(load_file(str(resume)))
         model.eval()
         print(f"resumed from {resume}: acc={accuracy(model, x_test, y_test):.4f}", flush=True)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    loss_fn = nn.CrossEntropyLoss()
 
     loss_value = math.nan
-    declare_total_steps(EPOCHS)
-    for epoch in range(1, EPOCHS + 1):
-        model.train()
-        perm = torch.randperm(len(y_train))
-        total, seen = 0.0, 0
-        for start in range(0, len(perm), BATCH_SIZE):
-            batch = perm[start : start + BATCH_SIZE]
-            optimiser.zero_grad()
-            loss = loss_fn(model(x_train[batch]), y_train[batch])
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(batch)
-            seen += len(batch)
-        loss_value = total / seen
-        model.eval()
+
+    def after_epoch(epoch: int, loss: float) -> None:
+        nonlocal loss_value
+        loss_value = loss
         epoch_accuracy = accuracy(model, x_test, y_test)
-        print(f"epoch {epoch}/{EPOCHS} loss={loss_value:.4f} acc={epoch_accuracy:.4f}",
-              flush=True)
-        if math.isfinite(loss_value):
-            log_metrics(epoch, loss=loss_value, accuracy=epoch_accuracy)
+        print(f"epoch {epoch}/{EPOCHS} loss={loss:.4f} acc={epoch_accuracy:.4f}", flush=True)
+        if math.isfinite(loss):
+            log_metrics(epoch, loss=loss, accuracy=epoch_accuracy)
+
+    declare_total_steps(EPOCHS)
+    train_params = {"epochs": EPOCHS, "lr": LEARNING_RATE, "weight_decay": WEIGHT_DECAY}
+    batches = DataLoader(TensorDataset(x_train, y_train), batch_size=BATCH_SIZE, shuffle=True)
+    train(model, batches, **train_params, on_epoch=after_epoch)
 
     test_accuracy = accuracy(model, x_test, y_test)
     if not (math.isfinite(loss_value) and math.isfinite(test_accuracy)):
@@ -152,6 +204,13 @@ def main() -> None:
     outbox.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(outbox / "model.safetensors"), metadata={"format": "pt"})
+    if save_target is not None:
+        module = workspace_path(Path(__file__))
+        save_target(str(outbox / "model.safetensors"), model_module=module, model_class="MLP",
+                    model_params=model_params, train_module=module, train_params=train_params,
+                    dataset=source.parent.name, data_file=source.name, label="label",
+                    train_rows=train_idx.tolist(), test_rows=test_idx.tolist(),
+                    batch_size=BATCH_SIZE)
     kept = Path("/workspace/checkpoint.safetensors")
     if os.access(kept.parent, os.W_OK):
         save_file(tensors, str(kept), metadata={"format": "pt"})

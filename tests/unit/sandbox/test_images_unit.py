@@ -273,3 +273,88 @@ def test_a_changed_in_sandbox_helper_changes_the_tag() -> None:
     # sealroom.py (log_metrics) is copied into the image: a new helper is a new image.
     original = images.base_inputs_digest(DOCKERFILE, REQUIREMENTS, BASE_ID, helper=b"v1")
     assert images.base_inputs_digest(DOCKERFILE, REQUIREMENTS, BASE_ID, helper=b"v2") != original
+
+
+# --- sealroom/sacroml, the release gate's model attacks -------------------------------------
+
+
+def test_sacroml_tag_follows_every_input_file_and_the_base() -> None:
+    files = {name: f"{name}\n".encode() for name in images.SACROML_INPUTS}
+    digest = images.sacroml_inputs_digest(files, BASE_ID)
+    assert digest == images.sacroml_inputs_digest(dict(reversed(files.items())), BASE_ID)
+    assert digest != images.sacroml_inputs_digest(files, "sha256:" + "b" * 64)
+    for name in images.SACROML_INPUTS:  # the runner too: a new runner is a new image
+        edited = {**files, name: files[name] + b"# edited\n"}
+        assert images.sacroml_inputs_digest(edited, BASE_ID) != digest, name
+
+
+def test_sacroml_inputs_are_pinned_leave_out_cuda_and_the_image_drops_root() -> None:
+    sacroml_dir = images.default_images_dir() / "sacroml"
+    for name in images.SACROML_INPUTS:
+        assert (sacroml_dir / name).is_file(), name
+    pins = [
+        ln.strip()
+        for ln in (sacroml_dir / "requirements.txt").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert "sacroml==2.0.1" in pins
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.]+", pin) for pin in pins), pins
+    names = {pin.split("==")[0].lower() for pin in pins}
+    assert not any(name.startswith("nvidia") for name in names)
+    assert "torch" not in names  # the base's own, exactly 2.13.0 (CPU)
+    lines = [
+        ln.strip()
+        for ln in (sacroml_dir / "Dockerfile").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert [ln for ln in lines if ln.startswith("FROM ")] == [
+        "FROM ${BASE_IMAGE} AS build", "FROM ${BASE_IMAGE}"]
+    assert "--no-deps" in (sacroml_dir / "Dockerfile").read_text()
+    assert [ln for ln in lines if ln.startswith("USER ")][-1] == "USER 10001:10001"
+
+
+def test_an_exact_wheelhouse_is_made_by_pip_wheel_without_dependencies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_bytes(b"fpdf==1.7.2\n")
+    ran: list[list[str]] = []
+    monkeypatch.setattr(images, "_run_logged", lambda argv, **kw: ran.append(list(argv)))
+    wheelhouse = images.ensure_wheelhouse(
+        requirements_file=requirements, wheelhouse=tmp_path / "wh", exactly_listed=True,
+        log=lambda line: None)
+    [argv] = ran
+    assert argv[3:4] == ["wheel"]  # an sdist (fpdf 1.7.2 has no wheel) becomes a wheel
+    assert "--no-deps" in argv and "--only-binary=:all:" not in argv
+    assert argv[argv.index("--wheel-dir") + 1] == str(wheelhouse)
+    assert (wheelhouse / ".requirements.sha256").is_file()
+
+
+def test_an_up_to_date_sacroml_image_is_reused_without_fetching_a_wheel(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = images.BuiltImage(name="base", tag="sealroom/base:aaaaaaaaaaaa", image_id=BASE_ID,
+                             digest=BASE_ID)
+    sacroml_dir = images.default_images_dir() / "sacroml"
+    files = {name: (sacroml_dir / name).read_bytes() for name in images.SACROML_INPUTS}
+    wanted = images.image_reference("sacroml", images.sacroml_inputs_digest(files, BASE_ID))
+    present = images.BuiltImage(name="sacroml", tag=wanted, image_id="sha256:" + "c" * 64,
+                                digest="sha256:" + "c" * 64)
+    asked: list[str] = []
+
+    def image_if_present(client: object, name: str, ref: str) -> images.BuiltImage:
+        asked.append(ref)
+        return present
+
+    def no_build(**kwargs: object) -> None:
+        raise AssertionError("an up-to-date image must not be rebuilt")
+
+    monkeypatch.setattr(images, "_image_if_present", image_if_present)
+    monkeypatch.setattr(images, "ensure_wheelhouse", no_build)
+    logged: list[str] = []
+    found = images.ensure_sacroml_image(
+        base, cache_dir=Path("/nonexistent"), images_dir=images.default_images_dir(),
+        client=cast(Any, None), log=logged.append)
+    assert found == present
+    assert asked == [wanted]
+    assert logged == [f"images: {wanted} is up to date"]
