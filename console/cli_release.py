@@ -1,16 +1,19 @@
 """`sealroom release`: check a downloaded release bundle offline, without the server, and
-print what it vouches for, the earlier sandboxes it builds on included. Exit 0 only when
-every step holds, 1 when one fails, 2 for usage.
+print what it vouches for, the earlier sandboxes it builds on included (exit 0 only when
+every step holds, 1 when one fails, 2 for usage); and, through a running console's API,
+request a release and read its checks, the gate's attacks on its models included.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from console.cli_client import _Api, _token, _url
 from sandbox.gate.keys import UnsupportedKey
 from sandbox.gate.provenance import Lineage, LineageNode
 from sandbox.gate.verify import (
@@ -34,7 +37,61 @@ _STEP_LABELS = {
 
 @click.group()
 def release() -> None:
-    """Released bundles: verify them offline."""
+    """Release requests through the console's API; released bundles verified offline."""
+
+
+@release.command("request")
+@click.argument("sandbox_id")
+@click.argument("files", nargs=-1, required=True)
+@click.option("-j", "--justification", required=True, help="Why these files may leave.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait while the gate attacks the models (the request is 'submitted').")
+@_url
+@_token
+def release_request(sandbox_id: str, files: tuple[str, ...], justification: str, wait: bool,
+                    url: str, token: str) -> None:
+    """Request the release of FILES (outbox names, or positions like '#2') of SANDBOX_ID."""
+    api = _Api(url, token)
+    body = api.call("POST", "/releases", json={"sandbox": sandbox_id, "files": list(files),
+                                               "justification": justification})
+    _print_release(_settled(api, body) if wait else body)
+
+
+@release.command("show")
+@click.argument("release_id")
+@click.option("--wait", is_flag=True, help="Wait while the gate attacks the models.")
+@_url
+@_token
+def release_show(release_id: str, wait: bool, url: str, token: str) -> None:
+    """A release request: its state, every check with its reason, the attacks' figures."""
+    api = _Api(url, token)
+    body = api.call("GET", f"/releases/{release_id}")
+    _print_release(_settled(api, body) if wait else body)
+
+
+def _settled(api: _Api, body: dict[str, Any]) -> dict[str, Any]:
+    if body.get("status") == "submitted":
+        click.echo(f"{body['id']}: the gate is attacking the model(s); waiting ...", err=True)
+    while body.get("status") == "submitted":
+        time.sleep(2)
+        body = api.call("GET", f"/releases/{body['id']}")
+    return body
+
+
+def _print_release(body: dict[str, Any]) -> None:
+    checks = body.get("checks", {})
+    click.echo(f"{body['id']}  {str(body['status']).replace('_', ' ')}  "
+               f"(sandbox {body.get('sandbox', '')})")
+    for result in checks.get("results", []):
+        mark = "✓" if result.get("passed") else "✗"
+        rule = f"  [rule {result['rule']}]" if result.get("rule") else ""
+        click.echo(f"  {mark} {result.get('check', ''):<12} {result.get('file') or '—'}: "
+                   f"{result.get('reason', '')}{rule}")
+    for line in _model_risk(checks)[1:]:
+        if line.startswith("    ") and "AUC" in line:
+            click.echo(line)
+    if body.get("status") == "checks_failed":
+        sys.exit(EXIT_FAILED)
 
 
 @release.command()

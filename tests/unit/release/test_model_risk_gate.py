@@ -233,3 +233,28 @@ def test_without_the_attack_image_a_described_model_is_refused(
     body = _request(client, people["alice"], finished(_model()))
     assert body["status"] == "checks_failed"
     assert "attack image" in _risk(body)["reason"]
+
+
+def test_the_cli_requests_waits_and_prints_the_attacks(
+        served: str, people: dict[str, str], finished: Callable[..., str],
+        attack_runs: list[Path | None], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from console.cli import main
+
+    attack_runs.append(_report(tmp_path))
+    sandbox_id = finished(_model())
+    alice = ["--url", served, "--token", people["alice"]]
+    requested = CliRunner().invoke(main, ["release", "request", sandbox_id, "model.safetensors",
+                                          "-j", "the paper", *alice])
+    assert requested.exit_code == 1, requested.output  # its checks failed
+    waiting, first = requested.output.splitlines()[:2]
+    assert waiting.endswith("the gate is attacking the model(s); waiting ...")
+    assert first.startswith("rel-") and "checks failed" in first
+    assert "✗ model_risk" in requested.output
+    assert "[rule release.model_risk.limits.lira.auc]" in requested.output
+    assert "lira       AUC 0.73  advantage 0.28" in requested.output
+    shown = CliRunner().invoke(main, ["release", "show", first.split()[0], *alice])
+    assert shown.exit_code == 1 and shown.output == requested.output.split("\n", 1)[1]
+    missing = CliRunner().invoke(main, ["release", "show", "rel-000000000000", *alice])
+    assert missing.exit_code == 1 and "error:" in missing.output
