@@ -258,3 +258,19 @@ def test_the_cli_requests_waits_and_prints_the_attacks(
     assert shown.exit_code == 1 and shown.output == requested.output.split("\n", 1)[1]
     missing = CliRunner().invoke(main, ["release", "show", "rel-000000000000", *alice])
     assert missing.exit_code == 1 and "error:" in missing.output
+
+
+def test_attacks_cut_short_by_a_stop_run_again_when_the_console_starts(
+        client: FlaskClient, people: dict[str, str], core: Sealroom,
+        finished: Callable[..., str], attack_runs: list[Path | None], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox_id = finished(_model())
+    with monkeypatch.context() as stopped:  # the console dies before the attacks run
+        stopped.setattr(model_risk, "start", lambda core, release_id: None)
+        body = _request(client, people["alice"], sandbox_id)
+    assert body["status"] == "submitted"
+    attack_runs.append(_report(tmp_path))
+    model_risk.resume(core)  # what `sealroom up` does
+    again = client.get(f"/api/v1/releases/{body['id']}", headers=bearer(people["alice"]))
+    assert again.get_json()["status"] == "checks_failed"
+    assert len(recorded(core, "release:request:model-risk")) == 1
