@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import stat
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -47,10 +46,6 @@ class SandboxStorage(Protocol):
 
     def stage_tree(self, sandbox_id: str, source: Path) -> str:
         """Copy a directory of code (a bundled example) into the workspace; its digest."""
-
-    def stage_workspace_of(self, sandbox_id: str, source_id: str) -> str:
-        """Copy an ended sandbox's workspace into a new one's (symbolic links stay links,
-        nothing but directories, files and links is copied); its digest."""
 
     def outbox(self, sandbox_id: str) -> Path:
         """The host directory holding the sandbox's outbox (read by the console)."""
@@ -200,20 +195,6 @@ class LocalStorage:
             shutil.copytree(source, workspace, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("__pycache__"))
         workspace.chmod(0o700)  # copytree gave it the source's mode
-        return tree_digest(workspace)[0]
-
-    def stage_workspace_of(self, sandbox_id: str, source_id: str) -> str:
-        def unusual(directory: str, names: list[str]) -> set[str]:
-            # A FIFO or a device would block or read the host; the sandbox made them.
-            return {n for n in names
-                    if not (stat.S_ISDIR(mode := os.lstat(os.path.join(directory, n)).st_mode)
-                            or stat.S_ISREG(mode) or stat.S_ISLNK(mode))}
-
-        workspace = self.workspace(sandbox_id)
-        with _fits(sandbox_id):
-            shutil.copytree(self.workspace(source_id), workspace, symlinks=True,
-                            dirs_exist_ok=True, ignore=unusual)
-        workspace.chmod(0o700)
         return tree_digest(workspace)[0]
 
     def stage_upload(self, sandbox_id: str, filename: str, data: bytes,

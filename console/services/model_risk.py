@@ -4,12 +4,13 @@ For every model file in a release request whose training job wrote a target desc
 beside it (`<model>.target.json`, by `sealroom.save_target`), the gate runs SACRO-ML's
 membership-inference attacks in a sealed sandbox of their own: the `sealroom/sacroml` image,
 no network, the source sandbox's limits and runtime, its datasets and outbox mounted
-read-only and its code copied into a fresh workspace. The request waits in `submitted` while
-they run; then the figures, read as numbers only (`sandbox.gate.attack_report`), are judged
-against the policy's limits (`release.model_risk`), added to the request's checks (and so to
-its signed provenance, with the attack image's digest), and the request moves to review or
-to checks failed, audited in the same transaction. A console that dies mid-run runs the
-attacks again when it starts (`resume`).
+read-only, a fresh workspace (the description carries the job's modules). The request waits
+in `submitted` while they run. Then the figures, read as numbers only
+(`sandbox.gate.attack_report`), are judged against the policy's limits
+(`release.model_risk`) and added to the request's checks (and so to its signed provenance,
+with the attack image's digest); the request moves to review or to checks failed, audited in
+the same transaction. A console that dies mid-run runs the attacks again when it starts
+(`resume`).
 """
 
 from __future__ import annotations
@@ -168,7 +169,6 @@ def _attack(core: Sealroom, record: ReleaseRequest, source: Sandbox,
         env=(("SEALROOM_SANDBOX", attack_id),))
     storage.discard(attack_id)  # what a run cut short by a restart left
     storage.create(attack_id, limits)
-    storage.stage_workspace_of(attack_id, source.id)
     storage.seal_staging(attack_id)
     backend = core.backend
     state = backend.create(spec)

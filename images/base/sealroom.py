@@ -122,6 +122,26 @@ def _relative_path(value: object, what: str) -> str:
     return value
 
 
+#: The most source one description carries (its modules together).
+MAX_SOURCE_BYTES = 1 << 20
+
+
+def _sources(modules: set[str], code_dir: str | os.PathLike[str]) -> dict[str, str]:
+    sources, total = {}, 0
+    for module in sorted(modules):
+        path = os.path.join(os.fspath(code_dir), module)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                sources[module] = handle.read()
+        except (OSError, UnicodeDecodeError):
+            raise ValueError(f"the module {module!r} is not a readable UTF-8 file under "
+                             f"{os.fspath(code_dir)}") from None
+        total += len(sources[module].encode("utf-8"))
+    if total > MAX_SOURCE_BYTES:
+        raise ValueError(f"the modules together are over {MAX_SOURCE_BYTES >> 10} KiB")
+    return sources
+
+
 def _row_numbers(rows: Any, what: str) -> list[int]:
     """Whole numbers from a list, range, numpy array or torch tensor of them."""
     if isinstance(rows, str | bytes | dict):
@@ -160,8 +180,9 @@ def _json_params(params: object, what: str) -> dict[str, Any]:
 def save_target(model_file: str | os.PathLike[str], *, model_module: str, model_class: str,
                 model_params: dict[str, Any], train_module: str, train_params: dict[str, Any],
                 dataset: str, data_file: str, label: str, train_rows: Any, test_rows: Any,
-                batch_size: int) -> str:
-    """Write ``<model_file>.target.json``: what the release gate needs to attack the model.
+                batch_size: int, code_dir: str | os.PathLike[str] = "/workspace") -> str:
+    """Write ``<model_file>.target.json``: what the release gate needs to attack the model,
+    the source of its modules (paths relative to ``code_dir``) included.
 
     Raises ValueError, saying which argument is wrong, before writing anything. Returns the
     path written.
@@ -192,6 +213,8 @@ def save_target(model_file: str | os.PathLike[str], *, model_module: str, model_
                  "label": label},
         "rows": {"train": train, "test": test},
     }
+    # The job's workspace is gone once it ends: the modules travel in the description.
+    description["sources"] = _sources({model_module, train_module}, code_dir)
     path = os.fspath(model_file) + ".target.json"
     with open(path, "w", encoding="ascii") as handle:
         json.dump(description, handle, separators=(",", ":"))

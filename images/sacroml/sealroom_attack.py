@@ -89,6 +89,20 @@ def _rows(value: Any, where: str) -> list[int]:
     return list(value)
 
 
+def write_sources(sources: Any, code: Path) -> None:
+    """Write the modules a description carries (`sealroom.save_target` puts them there: the
+    job's workspace is gone when the gate attacks) under ``code``; none: ``code`` has them."""
+    if sources is None:
+        return
+    if not isinstance(sources, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in sources.items()):
+        raise BadDescription("'sources' must map module paths to their text")
+    for relative, text in sources.items():
+        path = code / _relative(relative, "sources")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
 def parse_description(raw: Any) -> Description:
     """Check a decoded ``target.json``; raise BadDescription saying what is wrong."""
     if not isinstance(raw, dict) or raw.get("version") != 1:
@@ -258,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description = parse_description(raw)
         seed_everything()
         code = args.code.resolve()
+        write_sources(raw.get("sources"), code)
         sys.path.insert(0, str(code))  # the job's modules may import their neighbours
         # sacroml puts the cwd on sys.path: make it the sandbox's scratch space, not the code.
         os.chdir(os.environ.get("TMPDIR") or tempfile.gettempdir())

@@ -111,13 +111,13 @@ def main() -> None:
                    "n_test": len(y_test), "seconds": round(time.monotonic() - started, 3)}
         (outbox / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if single.save_target is not None:  # the module shadow models are made and trained by
-            module = single.workspace_path(Path(single.__file__))
+            code_dir, module = single.workspace_path(Path(single.__file__))
             single.save_target(
                 str(outbox / "model.safetensors"), model_module=module, model_class="MLP",
                 model_params=model_params, train_module=module, train_params=train_params,
                 dataset=single.data_dir().name, data_file="train.csv",
                 label="label", train_rows=train_idx.tolist(), test_rows=test_idx.tolist(),
-                batch_size=BATCH_SIZE)
+                batch_size=BATCH_SIZE, code_dir=code_dir)
         print(f"wrote model.safetensors and metrics.json: accuracy={test_accuracy:.4f}",
               flush=True)
 

@@ -127,12 +127,13 @@ def train(model: MLP, dataloader: DataLoader, *, epochs: int = 5, lr: float = LE
     return model
 
 
-def workspace_path(path: Path) -> str:
-    """``path`` relative to /workspace, where the job's code is (its name elsewhere)."""
+def workspace_path(path: Path) -> tuple[Path, str]:
+    """Where the job's code is (/workspace in a sandbox, the script's folder elsewhere) and
+    ``path`` relative to it."""
     try:
-        return str(path.absolute().relative_to(Path("/workspace")))
+        return Path("/workspace"), str(path.absolute().relative_to(Path("/workspace")))
     except ValueError:
-        return path.name
+        return path.absolute().parent, path.name
 
 
 def checkpoint() -> Path | None:
@@ -205,12 +206,12 @@ def main() -> None:
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(outbox / "model.safetensors"), metadata={"format": "pt"})
     if save_target is not None:
-        module = workspace_path(Path(__file__))
+        code_dir, module = workspace_path(Path(__file__))
         save_target(str(outbox / "model.safetensors"), model_module=module, model_class="MLP",
                     model_params=model_params, train_module=module, train_params=train_params,
                     dataset=source.parent.name, data_file=source.name, label="label",
                     train_rows=train_idx.tolist(), test_rows=test_idx.tolist(),
-                    batch_size=BATCH_SIZE)
+                    batch_size=BATCH_SIZE, code_dir=code_dir)
     kept = Path("/workspace/checkpoint.safetensors")
     if os.access(kept.parent, os.W_OK):
         save_file(tensors, str(kept), metadata={"format": "pt"})

@@ -29,8 +29,23 @@ helper = _load(IMAGES / "base" / "sealroom.py", "sealroom_target_helper_under_te
 runner = _load(IMAGES / "sacroml" / "sealroom_attack.py", "sealroom_attack_under_test")
 
 
+#: The job's code, as under /workspace in a sandbox (set for each test).
+CODE = Path()
+TRAIN_SOURCE = "class MLP:\n    pass\n"
+
+
+@pytest.fixture(autouse=True)
+def job_code(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    code = tmp_path_factory.mktemp("workspace")
+    (code / "train.py").write_text(TRAIN_SOURCE)
+    (code / "models").mkdir()
+    (code / "models" / "net.py").write_text("NET = 1\n")
+    monkeypatch.setattr(sys.modules[__name__], "CODE", code)
+    return code
+
+
 def arguments(**changed: Any) -> dict[str, Any]:
-    return {"model_module": "train.py", "model_class": "MLP",
+    return {"code_dir": CODE, "model_module": "train.py", "model_class": "MLP",
             "model_params": {"n_features": 16, "hidden": 32}, "train_module": "train.py",
             "train_params": {"epochs": 5, "lr": 0.01}, "dataset": "demo",
             "data_file": "train.csv", "label": "label", "train_rows": [3, 0, 2],
@@ -48,6 +63,7 @@ def test_save_target_writes_the_description_beside_the_model(tmp_path: Path) -> 
         "train": {"module": "train.py", "params": {"epochs": 5, "lr": 0.01}, "batch_size": 64},
         "data": {"dataset": "demo", "file": "train.csv", "label": "label"},
         "rows": {"train": [3, 0, 2], "test": [4, 5]},
+        "sources": {"train.py": TRAIN_SOURCE},  # the workspace is gone when the gate attacks
     }
     assert "save_target" in helper.__all__
     assert "save_target(" in (helper.__doc__ or "")
@@ -56,8 +72,13 @@ def test_save_target_writes_the_description_beside_the_model(tmp_path: Path) -> 
 def test_what_save_target_writes_the_attack_runner_accepts(tmp_path: Path) -> None:
     written = helper.save_target(str(tmp_path / "model.safetensors"),
                                  **arguments(model_module="models/net.py"))
-    description = runner.parse_description(json.loads(Path(written).read_text()))
+    raw = json.loads(Path(written).read_text())
+    description = runner.parse_description(raw)
     assert description.model_module == "models/net.py"
+    attack_workspace = tmp_path / "attack"
+    runner.write_sources(raw["sources"], attack_workspace)
+    assert (attack_workspace / "models" / "net.py").read_text() == "NET = 1\n"
+    assert (attack_workspace / "train.py").read_text() == TRAIN_SOURCE
     assert description.model_class == "MLP"
     assert description.train_rows == [3, 0, 2]
     assert description.test_rows == [4, 5]
@@ -101,6 +122,7 @@ def test_row_numbers_may_be_numpy_or_torch_integers(tmp_path: Path) -> None:
     ({"dataset": "../secret"}, "dataset must be relative"),
     ({"model_class": "not a name"}, "model_class"),
     ({"label": ""}, "label"),
+    ({"model_module": "missing.py"}, "is not a readable UTF-8 file"),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_save_target_refuses_a_wrong_argument_and_writes_nothing(
         tmp_path: Path, changed: dict[str, Any], message: str) -> None:
