@@ -66,6 +66,10 @@ def test_release_reviewed_signed_and_verified(page: Page, team: None, tmp_path: 
     expect(page.locator("#status")).to_have_text("succeeded", timeout=TRAINING_TIMEOUT_MS)
     form = page.locator("#release-form")
     expect(form).to_be_visible()
+    # The example's target description is for the gate's attack, not for release.
+    expect(page.locator("#target-descriptions")).to_contain_text(
+        "model.safetensors.target.json")
+    expect(form.get_by_role("checkbox")).to_have_count(2)  # the model and metrics.json
     page.get_by_label("Justification").fill("Example model for the methods section.")
     page.get_by_role("button", name="Request release").click()
 

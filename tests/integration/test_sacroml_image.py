@@ -89,19 +89,19 @@ def train(client: docker.DockerClient, base: Any, job: Path, name: str,
 
 def attack(client: docker.DockerClient, image: Any, job: Path, outbox: Path, *,
            model: str = "model.safetensors", shadow_models: int = 10) -> tuple[int, str, Path]:
-    """`sealroom-attack` with the mounts the release gate gives it; exit code, stderr, report
-    directory."""
+    """`sealroom-attack` with the mounts the release gate gives it (the job's modules travel
+    in the description; the runner writes them into a scratch workspace); exit code, stderr,
+    report directory."""
     report = owned_dir(outbox.with_name(outbox.name + "-attack"))
     code, _, err = sealed_run(
         client, image.tag,
         ["sealroom-attack", "--target", "/attack/target.json", "--model", f"/attack/model/{model}",
-         "--code", "/attack/code", "--data", "/data", "--out", "/outbox",
+         "--code", "/tmp/workspace", "--data", "/data", "--out", "/outbox",
          "--attacks", "lira,worstcase", "--shadow-models", str(shadow_models)],
         volumes={str(outbox / "model.safetensors.target.json"):
                  {"bind": "/attack/target.json", "mode": "ro"},
                  str(outbox / "model.safetensors"): {"bind": f"/attack/model/{model}",
                                                      "mode": "ro"},
-                 str(job / "code"): {"bind": "/attack/code", "mode": "ro"},
                  str(job / "data"): {"bind": "/data", "mode": "ro"},
                  str(report): {"bind": "/outbox", "mode": "rw"}})
     return code, err, report
