@@ -274,3 +274,16 @@ def test_attacks_cut_short_by_a_stop_run_again_when_the_console_starts(
     again = client.get(f"/api/v1/releases/{body['id']}", headers=bearer(people["alice"]))
     assert again.get_json()["status"] == "checks_failed"
     assert len(recorded(core, "release:request:model-risk")) == 1
+
+
+def test_the_release_form_does_not_offer_a_target_description(
+        client: FlaskClient, people: dict[str, str], finished: Callable[..., str]) -> None:
+    sandbox_id = finished({**_model(), "metrics.json": b'{"accuracy": 0.9}'})
+    login(client, "alice")
+    page = client.get(f"/sandboxes/{sandbox_id}").get_data(as_text=True)
+    form = page[page.index('id="release-form"'):page.index("</form>", page.index(
+        'id="release-form"'))]
+    assert 'value="model.safetensors"' in form and 'value="metrics.json"' in form
+    assert 'value="model.safetensors.target.json"' not in form
+    assert "Not offered: model.safetensors.target.json, the description the gate attacks " \
+           "its model with before review; it stays inside." in form
