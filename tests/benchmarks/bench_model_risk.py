@@ -54,6 +54,7 @@ def run(runs: int = RUNS) -> dict[str, Any]:
     training: list[float] = []
     attacks: list[float] = []
     statuses: list[str] = []
+    launched: list[str] = []
     with tempfile.TemporaryDirectory(prefix="sealroom-bench-") as tmp:
         core, caller = bench_home(Path(tmp), {}, rows=ROWS)
         images.register_image(core, OPERATOR, "sacroml", attack_image.tag, attack_image.digest)
@@ -62,6 +63,7 @@ def run(runs: int = RUNS) -> dict[str, Any]:
                 began = time.perf_counter()
                 sandbox_id = launch_service.launch(core, caller, launch_service.LaunchOrder(
                     datasets=["demo"], example="mlp", timeout_s=1800)).id
+                launched.append(sandbox_id)
                 _finished(core, sandbox_id)
                 training.append(time.perf_counter() - began)
                 began = time.perf_counter()
@@ -75,6 +77,8 @@ def run(runs: int = RUNS) -> dict[str, Any]:
                     "label": f"sealroom.installation={core.settings.installation_id()}"}):
                 container.remove(force=True)
             core.close()
+            for sandbox_id in launched:  # their outboxes are mounted volumes
+                core.backend.storage.volumes.remove(sandbox_id)
     train_s, attack_s = statistics.median(training), statistics.median(attacks)
     ratio = attack_s / train_s
     print(f"{'':<52}{'seconds':>10}{'ratio':>8}")
