@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 
 from console.core import Sealroom
 from console.services import accounts, datasets
-from tests.helpers import OPERATOR, PASSWORD, bearer, recorded, write_dataset
+from tests.helpers import OPERATOR, PASSWORD, bearer, change_policy, recorded, write_dataset
 from tests.integration.test_api_launch import wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
@@ -80,6 +80,9 @@ def _risk(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any
 
 def test_an_overfitted_model_fails_and_a_regularised_one_passes(
         docker_app: Flask, docker_core: Sealroom, people: dict[str, str]) -> None:
+    # Measured here (fixed seeds): LiRA AUC 0.67 overfitted, 0.57 regularised. A limit midway
+    # keeps both a clear margin on another CPU, where floating point may differ a little.
+    change_policy(docker_core, {"release": {"model_risk": {"limits": {"lira": {"auc": 0.62}}}}})
     client = docker_app.test_client()
     token = people["alice"]
     overfitted = _request_and_wait(client, token, _train(client, token, OVERFITTED))
